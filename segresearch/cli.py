@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -154,7 +155,125 @@ def cmd_data(args: argparse.Namespace) -> int:
     info = conversion_info(path)
     print(f"wrote {path} ({info['rows']} rows from {info['source_rows']}; "
           f"{info['skipped_no_target']} skipped without a target in the sampled frames)")
+    from segresearch.eval.datasets import DatasetError, load_okvos, write_meta_mapping
+
+    try:
+        queries = load_okvos(args.root, args.split, args.limit)
+    except DatasetError as e:
+        return _die(str(e))
+    name = "meta_mapping.json" if args.split == "test" else f"meta_mapping_{args.split}.json"
+    meta = write_meta_mapping(queries, path.parent / name)
+    print(f"wrote {meta} ({len(queries)} [id, mask folder, ability] entries for the published evaluator)")
     return EXIT_OK
+
+
+def _eval_context(args: argparse.Namespace) -> Any:
+    from segresearch.agents.context import Context
+
+    overrides: dict[str, Any] = {"run_segmentation": False}
+    for name in ("search", "kb", "retriever_url", "search_cache", "max_turns", "num_frames",
+                 "coord_style", "temperature", "system_prompt_file", "request_timeout"):
+        v = getattr(args, name, None)
+        if v is not None:
+            overrides[name] = v
+    return Context(**overrides)
+
+
+def _segmenter_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"segmenter": args.segmenter, "sam2_checkpoint": args.sam2_checkpoint or "",
+            "sam2_config": args.sam2_config or "", "sam2_image_size": args.sam2_image_size,
+            "device": args.device}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Benchmarks end to end. Problems with the data, the model endpoint or the output
+    folder are one ``error:`` line before any query runs."""
+
+    from segresearch.eval.datasets import DatasetError
+    from segresearch.eval.runner import EvalError, EvalSpec, evaluate
+
+    if bool(args.model) == bool(args.predictions):
+        return _die("give either --model SPEC (one or more) or --predictions FILE")
+    for name in ("concurrency", "workers"):
+        if getattr(args, name) < 1:
+            return _die(f"--{name} must be at least 1")
+    try:
+        ctx = _eval_context(args)
+    except (ValueError, TypeError) as e:
+        return _die(str(e))
+    for spec in args.model or []:
+        problem = _check_model(spec, ctx.request_timeout)
+        if problem:
+            return _die(problem)
+    if args.sam2_checkpoint and not os.path.isfile(os.path.expanduser(args.sam2_checkpoint)):
+        return _die(f"SAM 2 checkpoint not found: {args.sam2_checkpoint}")
+    spec = EvalSpec(
+        dataset=args.eval_command, root=args.root, out=args.out, split=getattr(args, "split", None),
+        models=args.model or [], predictions=args.predictions, context=ctx,
+        concurrency=args.concurrency, limit=args.limit, workers=args.workers, ray=args.ray,
+        ray_address=args.ray_address, trajectories=not args.no_trajectories,
+        overlays=args.overlays, html=not args.no_html, progress=not args.no_progress,
+        retry_errors=args.retry_errors, force=args.force, **_segmenter_args(args),
+    )
+    try:
+        results = evaluate(spec)
+    except (EvalError, DatasetError, RuntimeError) as e:
+        return _die(" ".join(str(e).split()))
+    from segresearch.eval.results import results_markdown
+
+    md = results_markdown(results)
+    print(md.split("\n## By number")[0].rstrip())
+    c = results["counts"]
+    print(f"\n{c['predicted']} of {c['queries']} queries predicted, {c['missing_predictions']} missing "
+          f"(scored as empty), {c['no_usable_answer']} without a usable answer, "
+          f"{c['rule_differs']} where the first-keyframe rule differs from the graph's answer")
+    out = spec.out_dir
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}"
+          + (f", {out / 'report.html'}" if spec.html else ""))
+    return EXIT_OK
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Masks for a saved predictions file (ours or the published dump), resumable."""
+    from pathlib import Path
+
+    from segresearch.eval.postseg import jobs_from_rows, segment_jobs
+    from segresearch.eval.predictions import PredictionsError, read_predictions
+    from segresearch.tools.segmenters import get_segmenter
+
+    path = Path(args.predictions).expanduser()
+    if not path.is_file():
+        return _die(f"predictions file not found: {path}")
+    try:
+        found = read_predictions(path)
+        seg = get_segmenter(args.segmenter, sam2_checkpoint=args.sam2_checkpoint or "",
+                            sam2_config=args.sam2_config or "",
+                            sam2_image_size=args.sam2_image_size, device=args.device)
+    except (PredictionsError, ValueError) as e:
+        return _die(str(e))
+    if seg is None:
+        return _die("--segmenter none makes no masks; use sam2, grabcut or auto")
+    if not found.rows:
+        return _die(f"{path} holds no prediction rows (JSON objects with an id)")
+    rows = list(found.rows.values())
+    if args.data_source:
+        rows = [r for r in rows if args.data_source in str(r.get("data_source", ""))]
+    jobs, problems = jobs_from_rows(rows, args.root)
+    for qid, why in problems[:5]:
+        print(f"warning: {qid}: {why}", file=sys.stderr)
+    if len(problems) > 5:
+        print(f"warning: … and {len(problems) - 5} more rows without media", file=sys.stderr)
+    if not jobs:
+        return _die("no row's media could be found (use --root to point at the data set)")
+    coord_size = args.coord_size or (1000 if args.coord_style == "qwen3" else 864)
+    records = segment_jobs(jobs, Path(args.out).expanduser(), seg, coord_style=args.coord_style,
+                           coord_size=coord_size, overlays_dir=args.overlays,
+                           progress=not args.no_progress)
+    ids = {j.id for j in jobs}
+    empty = sum(1 for i in ids if records.get(i, {}).get("prompt") is None)
+    print(f"masks for {len(ids)} queries in {args.out} ({seg.name}); {empty} without a usable "
+          f"answer (empty masks); {len(problems)} rows skipped without media")
+    return EXIT_OK if not problems else EXIT_RUN_ERROR
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -168,8 +287,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Long-running services. Startup problems (no knowledge base, unknown backend, port
     taken) are one ``error:`` line: they are found before uvicorn starts serving."""
-    import os
-
     from segresearch.tools.search import SearchUnavailable
 
     try:
@@ -310,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--split", default="train")
     sy.add_argument("--videos", type=int, default=3)
     sy.set_defaults(func=cmd_data)
+    _add_eval_parsers(sub)
     from segresearch.rl.train import add_arguments as add_train_arguments
 
     tr = add_train_arguments(sub.add_parser(
@@ -359,6 +477,78 @@ def build_parser() -> argparse.ArgumentParser:
     kbq.add_argument("--embedder", help="refuse the index unless it was built with this embedder")
     kbq.set_defaults(func=cmd_kb)
     return p
+
+
+def _add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--segmenter", default="auto",
+                   help="sam2 | grabcut | auto (sam2 when installed with a checkpoint; default)")
+    p.add_argument("--sam2-checkpoint", dest="sam2_checkpoint",
+                   default=os.environ.get("SEGRESEARCH_SAM2_CHECKPOINT", ""),
+                   help="SAM 2 checkpoint, e.g. sam2.1_hiera_large.pt (env SEGRESEARCH_SAM2_CHECKPOINT)")
+    p.add_argument("--sam2-config", dest="sam2_config", default="",
+                   help="SAM 2 config (default: inferred from the checkpoint name)")
+    p.add_argument("--sam2-image-size", dest="sam2_image_size", type=int, default=None,
+                   help="SAM 2 input size (default: the model's own, 1024)")
+    p.add_argument("--device", default="auto", help="cuda | cpu | auto")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true")
+
+
+def _add_eval_parsers(sub: Any) -> None:
+    ev = sub.add_parser("eval", help="evaluate on OK-VOS (J&F) or an image set (gIoU/cIoU)")
+    evsub = ev.add_subparsers(dest="eval_command", required=True)
+    for name, helptext in (("okvos", "OK-VOS layout: J, F and J&F per ability"),
+                           ("images", "ReasonSeg-style images: gIoU and cIoU")):
+        e = evsub.add_parser(name, help=helptext)
+        e.add_argument("--root", required=True,
+                       help="data set folder ({split}.parquet + {split}/)" if name == "okvos"
+                       else "image set folder (queries.jsonl, or ReasonSeg <name>.jpg + .json)")
+        if name == "okvos":
+            e.add_argument("--split", required=True, help="e.g. test")
+        e.add_argument("--out", required=True, help="output folder (resumed when it exists)")
+        e.add_argument("--model", action="append", metavar="SPEC",
+                       help="openai:NAME@URL | hf:/path | replay:file.json; repeat for several "
+                            "endpoints (queries go round-robin)")
+        e.add_argument("--predictions", metavar="FILE",
+                       help="score a saved predictions file (ours or the published dump) instead")
+        e.add_argument("--search", help="search backend (default local; in-video questions never search)")
+        e.add_argument("--kb", help="local knowledge-base folder")
+        e.add_argument("--retriever-url", dest="retriever_url")
+        e.add_argument("--search-cache", dest="search_cache", help="SQLite search cache file")
+        e.add_argument("--max-turns", dest="max_turns", type=int)
+        e.add_argument("--num-frames", dest="num_frames", type=int)
+        e.add_argument("--coord-style", dest="coord_style", choices=["qwen3", "qwen25"])
+        e.add_argument("--temperature", type=float)
+        e.add_argument("--system-prompt-file", dest="system_prompt_file")
+        e.add_argument("--request-timeout", dest="request_timeout", type=float)
+        _add_segmenter_arguments(e)
+        e.add_argument("--concurrency", type=int, default=8, help="queries in flight per process")
+        e.add_argument("--limit", type=int, help="only the first N queries (smoke runs)")
+        e.add_argument("--workers", type=int, default=1, help="Ray workers (with --ray)")
+        e.add_argument("--ray", action="store_true", help="shard videos over Ray workers")
+        e.add_argument("--ray-address", dest="ray_address",
+                       help="join a running Ray cluster instead of starting a local one")
+        e.add_argument("--no-trajectories", dest="no_trajectories", action="store_true",
+                       help="do not keep a run folder (trajectory.json, report.md) per query")
+        e.add_argument("--overlays", action="store_true", help="also write overlays/<id>.mp4")
+        e.add_argument("--no-html", dest="no_html", action="store_true", help="skip report.html")
+        e.add_argument("--retry-errors", dest="retry_errors", action="store_true",
+                       help="run again the queries whose saved prediction ended in an error")
+        e.add_argument("--force", action="store_true",
+                       help="continue a folder made with other settings")
+        e.set_defaults(func=cmd_eval)
+
+    sg = sub.add_parser("segment", help="masks for saved predictions (ours or the published dump)")
+    sg.add_argument("predictions", metavar="PREDICTIONS.jsonl")
+    sg.add_argument("--root", help="data set folder the rows' video paths are found under")
+    sg.add_argument("--out", required=True, help="mask folder: OUT/<id>/<frame>.png (resumed)")
+    sg.add_argument("--overlays", help="also write <id>.mp4 overlays into this folder")
+    sg.add_argument("--coord-style", dest="coord_style", choices=["qwen3", "qwen25"], default="qwen3")
+    sg.add_argument("--coord-size", dest="coord_size", type=int,
+                    help="qwen25: side of the image the model answered on (default 864)")
+    sg.add_argument("--data-source", dest="data_source",
+                    help="only rows whose data_source contains this (e.g. Search_RVOS)")
+    _add_segmenter_arguments(sg)
+    sg.set_defaults(func=cmd_segment)
 
 
 def main(argv: list[str] | None = None) -> int:

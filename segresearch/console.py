@@ -81,6 +81,7 @@ class RunPrinter:
             self.line("bold", "answer (model coords):", str(state["answer"]))
             self.line("bold", "answer (pixels):", str(state.get("answer_px")))
         if state.get("masks_dir"):
-            self.line("bold", "masks:", str(state["masks_dir"]))
+            by = f" (segmenter: {state['segmenter']})" if state.get("segmenter") else ""
+            self.line("bold", "masks:", str(state["masks_dir"]) + by)
         if state.get("run_dir"):
             self.line("bold", "outputs:", str(state["run_dir"]))

@@ -182,12 +182,26 @@ def test_missing_media_never_calls_the_model(scene_dir, tmp_path):
     assert "not found" in out["error"] and out["turns"] == 0
 
 
-def test_video_answer_without_keyframe_skips_segmentation(scene_dir, tmp_path):
+def test_video_answer_without_keyframe_gets_empty_masks(scene_dir, tmp_path):
+    """As the published post-segmentation scores it: every frame gets an empty mask."""
     out = run(scene_dir, [answer([10, 10, 500, 500], [100, 100])], tmp_path, segmenter="grabcut")
     assert out["stop_reason"] == "answer"
-    assert out["answer"]["keyframe"] is None and out["masks_dir"] is None
+    assert out["answer"]["keyframe"] is None and out["segmenter"] == "grabcut"
+    masks = sorted(Path(out["masks_dir"]).glob("*.png"))
+    assert len(masks) == 12 and not any(np.asarray(Image.open(p)).any() for p in masks)
     traj = json.loads((Path(out["run_dir"]) / "trajectory.json").read_text())
-    assert "without a keyframe" in traj["events"][-1]["skipped"]
+    seg = [e for e in traj["events"] if e["type"] == "segment"][-1]
+    assert "without a keyframe" in seg["empty"] and seg["prompt"] is None
+
+
+def test_run_without_answer_gets_empty_masks_only_with_an_output_folder(scene_dir, tmp_path):
+    out = run(scene_dir, ["no tags at all"], tmp_path, segmenter="grabcut")
+    assert out["stop_reason"] == "no_action" and out["answer"] is None
+    assert len(list(Path(out["masks_dir"]).glob("*.png"))) == 12
+    out = run(scene_dir, ["no tags at all"], segmenter="grabcut")  # no output_dir: nothing written
+    assert out["stop_reason"] == "no_action" and out["masks_dir"] is None and out["run_dir"] is None
+    out = run(scene_dir, ["no tags at all"], tmp_path, segmenter="none")
+    assert out["masks_dir"] is None
 
 
 def test_single_image_answers_frame_zero(scene_dir, tmp_path):
@@ -305,7 +319,8 @@ def test_routing_is_explicit():
     assert r({"pending": {"type": "search"}}) == "search"
     assert r({"pending": {"type": "keyframe"}}) == "keyframe"
     assert r({"pending": {"type": "feedback"}}) == "feedback"
-    assert r({"pending": None, "stop_reason": "no_action"}) == "finish"
+    assert r({"pending": None, "stop_reason": "no_action"}) == "segment"  # empty masks
+    assert r({"pending": {"type": "search"}, "stop_reason": "max_turns"}) == "segment"
     assert r({"pending": {"type": "search"}, "stop_reason": "error:model"}) == "finish"
     assert seg_research.route_after_tool({"stop_reason": "error:media"}) == "finish"
     assert seg_research.route_after_load({}) == "reason"

@@ -19,7 +19,7 @@ from segresearch.rl.reward import compute_score
 from segresearch.testing.okvos import make_synthetic_okvos
 
 N_FRAMES = 12  # frames per synthetic video
-ROWS_PER_VIDEO = 4 * 3  # four shapes, three questions each
+ROWS_PER_VIDEO = 4 * 4  # four shapes, four questions each (one per ability)
 LINSPACE = [int(p) for p in np.floor(np.linspace(0, N_FRAMES - 1, 6))]  # [0, 2, 4, 6, 8, 11]
 COLUMNS = {"data_source", "prompt", "ability", "reward_model", "agent_name", "extra_info"}
 
@@ -74,7 +74,7 @@ def test_rows_columns_and_prompt(every3, converted):
     assert len(df) == len(src) == 2 * ROWS_PER_VIDEO
     assert set(df.columns) == COLUMNS  # no images column: verl must not decode the frames
     assert set(df["data_source"]) == {"Search_RVOS_one-hop", "Search_RVOS_multi-hop",
-                                      "Search_RVOS_in-video"}
+                                      "Search_RVOS_relational", "Search_RVOS_in-video"}
     assert (df["data_source"] == "Search_RVOS_" + df["ability"]).all()
     assert (df["agent_name"] == "seg_research_agent").all()
     for (_, row), (_, s) in zip(df.iterrows(), src.iterrows(), strict=True):
@@ -225,10 +225,10 @@ def test_empty_masks_are_absent_and_targetless_train_rows_skipped(tmp_path):
         Image.fromarray(m).save(p)
     train = _load(convert_okvos(root, "train", progress=False))
     test = _load(convert_okvos(root, "test", progress=False))
-    assert len(train) == ROWS_PER_VIDEO - 3 and set(train["extra_info"].map(lambda i: i["oid"])) == {"2", "3", "4"}
+    assert len(train) == ROWS_PER_VIDEO - 4 and set(train["extra_info"].map(lambda i: i["oid"])) == {"2", "3", "4"}
     assert len(test) == ROWS_PER_VIDEO
-    assert conversion_info(root / "verl" / "train.parquet")["skipped_no_target"] == 3
-    assert conversion_info(root / "verl" / "test.parquet")["kept_no_target"] == 3
+    assert conversion_info(root / "verl" / "train.parquet")["skipped_no_target"] == 4
+    assert conversion_info(root / "verl" / "test.parquet")["kept_no_target"] == 4
     for _, row in test.iterrows():
         oid = row["extra_info"]["oid"]
         expect = set() if oid == "1" else {str(i) for i in LINSPACE} - ({"4"} if oid == "2" else set())

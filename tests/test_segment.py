@@ -1,4 +1,5 @@
-"""Segmenters: GrabCut on the answer frame, SAM 2 propagation through the video."""
+"""Segmentation: the published SAM 2 protocol against the bare predictor, prompts read from
+answers and output texts, mask sets and overlay videos."""
 
 from __future__ import annotations
 
@@ -11,43 +12,42 @@ from PIL import Image
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
-from segresearch.eval.metrics import region_j
 from segresearch.graphs.seg_research import graph
-from segresearch.testing.scenes import inner_point, mask_box, render_scene, write_video
+from segresearch.testing.scenes import (
+    inner_point,
+    mask_box,
+    render_scene,
+    write_frames,
+    write_video,
+)
 from segresearch.tools.media import open_media
-from segresearch.tools.segment import (
-    GrabCutSegmenter,
+from segresearch.tools.segmenters import (
+    Prompt,
     get_segmenter,
-    jpeg_folder,
+    prompt_from_answer,
+    prompt_from_output,
+    resolve_segmenter_name,
     sam2_available,
     sam2_config_for,
+    write_empty_mask_set,
+    write_mask_set,
+    write_overlay_video,
 )
+from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
+
+needs_sam2 = pytest.mark.skipif(not sam2_available(), reason="sam2 is not installed")
 
 
-def test_grabcut_recovers_a_flat_shape(scene_dir):
-    media = open_media(scene_dir / "frames")
-    gt = np.load(scene_dir / "blue_square.npy")[4]
-    box = mask_box(gt)
-    box = [box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3]
-    masks = GrabCutSegmenter().segment(media, 4, box, inner_point(gt))
-    assert list(masks) == [4]
-    assert region_j(gt[None], masks[4][None])[0] > 0.85
-
-
-def test_grabcut_degenerate_and_uniform_boxes(tmp_path):
-    img = tmp_path / "flat.png"
-    Image.new("RGB", (40, 30), (10, 20, 30)).save(img)
-    media = open_media(img)
-    m = GrabCutSegmenter().segment(media, 0, [5, 5, 6, 6], [5, 5])[0]
-    assert m.shape == (30, 40) and m.sum() == 4
-    m = GrabCutSegmenter().segment(media, 0, [5, 5, 30, 20], [10, 10])[0]
-    assert m.shape == (30, 40) and m[5:21, 5:31].all()
+# ----------------------------------------------------------------- selection
 
 
 def test_segmenter_selection(tmp_path):
     assert get_segmenter("none") is None
     assert isinstance(get_segmenter("grabcut"), GrabCutSegmenter)
     assert isinstance(get_segmenter("auto"), GrabCutSegmenter)  # no checkpoint configured
+    assert resolve_segmenter_name("AUTO") == "grabcut"
+    g = GrabCutSegmenter()
+    assert get_segmenter(g) is g
     with pytest.raises(ValueError, match="unknown segmenter"):
         get_segmenter("magic")
     if sam2_available():
@@ -64,19 +64,134 @@ def test_sam2_config_inferred_from_checkpoint_name():
     assert sam2_config_for("/w/sam2.1_hiera_tiny.pt", "configs/x.yaml") == "configs/x.yaml"
 
 
-def test_jpeg_folder_reuses_or_exports(scene_dir, tmp_path):
+# ------------------------------------------------------------------- prompts
+
+
+def published_prompt(output: str, w: int, h: int):
+    """The reading in post_segmentation/sam2_okvos.py, restated: first keyframe tag, first
+    answer on one line, strict JSON, float32 scaling by size/1000, zeros when it fails."""
+    import re
+
+    box = np.zeros(4, dtype=np.float32)
+    points = np.zeros((1, 2), dtype=np.float32)
+    fid = -1
+    bs = np.array([w / 1000, h / 1000, w / 1000, h / 1000], dtype=np.float32)
+    ps = np.array([w / 1000, h / 1000], dtype=np.float32)
+    try:
+        fid = int(re.search(r"<keyframe>\s*(\d+)\s*</keyframe>", output, re.S).group(1).strip())
+        pred = json.loads(re.search(r"<answer>(.*?)</answer>", output).group(1).strip())
+        box = np.array(pred["bbox_2d"], dtype=np.float32) * bs
+        points = np.array([pred["point_2d"]], dtype=np.float32) * ps
+    except Exception:  # noqa: BLE001, S110 - the published script swallows everything
+        pass
+    return fid, box, points
+
+
+OUTPUTS = [
+    # first keyframe tag wins, even when the model later picks another one
+    '<keyframe> 3 </keyframe> x <keyframe>5</keyframe><answer>{"bbox_2d": [100, 200, 333, 777], "point_2d": [150.5, 300]}</answer>',
+    '<keyframe>2</keyframe><answer> {"bbox_2d": [1, 2, 3, 4], "point_2d": [9, 9, 9]} </answer>',  # box only
+    '<keyframe>2</keyframe><answer>{"bbox_2d": [0, 0, 0, 0], "point_2d": [10, 20]}</answer>',  # point only
+    "<keyframe>2</keyframe><answer>{'bbox_2d': [1, 2, 3, 4]}</answer>",  # not strict JSON
+    '<keyframe>2</keyframe><answer>\n{"bbox_2d": [1, 2, 3, 4], "point_2d": [1, 1]}\n</answer>',  # not on one line
+    '<answer>{"bbox_2d": [1, 2, 3, 4], "point_2d": [1, 1]}</answer>',  # no keyframe
+    '<keyframe>99</keyframe><answer>{"bbox_2d": [1, 2, 3, 4], "point_2d": [1, 1]}</answer>',  # not a frame
+]
+
+
+@pytest.mark.parametrize("text", OUTPUTS)
+def test_prompt_from_output_reads_like_the_published_script(text):
+    w, h, ids = 854, 480, list(range(10))
+    fid, box, points = published_prompt(text, w, h)
+    parsed = prompt_from_output(text, ids, w, h)
+    prompted = 0 <= fid < len(ids) and (box.any() or points.any())
+    assert (parsed.prompt is not None) == prompted, parsed
+    if parsed.prompt is None:
+        assert parsed.problem
+        return
+    p = parsed.prompt
+    assert p.frame == fid
+    assert (p.box is not None) == bool(box.any()) and (p.point is not None) == bool(points.any())
+    if p.box is not None:  # the same float32 values SAM 2 receives
+        assert np.array_equal(np.asarray(p.box, np.float32), box)
+    if p.point is not None:
+        assert np.array_equal(np.asarray([p.point], np.float32), points)
+
+
+def test_prompt_from_output_images_and_qwen25():
+    text = '<answer>{"bbox_2d": [10, 20, 30, 40], "point_2d": [20, 30]}</answer>'
+    p = prompt_from_output(text, [0], 200, 100, single_image=True).prompt
+    assert p.frame == 0 and p.box == pytest.approx((2, 2, 6, 4))
+    p = prompt_from_output("<keyframe>0</keyframe>" + text, [0], 864, 432, coord_style="qwen25",
+                           coord_size=864).prompt
+    assert p.box == pytest.approx((10, 10, 30, 20))
+    assert prompt_from_output(None, [0], 10, 10).prompt is None  # type: ignore[arg-type]
+    nan = '<keyframe>0</keyframe><answer>{"bbox_2d": [NaN, 1, 2, 3], "point_2d": [1, 1]}</answer>'
+    assert prompt_from_output(nan, [0], 10, 10).prompt.box is None
+
+
+def test_prompt_from_answer():
+    p = prompt_from_answer({"keyframe": 4, "bbox_2d": [100, 200, 300, 400], "point_2d": [200, 300]}, 160, 120)
+    assert p == Prompt(4, (16.0, 24.0, 48.0, 48.0), (32.0, 36.0))
+    assert prompt_from_answer({"keyframe": None, "bbox_2d": [1, 2, 3, 4], "point_2d": [1, 1]}, 9, 9) is None
+    with pytest.raises(ValueError):
+        Prompt(0)
+
+
+# --------------------------------------------------------------- mask sets
+
+
+def test_mask_set_is_complete_atomic_and_replaces_old(scene_dir, tmp_path):
     media = open_media(scene_dir / "frames")
-    with jpeg_folder(media) as d:
-        assert d == scene_dir / "frames"
-    frames, _ = render_scene(n_frames=3, size=(32, 24))
-    video = open_media(write_video(frames, tmp_path / "v.avi"))
-    with jpeg_folder(video) as d:
-        names = sorted(p.name for p in d.iterdir())
-        assert names == ["00000.jpg", "00001.jpg", "00002.jpg"]
-    assert not d.exists()
+    dest = tmp_path / "seg" / "q1"
+    dest.mkdir(parents=True)
+    (dest / "stale.png").write_bytes(b"old run")
+    ones = np.ones((media.height, media.width), bool)
+    info = write_mask_set(dest, media, [(4, ones), (5, ones), (4, ~ones)])
+    names = sorted(p.name for p in dest.iterdir())
+    assert names == [f"{i:05d}.png" for i in range(12)]  # stale file gone, every frame present
+    assert info.frames == 12 and info.reached == 2 and info.area[4] == 0 and info.area[5] == ones.size
+    for name, expect in (("00004.png", 0), ("00005.png", 255), ("00000.png", 0)):
+        arr = np.asarray(Image.open(dest / name))
+        assert arr.dtype == np.uint8 and arr.shape == (120, 160) and set(np.unique(arr)) == {expect}
+
+    def broken():
+        yield 1, ones
+        raise RuntimeError("segmenter died")
+
+    with pytest.raises(RuntimeError):
+        write_mask_set(dest, media, broken())
+    assert sorted(p.name for p in dest.iterdir()) == names  # the old complete set survives
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]  # no temp left
+    write_empty_mask_set(dest, media)
+    assert all(not np.asarray(Image.open(p)).any() for p in dest.iterdir())
 
 
-needs_sam2 = pytest.mark.skipif(not sam2_available(), reason="sam2 is not installed")
+def test_mask_set_refuses_unknown_frames(scene_dir, tmp_path):
+    media = open_media(scene_dir / "frames")
+    with pytest.raises(ValueError, match="frame id 99"):
+        write_mask_set(tmp_path / "x", media, [(99, np.zeros((120, 160), bool))])
+
+
+@pytest.mark.parametrize("size", [(96, 64), (95, 63)])
+def test_overlay_video_is_h264_with_every_frame(tmp_path, size):
+    import imageio_ffmpeg
+
+    frames, masks = render_scene(n_frames=5, size=size)
+    media = open_media(write_frames(frames, tmp_path / "f")[0].parent)
+    m = masks["blue square"]
+    write_mask_set(tmp_path / "masks", media, ((i, m[i]) for i in range(5)))
+    b = mask_box(m[2])
+    path = write_overlay_video(media, tmp_path / "masks", tmp_path / "overlay.mp4",
+                               Prompt(2, tuple(map(float, b)), tuple(map(float, inner_point(m[2])))))
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = reader.__next__()
+    assert meta["codec"] == "h264" and meta["size"] == (size[0] + size[0] % 2, size[1] + size[1] % 2)
+    assert len(list(reader)) == 5
+    assert len(open_media(path)) == 5
+
+
+# ---------------------------------------------------------------------- SAM 2
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +201,135 @@ def tiny_sam2_checkpoint(tmp_path_factory) -> Path:
     import torch
     from sam2.build_sam import build_sam2_video_predictor
 
+    torch.manual_seed(0)
     pred = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
     path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
     torch.save({"model": pred.state_dict()}, path)
     return path
 
 
+@pytest.fixture(scope="module")
+def sam2_clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sam2clip")
+    frames, masks = render_scene(n_frames=6, size=(96, 64))
+    write_frames(frames, root / "frames")
+    gt = masks["blue square"][2]
+    b, p = mask_box(gt), inner_point(gt)
+    # fractional pixels, as 0-1000 coordinates scaled by width/1000 give
+    prompt = Prompt(2, (b[0] + 0.5, b[1] + 0.25, b[2] - 0.3, b[3] + 0.1), (p[0] + 0.7, p[1] - 0.2))
+    return root, frames, prompt
+
+
+class _Recorder:
+    """Wraps the predictor's propagate_in_video to keep every logits tensor it yields."""
+
+    def __init__(self, predictor, monkeypatch):
+        self.calls: list[list[tuple[int, object]]] = []
+        orig = predictor.propagate_in_video
+
+        def wrapped(*a, **k):
+            seen: list[tuple[int, object]] = []
+            self.calls.append(seen)
+            for idx, ids, logits in orig(*a, **k):
+                seen.append((idx, logits.clone()))
+                yield idx, ids, logits
+
+        monkeypatch.setattr(predictor, "propagate_in_video", wrapped)
+
+
+def bare_published(predictor, folder: Path, prompt: Prompt):
+    """The bare predictor driven as post_segmentation/sam2_okvos.py drives it."""
+    import torch
+
+    with torch.inference_mode():
+        state = predictor.init_state(video_path=str(folder))
+        predictor.reset_state(state)
+        predictor.add_new_points_or_box(inference_state=state, frame_idx=prompt.frame, obj_id=1,
+                                        box=np.asarray(prompt.box, np.float32))
+        predictor.add_new_points_or_box(inference_state=state, frame_idx=prompt.frame, obj_id=1,
+                                        points=np.asarray([prompt.point], np.float32),
+                                        labels=np.array([1], np.int32))
+        masks = np.zeros((state["num_frames"], state["video_height"], state["video_width"]), bool)
+        for idx, _ids, logits in predictor.propagate_in_video(state):
+            masks[idx] = (logits > 0).squeeze(1).cpu().numpy()
+        for idx, _ids, logits in predictor.propagate_in_video(state, reverse=True):
+            masks[idx] = (logits > 0).squeeze(1).cpu().numpy()
+    return state, masks
+
+
 @needs_sam2
-def test_sam2_propagates_through_every_frame(tmp_path, tiny_sam2_checkpoint):
+def test_sam2_matches_the_bare_predictor_driven_the_published_way(
+    tiny_sam2_checkpoint, sam2_clip, monkeypatch, capfd
+):
+    from segresearch.tools.segmenters import SAM2Segmenter
+    from segresearch.tools.segmenters.sam2 import STATE_KEYS
+
+    root, _frames, prompt = sam2_clip
+    seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", image_size=256)
+    predictor, _ = seg.predictor()
+    rec = _Recorder(predictor, monkeypatch)
+    media = open_media(root / "frames")
+    with seg.open(media) as session:
+        ours = dict(session.masks(prompt))
+        again = dict(session.masks(prompt))  # the same session, reset between queries
+        assert session.frames.decoded <= 3 * len(media)
+    assert not capfd.readouterr().err.count("propagate in video")  # sam2's bars are silenced
+    state, bare = bare_published(predictor, root / "frames", prompt)
+    assert sorted(state) == sorted(STATE_KEYS)  # our state has exactly sam2's layout
+    assert sorted(ours) == list(range(6))
+    for fid in range(6):
+        assert np.array_equal(ours[fid], bare[fid]) and np.array_equal(again[fid], bare[fid])
+    # bit-identical logits on every frame, query after query (not only thresholded masks)
+    ours_calls, again_calls, bare_calls = rec.calls[0:2], rec.calls[2:4], rec.calls[4:6]
+    for mine, other, theirs in zip(ours_calls, again_calls, bare_calls, strict=True):
+        assert [i for i, _ in mine] == [i for i, _ in theirs]
+        for (_, a), (_, b), (_, c) in zip(mine, other, theirs, strict=True):
+            assert np.array_equal(a.numpy(), c.numpy()) and np.array_equal(b.numpy(), c.numpy())
+    assert ours[2].any()  # the prompted frame has a mask even with random weights
+
+
+@needs_sam2
+def test_sam2_two_calls_differ_from_one_combined_call(tiny_sam2_checkpoint, sam2_clip):
+    import torch
+
+    from segresearch.tools.segmenters import SAM2Segmenter
+
+    root, _frames, prompt = sam2_clip
+    seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", image_size=256)
+    predictor, _ = seg.predictor()
+    with seg.open(open_media(root / "frames")) as session:
+        ours = dict(session.masks(prompt))
+    with torch.inference_mode():
+        state = predictor.init_state(video_path=str(root / "frames"))
+        _, _, one = predictor.add_new_points_or_box(
+            inference_state=state, frame_idx=2, obj_id=1, box=np.asarray(prompt.box, np.float32),
+            points=np.asarray([prompt.point], np.float32), labels=np.array([1], np.int32))
+    assert not np.array_equal((one[0, 0] > 0).numpy(), ours[2])
+
+
+@needs_sam2
+def test_frame_store_is_bounded_and_bit_identical(tiny_sam2_checkpoint, sam2_clip):
+    import torch
+    from sam2.utils.misc import load_video_frames_from_jpg_images
+
+    from segresearch.tools.segmenters.sam2 import FrameStore
+
+    root, _frames, _ = sam2_clip
+    ref, h, w = load_video_frames_from_jpg_images(str(root / "frames"), 64, True)
+    store = FrameStore(open_media(root / "frames"), 64, cache_frames=2, prefetch=2)
+    try:
+        for i in [0, 1, 2, 3, 4, 5, 4, 3, 2, 1, 0]:
+            assert torch.equal(store[i], ref[i])
+        assert len(store._cache) <= 2 and len(store._ready) <= 2
+        assert (h, w) == (64, 96) and len(store) == 6
+        with pytest.raises(IndexError):
+            store[6]
+    finally:
+        store.close()
+
+
+@needs_sam2
+def test_sam2_in_the_graph_writes_every_frame_and_names_itself(tmp_path, tiny_sam2_checkpoint):
     frames, masks = render_scene(n_frames=5, size=(96, 64))
     video = write_video(frames, tmp_path / "clip.mp4")
     gt = masks["blue square"][2]
@@ -102,13 +338,14 @@ def test_sam2_propagates_through_every_frame(tmp_path, tiny_sam2_checkpoint):
     pt = [round(point[0] / 96 * 1000), round(point[1] / 64 * 1000)]
     turns = ["<thinking>a</thinking><keyframe> 2 </keyframe>",
              "<thinking>b</thinking><answer>" + json.dumps({"bbox_2d": rel, "point_2d": pt}) + "</answer>"]
-    ctx = Context(model=ReplayChatModel(turns=turns), search="none", segmenter="sam2",
+    ctx = Context(model=ReplayChatModel(turns=turns), search="none", segmenter="auto",
                   sam2_checkpoint=str(tiny_sam2_checkpoint), sam2_image_size=256, num_frames=5,
                   output_dir=str(tmp_path / "out"))
     out = graph.invoke({"query": "the square", "media": str(video)}, context=ctx)
     assert out["stop_reason"] == "answer", out.get("error")
+    assert out["segmenter"] == "sam2"
     files = sorted(p.name for p in Path(out["masks_dir"]).iterdir())
-    assert files == [f"{i:05d}.png" for i in range(5)]  # random weights: shapes, not quality
+    assert files == [f"{i:05d}.png" for i in range(5)]
     for f in files:
         with Image.open(Path(out["masks_dir"]) / f) as im:
             assert im.size == (96, 64) and set(np.unique(np.asarray(im))) <= {0, 255}
@@ -116,7 +353,10 @@ def test_sam2_propagates_through_every_frame(tmp_path, tiny_sam2_checkpoint):
     assert len(open_media(overlay)) == 5
     traj = json.loads((Path(out["run_dir"]) / "trajectory.json").read_text())
     seg = [e for e in traj["events"] if e["type"] == "segment"][0]
-    assert seg["segmenter"] == "sam2" and seg["frames"] == 5
+    assert seg["segmenter"] == "sam2" and seg["requested"] == "auto" and seg["frames"] == 5
+    assert seg["prompt"]["frame"] == 2 and seg["prompt"]["box"][0] == pytest.approx(rel[0] * 96 / 1000)
+    assert traj["segmenter"] == "sam2"
+    assert "box first, then the point" in (Path(out["run_dir"]) / "report.md").read_text()
 
 
 @needs_sam2

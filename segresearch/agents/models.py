@@ -6,14 +6,15 @@ per spec so concurrent runs share one client or one set of weights.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
-_CACHE: dict[tuple[Any, ...], BaseChatModel] = {}
-_LOCK = threading.Lock()
+from segresearch.shared_cache import LoadOnce
+
+# One client or set of weights per spec; concurrent first callers wait for the same load.
+_MODELS: LoadOnce[BaseChatModel] = LoadOnce()
 
 SPEC_HELP = (
     "model spec must be 'openai:NAME@URL' (an OpenAI-compatible server such as "
@@ -54,15 +55,8 @@ def resolve_model(model: str | BaseChatModel, *, timeout: float = 120.0) -> Base
             key += (Path(model.strip()[7:]).expanduser().stat().st_mtime_ns,)
         except OSError:
             pass
-    with _LOCK:
-        hit = _CACHE.get(key)
-    if hit is not None:
-        return hit
-    built = _build(model.strip(), timeout)
-    with _LOCK:
-        return _CACHE.setdefault(key, built)
+    return _MODELS.get(key, lambda: _build(model.strip(), timeout))
 
 
 def clear_model_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
+    _MODELS.clear()

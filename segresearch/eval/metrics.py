@@ -31,22 +31,28 @@ def _as_masks(gt: np.ndarray, pred: np.ndarray, ndim: int, name: str) -> tuple[n
         want = "(T, H, W)" if ndim == 3 else "(H, W)"
         raise ValueError(f"{name}: masks must be {ndim}-D {want}, got shape {gt_arr.shape}")
     # Contiguous copies: cv2 rejects some strided views (e.g. transposed arrays).
-    return np.ascontiguousarray(gt_arr > 0), np.ascontiguousarray(pred_arr > 0)
+    g = gt_arr if gt_arr.dtype == bool else gt_arr > 0
+    p = pred_arr if pred_arr.dtype == bool else pred_arr > 0
+    return np.ascontiguousarray(g), np.ascontiguousarray(p)
 
 
 def region_j(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Per-frame mask IoU; frames where both masks are empty count as 1 (DAVIS)."""
     g, p = _as_masks(gt, pred, 3, "region_j")
-    inter = np.logical_and(g, p).sum(axis=(1, 2), dtype=np.int64)
-    union = np.logical_or(g, p).sum(axis=(1, 2), dtype=np.int64)
+    return _region_j(g, p)
+
+
+def _region_j(g: np.ndarray, p: np.ndarray) -> np.ndarray:
     j = np.ones(g.shape[0], dtype=np.float64)
-    nonempty = union > 0
-    j[nonempty] = inter[nonempty] / union[nonempty]
+    for t in range(g.shape[0]):  # frame by frame: no stack-sized temporaries
+        union = np.count_nonzero(g[t] | p[t])
+        if union:
+            j[t] = np.count_nonzero(g[t] & p[t]) / union
     return j
 
 
 def _boundaries(masks: np.ndarray) -> np.ndarray:
-    """One-pixel boundary maps of a (T, H, W) stack.
+    """One-pixel boundary maps of a (..., H, W) array.
 
     A pixel is on the boundary when it differs from its right, bottom or bottom-right
     neighbour; neighbours outside the image are ignored, so the image border itself is
@@ -54,9 +60,9 @@ def _boundaries(masks: np.ndarray) -> np.ndarray:
     on whichever side of it comes first in raster order.
     """
     b = np.zeros_like(masks)
-    b[:, :, :-1] |= masks[:, :, :-1] != masks[:, :, 1:]
-    b[:, :-1, :] |= masks[:, :-1, :] != masks[:, 1:, :]
-    b[:, :-1, :-1] |= masks[:, :-1, :-1] != masks[:, 1:, 1:]
+    b[..., :, :-1] |= masks[..., :, :-1] != masks[..., :, 1:]
+    b[..., :-1, :] |= masks[..., :-1, :] != masks[..., 1:, :]
+    b[..., :-1, :-1] |= masks[..., :-1, :-1] != masks[..., 1:, 1:]
     return b
 
 
@@ -75,6 +81,36 @@ def _tolerance_px(bound_th: float, height: int, width: int) -> float:
     return float(math.ceil(bound_th * math.hypot(height, width)))
 
 
+def _frame_counts(g: np.ndarray, p: np.ndarray, kernel: np.ndarray | None, ext: int) -> tuple[int, int, int, int]:
+    """Boundary pixels of gt and pred, and how many of each the other side's tolerance zone
+    covers, for one frame.
+
+    Only the window around the two masks (plus the tolerance) is processed: outside it both
+    masks are empty, so it holds no boundary pixel, and every disk around a boundary pixel
+    lies inside the window or outside the image (where dilation adds nothing). The counts
+    are those of the full frame; the work is proportional to the objects, not the image."""
+    rows = np.flatnonzero(g.any(axis=1) | p.any(axis=1))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    cols = np.flatnonzero(g.any(axis=0) | p.any(axis=0))
+    h, w = g.shape
+    # Boundaries reach one pixel above and left of a region; keep one pixel of context
+    # below and right so edges there are seen, then the tolerance around all of it.
+    y0, y1 = max(rows[0] - 1 - ext, 0), min(rows[-1] + 1 + ext, h - 1)
+    x0, x1 = max(cols[0] - 1 - ext, 0), min(cols[-1] + 1 + ext, w - 1)
+    gb = _boundaries(g[y0 : y1 + 1, x0 : x1 + 1])
+    pb = _boundaries(p[y0 : y1 + 1, x0 : x1 + 1])
+    n_gt, n_pred = int(np.count_nonzero(gb)), int(np.count_nonzero(pb))
+    if n_gt == 0 or n_pred == 0:
+        return n_gt, n_pred, 0, 0
+    if kernel is None:
+        gt_zone, pred_zone = gb, pb
+    else:
+        gt_zone = cv2.dilate(gb.view(np.uint8), kernel).view(bool)
+        pred_zone = cv2.dilate(pb.view(np.uint8), kernel).view(bool)
+    return n_gt, n_pred, int(np.count_nonzero(gb & pred_zone)), int(np.count_nonzero(pb & gt_zone))
+
+
 def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = DEFAULT_BOUND_TH) -> np.ndarray:
     """Per-frame DAVIS boundary F-measure.
 
@@ -83,26 +119,17 @@ def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = DEFAULT_BOUND
     the image diagonal (rounded up to whole pixels); ``bound_th >= 1`` is a pixel radius.
     """
     g, p = _as_masks(gt, pred, 3, "boundary_f")
+    return _boundary_f(g, p, bound_th)
+
+
+def _boundary_f(g: np.ndarray, p: np.ndarray, bound_th: float) -> np.ndarray:
     num_frames, height, width = g.shape
-    gb = _boundaries(g)
-    pb = _boundaries(p)
     radius = _tolerance_px(bound_th, height, width)
     kernel = _disk(radius) if radius >= 1 else None
-
-    n_gt = gb.sum(axis=(1, 2), dtype=np.int64)
-    n_pred = pb.sum(axis=(1, 2), dtype=np.int64)
-    pred_hit = np.zeros(num_frames, dtype=np.int64)
-    gt_hit = np.zeros(num_frames, dtype=np.int64)
-    for t in range(num_frames):
-        if n_gt[t] == 0 or n_pred[t] == 0:
-            continue  # settled by the edge-case rules below
-        if kernel is None:
-            gt_zone, pred_zone = gb[t], pb[t]
-        else:
-            gt_zone = cv2.dilate(gb[t].view(np.uint8), kernel).astype(bool)
-            pred_zone = cv2.dilate(pb[t].view(np.uint8), kernel).astype(bool)
-        pred_hit[t] = np.count_nonzero(pb[t] & gt_zone)
-        gt_hit[t] = np.count_nonzero(gb[t] & pred_zone)
+    ext = int(math.floor(radius)) if kernel is not None else 0
+    counts = np.array([_frame_counts(g[t], p[t], kernel, ext) for t in range(num_frames)],
+                      dtype=np.int64).reshape(num_frames, 4)
+    n_gt, n_pred, gt_hit, pred_hit = counts.T
 
     with np.errstate(divide="ignore", invalid="ignore"):
         precision = np.where(n_pred > 0, pred_hit / np.maximum(n_pred, 1), 1.0)
@@ -124,8 +151,8 @@ def j_and_f(
     g, p = _as_masks(gt, pred, 3, "j_and_f")
     if g.shape[0] == 0:
         raise ValueError("j_and_f: no frames to score (T == 0)")
-    j = float(region_j(g, p).mean())
-    f = float(boundary_f(g, p, bound_th).mean())
+    j = float(_region_j(g, p).mean())
+    f = float(_boundary_f(g, p, bound_th).mean())
     return {"J": j, "F": f, "J&F": (j + f) / 2.0}
 
 

@@ -55,6 +55,7 @@ from segresearch.tools.search import (
     make_search_tools,
 )
 from segresearch.tools.segment import get_segmenter, make_segment_tool
+from segresearch.tools.segmenters import prompt_from_answer
 
 
 def _error(kind: str, exc: BaseException | str) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
     server) may be invoked again, and nothing of an earlier run may leak into this one."""
     out: dict[str, Any] = {
         "stop_reason": None, "error": None, "pending": None, "run_dir": None,
-        "answer": None, "answer_px": None, "masks_dir": None, "keyframe": None,
+        "answer": None, "answer_px": None, "masks_dir": None, "keyframe": None, "segmenter": None,
         "turns": 0, "tool_calls": 0, "tokens_used": 0, "feedback_used": 0, "frame_ids": [],
         **update,
     }
@@ -400,45 +401,67 @@ def _run_dir(state: State, ctx: Context) -> Path:
     return Path(tempfile.mkdtemp(prefix="segresearch-"))
 
 
+ENDS_WITHOUT_ANSWER = ("no_action", "max_turns", "max_tokens")
+
+
+def _no_prompt_reason(state: State) -> str:
+    if state.get("stop_reason") != "answer":
+        return f"the run ended without an answer ({state.get('stop_reason')})"
+    return "the answer came without a keyframe, so its frame is unknown"
+
+
 def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Masks from the answer (skipped in RL, without a segmenter, or without a keyframe)."""
+    """Masks for every frame from the answer, prompted as the published post-segmentation
+    does (box, then point, on the keyframe). A run with no usable answer gets empty masks
+    for every frame when it has a folder to write them to, as an evaluation scores it."""
     ctx = runtime.context
-    ans = state.get("answer_px") or {}
+    answered = state.get("stop_reason") == "answer"
     skip = None
     if not ctx.run_segmentation:
         skip = "segmentation is off for this run"
-    elif (ctx.segmenter or "none").lower() == "none":
+    elif (ctx.segmenter or "none").strip().lower() == "none":
         skip = "segmenter is 'none'"
-    elif ans.get("keyframe") is None:
-        skip = "the answer came without a keyframe, so its frame is unknown"
+    elif not answered and not (ctx.output_dir or state.get("run_dir")):
+        skip = _no_prompt_reason(state)
     if skip:
-        return {"events": [{"type": "segment", "skipped": skip}]}
+        return {"events": [{"type": "segment", "skipped": skip}]} if answered else {}
     t0 = time.perf_counter()
+    ans = state.get("answer") or {}
     try:
         segmenter = get_segmenter(
             ctx.segmenter, sam2_checkpoint=ctx.sam2_checkpoint, sam2_config=ctx.sam2_config,
             sam2_image_size=ctx.sam2_image_size or None,
         )
         media = open_media(state["media"])
+        prompt = None
+        if answered and ans:
+            size = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
+            prompt = prompt_from_answer(ans, media.width, media.height, ctx.coord_style, size)
         run_dir = _run_dir(state, ctx)
         masks_dir = run_dir / "masks"
         tool = make_segment_tool(media, segmenter, masks_dir)
-        result = tool.invoke(_tool_call("segment", {
-            "keyframe": ans["keyframe"], "bbox_2d": ans["bbox_2d"], "point_2d": ans["point_2d"]}))
+        args = {"keyframe": None}
+        if prompt is not None:
+            args = {"keyframe": prompt.frame, "bbox_2d": prompt.box, "point_2d": prompt.point}
+        result = tool.invoke(_tool_call("segment", args))
     except Exception as e:  # noqa: BLE001 - the answer stands; only the masks failed
         err = _error("segment", e)
-        err["stop_reason"] = "answer"
+        err["stop_reason"] = state.get("stop_reason") or "answer"
         err["events"][0]["note"] = "the answer is kept; only segmentation failed"
         return err
     art = result.artifact or {}
     area = art.get("area", {})
-    return {
-        "masks_dir": str(masks_dir),
-        "run_dir": str(run_dir),
-        "events": [{"type": "segment", "segmenter": segmenter.name, "frames": len(area),
-                    "keyframe_area": area.get(ans["keyframe"]), "summary": result.content,
-                    "seconds": round(time.perf_counter() - t0, 4)}],
+    event: dict[str, Any] = {
+        "type": "segment", "segmenter": segmenter.name, "requested": ctx.segmenter,
+        "frames": len(area), "reached": art.get("reached"), "summary": result.content,
+        "prompt": art.get("prompt"), "seconds": round(time.perf_counter() - t0, 4),
     }
+    if prompt is None:
+        event["empty"] = _no_prompt_reason(state)
+    else:
+        event["keyframe_area"] = area.get(prompt.frame)
+    return {"masks_dir": str(masks_dir), "run_dir": str(run_dir), "segmenter": segmenter.name,
+            "events": [event]}
 
 
 def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def trajectory(state: dict[str, Any], ctx: Context) -> dict[str, Any]:
         "answer": state.get("answer"),
         "answer_px": state.get("answer_px"),
         "masks_dir": state.get("masks_dir"),
+        "segmenter": state.get("segmenter"),
         "searches": state.get("searches", []),
         "timings": {
             "total_s": round(time.time() - started, 3) if started else None,
@@ -108,7 +109,14 @@ def report(traj: dict[str, Any], files: list[str]) -> str:
         elif kind == "feedback":
             out += [f"**format reminder**: {ev.get('reason')}", ""]
         elif kind == "segment":
-            out += ["## Segmentation", "", ev.get("skipped") or str(ev.get("summary")), ""]
+            body = ev.get("skipped") or str(ev.get("summary"))
+            if ev.get("empty"):
+                body += f" — {ev['empty']}"
+            if ev.get("prompt"):
+                p = ev["prompt"]
+                body += (f"\n\nprompt on frame {p['frame']} (pixels): box {_fmt(p.get('box'))}, "
+                         f"point {_fmt(p.get('point'))}; box first, then the point")
+            out += ["## Segmentation", "", body, ""]
         elif kind == "error":
             out += [f"**error ({ev.get('kind')})**: {ev.get('message')}", ""]
     if traj.get("answer"):
@@ -117,6 +125,10 @@ def report(traj: dict[str, Any], files: list[str]) -> str:
     for name in files:
         out.append(f"![{name}]({name})" if name.endswith(".jpg") else f"- [{name}]({name})")
     return "\n".join(out) + "\n"
+
+
+def _fmt(v: list[float] | None) -> str:
+    return "—" if v is None else "[" + ", ".join(f"{x:.1f}" for x in v) + "]"
 
 
 def _frames_sheet(state: dict[str, Any]) -> Image.Image | None:

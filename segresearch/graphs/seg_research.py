@@ -3,8 +3,9 @@
     START → load_media → reason ─┬─ search   → reason
                                  ├─ keyframe → reason
                                  ├─ feedback → reason   (opt-in retry on a turn without action)
-                                 ├─ segment  → finish → END
-                                 └─ finish → END        (no_action, max_turns, max_tokens, errors)
+                                 ├─ segment  → finish → END   (answer; no_action, max_turns and
+                                 │                             max_tokens get empty masks)
+                                 └─ finish → END        (errors)
 
 One compiled graph serves Python callers, the LangGraph server (``langgraph.json`` points at
 ``graph``) and verl rollouts; only the Context differs.
@@ -47,9 +48,11 @@ def route_after_reason(state: RouteView) -> str:
     kind = pending.get("type")
     if kind == "answer":
         return "segment"
-    if kind in ACTION_NODES and not state.get("stop_reason"):
+    stop = state.get("stop_reason")
+    if kind in ACTION_NODES and not stop:
         return kind
-    return "finish"
+    # A run that ends without an answer still gets (empty) masks when it writes outputs.
+    return "segment" if stop in nodes.ENDS_WITHOUT_ANSWER else "finish"
 
 
 def route_after_tool(state: RouteView) -> str:

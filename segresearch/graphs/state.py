@@ -45,6 +45,7 @@ class OutputState(TypedDict, total=False):
     frame_ids: list[int]  # the sampled frames shown to the model
     events: Annotated[list[dict[str, Any]], run_log]  # the trajectory, one entry per step
     run_dir: str | None
+    segmenter: str | None  # the segmenter that wrote masks_dir (what "auto" resolved to)
 
 
 class State(InputState, OutputState):

@@ -8,7 +8,6 @@ whose emblems are the shapes, and annotated reasoning steps for the IGR reward.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,27 @@ CLUBS = {
     "yellow star": "Amber Stars",
     "green triangle": "Verdant Triangles",
 }
+# The default scene keeps two shapes in its top row and two in its bottom row.
+ROW_PARTNER = {
+    "red circle": "yellow star",
+    "yellow star": "red circle",
+    "blue square": "green triangle",
+    "green triangle": "blue square",
+}
 
 
-def _questions(shape: str, rng: random.Random) -> list[tuple[str, str, list[str]]]:
+def _questions(shape: str, year: int) -> list[tuple[str, str, list[str]]]:
     club = CLUBS[shape]
-    year = rng.randint(2030, 2039)
     return [
         ("one-hop", f"Segment the emblem of the {club}.",
          [f"Search what the emblem of the {club} looks like", f"Find the {shape} in the video"]),
         ("multi-hop", f"Segment the emblem of the club that won the {year} Tessellate Cup.",
          [f"Search which club won the {year} Tessellate Cup", f"Search the emblem of the {club}",
           f"Find the {shape} in the video"]),
+        ("relational", f"Segment the emblem in the same row as the emblem of the "
+         f"{CLUBS[ROW_PARTNER[shape]]}.",
+         [f"Search the emblem of the {CLUBS[ROW_PARTNER[shape]]}",
+          f"Find the {ROW_PARTNER[shape]} in the video", "Find the other shape in its row"]),
         ("in-video", f"Segment the {shape}.", []),
     ]
 
@@ -51,7 +60,6 @@ def make_synthetic_okvos(
     import pandas as pd
 
     root = Path(root)
-    rng = random.Random(seed)
     rows = []
     for v in range(n_videos):
         video = f"vid{v:03d}"
@@ -64,7 +72,9 @@ def make_synthetic_okvos(
             ann.mkdir(parents=True, exist_ok=True)
             for i in range(0, n_frames, annotate_every):
                 Image.fromarray(masks[shape.name][i].astype(np.uint8) * 255).save(ann / f"{names[i]}.png")
-            for ability, question, steps in _questions(shape.name, rng):
+            # A cup year per (video, shape): no two queries share a multi-hop question.
+            year = 2030 + seed + v * len(shapes) + oid
+            for ability, question, steps in _questions(shape.name, year):
                 rows.append({
                     "id": f"{video}_{oid}_{ability}", "question": question, "images": names,
                     "video": video, "oid": str(oid), "ability": ability,
@@ -73,3 +83,66 @@ def make_synthetic_okvos(
     out = root / f"{split}.parquet"
     pd.DataFrame(rows).to_parquet(out, index=False)
     return out
+
+
+def _gt_answer(mask: np.ndarray) -> dict[str, list[int]]:
+    """Box (mask extent) and inner point of a mask in 0-1000 coordinates."""
+    from segresearch.testing.scenes import inner_point, mask_box
+
+    h, w = mask.shape
+    x1, y1, x2, y2 = mask_box(mask)
+    px, py = inner_point(mask)
+    return {"bbox_2d": [round(x1 / w * 1000), round(y1 / h * 1000), round(x2 / w * 1000),
+                        round(y2 / h * 1000)],
+            "point_2d": [round(px / w * 1000), round(py / h * 1000)]}
+
+
+def oracle_turns(root: str | Path, split: str, row: dict, keyframe: int | None = None) -> list[str]:
+    """A policy's turns that answer ``row`` from its ground truth: a search when the question
+    needs knowledge, the keyframe (default: the frame where the target is largest among the
+    six sampled), then the answer box and point of the mask on that frame."""
+    import json
+
+    from segresearch.tools.media import sample_frame_ids
+
+    root = Path(root)
+    ann = root / split / "Annotations" / str(row["video"]) / str(row["oid"])
+    names = sorted(str(n) for n in row["images"])
+    shown = [int(names[i]) for i in sample_frame_ids(list(range(len(names))), 6)]
+    masks = {}
+    for fid in shown:
+        p = ann / f"{fid:05d}.png"
+        if p.is_file():
+            masks[fid] = np.asarray(Image.open(p)) > 0
+    if keyframe is None:
+        keyframe = max(masks, key=lambda f: int(masks[f].sum()))
+    turns = []
+    if row["ability"] != "in-video":
+        q = row["steps"][0] if row.get("steps") is not None and len(row["steps"]) else row["question"]
+        turns.append("<thinking>I need to know more.</thinking>\n<search>"
+                     + json.dumps({"name": "text_search", "query": str(q)}) + "</search>")
+    turns.append(f"<thinking>The target is clearest here.</thinking>\n<keyframe> {keyframe} </keyframe>")
+    turns.append("<thinking>That is the target.</thinking>\n<answer>"
+                 + json.dumps(_gt_answer(masks[keyframe])) + "</answer>")
+    return turns
+
+
+def write_oracle_cassette(
+    root: str | Path, split: str, path: str | Path, *, malformed: tuple[str, ...] = ()
+) -> Path:
+    """A replay cassette ``{"queries": {question: turns}}`` answering every query of the
+    split from the ground truth; ids in ``malformed`` answer with broken JSON."""
+    import json
+
+    import pandas as pd
+
+    df = pd.read_parquet(Path(root) / f"{split}.parquet")
+    queries: dict[str, list[str]] = {}
+    for rec in df.to_dict("records"):
+        turns = oracle_turns(root, split, rec)
+        if rec["id"] in malformed:
+            turns[-1] = "<thinking>Hmm.</thinking>\n<answer>{'bbox_2d': [1, 2, 3, 4], point}</answer>"
+        queries[str(rec["question"])] = turns
+    path = Path(path)
+    path.write_text(json.dumps({"label": "oracle from ground truth", "queries": queries}))
+    return path

@@ -26,27 +26,40 @@ def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour: Sequence[int] = MASK
     return out
 
 
+def annotate(
+    rgb: np.ndarray,
+    mask: np.ndarray | None = None,
+    box: Sequence[float] | None = None,
+    point: Sequence[float] | None = None,
+    label: str = "",
+) -> np.ndarray:
+    """A copy of an RGB frame with the mask tinted, the box in green, the point in red and
+    a label in the corner."""
+    out = overlay_mask(rgb, mask) if mask is not None else rgb.copy()
+    thick = max(2, out.shape[0] // 200)
+    if box is not None:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), BOX_COLOUR, thick)
+    if point is not None:
+        r = max(4, out.shape[0] // 80)
+        c = (int(round(float(point[0]))), int(round(float(point[1]))))
+        cv2.circle(out, c, r, POINT_COLOUR, -1)
+        cv2.circle(out, c, r, (255, 255, 255), max(1, thick // 2))
+    if label:
+        scale = max(0.5, out.shape[0] / 900)
+        org = (8, int(28 * scale))
+        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
 def draw_answer(
     img: Image.Image,
-    box: Sequence[int] | None,
-    point: Sequence[int] | None,
+    box: Sequence[float] | None,
+    point: Sequence[float] | None,
     mask: np.ndarray | None = None,
     label: str = "",
 ) -> Image.Image:
     """The frame with the mask tinted, the box in green and the point in red."""
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    if mask is not None:
-        rgb = overlay_mask(rgb, mask)
-    thick = max(2, rgb.shape[0] // 200)
-    if box is not None:
-        x1, y1, x2, y2 = (int(v) for v in box)
-        cv2.rectangle(rgb, (x1, y1), (x2, y2), BOX_COLOUR, thick)
-    if point is not None:
-        r = max(4, rgb.shape[0] // 80)
-        cv2.circle(rgb, (int(point[0]), int(point[1])), r, POINT_COLOUR, -1)
-        cv2.circle(rgb, (int(point[0]), int(point[1])), r, (255, 255, 255), max(1, thick // 2))
-    if label:
-        scale = max(0.5, rgb.shape[0] / 900)
-        cv2.putText(rgb, label, (8, int(28 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
-        cv2.putText(rgb, label, (8, int(28 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
-    return Image.fromarray(rgb)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return Image.fromarray(annotate(rgb, mask, box, point, label))

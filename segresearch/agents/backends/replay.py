@@ -4,12 +4,18 @@ Used by tests, the demo and the server's offline smoke runs: the rest of the gra
 search, keyframes, segmentation) runs for real while the policy is a recording. The turn
 to play is the number of assistant messages already in the conversation, so one instance
 serves any number of concurrent runs without shared state.
+
+A cassette may also record a whole evaluation: ``{"queries": {question: [turns]}}`` picks
+the turns by the question the run was asked (the last text of the first user message), so
+one spec string replays a benchmark, in any order and across processes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +42,11 @@ class ReplayExhausted(RuntimeError):
 class ReplayChatModel(BaseChatModel):
     """Plays ``turns`` in order; turn i answers a conversation with i assistant messages."""
 
-    turns: list[str]
+    turns: list[str] = Field(default_factory=list)
+    queries: dict[str, list[str]] = Field(default_factory=dict)
     label: str = "recorded policy"
     source: str = ""
+    latency: float = 0.0  # seconds each turn takes, to stand in for a real model's pace
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
@@ -50,17 +58,51 @@ class ReplayChatModel(BaseChatModel):
             raise ValueError(f"replay cassette not found: {p}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"replay cassette {p} is not valid JSON: {e}") from None
+        queries: dict[str, list[str]] = {}
+        latency = 0.0
         if isinstance(data, list):
             turns, label, meta = data, "recorded policy", {}
-        elif isinstance(data, dict) and isinstance(data.get("turns"), list):
-            turns = data["turns"]
+        elif isinstance(data, dict) and (
+            isinstance(data.get("turns"), list) or isinstance(data.get("queries"), dict)
+        ):
+            turns = data.get("turns") or []
+            queries = data.get("queries") or {}
             label = str(data.get("label", "recorded policy"))
-            meta = {k: v for k, v in data.items() if k not in ("turns", "label")}
+            meta = {k: v for k, v in data.items() if k not in ("turns", "queries", "label", "latency")}
+            latency = data.get("latency", 0.0)
+            if not isinstance(latency, (int, float)) or isinstance(latency, bool) or not 0 <= latency <= 600:
+                raise ValueError(f"replay cassette {p}: latency must be seconds between 0 and 600")
         else:
-            raise ValueError(f"replay cassette {p} must be a list of turns or {{'turns': [...]}}")
+            raise ValueError(
+                f"replay cassette {p} must be a list of turns, {{'turns': [...]}} or "
+                "{'queries': {question: [...]}}"
+            )
         if not all(isinstance(t, str) for t in turns):
             raise ValueError(f"replay cassette {p}: every turn must be a string")
-        return cls(turns=turns, label=label, source=str(p), meta=meta)
+        for q, ts in queries.items():
+            if not isinstance(ts, list) or not all(isinstance(t, str) for t in ts):
+                raise ValueError(f"replay cassette {p}: turns of query {q!r} must be strings")
+        return cls(turns=turns, queries=queries, label=label, source=str(p), meta=meta,
+                   latency=float(latency))
+
+    def _turns_for(self, messages: list[BaseMessage]) -> list[str]:
+        if not self.queries:
+            return self.turns
+        first = next((m for m in messages if m.type == "human"), None)
+        question = ""
+        if first is not None:
+            content = first.content
+            if isinstance(content, str):
+                question = content
+            else:
+                texts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+                question = texts[-1] if texts else ""
+        found = self.queries.get(question.strip())
+        if found is not None:
+            return found
+        if self.turns:
+            return self.turns
+        raise ReplayExhausted(f"replay cassette has no turns for the question {question.strip()[:80]!r}")
 
     @property
     def _llm_type(self) -> str:
@@ -73,12 +115,29 @@ class ReplayChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
+        if self.latency:
+            time.sleep(self.latency)
+        return self._play(messages, stop, **kwargs)
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        return self._play(messages, stop, **kwargs)
+
+    def _play(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> ChatResult:
         i = sum(1 for m in messages if m.type == "ai")
-        if i >= len(self.turns):
+        turns = self._turns_for(messages)
+        if i >= len(turns):
             raise ReplayExhausted(
-                f"replay cassette has {len(self.turns)} turns; turn {i + 1} was requested"
+                f"replay cassette has {len(turns)} turns; turn {i + 1} was requested"
             )
-        text, stopped = cut_at_stop(self.turns[i], stop)
+        text, stopped = cut_at_stop(turns[i], stop)
         limit = kwargs.get("max_tokens")
         finish = "stop"
         n = approx_tokens(text)

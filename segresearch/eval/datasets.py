@@ -1,0 +1,278 @@
+"""Evaluation sets as lists of queries: OK-VOS (video) and ReasonSeg-style image sets.
+
+A query knows what the model is shown (``media``: the sampled frame list of a video, or an
+image), what is segmented (``segment_media``: every frame of the video), and where the
+ground truth is. Ids are the published ones (the parquet's ``id``, else the row index as a
+string), so dumps of the published pipeline, its ``meta_mapping.json`` and our files agree.
+
+Accepted image layouts (``load_image_set``):
+1. a manifest ``queries.jsonl`` (or ``queries.json``, a list) in the root, one object per
+   query: ``image`` and ``mask`` (paths relative to the root), ``question`` (or ``text`` /
+   ``query``), optional ``id`` (default: line number) and ``ignore`` (a mask of pixels left
+   out of the score). Mask pixels > 0 are the target.
+2. the ReasonSeg release: ``<name>.jpg`` with ``<name>.json`` beside it holding ``text`` (a
+   list of questions, each one query, ids ``<name>#<k>``) and ``shapes`` (LabelMe polygons
+   labelled ``target``, or ``ignore`` for pixels left out of the score); larger polygons
+   are drawn first so smaller ones on top of them win.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+ABILITIES = ("one-hop", "multi-hop", "relational", "in-video")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+_SAFE_RE = re.compile(r"[A-Za-z0-9._#+-]+")
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be read; the message names the file and the problem."""
+
+
+@dataclass
+class Query:
+    id: str
+    question: str
+    ability: str
+    media: str | list[str]  # what the model is shown (frame paths or one image)
+    segment_media: str  # what masks are made for: the video's frame folder, or the image
+    gt: str  # OK-VOS: the object's mask folder; images: the mask file ("" for polygons)
+    kind: str = "video"  # "video" | "image"
+    video: str = ""  # groups queries that share a video (segmented together)
+    ignore: str = ""  # images: a mask of pixels left out of the score
+    polygons: str = ""  # images: the ReasonSeg json the target is drawn from
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_source(self) -> str:
+        return f"Search_RVOS_{self.ability}" if self.kind == "video" else f"ImageSeg_{self.ability}"
+
+
+def safe_name(qid: str) -> str:
+    """A query id as a folder name: the id itself when it is a plain name (as in the
+    published layout ``seg/<id>/``), else a reversible percent-encoding."""
+    if _SAFE_RE.fullmatch(qid) and qid not in (".", ".."):
+        return qid
+    from urllib.parse import quote
+
+    return quote(qid, safe="")
+
+
+def _missing(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(isinstance(v, float) and math.isnan(v))
+    except TypeError:
+        return False
+
+
+def _frame_file(folder: Path, name: str) -> Path:
+    p = folder / name
+    if p.suffix.lower() in IMAGE_EXTS:
+        return p
+    return folder / f"{name}.jpg"
+
+
+def load_okvos(root: str | os.PathLike[str], split: str, limit: int | None = None) -> list[Query]:
+    """The queries of ``ROOT/{split}.parquet`` in file order; frames and masks under
+    ``ROOT/{split}/JPEGImages/<video>/`` and ``ROOT/{split}/Annotations/<video>/<oid>/``."""
+    import pandas as pd
+
+    root = Path(root).expanduser()
+    src = root / f"{split}.parquet"
+    if not src.is_file():
+        raise DatasetError(f"OK-VOS parquet not found: {src}")
+    try:
+        df = pd.read_parquet(src)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise DatasetError(f"cannot read {src}: {e}") from None
+    missing = [c for c in ("question", "images", "video", "oid", "ability") if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{src} lacks column(s) {', '.join(missing)}")
+    frames_root = root / split / "JPEGImages"
+    masks_root = root / split / "Annotations"
+    out: list[Query] = []
+    seen: set[str] = set()
+    for idx, rec in enumerate(df.to_dict("records")):
+        if limit is not None and len(out) >= limit:
+            break
+        qid = str(idx) if "id" not in df.columns or _missing(rec["id"]) else str(rec["id"])
+        if qid in seen:
+            raise DatasetError(f"{src}: id {qid!r} appears twice")
+        seen.add(qid)
+        images = rec["images"]
+        if isinstance(images, (str, bytes)) or images is None or len(images) == 0:
+            raise DatasetError(f"{src} row {idx}: images must be a non-empty list of frame names")
+        video = str(rec["video"])
+        folder = frames_root / video
+        names = sorted(str(n) for n in images)  # the published preprocessing sorts them
+        steps = rec.get("steps")
+        out.append(Query(
+            id=qid,
+            question=str(rec["question"]),
+            ability=str(rec["ability"]),
+            media=[str(_frame_file(folder, n)) for n in names],
+            segment_media=str(folder),
+            gt=str(masks_root / video / str(rec["oid"])),
+            kind="video",
+            video=str(folder),
+            extra={"oid": str(rec["oid"]), "video_name": video,
+                   "steps": None if _missing(steps) else [str(s) for s in steps]},
+        ))
+    return out
+
+
+def meta_mapping(queries: Sequence[Query]) -> list[list[str]]:
+    """The published evaluator's ``meta_mapping.json``: ``[id, mask folder, ability]``."""
+    return [[q.id, q.gt, q.ability] for q in queries if q.kind == "video"]
+
+
+def write_meta_mapping(queries: Sequence[Query], path: str | os.PathLike[str]) -> Path:
+    from segresearch.graphs.outputs import write_atomic
+
+    path = Path(path)
+    write_atomic(path, json.dumps(meta_mapping(queries)).encode())
+    return path
+
+
+# ---------------------------------------------------------------------- images
+
+
+def _manifest(root: Path) -> Iterator[dict[str, Any]]:
+    jsonl, js = root / "queries.jsonl", root / "queries.json"
+    if jsonl.is_file():
+        for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{jsonl} line {n}: not JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise DatasetError(f"{jsonl} line {n}: expected an object")
+            rec.setdefault("_line", n)
+            yield rec
+        return
+    try:
+        data = json.loads(js.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{js}: not JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{js}: expected a list of query objects")
+    for n, rec in enumerate(data, 1):
+        if not isinstance(rec, dict):
+            raise DatasetError(f"{js} item {n}: expected an object")
+        rec.setdefault("_line", n)
+        yield rec
+
+
+def _read_json_any(path: Path) -> Any:
+    """ReasonSeg's files are mostly UTF-8, a few cp1252."""
+    raw = path.read_bytes()
+    for enc in ("utf-8", "cp1252"):
+        try:
+            return json.loads(raw.decode(enc))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+    raise DatasetError(f"{path}: not JSON")
+
+
+def load_image_set(root: str | os.PathLike[str], limit: int | None = None) -> list[Query]:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"image set folder not found: {root}")
+    out: list[Query] = []
+    if (root / "queries.jsonl").is_file() or (root / "queries.json").is_file():
+        for rec in _manifest(root):
+            n = rec.pop("_line")
+            question = rec.get("question") or rec.get("text") or rec.get("query")
+            if not isinstance(question, str) or not question.strip():
+                raise DatasetError(f"{root} query {n}: no question (question/text/query)")
+            for key in ("image", "mask"):
+                if not isinstance(rec.get(key), str):
+                    raise DatasetError(f"{root} query {n}: {key!r} must be a path")
+            image, mask = root / rec["image"], root / rec["mask"]
+            if not image.is_file():
+                raise DatasetError(f"{root} query {n}: image not found: {image}")
+            if not mask.is_file():
+                raise DatasetError(f"{root} query {n}: mask not found: {mask}")
+            ignore = str(root / rec["ignore"]) if isinstance(rec.get("ignore"), str) else ""
+            out.append(Query(
+                id=str(rec.get("id", n - 1)), question=question.strip(),
+                ability=str(rec.get("ability", "image")), media=str(image),
+                segment_media=str(image), gt=str(mask), kind="image", video=str(image),
+                ignore=ignore, extra={k: v for k, v in rec.items() if k not in ("image", "mask")},
+            ))
+    else:
+        images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS
+                        and p.with_suffix(".json").is_file())
+        if not images:
+            raise DatasetError(
+                f"{root}: no queries.jsonl and no <image>.jpg + <image>.json pairs (ReasonSeg layout)"
+            )
+        for img in images:
+            anno = _read_json_any(img.with_suffix(".json"))
+            texts = anno.get("text") if isinstance(anno, dict) else None
+            if isinstance(texts, str):
+                texts = [texts]
+            if not isinstance(texts, list) or not texts:
+                raise DatasetError(f"{img.with_suffix('.json')}: no 'text' questions")
+            for k, text in enumerate(texts):
+                out.append(Query(
+                    id=f"{img.stem}#{k}", question=str(text).strip(), ability="reason",
+                    media=str(img), segment_media=str(img), gt="", kind="image", video=str(img),
+                    polygons=str(img.with_suffix(".json")),
+                ))
+    ids = [q.id for q in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DatasetError(f"{root}: id {dup!r} appears twice")
+    return out[:limit] if limit is not None else out
+
+
+def polygon_masks(json_path: str | os.PathLike[str], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(target, ignore) boolean masks from a ReasonSeg annotation."""
+    anno = _read_json_any(Path(json_path))
+    shapes = [s for s in anno.get("shapes", []) if s.get("label") in ("target", "ignore")]
+
+    def area(s: dict[str, Any]) -> float:
+        pts = np.asarray(s.get("points") or [[0, 0]], np.float32)
+        return float(cv2.contourArea(pts)) if len(pts) >= 3 else 0.0
+
+    label = np.zeros((height, width), np.uint8)
+    for s in sorted(shapes, key=area, reverse=True):
+        pts = np.round(np.asarray(s.get("points") or [], np.float32)).astype(np.int32)
+        if len(pts) < 3:
+            continue
+        cv2.fillPoly(label, [pts], 1 if s["label"] == "target" else 255)
+    return label == 1, label == 255
+
+
+def image_ground_truth(q: Query, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(target, ignore or None) for an image query at the image's size."""
+    if q.polygons:
+        target, ignore = polygon_masks(q.polygons, height, width)
+        return target, ignore if ignore.any() else None
+    gt = cv2.imread(q.gt, cv2.IMREAD_GRAYSCALE)
+    if gt is None:
+        raise DatasetError(f"cannot read mask {q.gt}")
+    if gt.shape != (height, width):
+        raise DatasetError(f"mask {q.gt} is {gt.shape[1]}x{gt.shape[0]}, its image {width}x{height}")
+    ignore = None
+    if q.ignore:
+        ig = cv2.imread(q.ignore, cv2.IMREAD_GRAYSCALE)
+        if ig is None or ig.shape != gt.shape:
+            raise DatasetError(f"cannot use ignore mask {q.ignore}")
+        ignore = ig > 0
+    return gt > 0, ignore

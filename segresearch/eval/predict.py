@@ -1,0 +1,171 @@
+"""Running the graph over an evaluation set: one prediction row per query.
+
+Queries run concurrently on one event loop (``graph.ainvoke``: model calls are awaited,
+not parked on threads), spread round-robin over several model endpoints when given, and
+each finished row is appended to the predictions file at once, so a killed evaluation
+loses at most the queries in flight. Segmentation is not done here: like the published
+pipeline, masks come afterwards from the saved outputs (``postseg``), grouped by video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from segresearch.agents.content import content_text
+from segresearch.agents.context import Context
+from segresearch.eval.datasets import Query, safe_name
+from segresearch.eval.predictions import PredictionLog, first_keyframe
+from segresearch.tools.segmenters.prompting import prompt_from_output
+
+ModelSpec = str | BaseChatModel
+
+
+def output_text(messages: Sequence[Any]) -> str:
+    """Everything after the prompt, as the published dump's ``output``: the model's turns
+    and the observations between them (images as ``<image>``)."""
+    parts = []
+    for m in list(messages)[2:]:
+        parts.append(content_text(m.content, image_marker="<image>"))
+    return "\n".join(parts)
+
+
+def model_label(spec: ModelSpec) -> str:
+    return spec if isinstance(spec, str) else type(spec).__name__
+
+
+def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: float,
+                   media_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The prediction row of one finished graph run (no image bytes)."""
+    output = output_text(final.get("messages") or [])
+    answer = final.get("answer")
+    graph_key = None if not answer else answer.get("keyframe")
+    first = first_keyframe(output)
+    row: dict[str, Any] = {
+        "id": q.id,
+        "data_source": q.data_source,
+        "video_path": q.segment_media,
+        "output": output,
+        "ability": q.ability,
+        "question": q.question,
+        "stop_reason": final.get("stop_reason"),
+        "error": final.get("error"),
+        "answer": answer,
+        "answer_px": final.get("answer_px"),
+        "turns": final.get("turns", 0),
+        "num_search": len(final.get("searches") or []),
+        "searches": [{"name": s.get("name"), "query": s.get("query")} for s in final.get("searches") or []],
+        "frame_ids": final.get("frame_ids"),
+        "first_keyframe": first,
+        "graph_keyframe": graph_key,
+        "model": model_label(spec),
+        "seconds": round(seconds, 3),
+        "run_dir": final.get("run_dir"),
+    }
+    if answer is not None and q.kind == "video" and media_size is not None:
+        w, h = media_size
+        ids = final.get("frame_ids") or []
+        parsed = prompt_from_output(output, ids, w, h)
+        # The saved output is segmented by the FIRST keyframe tag; the graph answered on the
+        # LAST keyframe it showed. Count where that (or strict JSON) changes the prompt.
+        row["rule_differs"] = parsed.prompt is None or parsed.prompt.frame != graph_key
+    return row
+
+
+def error_row(q: Query, spec: ModelSpec, exc: BaseException, seconds: float) -> dict[str, Any]:
+    msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return {"id": q.id, "data_source": q.data_source, "video_path": q.segment_media, "output": "",
+            "ability": q.ability, "question": q.question, "stop_reason": "error:eval",
+            "error": msg, "answer": None, "answer_px": None, "turns": 0, "num_search": 0,
+            "searches": [], "model": model_label(spec), "seconds": round(seconds, 3)}
+
+
+def query_context(base: Context, q: Query, spec: ModelSpec, runs_dir: Path | None) -> Context:
+    """The run's Context: the shared settings, this query's model, no segmentation (masks
+    come later from the saved output), no search for the in-video (no-search) questions as
+    in the published evaluation, and a run folder per query when trajectories are kept."""
+    changes: dict[str, Any] = {"model": spec, "run_segmentation": False,
+                               "output_dir": str(runs_dir / safe_name(q.id)) if runs_dir else ""}
+    if q.ability == "in-video":
+        changes["search"] = "none"
+    return replace(base, **changes)
+
+
+async def predict_queries(
+    queries: Sequence[Query],
+    base: Context,
+    specs: Sequence[ModelSpec],
+    log: PredictionLog,
+    *,
+    concurrency: int = 8,
+    runs_dir: Path | None = None,
+    offset: int = 0,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every query, append its row as soon as it finishes, return the rows in query
+    order. ``offset`` shifts the round-robin so shards spread over endpoints too."""
+    from segresearch.graphs.seg_research import graph
+    from segresearch.tools.media import MediaError, open_media
+
+    if not specs:
+        raise ValueError("no model given")
+    sem = asyncio.Semaphore(max(1, concurrency))
+    rows: dict[str, dict[str, Any]] = {}
+
+    async def one(i: int, q: Query) -> None:
+        spec = specs[(offset + i) % len(specs)]
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                ctx = query_context(base, q, spec, runs_dir)
+                final = await graph.ainvoke({"query": q.question, "media": q.media}, context=ctx)
+                size = None
+                try:
+                    m = open_media(q.segment_media)
+                    size = (m.width, m.height)
+                except MediaError:
+                    pass
+                row = row_from_state(q, final, spec, time.perf_counter() - t0, size)
+            except Exception as e:  # noqa: BLE001 - one broken query must not stop the set
+                row = error_row(q, spec, e, time.perf_counter() - t0)
+        await asyncio.to_thread(log.append, row)
+        rows[q.id] = row
+        if on_row is not None:
+            on_row(row)
+
+    await asyncio.gather(*(one(i, q) for i, q in enumerate(queries)))
+    return [rows[q.id] for q in queries]
+
+
+def run_predictions(
+    queries: Sequence[Query],
+    base: Context,
+    specs: Sequence[ModelSpec],
+    log: PredictionLog,
+    *,
+    concurrency: int = 8,
+    runs_dir: Path | None = None,
+    progress: bool = True,
+    desc: str = "predict",
+) -> list[dict[str, Any]]:
+    """:func:`predict_queries` with a progress bar (rate, ETA, stop reasons so far)."""
+    from tqdm import tqdm
+
+    counts: Counter[str] = Counter()
+    with tqdm(total=len(queries), desc=desc, unit="query", disable=not progress,
+              dynamic_ncols=True) as bar:
+
+        def tick(row: dict[str, Any]) -> None:
+            counts[str(row.get("stop_reason"))] += 1
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in counts.most_common(4)), refresh=False)
+            bar.update(1)
+
+        return asyncio.run(predict_queries(queries, base, specs, log, concurrency=concurrency,
+                                           runs_dir=runs_dir, on_row=tick))

@@ -1,0 +1,318 @@
+"""From a data set and a model (or a saved predictions file) to a results table.
+
+Steps, each resumable on its own: predictions (the graph over every query; rows appended
+to ``predictions.jsonl`` as they finish), segmentation (masks from the saved outputs by the
+published rule, grouped by video, into ``seg/<id>/``), scoring (every query of the split;
+a missing prediction, folder or frame is an empty mask), then ``results.json``,
+``results.md``, plots and ``report.html``. A folder remembers the settings it was made
+with (``eval_config.json``) and refuses to mix in results of other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segresearch.agents.context import Context
+from segresearch.eval.datasets import (
+    ABILITIES,
+    DatasetError,
+    Query,
+    load_image_set,
+    load_okvos,
+    safe_name,
+)
+from segresearch.eval.predict import ModelSpec, model_label
+from segresearch.eval.predictions import PredictionLog, ability_of, read_predictions
+from segresearch.graphs.outputs import write_atomic
+from segresearch.tools.segmenters import Segmenter, get_segmenter
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+CONFIG = "eval_config.json"
+SEG = "seg"
+RUNS = "runs"
+# Settings that change what a prediction or a mask is: a folder is never resumed with others.
+_PINNED = ("dataset", "root", "split", "models", "search", "kb", "retriever_url", "num_frames",
+           "max_turns", "frame_size", "keyframe_size", "coord_style", "prompt_variant",
+           "system_prompt_file", "temperature", "text_topk", "image_topk", "segmenter",
+           "predictions")
+
+
+class EvalError(ValueError):
+    """An evaluation that cannot start or continue; one line for the user."""
+
+
+@dataclass
+class EvalSpec:
+    """Everything one evaluation run needs (the CLI fills it from its arguments)."""
+
+    dataset: str  # "okvos" | "images"
+    root: str
+    out: str
+    split: str | None = None
+    models: Sequence[ModelSpec] = ()
+    predictions: str | None = None  # re-score a saved file instead of running a model
+    context: Context = field(default_factory=lambda: Context(run_segmentation=False))
+    segmenter: str | Segmenter = "auto"
+    sam2_checkpoint: str = ""
+    sam2_config: str = ""
+    sam2_image_size: int | None = None
+    device: str = "auto"
+    concurrency: int = 8
+    limit: int | None = None
+    workers: int = 1
+    ray: bool = False
+    ray_address: str | None = None
+    trajectories: bool = True
+    overlays: bool = False
+    html: bool = True
+    progress: bool = True
+    retry_errors: bool = False
+    force: bool = False
+    score_workers: int | None = None
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out).expanduser()
+
+    def make_segmenter(self) -> Segmenter:
+        seg = get_segmenter(self.segmenter, sam2_checkpoint=self.sam2_checkpoint,
+                            sam2_config=self.sam2_config, sam2_image_size=self.sam2_image_size,
+                            device=self.device)
+        if seg is None:
+            raise EvalError("evaluation needs a segmenter (sam2, grabcut or auto), not 'none'")
+        return seg
+
+    def coord(self) -> tuple[str, int]:
+        """How saved outputs' coordinates scale to pixels (Qwen2.5-VL style answers are in
+        pixels of the keyframe image the model was shown)."""
+        c = self.context
+        return c.coord_style, (1000 if c.coord_style == "qwen3" else c.keyframe_size)
+
+
+def load_queries(spec: EvalSpec) -> list[Query]:
+    if spec.dataset == "okvos":
+        if not spec.split:
+            raise EvalError("OK-VOS evaluation needs --split")
+        return load_okvos(spec.root, spec.split, spec.limit)
+    if spec.dataset == "images":
+        return load_image_set(spec.root, spec.limit)
+    raise EvalError(f"unknown dataset {spec.dataset!r} (okvos, images)")
+
+
+def settings(spec: EvalSpec, segmenter: Segmenter) -> dict[str, Any]:
+    c = spec.context
+    return {
+        "dataset": spec.dataset, "root": str(Path(spec.root).expanduser().resolve()),
+        "split": spec.split,
+        "models": [model_label(m) for m in spec.models] if spec.models else None,
+        "predictions": str(Path(spec.predictions).expanduser().resolve()) if spec.predictions else None,
+        "search": c.search_name, "kb": c.kb, "retriever_url": c.retriever_url,
+        "num_frames": c.num_frames, "max_turns": c.max_turns, "frame_size": c.frame_size,
+        "keyframe_size": c.keyframe_size, "coord_style": c.coord_style,
+        "prompt_variant": c.prompt_variant, "system_prompt_file": c.system_prompt_file,
+        "temperature": c.temperature, "text_topk": c.text_topk, "image_topk": c.image_topk,
+        "segmenter": segmenter.describe(), "concurrency": spec.concurrency,
+        "workers": spec.workers if spec.ray else 1, "limit": spec.limit,
+    }
+
+
+def check_config(out: Path, current: dict[str, Any], force: bool) -> None:
+    """Refuse to resume a folder made with other settings (unless forced): its predictions
+    and masks would be mixed with new ones in one table."""
+    path = out / CONFIG
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise EvalError(f"{path} is unreadable ({e}); remove it or use another --out") from None
+        diff = [k for k in _PINNED if old.get(k) != current.get(k)]
+        if diff and not force:
+            shown = "; ".join(f"{k}: {old.get(k)!r} → {current.get(k)!r}" for k in diff[:4])
+            raise EvalError(
+                f"{out} holds an evaluation made with other settings ({shown}); use another "
+                "--out, or --force to continue anyway"
+            )
+    write_atomic(path, json.dumps(current, indent=1, default=str).encode())
+
+
+def evaluate(spec: EvalSpec) -> dict[str, Any]:
+    """Run (or resume) one evaluation and write its results; returns results.json's data."""
+    from segresearch.eval import results as res
+
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        queries = load_queries(spec)
+    except DatasetError as e:
+        raise EvalError(str(e)) from None
+    if not queries:
+        raise EvalError(f"no queries in {spec.root}")
+    segmenter = spec.make_segmenter()
+    current = settings(spec, segmenter)
+    check_config(out, current, spec.force)
+
+    if not spec.predictions and not spec.models:
+        raise EvalError("give --model (one or more) or --predictions")
+    shards = None
+    if spec.ray:
+        from segresearch.eval.distributed import RayShards
+
+        shards = RayShards(spec)
+    try:
+        if spec.predictions:
+            rows = _rows_from_file(spec, queries)
+            redo: set[str] = set()
+        else:
+            rows, redo = _predict(spec, queries, shards)
+        seg_records = _segment(spec, queries, rows, segmenter, redo, shards)
+    finally:
+        if shards is not None:
+            shards.close()
+    from segresearch.eval.scoring import aggregate, score_queries
+
+    scores = score_queries(queries, out / SEG, workers=spec.score_workers, progress=spec.progress)
+    entries = [_entry(q, rows.get(q.id), seg_records.get(q.id), scores[q.id], out) for q in queries]
+    kind = "video" if spec.dataset == "okvos" else "image"
+    agg = aggregate(entries, kind, ABILITIES if kind == "video" else ())
+    results: dict[str, Any] = {
+        "dataset": {"name": spec.dataset, "root": current["root"], "split": spec.split,
+                    "queries": len(queries)},
+        "settings": current,
+        "created": res.now_iso(),
+        "metric": "J&F" if kind == "video" else "gIoU",
+        **agg,
+        "counts": res.counts(entries),
+        "queries": entries,
+    }
+    results["plots"] = res.write_plots(out, results)
+    res.write_results_json(out, results)
+    write_atomic(out / "results.md", res.results_markdown(results).encode())
+    if spec.html:
+        from segresearch.eval.report_html import write_html_report
+
+        write_html_report(out, results, progress=spec.progress)
+    return results
+
+
+def _rows_from_file(spec: EvalSpec, queries: Sequence[Query]) -> dict[str, dict[str, Any]]:
+    path = Path(spec.predictions).expanduser()  # type: ignore[arg-type]
+    if not path.is_file():
+        raise EvalError(f"predictions file not found: {path}")
+    found = read_predictions(path)
+    known = {q.id for q in queries}
+    extra = [i for i in found.rows if i not in known]
+    if extra and spec.limit is None:
+        log.warning("%s: %d prediction(s) for ids not in this split (e.g. %r) are ignored",
+                    path, len(extra), extra[0])
+    rows = {i: r for i, r in found.rows.items() if i in known}
+    mismatched = [q.id for q in queries if q.id in rows and not _same_video(rows[q.id], q)]
+    if mismatched:
+        raise EvalError(
+            f"{path}: {len(mismatched)} prediction(s) name another video than the data set "
+            f"(e.g. id {mismatched[0]!r}); is this dump for split {spec.split}?"
+        )
+    return rows
+
+
+def _same_video(row: dict[str, Any], q: Query) -> bool:
+    vp = row.get("video_path")
+    if not vp or q.kind != "video":
+        return True
+    return Path(str(vp)).name == Path(q.segment_media).name
+
+
+def _predict(
+    spec: EvalSpec, queries: Sequence[Query], shards: Any
+) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Rows for every query: those already in predictions.jsonl, and new runs for the rest
+    (and for earlier failures with ``retry_errors``). Returns the rows and the ids run now,
+    whose old masks are stale."""
+    from segresearch.eval.predict import run_predictions
+
+    out = spec.out_dir
+    log_file = PredictionLog(out / PREDICTIONS)
+    existing = read_predictions(out / PREDICTIONS).rows
+    rows = {q.id: existing[q.id] for q in queries if q.id in existing}
+    pending = [q for q in queries if q.id not in rows or (
+        spec.retry_errors and str(rows[q.id].get("stop_reason", "")).startswith("error"))]
+    redo = {q.id for q in pending}
+    if pending and shards is not None:
+        rows.update(shards.predict(pending, log_file, spec.progress))
+    elif pending:
+        runs = out / RUNS if spec.trajectories else None
+        for r in run_predictions(pending, spec.context, list(spec.models), log_file,
+                                 concurrency=spec.concurrency, runs_dir=runs,
+                                 progress=spec.progress):
+            rows[r["id"]] = r
+    return rows, redo
+
+
+def _segment(
+    spec: EvalSpec, queries: Sequence[Query], rows: dict[str, dict[str, Any]],
+    segmenter: Segmenter, redo: set[str], shards: Any,
+) -> dict[str, dict[str, Any]]:
+    """Masks for every query with a prediction, made from the data set's own media (not
+    the paths a dump carries)."""
+    from segresearch.eval.postseg import SEGMENT_LOG, SegJob, segment_jobs
+
+    seg_root = spec.out_dir / SEG
+    jobs = [SegJob(id=q.id, media=q.segment_media, output=str(rows[q.id].get("output") or ""),
+                   kind=q.kind) for q in queries if q.id in rows]
+    coord_style, coord_size = spec.coord()
+    overlays = spec.out_dir / "overlays" if spec.overlays else None
+    if shards is not None:
+        shards.segment(jobs, redo, spec.progress)
+    else:
+        segment_jobs(jobs, seg_root, segmenter, coord_style=coord_style, coord_size=coord_size,
+                     overlays_dir=overlays, progress=spec.progress, redo=redo)
+    return read_predictions(seg_root / SEGMENT_LOG).rows
+
+
+def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
+           score: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One query's line in results.json."""
+    row = row or {}
+    seg = seg or {}
+    run_dir = row.get("run_dir")
+    if run_dir:
+        try:
+            run_dir = os.path.relpath(run_dir, out)
+        except ValueError:
+            pass
+    e: dict[str, Any] = {
+        "id": q.id, "ability": q.ability if q.ability else ability_of(row), "question": q.question,
+        "kind": q.kind, "media": q.segment_media,
+        **{k: score.get(k) for k in (("J", "F", "J&F") if q.kind == "video" else ("IoU", "intersection", "union"))},
+        "stop_reason": row.get("stop_reason") if row else None,
+        "error": row.get("error"),
+        "num_search": int(row["num_search"]) if "num_search" in row else _count_searches(row.get("output")),
+        "searches": row.get("searches") or [],
+        "answer": row.get("answer"),
+        "prompt": seg.get("prompt"),
+        "problem": seg.get("problem") if row else "no prediction for this query",
+        "graph_keyframe": row.get("graph_keyframe"),
+        "first_keyframe": seg.get("first_keyframe", row.get("first_keyframe")),
+        "rule_differs": bool(row.get("rule_differs")),
+        "missing_prediction": not row,
+        "missing_masks": bool(score.get("missing_masks")),
+        "missing_frames": int(score.get("missing_frames") or 0),
+        "annotated_frames": int(score.get("annotated_frames") or 0),
+        "seg_dir": f"{SEG}/{safe_name(q.id)}",
+        "run_dir": run_dir,
+        "segmenter": seg.get("segmenter"),
+    }
+    if score.get("score_error"):
+        e["score_error"] = score["score_error"]
+    return e
+
+
+def _count_searches(output: Any) -> int:
+    return str(output or "").count("<search>")

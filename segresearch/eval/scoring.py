@@ -1,0 +1,160 @@
+"""Scores of mask folders against the ground truth, and their aggregates.
+
+Video (OK-VOS): like the published ``eval_okvos.py``, every frame that has a ground-truth
+mask file is scored (J and F averaged over those frames), ground truth and prediction are
+binarised by ``> 0``, and J&F of a group is (mean J + mean F) / 2 over its queries. Unlike
+it, a missing prediction folder or frame is an empty mask, never a skipped query. Images:
+IoU per query with ``ignore`` pixels left out; gIoU is the mean IoU, cIoU the total
+intersection over the total union.
+
+Scoring runs in a thread pool: reading PNGs and the metrics' OpenCV/numpy kernels release
+the GIL, and threads avoid forking a process that holds model threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from segresearch.eval.datasets import Query, image_ground_truth, safe_name
+from segresearch.eval.metrics import boundary_f, region_j
+
+CHUNK = 32  # frames scored at once: bounded memory for long videos at full resolution
+
+
+def _read_gray(path: Path) -> np.ndarray | None:
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+def score_video_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
+    """J and F over the annotated frames of one query; missing files are empty masks."""
+    gt_dir = Path(q.gt)
+    names = sorted(p.name for p in gt_dir.glob("*.png")) if gt_dir.is_dir() else []
+    if not names:
+        return {"J": None, "F": None, "J&F": None, "annotated_frames": 0, "missing_frames": 0,
+                "score_error": f"no ground-truth masks in {gt_dir}"}
+    js: list[np.ndarray] = []
+    fs: list[np.ndarray] = []
+    missing = 0
+    error = None
+    for start in range(0, len(names), CHUNK):
+        part = names[start : start + CHUNK]
+        gts, preds = [], []
+        for name in part:
+            gt = _read_gray(gt_dir / name)
+            if gt is None:
+                raise ValueError(f"cannot read ground-truth mask {gt_dir / name}")
+            pred = _read_gray(seg_dir / name) if seg_dir is not None else None
+            if pred is None:
+                missing += seg_dir is not None
+                pred = np.zeros_like(gt)
+            elif pred.shape != gt.shape:
+                error = f"{seg_dir / name} is {pred.shape[1]}x{pred.shape[0]}, ground truth {gt.shape[1]}x{gt.shape[0]}"
+                pred = np.zeros_like(gt)
+            gts.append(gt > 0)
+            preds.append(pred > 0)
+        g, p = np.stack(gts), np.stack(preds)
+        js.append(region_j(g, p))
+        fs.append(boundary_f(g, p))
+    j = float(np.concatenate(js).mean())
+    f = float(np.concatenate(fs).mean())
+    out: dict[str, Any] = {"J": j, "F": f, "J&F": (j + f) / 2, "annotated_frames": len(names),
+                           "missing_frames": missing if seg_dir is not None else len(names)}
+    if error:
+        out["score_error"] = error
+    return out
+
+
+def score_image_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
+    """IoU of one image query (ignore pixels excluded), with its intersection and union."""
+    from segresearch.tools.media import open_media
+
+    media = open_media(q.segment_media)
+    target, ignore = image_ground_truth(q, media.height, media.width)
+    pred = None
+    missing = 0
+    if seg_dir is not None:
+        m = _read_gray(seg_dir / f"{media.frame_name(media.frame_ids[0])}.png")
+        if m is not None and m.shape == target.shape:
+            pred = m > 0
+        else:
+            missing = 1
+    if pred is None:
+        pred = np.zeros_like(target)
+    if ignore is not None:
+        keep = ~ignore
+        target, pred = target & keep, pred & keep
+    inter = int(np.count_nonzero(target & pred))
+    union = int(np.count_nonzero(target | pred))
+    return {"IoU": inter / union if union else 1.0, "intersection": inter, "union": union,
+            "annotated_frames": 1, "missing_frames": missing if seg_dir is not None else 1}
+
+
+def score_queries(
+    queries: Sequence[Query], seg_root: Path, *, workers: int | None = None, progress: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Scores by query id; a query without a mask folder scores as empty masks."""
+    from tqdm import tqdm
+
+    def one(q: Query) -> tuple[str, dict[str, Any]]:
+        d = seg_root / safe_name(q.id)
+        seg_dir = d if d.is_dir() else None
+        try:
+            s = score_video_query(q, seg_dir) if q.kind == "video" else score_image_query(q, seg_dir)
+        except Exception as e:  # noqa: BLE001 - a broken ground-truth file is reported, not fatal
+            s = {"score_error": f"{type(e).__name__}: {e}", "annotated_frames": 0, "missing_frames": 0}
+            s.update({"J": None, "F": None, "J&F": None} if q.kind == "video" else {"IoU": None})
+        s["missing_masks"] = seg_dir is None
+        return q.id, s
+
+    n = workers or min(8, os.cpu_count() or 1)
+    out: dict[str, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max(1, n)) as pool, tqdm(
+        total=len(queries), desc="score", unit="query", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for qid, s in pool.map(one, queries):
+            out[qid] = s
+            bar.update(1)
+    return out
+
+
+def _video_group(items: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    items = [i for i in items if i.get("J") is not None]
+    if not items:
+        return None
+    j = float(np.mean([i["J"] for i in items]))
+    f = float(np.mean([i["F"] for i in items]))
+    return {"J": j, "F": f, "J&F": (j + f) / 2, "n": len(items)}
+
+
+def _image_group(items: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    items = [i for i in items if i.get("IoU") is not None]
+    if not items:
+        return None
+    inter = sum(i["intersection"] for i in items)
+    union = sum(i["union"] for i in items)
+    return {"gIoU": float(np.mean([i["IoU"] for i in items])),
+            "cIoU": inter / union if union else 1.0, "n": len(items)}
+
+
+def aggregate(per_query: Sequence[dict[str, Any]], kind: str, abilities: Sequence[str] = ()) -> dict[str, Any]:
+    """Overall, per ability (in the given order first) and by number of searches."""
+    group = _video_group if kind == "video" else _image_group
+    order = list(abilities) + sorted({q["ability"] for q in per_query} - set(abilities))
+    by_ability = {}
+    for a in order:
+        g = group(q for q in per_query if q["ability"] == a)
+        if g is not None:
+            by_ability[a] = g
+    by_searches = {}
+    for k in sorted({int(q.get("num_search") or 0) for q in per_query}):
+        g = group(q for q in per_query if int(q.get("num_search") or 0) == k)
+        if g is not None:
+            by_searches[str(k)] = g
+    return {"overall": group(per_query), "by_ability": by_ability, "by_searches": by_searches}

@@ -1,0 +1,78 @@
+"""What every segmenter offers: open a video once, then turn prompts into masks.
+
+A prompt is a box and/or a point on one frame, in pixels of the original frames, as floats:
+the published post-segmentation passes ``coordinate × (size / 1000)`` to SAM 2 unrounded,
+and rounding first would change its masks. A session holds whatever is costly to set up for
+one video (decoded frames, SAM 2's inference state), so an evaluation that asks several
+questions about one video loads it once and resets between queries.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segresearch.tools.media import Media
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A box ``(x1, y1, x2, y2)`` and/or a positive point ``(x, y)`` on frame id ``frame``,
+    in original-frame pixels. At least one of the two is set."""
+
+    frame: int
+    box: tuple[float, float, float, float] | None = None
+    point: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.box is None and self.point is None:
+            raise ValueError("a prompt needs a box, a point or both")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frame": self.frame, "box": None if self.box is None else list(self.box),
+                "point": None if self.point is None else list(self.point)}
+
+
+class VideoSession(ABC):
+    """One opened video. Not thread-safe: one prompt at a time (segmenters serialise
+    sessions that share a model)."""
+
+    media: Media
+
+    @abstractmethod
+    def masks(self, prompt: Prompt) -> Iterator[tuple[int, np.ndarray]]:
+        """``(frame id, boolean H×W mask)`` for every frame the segmenter reaches, in the
+        order they are computed (a frame may come twice; the last one counts). Masks have
+        the original frame size."""
+
+    def close(self) -> None:  # noqa: B027 - most sessions hold nothing to release
+        """Release what the session holds (frames, model state)."""
+
+    def __enter__(self) -> VideoSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Segmenter(ABC):
+    """Turns prompts into masks; ``name`` is what run outputs and trajectories report."""
+
+    name: str = "segmenter"
+
+    @abstractmethod
+    def open(self, media: Media) -> VideoSession:
+        """Prepare ``media`` for any number of prompts."""
+
+    def segment(self, media: Media, prompt: Prompt) -> dict[int, np.ndarray]:
+        """All masks for one prompt (the last mask computed for each frame)."""
+        with self.open(media) as session:
+            return dict(session.masks(prompt))
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that identify what produced a set of masks (stored beside them)."""
+        return {"name": self.name}

@@ -1,0 +1,332 @@
+"""SAM 2 video segmentation with the published post-segmentation protocol.
+
+Prompting follows ``post_segmentation/sam2_okvos.py`` of the paper's code: on the keyframe,
+``add_new_points_or_box`` with the box, then again with the point on the same frame and
+object (the second call clears the box and refines from the first call's mask), then
+propagation forward and then backward from the keyframe; the session is reset between
+queries so one video is set up once for all its queries.
+
+Frames differ from SAM 2's own loader only in where they live. Its loader turns every frame
+into a 1024² float32 tensor up front (12.6 MB a frame; 2.5 GB for 200 frames); here frames
+are decoded when the model asks for them, resized exactly as SAM 2 resizes them, kept as
+uint8 in a small cache and normalised on access with the same float operations, so the
+model sees bit-identical inputs. A background thread prepares the next frames in the
+direction propagation is going, so decoding overlaps the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segresearch.shared_cache import LoadOnce
+from segresearch.tools.media import Media
+from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
+
+SAM2_CONFIGS = {
+    "tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
+    "small": "configs/sam2.1/sam2.1_hiera_s.yaml",
+    "base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
+    "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
+}
+DEFAULT_SAM2_CONFIG = SAM2_CONFIGS["large"]
+# ImageNet statistics SAM 2 normalises with (sam2.utils.misc.load_video_frames defaults).
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+def sam2_config_for(checkpoint: str, config: str = "") -> str:
+    """The config matching a checkpoint named like the official ones
+    (``sam2.1_hiera_tiny.pt`` → hiera_t), unless a config is given."""
+    if config and config != DEFAULT_SAM2_CONFIG:
+        return config
+    stem = Path(checkpoint).stem.lower()
+    for key in ("base_plus", "tiny", "small", "large"):
+        if key in stem:
+            return SAM2_CONFIGS[key]
+    return config or DEFAULT_SAM2_CONFIG
+
+
+def sam2_available() -> bool:
+    try:
+        import sam2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _quiet_sam2() -> None:
+    """SAM 2 draws its own tqdm bar for every propagation; ours report progress instead."""
+    import sam2.sam2_video_predictor as svp
+    from tqdm import tqdm
+
+    if not isinstance(svp.tqdm, functools.partial):
+        svp.tqdm = functools.partial(tqdm, disable=True)
+
+
+_PREDICTORS: LoadOnce[tuple[Any, threading.Lock]] = LoadOnce()
+
+
+def load_predictor(
+    config: str, checkpoint: str, device: str, image_size: int | None = None
+) -> tuple[Any, threading.Lock]:
+    """The video predictor for these settings, built once per process, with the lock that
+    serialises its use (its inference states are not thread-safe)."""
+
+    def build() -> tuple[Any, threading.Lock]:
+        from sam2.build_sam import build_sam2_video_predictor
+
+        _quiet_sam2()
+        extra = [f"++model.image_size={image_size}"] if image_size else []
+        try:
+            pred = build_sam2_video_predictor(
+                config, ckpt_path=checkpoint, device=device, hydra_overrides_extra=extra
+            )
+        except (RuntimeError, KeyError) as e:
+            raise ValueError(f"cannot load SAM 2 checkpoint {checkpoint} with {config}: {e}") from None
+        return pred, threading.Lock()
+
+    return _PREDICTORS.get((config, checkpoint, device, image_size), build)
+
+
+class FrameStore:
+    """What SAM 2 reads as ``inference_state["images"]``: frame ``i`` as the normalised
+    float32 tensor its JPEG loader would have made, computed on demand.
+
+    Memory is bounded by ``cache_frames`` uint8 frames plus ``prefetch`` ready tensors,
+    whatever the video's length."""
+
+    def __init__(self, media: Media, image_size: int, cache_frames: int = 32, prefetch: int = 4) -> None:
+        import torch
+
+        self.media = media
+        self.size = int(image_size)
+        self.cache_frames = max(0, int(cache_frames))
+        self.prefetch = max(0, int(prefetch))
+        self._mean = torch.tensor(_MEAN, dtype=torch.float32)[:, None, None]
+        self._std = torch.tensor(_STD, dtype=torch.float32)[:, None, None]
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._ready: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sam2-frames") if self.prefetch else None
+        self._last: int | None = None
+        self.decoded = 0  # frames decoded so far (tests and benchmarks read it)
+
+    def __len__(self) -> int:
+        return len(self.media)
+
+    def resized(self, pos: int) -> np.ndarray:
+        """Frame ``pos`` resized to the model's square input, as SAM 2 resizes a JPEG
+        (PIL's default filter), uint8 H×W×3."""
+        with self._lock:
+            hit = self._cache.get(pos)
+            if hit is not None:
+                self._cache.move_to_end(pos)
+                return hit
+        img = self.media.frame(self.media.frame_ids[pos])
+        arr = np.array(img.convert("RGB").resize((self.size, self.size)))
+        with self._lock:
+            self.decoded += 1
+            if self.cache_frames:
+                self._cache[pos] = arr
+                while len(self._cache) > self.cache_frames:
+                    self._cache.popitem(last=False)
+        return arr
+
+    def tensor(self, pos: int) -> Any:
+        """Normalised like sam2.utils.misc: ``x / 255`` in float64, stored as float32, then
+        ``(x - mean) / std`` in float32; the same operations give the same bits."""
+        import torch
+
+        arr = self.resized(pos)
+        t = torch.from_numpy(arr / 255.0).permute(2, 0, 1).to(torch.float32)
+        t -= self._mean
+        t /= self._std
+        return t
+
+    def __getitem__(self, pos: int) -> Any:
+        pos = int(pos)
+        if not 0 <= pos < len(self.media):
+            raise IndexError(pos)
+        with self._lock:
+            fut = self._ready.pop(pos, None)
+        t = fut.result() if fut is not None else self.tensor(pos)
+        self._schedule(pos)
+        return t
+
+    def _schedule(self, pos: int) -> None:
+        """Prepare the frames propagation will ask for next (it walks one frame at a time,
+        forward or backward)."""
+        last, self._last = self._last, pos
+        if self._pool is None:
+            return
+        step = -1 if last is not None and pos == last - 1 else 1
+        with self._lock:
+            for k in range(1, self.prefetch + 1):
+                nxt = pos + k * step
+                if 0 <= nxt < len(self.media) and nxt not in self._ready:
+                    self._ready[nxt] = self._pool.submit(self.tensor, nxt)
+            for stale in [p for p in self._ready if (p - pos) * step <= 0 or abs(p - pos) > self.prefetch]:
+                self._ready.pop(stale).cancel()
+
+    def close(self) -> None:
+        with self._lock:
+            for fut in self._ready.values():
+                fut.cancel()
+            self._ready.clear()
+            self._cache.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+# The keys sam2 1.1.0's SAM2VideoPredictor.init_state creates; a test compares them with a
+# state made by the installed sam2, so a release that changes the layout fails loudly.
+STATE_KEYS = (
+    "images", "num_frames", "offload_video_to_cpu", "offload_state_to_cpu", "video_height",
+    "video_width", "device", "storage_device", "point_inputs_per_obj", "mask_inputs_per_obj",
+    "cached_features", "constants", "obj_id_to_idx", "obj_idx_to_id", "obj_ids",
+    "output_dict_per_obj", "temp_output_dict_per_obj", "frames_tracked_per_obj",
+)
+
+
+def init_state(predictor: Any, frames: FrameStore, offload_state_to_cpu: bool) -> dict[str, Any]:
+    """SAM 2's inference state over ``frames`` instead of a JPEG folder loaded whole: the
+    same fields ``init_state`` sets, and the same warm-up of frame 0."""
+    import torch
+
+    device = predictor.device
+    state: dict[str, Any] = {
+        "images": frames,
+        "num_frames": len(frames),
+        "offload_video_to_cpu": True,
+        "offload_state_to_cpu": offload_state_to_cpu,
+        "video_height": frames.media.height,
+        "video_width": frames.media.width,
+        "device": device,
+        "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
+        "point_inputs_per_obj": {},
+        "mask_inputs_per_obj": {},
+        "cached_features": {},
+        "constants": {},
+        "obj_id_to_idx": OrderedDict(),
+        "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [],
+        "output_dict_per_obj": {},
+        "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
+    }
+    with torch.inference_mode():
+        predictor._get_image_feature(state, frame_idx=0, batch_size=1)
+    return state
+
+
+def add_prompt(predictor: Any, state: dict[str, Any], pos: int, prompt: Prompt) -> None:
+    """The published two calls: the box, then the point (which refines the box's mask)."""
+    if prompt.box is not None:
+        predictor.add_new_points_or_box(
+            inference_state=state, frame_idx=pos, obj_id=1, box=np.asarray(prompt.box, np.float32)
+        )
+    if prompt.point is not None:
+        predictor.add_new_points_or_box(
+            inference_state=state, frame_idx=pos, obj_id=1,
+            points=np.asarray([prompt.point], np.float32), labels=np.array([1], np.int32),
+        )
+
+
+class SAM2Session(VideoSession):
+    def __init__(self, segmenter: SAM2Segmenter, media: Media) -> None:
+        self.media = media
+        self.segmenter = segmenter
+        self.predictor, self._lock = segmenter.predictor()
+        self.frames = FrameStore(media, self.predictor.image_size, segmenter.cache_frames,
+                                 segmenter.prefetch)
+        with self._lock, _quiet():
+            self.state = init_state(self.predictor, self.frames, segmenter.device == "cpu")
+
+    def masks(self, prompt: Prompt) -> Iterator[tuple[int, np.ndarray]]:
+        import torch
+
+        pos = self.media.index_of(prompt.frame)
+        ids = self.media.frame_ids
+        with self._lock, torch.inference_mode(), _quiet():
+            self.predictor.reset_state(self.state)
+            try:
+                add_prompt(self.predictor, self.state, pos, prompt)
+                for reverse in (False, True):
+                    for idx, _obj_ids, logits in self.predictor.propagate_in_video(
+                        self.state, reverse=reverse
+                    ):
+                        yield ids[idx], (logits[0, 0] > 0.0).cpu().numpy()
+            finally:
+                # Per-frame outputs are only needed during propagation: free them now.
+                self.predictor.reset_state(self.state)
+
+    def close(self) -> None:
+        self.frames.close()
+        self.state = {}
+
+
+class _quiet(warnings.catch_warnings):
+    """SAM 2 warns on every call that its optional CUDA hole-filling extension is missing."""
+
+    def __enter__(self) -> Any:
+        out = super().__enter__()
+        warnings.filterwarnings("ignore", message=r"(?s).*post-processing")
+        return out
+
+
+class SAM2Segmenter(Segmenter):
+    """SAM 2 video predictor: the keyframe's box and point, propagated through every frame."""
+
+    name = "sam2"
+
+    def __init__(
+        self,
+        checkpoint: str,
+        config: str = "",
+        device: str = "auto",
+        image_size: int | None = None,
+        cache_frames: int = 32,
+        prefetch: int = 4,
+    ) -> None:
+        if not sam2_available():
+            raise ValueError(
+                "segmenter 'sam2' needs the sam2 package: pip install 'segresearch[sam2]'"
+            )
+        if not checkpoint:
+            raise ValueError(
+                "segmenter 'sam2' needs a checkpoint: set sam2_checkpoint / "
+                "SEGRESEARCH_SAM2_CHECKPOINT (e.g. sam2.1_hiera_large.pt from the SAM 2 release)"
+            )
+        if not Path(checkpoint).expanduser().is_file():
+            raise ValueError(f"SAM 2 checkpoint not found: {checkpoint}")
+        self.checkpoint = str(Path(checkpoint).expanduser())
+        self.config = sam2_config_for(self.checkpoint, config)
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.image_size = image_size or None
+        self.cache_frames = cache_frames
+        self.prefetch = prefetch
+
+    def predictor(self) -> tuple[Any, threading.Lock]:
+        return load_predictor(self.config, self.checkpoint, self.device, self.image_size)
+
+    def open(self, media: Media) -> SAM2Session:
+        return SAM2Session(self, media)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "checkpoint": Path(self.checkpoint).name, "config": self.config,
+                "device": self.device, "image_size": self.image_size or 1024,
+                "protocol": "box, then point; forward, then backward"}

@@ -1,0 +1,212 @@
+"""Writing masks and overlays: one 0/255 PNG per input frame, named after the frame.
+
+A mask set is written into a temporary sibling folder and renamed into place when every
+frame has its file, so a folder that exists is complete (an evaluation that is killed and
+restarted redoes only what has no folder) and a rerun never leaves an earlier run's masks
+beside the new ones. Frames a segmenter did not reach get an empty mask, as do all frames
+of a query without a usable answer: the published evaluation scores those as misses, and a
+missing file would make it drop the query instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segresearch.tools.media import Media, as_uint8_rgb
+from segresearch.tools.segmenters.base import Prompt
+
+log = logging.getLogger(__name__)
+
+OVERLAY_VIDEO = "overlay.mp4"
+
+
+@dataclass
+class MaskSet:
+    """What was written for one query."""
+
+    path: Path
+    frames: int  # PNG files written (every frame of the media)
+    reached: int  # frames the segmenter produced a mask for
+    area: dict[int, int] = field(default_factory=dict)  # foreground pixels per frame id
+
+    def summary(self) -> dict[str, int]:
+        nonempty = sum(1 for a in self.area.values() if a)
+        return {"frames": self.frames, "reached": self.reached, "nonempty": nonempty}
+
+
+def _imwrite(path: Path, mask: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), mask):
+        raise OSError(f"cannot write {path}")
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Move a finished folder into place, replacing an older one without a moment where
+    ``dest`` holds a mix of both."""
+    if dest.exists():
+        trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, trash)
+        os.replace(tmp, dest)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def write_mask_set(
+    dest: Path,
+    media: Media,
+    masks: Iterable[tuple[int, np.ndarray]],
+    *,
+    on_frame: Callable[[int], None] | None = None,
+    workers: int = 2,
+) -> MaskSet:
+    """Consume ``masks`` (``(frame id, bool mask)``, a frame may repeat: the last wins) and
+    write ``dest/<frame name>.png`` for every frame of ``media``.
+
+    PNG encoding runs in a small thread pool (OpenCV releases the GIL), so it overlaps the
+    segmenter producing the next mask; nothing but the masks in flight is held in memory."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    names = {fid: media.frame_name(fid) + ".png" for fid in media.frame_ids}
+    h, w = media.height, media.width
+    area: dict[int, int] = {}
+    pending: dict[int, Future] = {}
+    try:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mask-png") as pool:
+            for fid, mask in masks:
+                if fid not in names:
+                    raise ValueError(f"segmenter returned frame id {fid}, not a frame of {media.source}")
+                m = np.asarray(mask, dtype=bool)
+                if m.shape != (h, w):
+                    m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+                area[fid] = int(np.count_nonzero(m))
+                prev = pending.pop(fid, None)
+                if prev is not None:  # the same file again: let the earlier write finish first
+                    prev.result()
+                pending[fid] = pool.submit(_imwrite, tmp / names[fid], m.astype(np.uint8) * 255)
+                if on_frame is not None:
+                    on_frame(fid)
+                done = [f for f, fut in pending.items() if fut.done()]
+                for f in done:
+                    pending.pop(f).result()
+            reached = len(area)
+            if reached < len(names):
+                zero = np.zeros((h, w), np.uint8)
+                for fid, name in names.items():
+                    if fid not in area:
+                        pending[fid] = pool.submit(_imwrite, tmp / name, zero)
+                        area[fid] = 0
+            for fut in pending.values():
+                fut.result()
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MaskSet(path=dest, frames=len(names), reached=reached, area=area)
+
+
+def write_empty_mask_set(dest: Path, media: Media) -> MaskSet:
+    """All-zero masks for every frame: the published flow's result for an unusable answer."""
+    return write_mask_set(dest, media, ())
+
+
+def read_mask(path: Path) -> np.ndarray | None:
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    return None if m is None else m > 127
+
+
+def _even(rgb: np.ndarray) -> np.ndarray:
+    """H.264 with 4:2:0 chroma needs even sides: pad a pixel rather than rescale."""
+    h, w = rgb.shape[:2]
+    if h % 2 == 0 and w % 2 == 0:
+        return rgb
+    return np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+class _VideoOut:
+    """H.264 (browser-playable mp4) through imageio-ffmpeg's bundled ffmpeg; OpenCV's mp4v
+    when that is unavailable (players and browsers may refuse it, so it is logged)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float) -> None:
+        self.path = path
+        w, h = size
+        self._gen = None
+        self._cv = None
+        try:
+            import imageio_ffmpeg
+
+            self._gen = imageio_ffmpeg.write_frames(
+                str(path), (w + w % 2, h + h % 2), fps=fps, codec="libx264", quality=7,
+                macro_block_size=1, ffmpeg_log_level="error",
+                output_params=["-movflags", "+faststart"],
+            )
+            self._gen.send(None)
+        except Exception as e:  # noqa: BLE001 - missing binary, codec or broken pipe
+            log.warning("H.264 writer unavailable (%s); writing mp4v with OpenCV", e)
+            self._gen = None
+            self._cv = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+            if not self._cv.isOpened():
+                raise OSError(f"cannot write {path}") from None
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self._gen is not None:
+            self._gen.send(np.ascontiguousarray(_even(rgb)))
+        else:
+            self._cv.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        elif self._cv is not None:
+            self._cv.release()
+
+
+def write_overlay_video(
+    media: Media,
+    masks_dir: Path,
+    path: Path,
+    prompt: Prompt | None = None,
+    fps: float | None = None,
+    label: str = "",
+) -> Path:
+    """Every frame with its mask tinted and outlined, the prompt's box and point drawn on
+    the keyframe; frames and masks are read one at a time, so any length fits in memory."""
+    from segresearch.tools.visualize import annotate
+
+    fps = float(fps or media.fps or 12.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    out = _VideoOut(tmp, (media.width, media.height), fps)
+    try:
+        for fid in media.frame_ids:
+            rgb = as_uint8_rgb(media.frame(fid))
+            if rgb.shape[:2] != (media.height, media.width):
+                rgb = cv2.resize(rgb, (media.width, media.height))
+            mask = read_mask(masks_dir / f"{media.frame_name(fid)}.png")
+            on_key = prompt is not None and fid == prompt.frame
+            text = f"frame {fid}" + (" (keyframe)" if on_key else "") + (f"  {label}" if label else "")
+            out.write(annotate(
+                rgb, mask,
+                prompt.box if on_key and prompt is not None else None,
+                prompt.point if on_key and prompt is not None else None,
+                text,
+            ))
+        out.close()
+        os.replace(tmp, path)
+    except BaseException:
+        out.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,492 @@
+"""The HTML report of an evaluation: offline, escaped, one row per query, robust to bad rows,
+and actually rendered by a real browser (headless Chromium), not just well-formed text."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segresearch.eval.report_html import ASSETS_DIR, write_html_report
+from segresearch.testing.scenes import (
+    inner_point,
+    mask_box,
+    render_scene,
+    write_frames,
+    write_masks,
+)
+
+XSS = "<script>alert(1)</script>"
+ODD_ID = 'clip 5/<b>&"x"'
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def _query(qid: str, media: Path, **kw) -> dict:
+    q = {
+        "id": qid,
+        "ability": "one-hop",
+        "question": f"Which shape won? ({qid})",
+        "kind": "video",
+        "media": str(media),
+        "J": 0.8123,
+        "F": 0.7456,
+        "J&F": 0.77895,
+        "stop_reason": "answer",
+        "num_search": 0,
+        "searches": [],
+        "prompt": None,
+        "problem": None,
+        "graph_keyframe": None,
+        "first_keyframe": None,
+        "rule_differs": False,
+        "missing_prediction": False,
+        "missing_frames": 0,
+        "annotated_frames": 8,
+        "seg_dir": f"seg/{qid}",
+        "run_dir": None,
+    }
+    q.update(kw)
+    return q
+
+
+def _prompt(mask: np.ndarray, frame: int) -> dict:
+    return {
+        "frame": frame,
+        "box": [float(v) for v in mask_box(mask)],
+        "point": [float(v) for v in inner_point(mask)],
+    }
+
+
+def build_eval(root: Path) -> tuple[Path, dict]:
+    """An evaluation folder with the awkward cases a real run produces."""
+    out = root / "eval"
+    media = root / "media"
+    frames, masks = render_scene(n_frames=8, size=(160, 120))
+    write_frames(frames, media / "v1")
+    blue, red = masks["blue square"], masks["red circle"]
+    Image.fromarray(frames[0]).save(media / "still.jpg", quality=95)
+
+    write_masks(blue, out / "seg" / "q1")
+    write_masks(np.zeros_like(blue), out / "seg" / "q2")
+    write_masks(red, out / "seg" / ODD_ID)
+    Image.fromarray(red[0].astype(np.uint8) * 255).save(_mkdir(out / "seg" / "q6") / "still.png")
+    run5 = _mkdir(out / "runs" / "q5")
+    (run5 / "trajectory.json").write_text("{}")
+
+    queries = [
+        _query(
+            "q1",
+            media / "v1",
+            prompt=_prompt(blue[3], 3),
+            num_search=1,
+            searches=[{"name": "web", "query": "Zephyr Prize 2030 winner"}],
+        ),
+        _query(
+            "q2",
+            media / "v1",
+            stop_reason="max_turns",
+            graph_keyframe=5,
+            problem="the box was outside the frame",
+            J=0.0,
+            F=0.0,
+            **{"J&F": 0.0},
+        ),
+        _query(
+            "q3",
+            media / "v1",
+            missing_prediction=True,
+            missing_frames=8,
+            stop_reason=None,
+            J=0.0,
+            F=0.0,
+            **{"J&F": 0.0},
+        ),
+        _query("q4", media / "gone", prompt={"frame": 0, "box": [1, 2, 30, 40], "point": None}),
+        _query(
+            ODD_ID,
+            media / "v1",
+            question=f"Is this {XSS} the <b>red</b> one?",
+            prompt=_prompt(red[6], 6),
+            rule_differs=True,
+            graph_keyframe=6,
+            first_keyframe=1,
+            num_search=2,
+            run_dir=str(run5),
+            searches=[{"name": "kb", "query": f"red {XSS}"}, {"name": "web", "query": "a&b"}],
+        ),
+        {
+            k: v
+            for k, v in _query(
+                "q6",
+                media / "still.jpg",
+                kind="image",
+                prompt=_prompt(red[0], 0),
+                **{"IoU": 0.9012},
+            ).items()
+            if k not in ("J", "F", "J&F")
+        },
+    ]
+    plots = _mkdir(out / "plots")
+    Image.fromarray(np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (160, 1))).convert(
+        "RGB"
+    ).save(plots / "jf_histogram.png")
+    results = {
+        "dataset": {"name": "okvos", "root": str(media), "split": "valid", "queries": 6},
+        "settings": {
+            "models": ["qwen-vl-7b"],
+            "search": "kb+web",
+            "kb": "wiki-mini",
+            "segmenter": {"name": "sam2", "size": "tiny"},
+            "num_frames": 8,
+            "max_turns": 4,
+        },
+        "created": "2026-12-01T12:00:00Z",
+        "metric": "J&F",
+        "overall": {"J": 0.41, "F": 0.38, "J&F": 0.395, "n": 6},
+        "by_ability": {"one-hop": {"J": 0.41, "F": 0.38, "J&F": 0.395, "n": 6}},
+        "counts": {
+            "queries": 6,
+            "predicted": 5,
+            "missing_predictions": 1,
+            "missing_frames": 8,
+            "stop_reasons": {"answer": 4, "max_turns": 1},
+            "rule_differs": 1,
+            "no_usable_answer": 2,
+        },
+        "queries": queries,
+    }
+    return out, results
+
+
+def _mkdir(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.rows: list[str] = []
+        self.urls: list[str] = []
+        self.imgs: list[dict] = []
+        self.scripts: list[dict] = []
+        self.texts: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if "row" in (a.get("class") or "").split():
+            self.rows.append(a.get("id") or "")
+        for k in ("src", "href"):
+            if a.get(k) is not None:
+                self.urls.append(a[k])
+        if tag == "img":
+            self.imgs.append(a)
+        if tag in ("script", "link"):
+            self.scripts.append(a)
+
+    def handle_data(self, data):
+        self.texts.append(data)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, dict, Path]:
+    root = tmp_path_factory.mktemp("report")
+    out, results = build_eval(root)
+    t0 = time.perf_counter()
+    path = write_html_report(out, results)
+    assert time.perf_counter() - t0 < 10
+    return out, results, path
+
+
+def _parse(path: Path) -> _Page:
+    p = _Page()
+    p.feed(path.read_text("utf-8"))
+    p.close()
+    return p
+
+
+def test_rows_escaping_and_content(report):
+    out, results, path = report
+    assert path == out / "report.html"
+    raw = path.read_text("utf-8")
+    page = _parse(path)
+    assert page.rows == ["q-" + q["id"] for q in results["queries"]]
+    assert XSS not in raw and "<b>red</b>" not in raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
+    text = " ".join(" ".join(page.texts).split())
+    assert f"Is this {XSS} the <b>red</b> one?" in text  # shown literally, not executed
+    for needle in (
+        "0.812",
+        "0.746",
+        "0.779",
+        "0.901",
+        "IoU",
+        "no search",
+        "no usable answer: the box was outside the frame",
+        "missing prediction (scored as empty masks)",
+        "8 missing frames",
+        "first-keyframe rule differs from the graph's answer",
+        "media unavailable",
+        "Zephyr Prize 2030 winner",
+        "stop: max_turns",
+        "sam2 (size=tiny)",
+        "J&F",
+        "jf histogram",
+    ):
+        assert needle in text, needle
+    # every script is inline, no stylesheet or font is fetched
+    assert all("src" not in s and "href" not in s for s in page.scripts)
+    assert "@import" not in raw and "url(" not in raw
+    assert all(i.get("alt") for i in page.imgs)
+
+
+def test_assets_are_small_jpegs_with_relative_links(report):
+    out, results, path = report
+    raw = path.read_text("utf-8")
+    assert "file://" not in raw and "http" not in raw.lower()
+    page = _parse(path)
+    srcs = [i["src"] for i in page.imgs]
+    # q1, q2 (graph keyframe), ODD_ID and q6 get a keyframe; every readable media a strip
+    assert len([s for s in srcs if s.endswith("_key.jpg")]) == 4
+    assert len([s for s in srcs if s.endswith("_strip.jpg")]) == 5
+    for url in page.urls:
+        parts = urlsplit(url)
+        assert not parts.scheme and not parts.netloc and not url.startswith("/"), url
+    total = 0
+    for src in srcs:
+        if not src.startswith(ASSETS_DIR + "/"):
+            continue
+        f = out / unquote(src)
+        with Image.open(f) as im:
+            assert im.format == "JPEG"
+            w, h = im.size
+        if src.endswith("_key.jpg"):
+            assert w == 320
+        elif "q6" not in src:
+            assert 600 <= w <= 660 and h == 120
+        total += f.stat().st_size
+    assert total < 300_000
+    assert not list(out.glob(".report.html*"))  # no temp file left behind
+
+
+def test_links_resolve_after_moving_the_folder(report, tmp_path):
+    out, _, _ = report
+    moved = tmp_path / "zipped and unpacked" / "eval copy"
+    shutil.copytree(out, moved)
+    page = _parse(moved / "report.html")
+    checked = 0
+    for url in page.urls:
+        if url.startswith("#"):
+            continue
+        target = (moved / unquote(urlsplit(url).path)).resolve()
+        assert target.exists(), url
+        assert target.is_relative_to(moved.resolve()), url
+        checked += 1
+    assert checked >= 10
+
+
+def test_rerun_limits_rows_and_drops_stale_assets(report, tmp_path):
+    out, results, _ = report
+    copy = tmp_path / "again"
+    shutil.copytree(out, copy)
+    path = write_html_report(copy, results, max_rows=2, progress=True)
+    page = _parse(path)
+    assert page.rows == ["q-q1", "q-q2"]
+    assert "showing the first 2 of 6 queries" in path.read_text("utf-8")
+    assert len(list((copy / ASSETS_DIR).glob("*.jpg"))) == 4
+
+
+def test_bad_rows_never_stop_the_report(tmp_path):
+    media = _mkdir(tmp_path / "m")
+    frames, _ = render_scene(n_frames=3, size=(64, 48))
+    write_frames(frames, media / "v")
+    seg = _mkdir(tmp_path / "seg" / "bad-mask")
+    (seg / "00000.png").write_bytes(b"not a png")
+    results = {
+        "queries": [
+            {
+                "id": "bad-mask",
+                "media": str(media / "v"),
+                "prompt": {"frame": 0, "box": None, "point": [5, 5]},
+            },
+            {"id": "no-frame", "media": str(media / "v"), "prompt": {"frame": 99}},
+            {"id": "garbage", "media": str(media / "v"), "prompt": {"frame": "x"}, "J&F": "?"},
+            {"id": "no-media"},
+        ]
+    }
+    path = write_html_report(tmp_path, results)
+    page = _parse(path)
+    assert page.rows == ["q-bad-mask", "q-no-frame", "q-garbage", "q-no-media"]
+    text = " ".join(page.texts)
+    assert "keyframe unavailable: frame id 99" in text
+    assert "keyframe picture failed: ValueError" in text  # the rest of that row is still there
+    assert "no media path" in text
+
+
+def test_image_dataset_headline(tmp_path):
+    results = {
+        "dataset": {"name": "images", "root": "/r", "split": None, "queries": 0},
+        "metric": "gIoU",
+        "overall": {"gIoU": 0.6512, "cIoU": 0.7, "n": 0},
+        "by_ability": {"attribute": {"gIoU": 0.5, "cIoU": 0.25, "n": 3}},
+        "queries": [],
+    }
+    raw = write_html_report(tmp_path, results).read_text("utf-8")
+    assert "0.651" in raw and "cIoU" in raw and "attribute" in raw
+    assert "no queries in the results" in raw and _parse(tmp_path / "report.html").rows == []
+
+
+# ------------------------------------------------------------------------------- browser
+
+
+def _artefact(src: Path) -> None:
+    dest = os.environ.get("SEGRESEARCH_TEST_ARTIFACTS")
+    if dest:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, Path(dest) / src.name)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian chromium, chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--force-device-scale-factor=1",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
+    try:
+        driver.set_page_load_timeout(20)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait_images(driver, timeout: float = 10.0) -> list[dict]:
+    js = (
+        "return Array.from(document.images).map(i => ({src: i.getAttribute('src'),"
+        " done: i.complete, w: i.naturalWidth}));"
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        imgs = driver.execute_script(js)
+        if all(i["done"] for i in imgs) or time.monotonic() > deadline:
+            return imgs
+        time.sleep(0.1)
+
+
+def _full_height(driver, width: int) -> list[dict]:
+    """Grow the window to the whole page, so one screenshot shows every row (pictures that
+    arrive late can make the page taller, hence the second look)."""
+    imgs: list[dict] = []
+    for _ in range(3):
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, height)
+        chrome = driver.execute_script("return window.outerHeight - window.innerHeight")
+        if chrome > 0:  # the window size counts the (invisible) browser frame too
+            driver.set_window_size(width, height + chrome)
+        imgs = _wait_images(driver)
+        if driver.execute_script("return document.documentElement.scrollHeight") <= height:
+            break
+    return imgs
+
+
+def _not_blank(img: Image.Image, min_std: float = 12.0, min_colours: int = 8) -> bool:
+    a = np.asarray(img.convert("RGB"))
+    colours = len(np.unique(a.reshape(-1, 3)[:: max(1, a.size // 3 // 50_000)], axis=0))
+    return float(a.std()) > min_std and colours >= min_colours
+
+
+def test_browser_renders_every_row_and_picture(report, browser, tmp_path):
+    out, results, path = report
+    driver = browser
+    driver.set_window_size(1280, 900)
+    driver.get(path.as_uri())
+    imgs = _full_height(driver, 1280)
+    assert len(imgs) == 10  # the plot, 4 keyframes, 5 strips
+    bad = [i["src"] for i in imgs if not (i["done"] and i["w"] > 0)]
+    assert not bad, f"images that did not load: {bad}"
+
+    rows = driver.find_elements("css selector", "tr.row")
+    assert len(rows) == len(results["queries"])
+    assert all(r.is_displayed() for r in rows)
+    odd = driver.execute_script(
+        "return document.getElementById(arguments[0]) !== null", "q-" + ODD_ID
+    )
+    assert odd
+    assert driver.execute_script("return !document.getElementById('filter-box').hidden")
+    assert driver.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth + 20"
+    )
+
+    shot = tmp_path / "report_1280.png"
+    assert driver.save_screenshot(str(shot))
+    _artefact(shot)
+    with Image.open(shot) as im:
+        im.load()
+        assert _not_blank(im)
+        rects = driver.execute_script(
+            "return Array.from(document.querySelectorAll('tr.row')).map(r => {"
+            "const b = r.getBoundingClientRect();"
+            "return [b.left + scrollX, b.top + scrollY, b.right + scrollX, b.bottom + scrollY];"
+            "});"
+        )
+        for (x1, y1, x2, y2), q in zip(rects, results["queries"], strict=True):
+            assert 0 <= x1 < x2 <= im.width + 1 and 0 <= y1 < y2 <= im.height + 1, q["id"]
+            assert _not_blank(im.crop((int(x1), int(y1), int(x2), int(y2))), 8.0), q["id"]
+
+    # the filter hides rows that do not match (the page is readable without it too)
+    box = driver.find_element("id", "filter")
+    box.send_keys("alert")
+    shown = [r.get_attribute("id") for r in rows if r.is_displayed()]
+    assert shown == ["q-" + ODD_ID]
+    box.clear()
+    box.send_keys(" ")  # clear() fires no input event
+    assert all(r.is_displayed() for r in rows)
+    driver.find_element("id", "flagged").click()
+    shown = [r.get_attribute("id") for r in rows if r.is_displayed()]
+    assert shown == ["q-q2", "q-q3", "q-q4", "q-" + ODD_ID]
+
+
+def test_browser_narrow_window_has_no_horizontal_overflow(report, browser, tmp_path):
+    _, results, path = report
+    driver = browser
+    driver.set_window_size(420, 900)
+    driver.get(path.as_uri())
+    width = driver.execute_script("return window.innerWidth")
+    assert width <= 440
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= width + 20
+    _full_height(driver, 420)
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= width + 20
+    rows = driver.find_elements("css selector", "tr.row")
+    assert len(rows) == len(results["queries"]) and all(r.is_displayed() for r in rows)
+    shot = tmp_path / "report_420.png"
+    assert driver.save_screenshot(str(shot))
+    _artefact(shot)
+    with Image.open(shot) as im:
+        assert _not_blank(im)
