@@ -67,6 +67,30 @@ class PeakRSS:
         self.peak = max(self.peak, _rss_mb())
 
 
+def tensor_mb(obj: object) -> float:
+    """Bytes of every tensor reachable from ``obj`` (dicts, lists, tuples), in MB."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def walk(o: object) -> None:
+        nonlocal total
+        if isinstance(o, torch.Tensor):
+            if id(o) not in seen:
+                seen.add(id(o))
+                total += o.element_size() * o.nelement()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return total / 2**20
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process: prints a JSON line."""
     import torch
@@ -80,25 +104,29 @@ def child(args: argparse.Namespace) -> None:
     p = json.loads(args.prompt)
     prompt = Prompt(p["frame"], tuple(p["box"]), tuple(p["point"]))
     folder, out = Path(args.folder), Path(args.out)
+    held = {"frames": 0.0, "state": 0.0}
+    reset = predictor.reset_state
+
+    def measuring_reset(state: dict) -> None:
+        """Our session resets the state when propagation ends: weigh it just before."""
+        held["state"] = max(held["state"], tensor_mb(state["output_dict_per_obj"]))
+        images = state["images"]
+        if hasattr(images, "_cache"):
+            held["frames"] = max(held["frames"], sum(a.nbytes for a in images._cache.values()) / 2**20)
+        reset(state)
+
+    predictor.reset_state = measuring_reset
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         if args.child == "bare":
             from PIL import Image
 
+            from segresearch.testing.sam2_reference import bare_published
+
             names = sorted(os.listdir(folder))
-            with torch.inference_mode():
-                state = predictor.init_state(video_path=str(folder))
-                predictor.reset_state(state)
-                predictor.add_new_points_or_box(inference_state=state, frame_idx=prompt.frame, obj_id=1,
-                                                box=np.asarray(prompt.box, np.float32))
-                predictor.add_new_points_or_box(inference_state=state, frame_idx=prompt.frame, obj_id=1,
-                                                points=np.asarray([prompt.point], np.float32),
-                                                labels=np.array([1], np.int32))
-                masks = np.zeros((len(names), state["video_height"], state["video_width"]), bool)
-                for idx, _ids, logits in predictor.propagate_in_video(state):
-                    masks[idx] = (logits > 0).squeeze(1).cpu().numpy()
-                for idx, _ids, logits in predictor.propagate_in_video(state, reverse=True):
-                    masks[idx] = (logits > 0).squeeze(1).cpu().numpy()
+            state, masks = bare_published(predictor, folder, prompt)
+            held["state"] = tensor_mb(state["output_dict_per_obj"])
+            held["frames"] = tensor_mb(state["images"])
             out.mkdir(parents=True, exist_ok=True)
             for t, name in enumerate(names):
                 Image.fromarray(masks[t].astype(np.uint8) * 255).save(out / f"{Path(name).stem}.png")
@@ -107,7 +135,9 @@ def child(args: argparse.Namespace) -> None:
             with seg.open(media) as session:
                 write_mask_set(out, media, session.masks(prompt))
         seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_mb": mem.peak - mem.base}), flush=True)
+    print(json.dumps({"seconds": seconds, "peak_mb": mem.peak - mem.base,
+                      "held_mb": held["frames"] + held["state"], **{f"{k}_mb": v for k, v in held.items()}}),
+          flush=True)
 
 
 def run_child(mode: str, folder: Path, out: Path, args: argparse.Namespace, prompt: dict) -> dict:
@@ -166,29 +196,33 @@ def main() -> None:
         folder = tmp / f"v{n}"
         write_frames(frames, folder)
         key = n // 2
-        gt = masks["blue square"][key]
+        gt = masks["red circle"][key]  # the slowest shape: in view for 200 frames
         prompt = {"frame": key, "box": [float(v) for v in mask_box(gt)],
                   "point": [float(v) for v in inner_point(gt)]}
         res = {}
         for mode in ("bare", "ours"):
             print(f"  {n} frames, {mode} ...", file=sys.stderr, flush=True)
             res[mode] = run_child(mode, folder, tmp / f"{mode}{n}", args, prompt)
+            print(f"    {res[mode]}", file=sys.stderr, flush=True)
         rows.append((n, res["bare"], res["ours"], same_masks(tmp / f"bare{n}", tmp / f"ours{n}")))
     print(f"\nSAM 2 segment step, {w}x{h} frames at input size {args.image_size} on {args.device} "
           f"({args.threads} threads); checkpoint: {Path(args.checkpoint).name}\n")
-    print("| frames | bare s | ours s | time ours/bare | bare MB | ours MB | memory bare/ours | masks identical |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| frames | bare s | ours s | time ours/bare | held bare MB | held ours MB | "
+          "peak RSS bare MB | peak RSS ours MB | masks identical |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, b, o, same in rows:
         print(f"| {n} | {b['seconds']:.1f} | {o['seconds']:.1f} | {o['seconds'] / b['seconds']:.2f} | "
-              f"{b['peak_mb']:.0f} | {o['peak_mb']:.0f} | {b['peak_mb'] / max(o['peak_mb'], 1e-9):.1f} | "
+              f"{b['held_mb']:.1f} | {o['held_mb']:.1f} | {b['peak_mb']:.0f} | {o['peak_mb']:.0f} | "
               f"{'yes' if same else 'NO'} |")
+    print("\nheld: the frames and SAM 2's per-frame state alive when propagation ends; peak RSS: "
+          "the process's peak resident size during the step minus its size before")
     if len(rows) >= 2:
         (n0, b0, o0, _), (n1, b1, o1, _) = rows[0], rows[-1]
-        sb = (b1["peak_mb"] - b0["peak_mb"]) / (n1 - n0)
-        so = (o1["peak_mb"] - o0["peak_mb"]) / (n1 - n0)
-        print(f"\nmemory per extra frame: bare {sb:.2f} MB, ours {so:.2f} MB "
-              f"({sb / so if so > 0 else float('inf'):.1f}x lower); SAM 2 holds a float32 "
-              f"{args.image_size}² frame as {3 * 4 * args.image_size ** 2 / 2**20:.2f} MB")
+        for key, what in (("held_mb", "held"), ("peak_mb", "peak RSS")):
+            sb = (b1[key] - b0[key]) / (n1 - n0)
+            so = (o1[key] - o0[key]) / (n1 - n0)
+            ratio = f"{sb / so:.1f}x lower" if so > 0 else "ours does not grow"
+            print(f"{what} per extra frame: bare {sb:.2f} MB, ours {so:.2f} MB ({ratio})")
 
 
 if __name__ == "__main__":

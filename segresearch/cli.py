@@ -53,12 +53,17 @@ def _stream(ctx: Any, query: str, media: Any, printer: Any) -> dict[str, Any]:
     from segresearch.graphs.seg_research import graph
 
     final: dict[str, Any] = {}
-    for mode, chunk in graph.stream({"query": query, "media": media}, context=ctx,
-                                    stream_mode=["updates", "values"]):
-        if mode == "updates":
-            printer.updates(chunk)
-        else:
-            final = chunk
+    try:
+        for mode, chunk in graph.stream({"query": query, "media": media}, context=ctx,
+                                        stream_mode=["updates", "custom", "values"]):
+            if mode == "updates":
+                printer.updates(chunk)
+            elif mode == "custom":
+                printer.custom(chunk)
+            else:
+                final = chunk
+    finally:
+        printer.close()
     return final
 
 
@@ -188,15 +193,16 @@ def _segmenter_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Benchmarks end to end. Problems with the data, the model endpoint or the output
     folder are one ``error:`` line before any query runs."""
-
-    from segresearch.eval.datasets import DatasetError
-    from segresearch.eval.runner import EvalError, EvalSpec, evaluate
-
     if bool(args.model) == bool(args.predictions):
         return _die("give either --model SPEC (one or more) or --predictions FILE")
     for name in ("concurrency", "workers"):
         if getattr(args, name) < 1:
             return _die(f"--{name} must be at least 1")
+    if not os.path.isdir(os.path.expanduser(args.root)):
+        kind = "data set" if args.eval_command == "okvos" else "image set"
+        return _die(f"{kind} folder not found: {args.root}")
+    from segresearch.eval.runner import EvalSpec, evaluate
+
     try:
         ctx = _eval_context(args)
     except (ValueError, TypeError) as e:
@@ -217,7 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     try:
         results = evaluate(spec)
-    except (EvalError, DatasetError, RuntimeError) as e:
+    except (ValueError, RuntimeError, OSError) as e:  # EvalError, DatasetError, SAM 2 loading
         return _die(" ".join(str(e).split()))
     from segresearch.eval.results import results_markdown
 

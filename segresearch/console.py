@@ -23,6 +23,25 @@ class RunPrinter:
     def __init__(self, console: Console | None = None, width: int = 400) -> None:
         self.console = console or Console(highlight=False)
         self.width = width
+        self._bar: Any = None
+
+    def custom(self, ev: Any) -> None:
+        """Progress events of long steps (segmentation) as a bar on stderr."""
+        if not isinstance(ev, dict) or ev.get("type") != "progress":
+            return
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=ev["total"], desc=f"{ev['step']} ({ev.get('label', '')})",
+                             unit="frame", dynamic_ncols=True, leave=False)
+        self._bar.update(ev["done"] - self._bar.n)
+        if ev["done"] >= ev["total"]:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def line(self, style: str, head: str, body: str = "") -> None:
         t = Text(head, style=style)
@@ -69,6 +88,7 @@ class RunPrinter:
             self.line("yellow", "  → no action:", a.get("reason", ""))
 
     def updates(self, chunk: dict[str, Any]) -> None:
+        self.close()
         for _node, update in chunk.items():
             for ev in (update or {}).get("events", []) or []:
                 self.event(ev)

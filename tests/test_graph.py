@@ -391,3 +391,14 @@ def test_search_cache_makes_repeated_queries_free(scene_dir, tmp_path):
     for _ in range(2):
         run(scene_dir, [search("q"), T], search=failing, search_cache=cache)
     assert failing.calls == 2  # failures are not cached
+
+
+def test_segmentation_progress_is_streamed(scene_dir, tmp_path):
+    box, point = rel_box(scene_dir, 6)
+    ctx = Context(model=ReplayChatModel(turns=[keyframe(6), answer(box, point)]), search="none",
+                  segmenter="grabcut", output_dir=str(tmp_path / "out"))
+    events = [c for c in graph.stream({"query": "q", "media": str(scene_dir / "frames")},
+                                      context=ctx, stream_mode="custom")]
+    assert events and all(e["type"] == "progress" and e["step"] == "segment" for e in events)
+    assert events[-1]["done"] == events[-1]["total"] == 12 and events[-1]["label"] == "grabcut"
+    assert [e["done"] for e in events] == sorted(e["done"] for e in events)

@@ -13,6 +13,7 @@ from PIL import Image
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
 from segresearch.graphs.seg_research import graph
+from segresearch.testing.sam2_reference import bare_published
 from segresearch.testing.scenes import (
     inner_point,
     mask_box,
@@ -237,26 +238,6 @@ class _Recorder:
         monkeypatch.setattr(predictor, "propagate_in_video", wrapped)
 
 
-def bare_published(predictor, folder: Path, prompt: Prompt):
-    """The bare predictor driven as post_segmentation/sam2_okvos.py drives it."""
-    import torch
-
-    with torch.inference_mode():
-        state = predictor.init_state(video_path=str(folder))
-        predictor.reset_state(state)
-        predictor.add_new_points_or_box(inference_state=state, frame_idx=prompt.frame, obj_id=1,
-                                        box=np.asarray(prompt.box, np.float32))
-        predictor.add_new_points_or_box(inference_state=state, frame_idx=prompt.frame, obj_id=1,
-                                        points=np.asarray([prompt.point], np.float32),
-                                        labels=np.array([1], np.int32))
-        masks = np.zeros((state["num_frames"], state["video_height"], state["video_width"]), bool)
-        for idx, _ids, logits in predictor.propagate_in_video(state):
-            masks[idx] = (logits > 0).squeeze(1).cpu().numpy()
-        for idx, _ids, logits in predictor.propagate_in_video(state, reverse=True):
-            masks[idx] = (logits > 0).squeeze(1).cpu().numpy()
-    return state, masks
-
-
 @needs_sam2
 def test_sam2_matches_the_bare_predictor_driven_the_published_way(
     tiny_sam2_checkpoint, sam2_clip, monkeypatch, capfd
@@ -312,11 +293,16 @@ def test_frame_store_is_bounded_and_bit_identical(tiny_sam2_checkpoint, sam2_cli
     import torch
     from sam2.utils.misc import load_video_frames_from_jpg_images
 
-    from segresearch.tools.segmenters.sam2 import FrameStore
+    from segresearch.tools.segmenters.sam2 import _NORMALISED, FrameStore
 
+    # every uint8 value, normalised as sam2.utils.misc does it (float64 / 255, float32 after)
+    every = torch.from_numpy(np.arange(256)[None, None, :].repeat(3, 0) / 255.0).to(torch.float32)
+    every -= torch.tensor((0.485, 0.456, 0.406))[:, None, None]
+    every /= torch.tensor((0.229, 0.224, 0.225))[:, None, None]
+    assert torch.equal(every[:, 0, :], torch.from_numpy(_NORMALISED))
     root, _frames, _ = sam2_clip
     ref, h, w = load_video_frames_from_jpg_images(str(root / "frames"), 64, True)
-    store = FrameStore(open_media(root / "frames"), 64, cache_frames=2, prefetch=2)
+    store = FrameStore(open_media(root / "frames"), 64, cache_mb=2 * 3 * 64 * 64 / 2**20, prefetch=2)
     try:
         for i in [0, 1, 2, 3, 4, 5, 4, 3, 2, 1, 0]:
             assert torch.equal(store[i], ref[i])
@@ -370,3 +356,47 @@ def test_sam2_bad_checkpoint_keeps_the_answer(tmp_path, scene_dir):
     out = graph.invoke({"query": "q", "media": str(scene_dir / "frames")}, context=ctx)
     assert out["stop_reason"] == "answer" and out["answer"]["keyframe"] == 6
     assert out["error"] and out["masks_dir"] is None
+
+
+@needs_sam2
+def test_saved_outputs_of_one_video_share_one_sam2_session(tiny_sam2_checkpoint, sam2_clip,
+                                                           tmp_path, monkeypatch):
+    """`segment_jobs` opens the video once for all its queries (reset between them), and
+    each query's masks equal the bare predictor's for the prompt the published rule reads."""
+    import segresearch.tools.segmenters.sam2 as sam2_mod
+    from segresearch.eval.postseg import SegJob, segment_jobs
+    from segresearch.tools.segmenters import SAM2Segmenter
+
+    root, frames, _ = sam2_clip
+    h, w = frames[0].shape[:2]
+    calls = []
+    real_init = sam2_mod.init_state
+    monkeypatch.setattr(sam2_mod, "init_state", lambda *a, **k: calls.append(1) or real_init(*a, **k))
+
+    def out(box, point, frame=2):
+        rel = [round(v / s * 1000) for v, s in zip(box, (w, h, w, h), strict=True)]
+        pt = [round(v / s * 1000) for v, s in zip(point, (w, h), strict=True)]
+        return (f"<keyframe>{frame}</keyframe> <keyframe>4</keyframe>"
+                f'<answer>{{"bbox_2d": {rel}, "point_2d": {pt}}}</answer>')
+
+    texts = {"a": out((20, 30, 50, 60), (35, 45)), "b": out((5, 5, 40, 30), (20, 15), frame=0),
+             "c": "<keyframe>1</keyframe><answer>not json</answer>"}
+    jobs = [SegJob(id=k, media=str(root / "frames"), output=v) for k, v in texts.items()]
+    seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", image_size=256)
+    recs = segment_jobs(jobs, tmp_path / "seg", seg, progress=False)
+    assert len(calls) == 1  # one inference state for the three queries of the video
+    assert recs["c"]["prompt"] is None and "not valid JSON" in recs["c"]["problem"]
+    assert not any(np.asarray(Image.open(p)).any() for p in (tmp_path / "seg" / "c").glob("*.png"))
+    predictor, _ = seg.predictor()
+    media = open_media(root / "frames")
+    for qid in ("a", "b"):
+        prompt = prompt_from_output(texts[qid], media.frame_ids, w, h).prompt
+        assert recs[qid]["prompt"]["frame"] == prompt.frame == (2 if qid == "a" else 0)
+        _, bare = bare_published(predictor, root / "frames", prompt)
+        for fid in media.frame_ids:
+            mine = np.asarray(Image.open(tmp_path / "seg" / qid / f"{fid:05d}.png")) > 0
+            assert np.array_equal(mine, bare[fid]), (qid, fid)
+    # a second pass finds everything done
+    calls.clear()
+    segment_jobs(jobs, tmp_path / "seg", seg, progress=False)
+    assert calls == []

@@ -102,9 +102,10 @@ class Context:
     segmenter: str = field(
         default_factory=lambda: _env("SEGMENTER", "auto"),
         metadata={
-            "description": "Mask producer after the answer: 'sam2', 'grabcut' (OpenCV, "
-            "answer frame only), 'none' (answer only), or 'auto' (sam2 when installed "
-            "with a checkpoint, else grabcut)."
+            "description": "Mask producer after the answer, for every frame: 'sam2' (the "
+            "published box-then-point prompting), 'grabcut' (OpenCV, no weights: the "
+            "keyframe's mask carried by optical flow), 'none' (answer only), or 'auto' "
+            "(sam2 when installed with a checkpoint, else grabcut)."
         },
     )
     sam2_checkpoint: str = field(

@@ -30,6 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from segresearch.jsonl import iter_jsonl
+
 ABILITIES = ("one-hop", "multi-hop", "relational", "in-video")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _SAFE_RE = re.compile(r"[A-Za-z0-9._#+-]+")
@@ -84,22 +86,32 @@ def _frame_file(folder: Path, name: str) -> Path:
     return folder / f"{name}.jpg"
 
 
-def load_okvos(root: str | os.PathLike[str], split: str, limit: int | None = None) -> list[Query]:
-    """The queries of ``ROOT/{split}.parquet`` in file order; frames and masks under
-    ``ROOT/{split}/JPEGImages/<video>/`` and ``ROOT/{split}/Annotations/<video>/<oid>/``."""
+OKVOS_COLUMNS = ("question", "images", "video", "oid", "ability")
+
+
+def read_okvos_parquet(root: str | os.PathLike[str], split: str) -> tuple[Path, Any]:
+    """``ROOT/{split}.parquet`` as a DataFrame (and its path), with the OK-VOS columns
+    checked; shared by evaluation and the RL data conversion."""
     import pandas as pd
 
-    root = Path(root).expanduser()
-    src = root / f"{split}.parquet"
+    src = Path(root).expanduser() / f"{split}.parquet"
     if not src.is_file():
         raise DatasetError(f"OK-VOS parquet not found: {src}")
     try:
         df = pd.read_parquet(src)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise DatasetError(f"cannot read {src}: {e}") from None
-    missing = [c for c in ("question", "images", "video", "oid", "ability") if c not in df.columns]
+    missing = [c for c in OKVOS_COLUMNS if c not in df.columns]
     if missing:
         raise DatasetError(f"{src} lacks column(s) {', '.join(missing)}")
+    return src, df
+
+
+def load_okvos(root: str | os.PathLike[str], split: str, limit: int | None = None) -> list[Query]:
+    """The queries of ``ROOT/{split}.parquet`` in file order; frames and masks under
+    ``ROOT/{split}/JPEGImages/<video>/`` and ``ROOT/{split}/Annotations/<video>/<oid>/``."""
+    root = Path(root).expanduser()
+    src, df = read_okvos_parquet(root, split)
     frames_root = root / split / "JPEGImages"
     masks_root = root / split / "Annotations"
     out: list[Query] = []
@@ -152,15 +164,7 @@ def write_meta_mapping(queries: Sequence[Query], path: str | os.PathLike[str]) -
 def _manifest(root: Path) -> Iterator[dict[str, Any]]:
     jsonl, js = root / "queries.jsonl", root / "queries.json"
     if jsonl.is_file():
-        for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{jsonl} line {n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DatasetError(f"{jsonl} line {n}: expected an object")
+        for n, rec in iter_jsonl(jsonl, DatasetError):
             rec.setdefault("_line", n)
             yield rec
         return

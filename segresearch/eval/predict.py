@@ -41,38 +41,36 @@ def model_label(spec: ModelSpec) -> str:
     return spec if isinstance(spec, str) else type(spec).__name__
 
 
+def _row(q: Query, spec: ModelSpec, seconds: float, **fields: Any) -> dict[str, Any]:
+    """A prediction row: the published dump's fields first, then ours."""
+    row: dict[str, Any] = {"id": q.id, "data_source": q.data_source, "video_path": q.segment_media,
+                           "output": "", "ability": q.ability, "question": q.question,
+                           "stop_reason": None, "error": None, "answer": None, "answer_px": None,
+                           "turns": 0, "num_search": 0, "searches": []}
+    row.update(fields)
+    row["model"] = model_label(spec)
+    row["seconds"] = round(seconds, 3)
+    return row
+
+
 def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: float,
                    media_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """The prediction row of one finished graph run (no image bytes)."""
     output = output_text(final.get("messages") or [])
     answer = final.get("answer")
     graph_key = None if not answer else answer.get("keyframe")
-    first = first_keyframe(output)
-    row: dict[str, Any] = {
-        "id": q.id,
-        "data_source": q.data_source,
-        "video_path": q.segment_media,
-        "output": output,
-        "ability": q.ability,
-        "question": q.question,
-        "stop_reason": final.get("stop_reason"),
-        "error": final.get("error"),
-        "answer": answer,
-        "answer_px": final.get("answer_px"),
-        "turns": final.get("turns", 0),
-        "num_search": len(final.get("searches") or []),
-        "searches": [{"name": s.get("name"), "query": s.get("query")} for s in final.get("searches") or []],
-        "frame_ids": final.get("frame_ids"),
-        "first_keyframe": first,
-        "graph_keyframe": graph_key,
-        "model": model_label(spec),
-        "seconds": round(seconds, 3),
-        "run_dir": final.get("run_dir"),
-    }
+    searches = final.get("searches") or []
+    row = _row(
+        q, spec, seconds, output=output, stop_reason=final.get("stop_reason"),
+        error=final.get("error"), answer=answer, answer_px=final.get("answer_px"),
+        turns=final.get("turns", 0), num_search=len(searches),
+        searches=[{"name": s.get("name"), "query": s.get("query")} for s in searches],
+        frame_ids=final.get("frame_ids"), first_keyframe=first_keyframe(output),
+        graph_keyframe=graph_key, run_dir=final.get("run_dir"),
+    )
     if answer is not None and q.kind == "video" and media_size is not None:
         w, h = media_size
-        ids = final.get("frame_ids") or []
-        parsed = prompt_from_output(output, ids, w, h)
+        parsed = prompt_from_output(output, final.get("frame_ids") or [], w, h)
         # The saved output is segmented by the FIRST keyframe tag; the graph answered on the
         # LAST keyframe it showed. Count where that (or strict JSON) changes the prompt.
         row["rule_differs"] = parsed.prompt is None or parsed.prompt.frame != graph_key
@@ -81,10 +79,7 @@ def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: fl
 
 def error_row(q: Query, spec: ModelSpec, exc: BaseException, seconds: float) -> dict[str, Any]:
     msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return {"id": q.id, "data_source": q.data_source, "video_path": q.segment_media, "output": "",
-            "ability": q.ability, "question": q.question, "stop_reason": "error:eval",
-            "error": msg, "answer": None, "answer_px": None, "turns": 0, "num_search": 0,
-            "searches": [], "model": model_label(spec), "seconds": round(seconds, 3)}
+    return _row(q, spec, seconds, stop_reason="error:eval", error=msg)
 
 
 def query_context(base: Context, q: Query, spec: ModelSpec, runs_dir: Path | None) -> Context:

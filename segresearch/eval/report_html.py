@@ -15,9 +15,7 @@ import hashlib
 import html
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from segresearch.graphs.outputs import write_atomic
 from segresearch.tools.media import Media, MediaError, open_media, sample_frame_ids
 from segresearch.tools.visualize import annotate, overlay_mask
 
@@ -71,7 +70,7 @@ def write_html_report(
             old.unlink(missing_ok=True)
     page = _page(results, out_dir, rows, total=len(queries))
     path = out_dir / REPORT_NAME
-    _write_atomic(path, page.encode("utf-8"))
+    write_atomic(path, page.encode("utf-8"))
     return path
 
 
@@ -93,17 +92,6 @@ def _num(value: Any, digits: int = 3) -> str:
     except (TypeError, ValueError):
         return "–"
     return "–" if math.isnan(v) else f"{v:.{digits}f}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _asset_stem(qid: str, index: int, used: set[str]) -> str:

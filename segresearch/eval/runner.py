@@ -83,9 +83,12 @@ class EvalSpec:
         return Path(self.out).expanduser()
 
     def make_segmenter(self) -> Segmenter:
-        seg = get_segmenter(self.segmenter, sam2_checkpoint=self.sam2_checkpoint,
-                            sam2_config=self.sam2_config, sam2_image_size=self.sam2_image_size,
-                            device=self.device)
+        try:
+            seg = get_segmenter(self.segmenter, sam2_checkpoint=self.sam2_checkpoint,
+                                sam2_config=self.sam2_config, sam2_image_size=self.sam2_image_size,
+                                device=self.device)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
         if seg is None:
             raise EvalError("evaluation needs a segmenter (sam2, grabcut or auto), not 'none'")
         return seg

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -404,10 +405,27 @@ def _run_dir(state: State, ctx: Context) -> Path:
 ENDS_WITHOUT_ANSWER = ("no_action", "max_turns", "max_tokens")
 
 
+def _progress(runtime: Runtime[Context], step: str, label: str) -> Callable[[int, int], None]:
+    """Progress of a long step as ``custom`` stream events (a CLI draws a bar from them,
+    a server client a progress line); about 20 events per step, whatever its length."""
+    writer = runtime.stream_writer
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        bucket = done * 20 // max(total, 1)
+        if bucket != last[0] or done == total:
+            last[0] = bucket
+            writer({"type": "progress", "step": step, "label": label, "done": done, "total": total})
+
+    return report
+
+
 def _no_prompt_reason(state: State) -> str:
     if state.get("stop_reason") != "answer":
         return f"the run ended without an answer ({state.get('stop_reason')})"
-    return "the answer came without a keyframe, so its frame is unknown"
+    if (state.get("answer") or {}).get("keyframe") is None:
+        return "the answer came without a keyframe, so its frame is unknown"
+    return "the answer has no usable box or point"
 
 
 def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -439,7 +457,8 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             prompt = prompt_from_answer(ans, media.width, media.height, ctx.coord_style, size)
         run_dir = _run_dir(state, ctx)
         masks_dir = run_dir / "masks"
-        tool = make_segment_tool(media, segmenter, masks_dir)
+        tool = make_segment_tool(media, segmenter, masks_dir,
+                                 _progress(runtime, "segment", segmenter.name))
         args = {"keyframe": None}
         if prompt is not None:
             args = {"keyframe": prompt.frame, "bbox_2d": prompt.box, "point_2d": prompt.point}
@@ -447,7 +466,8 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - the answer stands; only the masks failed
         err = _error("segment", e)
         err["stop_reason"] = state.get("stop_reason") or "answer"
-        err["events"][0]["note"] = "the answer is kept; only segmentation failed"
+        if answered:
+            err["events"][0]["note"] = "the answer is kept; only segmentation failed"
         return err
     art = result.artifact or {}
     area = art.get("area", {})

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from langgraph._internal._runnable import RunnableCallable
+from langchain_core.runnables import RunnableLambda
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.runtime import Runtime
+from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Command
 from typing_extensions import TypedDict
 
@@ -86,16 +86,19 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     g = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     g.add_node("load_media", _routed(nodes.load_media, route_after_load, "load_media"),
                destinations=("reason", "finish"))
-    # reason has a sync and an async body so that async callers never park a thread on it.
-    g.add_node(
-        "reason",
-        RunnableCallable(
-            _routed(nodes.reason, route_after_reason, "reason"),
-            _routed_async(nodes.areason, route_after_reason, "reason"),
-            name="reason", trace=False,
-        ),
-        destinations=("search", "keyframe", "feedback", "segment", "finish"),
-    )
+    # reason has a sync and an async body so that async callers never park a thread on it;
+    # a RunnableLambda carries both (the runtime comes from the run's config).
+    sync_reason = _routed(nodes.reason, route_after_reason, "reason")
+    async_reason = _routed_async(nodes.areason, route_after_reason, "reason")
+
+    def reason(state: State) -> Command:
+        return sync_reason(state, get_runtime(Context))
+
+    async def areason(state: State) -> Command:
+        return await async_reason(state, get_runtime(Context))
+
+    g.add_node("reason", RunnableLambda(reason, areason, name="reason"),
+               destinations=("search", "keyframe", "feedback", "segment", "finish"))
     for name in ACTION_NODES:
         g.add_node(name, _routed(getattr(nodes, name), route_after_tool, name),
                    destinations=("reason", "finish"))

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 AGENT_NAME = "seg_research_agent"
 DATA_SOURCE_PREFIX = "Search_RVOS_"
-REQUIRED_COLUMNS = ("question", "images", "video", "oid", "ability")
 COORD_STYLES = ("qwen3", "qwen25")
 FRAME_EXT = ".jpg"
 MASK_EXT = ".png"
@@ -320,7 +319,6 @@ def convert_okvos(
     would be 0 for every rollout, a group with no signal); test rows are all kept, since
     evaluation must cover the whole split. The counts are logged and stored in the file's
     metadata (:func:`conversion_info`)."""
-    import pandas as pd
     import pyarrow as pa
 
     root = Path(root).expanduser()
@@ -332,16 +330,9 @@ def convert_okvos(
         raise ValueError(f"frame_size must be at least 1; got {frame_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must not be negative; got {limit}")
-    src = root / f"{split}.parquet"
-    if not src.is_file():
-        raise ValueError(f"OK-VOS parquet not found: {src}")
-    try:
-        df = pd.read_parquet(src)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise ValueError(f"cannot read {src}: {e}") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{src} lacks column(s) {', '.join(missing)}")
+    from segresearch.eval.datasets import read_okvos_parquet
+
+    src, df = read_okvos_parquet(root, split)
     if limit is not None:
         df = df.iloc[:limit]
 

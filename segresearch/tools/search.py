@@ -9,11 +9,10 @@ bounded by a timeout here, whatever the backend does itself.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from segresearch.agents.protocol import (
     render_search_error,
     render_text_results,
 )
+from segresearch.jsonl import iter_jsonl  # noqa: F401 - re-exported for the KB readers
 from segresearch.shared_cache import LoadOnce
 
 
@@ -92,24 +92,6 @@ def split_title(contents: str) -> tuple[str, str]:
     """Corpus convention: the first line of ``contents`` is the title."""
     title, _, body = contents.strip().partition("\n")
     return title.strip(), body.strip()
-
-
-def iter_jsonl(
-    path: Path, error: type[Exception] = ValueError
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL corpus; a line that is not a
-    JSON object raises ``error`` naming the file and line."""
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise error(f"{path}:{n}: expected a JSON object")
-            yield n, row
 
 
 def _bm25(corpus: list[list[str]]) -> Any:

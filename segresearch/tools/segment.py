@@ -7,6 +7,7 @@ overlay video a person can watch. Segmenters themselves live in ``tools/segmente
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,21 @@ class SegmentArgs(BaseModel):
                                          description="x, y in original-frame pixels.")
 
 
-def make_segment_tool(media: Media, segmenter: Segmenter, masks_dir: Path | None) -> BaseTool:
+def make_segment_tool(
+    media: Media,
+    segmenter: Segmenter,
+    masks_dir: Path | None,
+    on_frame: Callable[[int, int], None] | None = None,
+) -> BaseTool:
     """A tool that segments the target on every frame. With ``masks_dir`` it writes a PNG per
-    frame there (all empty when there is no usable prompt) and ``overlay.mp4`` beside it."""
+    frame there (all empty when there is no usable prompt) and ``overlay.mp4`` beside it.
+    ``on_frame(done, total)`` hears of every mask, for progress reports."""
+    done = [0]
+
+    def tick(_fid: int) -> None:
+        done[0] += 1
+        if on_frame is not None:
+            on_frame(done[0], len(media))
 
     def segment(
         keyframe: int | None, bbox_2d: list[float] | None = None, point_2d: list[float] | None = None
@@ -61,7 +74,7 @@ def make_segment_tool(media: Media, segmenter: Segmenter, masks_dir: Path | None
                 mask_set = write_empty_mask_set(masks_dir, media)
             else:
                 with segmenter.open(media) as session:
-                    mask_set = write_mask_set(masks_dir, media, session.masks(prompt))
+                    mask_set = write_mask_set(masks_dir, media, session.masks(prompt), on_frame=tick)
             area, reached = mask_set.area, mask_set.reached
             files = sorted(p.name for p in masks_dir.glob("*.png"))
             if len(media) > 1:

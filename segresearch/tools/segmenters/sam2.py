@@ -38,9 +38,13 @@ SAM2_CONFIGS = {
     "large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
 DEFAULT_SAM2_CONFIG = SAM2_CONFIGS["large"]
-# ImageNet statistics SAM 2 normalises with (sam2.utils.misc.load_video_frames defaults).
+# ImageNet statistics SAM 2 normalises with (sam2.utils.misc.load_video_frames defaults),
+# and every value a uint8 channel can take, normalised with SAM 2's float operations.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
+_NORMALISED = (
+    (np.arange(256) / 255.0).astype(np.float32)[None, :] - np.asarray(_MEAN, np.float32)[:, None]
+) / np.asarray(_STD, np.float32)[:, None]
 
 
 def sam2_config_for(checkpoint: str, config: str = "") -> str:
@@ -101,18 +105,15 @@ class FrameStore:
     """What SAM 2 reads as ``inference_state["images"]``: frame ``i`` as the normalised
     float32 tensor its JPEG loader would have made, computed on demand.
 
-    Memory is bounded by ``cache_frames`` uint8 frames plus ``prefetch`` ready tensors,
+    Memory is bounded by ``cache_mb`` of uint8 frames (reused when several queries run on a
+    short video; propagation itself reads each frame once) plus ``prefetch`` ready tensors,
     whatever the video's length."""
 
-    def __init__(self, media: Media, image_size: int, cache_frames: int = 32, prefetch: int = 4) -> None:
-        import torch
-
+    def __init__(self, media: Media, image_size: int, cache_mb: float = 32, prefetch: int = 4) -> None:
         self.media = media
         self.size = int(image_size)
-        self.cache_frames = max(0, int(cache_frames))
+        self.cache_frames = max(0, int(cache_mb * 2**20 // (3 * self.size * self.size)))
         self.prefetch = max(0, int(prefetch))
-        self._mean = torch.tensor(_MEAN, dtype=torch.float32)[:, None, None]
-        self._std = torch.tensor(_STD, dtype=torch.float32)[:, None, None]
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._ready: dict[int, Future] = {}
         self._lock = threading.Lock()
@@ -142,15 +143,17 @@ class FrameStore:
         return arr
 
     def tensor(self, pos: int) -> Any:
-        """Normalised like sam2.utils.misc: ``x / 255`` in float64, stored as float32, then
-        ``(x - mean) / std`` in float32; the same operations give the same bits."""
+        """Normalised like sam2.utils.misc (``x / 255`` in float64, stored as float32, then
+        ``(x - mean) / std`` in float32), through a table of the 256 results per channel:
+        the same bits, without the frame-sized float64 temporaries whose churn would grow
+        the process's memory frame after frame."""
         import torch
 
         arr = self.resized(pos)
-        t = torch.from_numpy(arr / 255.0).permute(2, 0, 1).to(torch.float32)
-        t -= self._mean
-        t /= self._std
-        return t
+        out = np.empty((3, self.size, self.size), np.float32)
+        for c in range(3):
+            np.take(_NORMALISED[c], arr[..., c], out=out[c])
+        return torch.from_numpy(out)
 
     def __getitem__(self, pos: int) -> Any:
         pos = int(pos)
@@ -247,7 +250,7 @@ class SAM2Session(VideoSession):
         self.media = media
         self.segmenter = segmenter
         self.predictor, self._lock = segmenter.predictor()
-        self.frames = FrameStore(media, self.predictor.image_size, segmenter.cache_frames,
+        self.frames = FrameStore(media, self.predictor.image_size, segmenter.cache_mb,
                                  segmenter.prefetch)
         with self._lock, _quiet():
             self.state = init_state(self.predictor, self.frames, segmenter.device == "cpu")
@@ -295,8 +298,8 @@ class SAM2Segmenter(Segmenter):
         config: str = "",
         device: str = "auto",
         image_size: int | None = None,
-        cache_frames: int = 32,
-        prefetch: int = 4,
+        cache_mb: float = 32,
+        prefetch: int | None = None,
     ) -> None:
         if not sam2_available():
             raise ValueError(
@@ -317,8 +320,10 @@ class SAM2Segmenter(Segmenter):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.image_size = image_size or None
-        self.cache_frames = cache_frames
-        self.prefetch = prefetch
+        self.cache_mb = cache_mb
+        # Decoding ahead pays off when the model runs on an accelerator and the CPU idles;
+        # on a CPU it would only compete with the model's own threads.
+        self.prefetch = (0 if device == "cpu" else 4) if prefetch is None else prefetch
 
     def predictor(self) -> tuple[Any, threading.Lock]:
         return load_predictor(self.config, self.checkpoint, self.device, self.image_size)
