@@ -149,7 +149,8 @@ def test_rescore_a_published_dump_with_missing_rows(okvos, tmp_path):
         assert q["J"] == pytest.approx(exp["J"]) and q["missing_masks"]
     present = [q for q in res["queries"] if not q["missing_prediction"]]
     assert all(q["prompt"]["frame"] == 0 for q in present)  # the first <keyframe> tag
-    assert not (out / "predictions.jsonl").exists()  # the dump is read, not copied
+    copied = read_predictions(out / "predictions.jsonl").rows  # the rows scored, kept beside
+    assert list(copied) == list(df["id"].iloc[10:]) and copied[df["id"].iloc[10]]["score"] == 1.0
     # a dump for another split (other videos) is refused with a clear message
     bad = tmp_path / "other.jsonl"
     bad.write_text(json.dumps({"id": df["id"].iloc[0], "data_source": "Search_RVOS_one-hop",

@@ -222,6 +222,11 @@ def _rows_from_file(spec: EvalSpec, queries: Sequence[Query]) -> dict[str, dict[
             f"{path}: {len(mismatched)} prediction(s) name another video than the data set "
             f"(e.g. id {mismatched[0]!r}); is this dump for split {spec.split}?"
         )
+    # The folder keeps the rows it was scored from, so it stands on its own.
+    mine = spec.out_dir / PREDICTIONS
+    if not mine.exists() or mine.resolve() != path.resolve():
+        lines = [json.dumps(rows[q.id], ensure_ascii=False, default=str) for q in queries if q.id in rows]
+        write_atomic(mine, ("\n".join(lines) + "\n" if lines else "").encode())
     return rows
 
 

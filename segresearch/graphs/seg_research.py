@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import ensure_config, set_config_context
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -81,24 +82,46 @@ def _routed_async(node: Callable[..., Any], route: Callable[[Any], str], name: s
     return run
 
 
+class SyncAsyncNode(Runnable):
+    """A node with a synchronous and an asynchronous body: ``invoke`` callers run the first,
+    ``ainvoke`` callers await the second and never park a thread on the model.
+
+    Built on langchain-core's public Runnable rather than LangGraph's internal node class;
+    like that class it opens no tracing run of its own (RunnableLambda's callbacks would
+    cost more than the rest of a turn) but runs the body under the run's config, so model
+    calls inside still stream and trace as children of the graph run."""
+
+    def __init__(self, name: str, sync: Callable[[Any, Runtime[Context]], Any],
+                 async_: Callable[[Any, Runtime[Context]], Any]) -> None:
+        self.name = name
+        self._sync = sync
+        self._async = async_
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        with set_config_context(ensure_config(config)) as ctx:
+            return ctx.run(lambda: self._sync(input, get_runtime(Context)))
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        import asyncio
+
+        with set_config_context(ensure_config(config)) as ctx:
+            # A task created inside the context runs in it (on every Python version).
+            task = ctx.run(lambda: asyncio.ensure_future(self._async(input, get_runtime(Context))))
+            return await task
+
+
 def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
     """Compile the graph; pass a checkpointer (e.g. SQLite) to persist and resume runs."""
     g = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     g.add_node("load_media", _routed(nodes.load_media, route_after_load, "load_media"),
                destinations=("reason", "finish"))
-    # reason has a sync and an async body so that async callers never park a thread on it;
-    # a RunnableLambda carries both (the runtime comes from the run's config).
-    sync_reason = _routed(nodes.reason, route_after_reason, "reason")
-    async_reason = _routed_async(nodes.areason, route_after_reason, "reason")
-
-    def reason(state: State) -> Command:
-        return sync_reason(state, get_runtime(Context))
-
-    async def areason(state: State) -> Command:
-        return await async_reason(state, get_runtime(Context))
-
-    g.add_node("reason", RunnableLambda(reason, areason, name="reason"),
-               destinations=("search", "keyframe", "feedback", "segment", "finish"))
+    # reason has a sync and an async body so that async callers never park a thread on it.
+    g.add_node(
+        "reason",
+        SyncAsyncNode("reason", _routed(nodes.reason, route_after_reason, "reason"),
+                      _routed_async(nodes.areason, route_after_reason, "reason")),
+        destinations=("search", "keyframe", "feedback", "segment", "finish"),
+    )
     for name in ACTION_NODES:
         g.add_node(name, _routed(getattr(nodes, name), route_after_tool, name),
                    destinations=("reason", "finish"))
