@@ -221,6 +221,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overlays=args.overlays, html=not args.no_html, progress=not args.no_progress,
         retry_errors=args.retry_errors, force=args.force, **_segmenter_args(args),
     )
+    from segresearch.tools.segmenters import resolve_segmenter_name
+
+    try:
+        chosen = resolve_segmenter_name(args.segmenter, args.sam2_checkpoint or "")
+    except ValueError as e:
+        return _die(str(e))
+    if chosen == "grabcut":
+        print("note: segmenting with grabcut (no SAM 2 checkpoint given): the scores are not "
+              "comparable with the paper's SAM 2 numbers", file=sys.stderr)
     try:
         results = evaluate(spec)
     except (ValueError, RuntimeError, OSError) as e:  # EvalError, DatasetError, SAM 2 loading

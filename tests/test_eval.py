@@ -388,3 +388,23 @@ def test_eval_cli_refuses_bad_setups_in_one_line(okvos, tmp_path):
         evaluate(spec_for(okvos, tmp_path / "e", segmenter="none"))
     with pytest.raises(EvalError, match="predictions file not found"):
         evaluate(spec_for(okvos, tmp_path / "f", models=[], predictions=str(tmp_path / "x.jsonl")))
+
+
+def test_replay_cassette_keyed_by_question(tmp_path, scene_dir):
+    from segresearch.agents.backends.replay import ReplayChatModel
+    from segresearch.graphs.seg_research import graph
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"queries": {
+        "the square": ['<answer>{"bbox_2d": [1, 2, 3, 4], "point_2d": [2, 3]}</answer>'],
+        "the circle": ["<thinking>none</thinking>"]}, "latency": 0.01}))
+    model = ReplayChatModel.from_file(path)
+    ctx = Context(model=model, search="none", segmenter="none")
+    media = str(scene_dir / "frames" / "00000.jpg")
+    assert graph.invoke({"query": "the square", "media": media}, context=ctx)["stop_reason"] == "answer"
+    assert graph.invoke({"query": "the circle", "media": media}, context=ctx)["stop_reason"] == "no_action"
+    out = graph.invoke({"query": "the triangle", "media": media}, context=ctx)
+    assert out["stop_reason"] == "error:model" and "no turns for the question" in out["error"]
+    path.write_text(json.dumps({"queries": {}, "latency": -1}))
+    with pytest.raises(ValueError, match="latency"):
+        ReplayChatModel.from_file(path)

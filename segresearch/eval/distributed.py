@@ -135,7 +135,7 @@ class RayShards:
             self._run("predict", [(g, index[g[0].id]) for g in groups], got)
         return rows
 
-    def segment(self, jobs: Sequence[SegJob], redo: set[str], progress: bool) -> None:
+    def segment(self, jobs: Sequence[SegJob], segmenter: Any, progress: bool) -> None:
         """Segment the jobs that are not done (the driver decides, workers do them all)."""
         from tqdm import tqdm
 
@@ -143,7 +143,7 @@ class RayShards:
 
         seg_root = Path(self.spec.out_dir) / SEG
         seg_root.mkdir(parents=True, exist_ok=True)
-        jobs = pending_jobs(jobs, seg_root, segmenter_key(self.spec.make_segmenter()), redo)
+        jobs = pending_jobs(jobs, seg_root, segmenter_key(segmenter))
         seg_log = PredictionLog(seg_root / SEGMENT_LOG)
         groups = _by_video(list(jobs), lambda j: j.media)
         with tqdm(total=len(jobs), desc=f"segment ({len(self.actors)} workers)", unit="query",

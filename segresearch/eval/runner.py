@@ -170,12 +170,8 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
 
         shards = RayShards(spec)
     try:
-        if spec.predictions:
-            rows = _rows_from_file(spec, queries)
-            redo: set[str] = set()
-        else:
-            rows, redo = _predict(spec, queries, shards)
-        seg_records = _segment(spec, queries, rows, segmenter, redo, shards)
+        rows = _rows_from_file(spec, queries) if spec.predictions else _predict(spec, queries, shards)
+        seg_records = _segment(spec, queries, rows, segmenter, shards)
     finally:
         if shards is not None:
             shards.close()
@@ -237,12 +233,9 @@ def _same_video(row: dict[str, Any], q: Query) -> bool:
     return Path(str(vp)).name == Path(q.segment_media).name
 
 
-def _predict(
-    spec: EvalSpec, queries: Sequence[Query], shards: Any
-) -> tuple[dict[str, dict[str, Any]], set[str]]:
+def _predict(spec: EvalSpec, queries: Sequence[Query], shards: Any) -> dict[str, dict[str, Any]]:
     """Rows for every query: those already in predictions.jsonl, and new runs for the rest
-    (and for earlier failures with ``retry_errors``). Returns the rows and the ids run now,
-    whose old masks are stale."""
+    (and for earlier failures with ``retry_errors``; a changed output is segmented again)."""
     from segresearch.eval.predict import run_predictions
 
     out = spec.out_dir
@@ -251,7 +244,6 @@ def _predict(
     rows = {q.id: existing[q.id] for q in queries if q.id in existing}
     pending = [q for q in queries if q.id not in rows or (
         spec.retry_errors and str(rows[q.id].get("stop_reason", "")).startswith("error"))]
-    redo = {q.id for q in pending}
     if pending and shards is not None:
         rows.update(shards.predict(pending, log_file, spec.progress))
     elif pending:
@@ -260,12 +252,12 @@ def _predict(
                                  concurrency=spec.concurrency, runs_dir=runs,
                                  progress=spec.progress):
             rows[r["id"]] = r
-    return rows, redo
+    return rows
 
 
 def _segment(
     spec: EvalSpec, queries: Sequence[Query], rows: dict[str, dict[str, Any]],
-    segmenter: Segmenter, redo: set[str], shards: Any,
+    segmenter: Segmenter, shards: Any,
 ) -> dict[str, dict[str, Any]]:
     """Masks for every query with a prediction, made from the data set's own media (not
     the paths a dump carries)."""
@@ -277,10 +269,10 @@ def _segment(
     coord_style, coord_size = spec.coord()
     overlays = spec.out_dir / "overlays" if spec.overlays else None
     if shards is not None:
-        shards.segment(jobs, redo, spec.progress)
+        shards.segment(jobs, segmenter, spec.progress)
     else:
         segment_jobs(jobs, seg_root, segmenter, coord_style=coord_style, coord_size=coord_size,
-                     overlays_dir=overlays, progress=spec.progress, redo=redo)
+                     overlays_dir=overlays, progress=spec.progress)
     return read_predictions(seg_root / SEGMENT_LOG).rows
 
 
