@@ -142,6 +142,7 @@ def test_rescore_a_published_dump_with_missing_rows(okvos, tmp_path):
     out = tmp_path / "rescore"
     res = evaluate(spec_for(okvos, out, models=[], predictions=str(dump)))
     assert len(res["queries"]) == 32 and res["counts"]["missing_predictions"] == 10
+    assert res["counts"]["no_usable_answer"] == 0  # missing rows are counted as missing only
     missing = [q for q in res["queries"] if q["missing_prediction"]]
     assert {q["id"] for q in missing} == set(df["id"].iloc[:10])
     for q in missing:  # scored as empty masks
@@ -388,6 +389,7 @@ def test_eval_cli_refuses_bad_setups_in_one_line(okvos, tmp_path):
         evaluate(spec_for(okvos, tmp_path / "e", segmenter="none"))
     with pytest.raises(EvalError, match="predictions file not found"):
         evaluate(spec_for(okvos, tmp_path / "f", models=[], predictions=str(tmp_path / "x.jsonl")))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "f").exists()  # nothing pinned
 
 
 def test_replay_cassette_keyed_by_question(tmp_path, scene_dir):

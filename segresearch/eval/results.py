@@ -36,7 +36,8 @@ def counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "missing_frames": sum(int(e.get("missing_frames") or 0) for e in entries
                               if not e.get("missing_masks")),
         "stop_reasons": dict(sorted(stops.items())),
-        "no_usable_answer": sum(1 for e in entries if e.get("prompt") is None),
+        "no_usable_answer": sum(1 for e in entries
+                                if e.get("prompt") is None and not e.get("missing_prediction")),
         "rule_differs": sum(1 for e in entries if e.get("rule_differs")),
         "score_errors": sum(1 for e in entries if e.get("score_error")),
     }

@@ -150,8 +150,10 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
     """Run (or resume) one evaluation and write its results; returns results.json's data."""
     from segresearch.eval import results as res
 
-    out = spec.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    if not spec.predictions and not spec.models:
+        raise EvalError("give --model (one or more) or --predictions")
+    if spec.predictions and not Path(spec.predictions).expanduser().is_file():
+        raise EvalError(f"predictions file not found: {spec.predictions}")
     try:
         queries = load_queries(spec)
     except DatasetError as e:
@@ -159,11 +161,10 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
     if not queries:
         raise EvalError(f"no queries in {spec.root}")
     segmenter = spec.make_segmenter()
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
     current = settings(spec, segmenter)
     check_config(out, current, spec.force)
-
-    if not spec.predictions and not spec.models:
-        raise EvalError("give --model (one or more) or --predictions")
     shards = None
     if spec.ray:
         from segresearch.eval.distributed import RayShards
@@ -203,8 +204,6 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
 
 def _rows_from_file(spec: EvalSpec, queries: Sequence[Query]) -> dict[str, dict[str, Any]]:
     path = Path(spec.predictions).expanduser()  # type: ignore[arg-type]
-    if not path.is_file():
-        raise EvalError(f"predictions file not found: {path}")
     found = read_predictions(path)
     known = {q.id for q in queries}
     extra = [i for i in found.rows if i not in known]
