@@ -410,3 +410,14 @@ def test_replay_cassette_keyed_by_question(tmp_path, scene_dir):
     path.write_text(json.dumps({"queries": {}, "latency": -1}))
     with pytest.raises(ValueError, match="latency"):
         ReplayChatModel.from_file(path)
+
+
+def test_queries_go_round_robin_over_model_endpoints(okvos, tmp_path):
+    second = tmp_path / "second.json"
+    second.write_text(okvos["cassette"].read_text())
+    models = [f"replay:{okvos['cassette']}", f"replay:{second}"]
+    res = evaluate(spec_for(okvos, tmp_path / "rr", models=models, limit=6, trajectories=False))
+    rows = read_predictions(tmp_path / "rr" / "predictions.jsonl").rows
+    order = [q["id"] for q in res["queries"]]
+    assert [rows[i]["model"] for i in order] == [models[k % 2] for k in range(6)]
+    assert res["settings"]["models"] == models
