@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures as cf
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import socket
@@ -33,6 +32,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from segresearch.jsonl import iter_jsonl
 from segresearch.tools.search import SearchBackend, TextHit, get_backend, split_title
 
 log = logging.getLogger("segresearch.retriever")
@@ -273,16 +273,9 @@ class CorpusIds:
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if isinstance(row, dict):
-                yield row
+    """Corpus rows for id lookups; lines that are not objects carry no id and are passed by."""
+    for _, row in iter_jsonl(path, skip_non_objects=True):
+        yield row
 
 
 # ------------------------------------------------------------------------- the app
