@@ -123,13 +123,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import numpy as np
         from PIL import Image
 
-        name = f"{ans['keyframe']:05d}"
-        gt = demo.ground_truth_mask(frames, name)
-        with Image.open(Path(final["masks_dir"]) / f"{name}.png") as im:
-            pred = np.asarray(im) > 127
-        j = float(region_j(gt[None], pred[None])[0])
-        printer.line("bold", "mask IoU against the clip's ground truth:", f"{j:.3f}")
-        printer.line("bold", "look at:", str(Path(final["run_dir"]) / "keyframe_annotated.jpg"))
+        from segresearch.eval.metrics import j_and_f
+
+        names = sorted(p.stem for p in frames.glob("*.jpg"))
+        gt = np.stack([demo.ground_truth_mask(frames, n) for n in names])
+        pred = np.stack([np.asarray(Image.open(Path(final["masks_dir"]) / f"{n}.png")) > 127
+                         for n in names])
+        key = names.index(f"{ans['keyframe']:05d}")
+        score = j_and_f(gt, pred)
+        printer.line("bold", "mask IoU on the keyframe against the clip's ground truth:",
+                     f"{float(region_j(gt[key:key + 1], pred[key:key + 1])[0]):.3f}")
+        printer.line("bold", f"J&F over all {len(names)} frames:",
+                     f"{score['J&F']:.3f} (J {score['J']:.3f}, F {score['F']:.3f})")
+        printer.line("bold", "look at:", f"{Path(final['run_dir']) / 'keyframe_annotated.jpg'}, "
+                     f"{Path(final['run_dir']) / 'overlay.mp4'}")
     return EXIT_OK if final.get("stop_reason") == "answer" else EXIT_RUN_ERROR
 
 

@@ -82,6 +82,8 @@ def test_demo(tmp_path):
     assert "text_search" in r.stdout and "keyframe 13" in r.stdout
     iou = float(r.stdout.split("ground truth:")[1].split()[0])
     assert iou > 0.9
+    jf = float(r.stdout.split("J&F over all 24 frames:")[1].split()[0])
+    assert jf > 0.9  # the fallback segmenter carries the mask through the whole clip
     traj = json.loads((tmp_path / "demo" / "trajectory.json").read_text())
     assert traj["stop_reason"] == "answer" and len(traj["searches"]) == 2
     assert Path(tmp_path / "cache" / "demo-v1" / "frames" / "00023.jpg").is_file()
