@@ -31,9 +31,9 @@ import cv2
 import numpy as np
 
 from segresearch.jsonl import iter_jsonl
+from segresearch.tools.media import IMAGE_EXTS
 
 ABILITIES = ("one-hop", "multi-hop", "relational", "in-video")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _SAFE_RE = re.compile(r"[A-Za-z0-9._#+-]+")
 
 

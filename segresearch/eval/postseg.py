@@ -22,7 +22,7 @@ from typing import Any
 
 from segresearch.eval.datasets import DatasetError, safe_name
 from segresearch.eval.predictions import PredictionLog, read_predictions
-from segresearch.tools.media import Media, MediaError, open_media
+from segresearch.tools.media import IMAGE_EXTS, Media, MediaError, open_media
 from segresearch.tools.segmenters import (
     Segmenter,
     VideoSession,
@@ -203,8 +203,7 @@ def _segment_video(
 
 
 def jobs_from_rows(
-    rows: Iterable[dict[str, Any]], root: str | os.PathLike[str] | None = None,
-    media_for: Callable[[dict[str, Any]], str | None] | None = None,
+    rows: Iterable[dict[str, Any]], root: str | os.PathLike[str] | None = None
 ) -> tuple[list[SegJob], list[tuple[str, str]]]:
     """Jobs for prediction rows (ours or the published dump's), and (id, problem) for rows
     whose media cannot be found."""
@@ -212,8 +211,7 @@ def jobs_from_rows(
     problems: list[tuple[str, str]] = []
     for row in rows:
         qid = str(row["id"])
-        raw = media_for(row) if media_for is not None else None
-        raw = raw or row.get("video_path") or row.get("media")
+        raw = row.get("video_path") or row.get("media")
         if not raw:
             problems.append((qid, "row has no video_path"))
             continue
@@ -222,7 +220,6 @@ def jobs_from_rows(
         except DatasetError as e:
             problems.append((qid, str(e)))
             continue
-        kind = "image" if Path(path).is_file() and Path(path).suffix.lower() in (
-            ".jpg", ".jpeg", ".png", ".bmp", ".webp") else "video"
+        kind = "image" if Path(path).is_file() and Path(path).suffix.lower() in IMAGE_EXTS else "video"
         jobs.append(SegJob(id=qid, media=path, output=str(row.get("output") or ""), kind=kind))
     return jobs, problems

@@ -43,8 +43,8 @@ def counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    return "—" if v is None else f"{100 * v:.1f}" if digits == 1 else f"{v:.{digits}f}"
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -64,11 +64,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     for name, g in rows:
         if g is None:
             continue
-        out.append(f"| {name} | {g['n']} | " + " | ".join(_f(g[k], 1) for k in keys) + " |")
+        out.append(f"| {name} | {g['n']} | " + " | ".join(_pct(g[k]) for k in keys) + " |")
     out += ["", f"Scores in percent. {_explain(video)}", "", "## By number of searches", "",
             "| searches | n | " + keys[0] + " |", "|---:|---:|---:|"]
     for k, g in results.get("by_searches", {}).items():
-        out.append(f"| {k} | {g['n']} | {_f(g[keys[0]], 1)} |")
+        out.append(f"| {k} | {g['n']} | {_pct(g[keys[0]])} |")
     c = results["counts"]
     out += ["", "## Counts", "",
             f"- predictions: {c['predicted']} of {c['queries']} queries "

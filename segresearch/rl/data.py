@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from segresearch.rl.ground_truth import build_ground_truth
-from segresearch.tools.media import frame_ids_for, sample_frame_ids
+from segresearch.tools.media import IMAGE_EXTS, frame_ids_for, sample_frame_ids
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ DATA_SOURCE_PREFIX = "Search_RVOS_"
 COORD_STYLES = ("qwen3", "qwen25")
 FRAME_EXT = ".jpg"
 MASK_EXT = ".png"
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 METADATA_KEY = b"segresearch"
 
 
@@ -100,11 +99,11 @@ def _missing(v: Any) -> bool:
 def _frame_stem(name: str) -> str:
     """Frame names come with or without their extension; masks are named by the stem."""
     p = Path(name)
-    return p.stem if p.suffix.lower() in _IMAGE_EXTS else name
+    return p.stem if p.suffix.lower() in IMAGE_EXTS else name
 
 
 def _frame_file(name: str) -> str:
-    return name if Path(name).suffix.lower() in _IMAGE_EXTS else name + FRAME_EXT
+    return name if Path(name).suffix.lower() in IMAGE_EXTS else name + FRAME_EXT
 
 
 def _target(path: Path) -> np.ndarray:

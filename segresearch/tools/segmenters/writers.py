@@ -40,10 +40,6 @@ class MaskSet:
     reached: int  # frames the segmenter produced a mask for
     area: dict[int, int] = field(default_factory=dict)  # foreground pixels per frame id
 
-    def summary(self) -> dict[str, int]:
-        nonempty = sum(1 for a in self.area.values() if a)
-        return {"frames": self.frames, "reached": self.reached, "nonempty": nonempty}
-
 
 def _imwrite(path: Path, mask: np.ndarray) -> None:
     if not cv2.imwrite(str(path), mask):
