@@ -34,6 +34,10 @@ class LoadOnce(Generic[T]):
                 self._items[key] = value
             return value
 
+    def has(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
     def key_lock(self, key: Hashable) -> threading.Lock:
         """A lock for other once-per-key work on the same keys (e.g. building an index)."""
         with self._lock:

@@ -111,9 +111,10 @@ def test_image_search_observation_carries_the_image(scene_dir, kb_dir):
     assert blocks[0] == {"type": "text", "text": "<information>1. (Title: Blue Square logo) "}
     assert blocks[1]["type"] == "image_url"
     assert blocks[2] == {"type": "text", "text": "\n</information>"}
-    from segresearch.agents.content import block_url, decode_image
+    from segresearch.agents.content import block_image, block_url
 
-    img = decode_image(block_url(blocks[1]))
+    assert block_url(blocks[1]).startswith("media-ref:")  # a reference, not pixels, in the state
+    img = block_image(blocks[1])
     assert img.size == (256, 256)
     assert np.asarray(img)[128, 128, 2] > 180  # the blue picture, resized
     assert out["stop_reason"] == "no_action"
@@ -393,12 +394,24 @@ def test_search_cache_makes_repeated_queries_free(scene_dir, tmp_path):
     assert failing.calls == 2  # failures are not cached
 
 
-def test_segmentation_progress_is_streamed(scene_dir, tmp_path):
+def test_progress_events_are_streamed_in_order(scene_dir, kb_dir, tmp_path):
     box, point = rel_box(scene_dir, 6)
-    ctx = Context(model=ReplayChatModel(turns=[keyframe(6), answer(box, point)]), search="none",
-                  segmenter="grabcut", output_dir=str(tmp_path / "out"))
+    ctx = Context(model=ReplayChatModel(turns=[search("Zephyr Prize 2030"), keyframe(6), answer(box, point)]),
+                  kb=str(kb_dir), search="bm25", segmenter="grabcut", output_dir=str(tmp_path / "out"))
     events = [c for c in graph.stream({"query": "q", "media": str(scene_dir / "frames")},
                                       context=ctx, stream_mode="custom")]
-    assert events and all(e["type"] == "progress" and e["step"] == "segment" for e in events)
-    assert events[-1]["done"] == events[-1]["total"] == 12 and events[-1]["label"] == "grabcut"
-    assert [e["done"] for e in events] == sorted(e["done"] for e in events)
+    kinds = [e["type"] for e in events]
+    first_progress = kinds.index("progress")
+    assert kinds[:first_progress] == ["media", "turn", "search", "turn", "keyframe", "turn"]
+    assert set(kinds[first_progress:-1]) == {"progress"} and kinds[-1] == "final"
+    media, search_ev, kf, final = events[0], events[2], events[4], events[-1]
+    assert media["num_frames"] == 12 and media["frame_ids"] == SHOWN
+    assert search_ev["backend"] == "bm25" and search_ev["hits"] >= 1 and search_ev["query"] == "Zephyr Prize 2030"
+    assert kf == {"type": "keyframe", "frame": 6, "valid": True}
+    assert [e["turn"] for e in events if e["type"] == "turn"] == [1, 2, 3]
+    assert events[5]["action"]["type"] == "answer"
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress[-1]["done"] == progress[-1]["total"] == 12 and progress[-1]["label"] == "grabcut"
+    assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
+    assert final["stop_reason"] == "answer" and final["answer"]["keyframe"] == 6
+    assert final["masks_dir"] == str(tmp_path / "out" / "masks") and final["turns"] == 3

@@ -352,7 +352,7 @@ def test_sam2_bad_checkpoint_keeps_the_answer(tmp_path, scene_dir):
     turns = ["<thinking>a</thinking><keyframe> 6 </keyframe>",
              '<thinking>b</thinking><answer>{"bbox_2d": [1, 2, 300, 400], "point_2d": [100, 100]}</answer>']
     ctx = Context(model=ReplayChatModel(turns=turns), search="none", segmenter="sam2",
-                  sam2_checkpoint=str(bad))
+                  sam2_checkpoint=str(bad), output_dir=str(tmp_path / "run"))
     out = graph.invoke({"query": "q", "media": str(scene_dir / "frames")}, context=ctx)
     assert out["stop_reason"] == "answer" and out["answer"]["keyframe"] == 6
     assert out["error"] and out["masks_dir"] is None

@@ -1,10 +1,11 @@
 """Images inside LangChain messages.
 
-Every backend (OpenAI-compatible servers, local transformers, verl) must see exactly the
-same pixels, and the graph state must stay JSON-serialisable for checkpoints and the
-LangGraph server API. So images travel as OpenAI-style ``image_url`` blocks holding a
-base64 data URL, and backends that need pixels decode them here (with a small cache, since
-the same frames are re-sent on every turn).
+Images travel as OpenAI-style ``image_url`` blocks. The graph puts a ``media-ref:<sha256>``
+URL in them (``media_block``): the pixels stay in the media store, the state stays small
+and JSON, and every backend resolves the reference to the same RGB pixels
+(``block_image``); the OpenAI-compatible backend inlines them as data URLs only when it
+sends a request (``inline_media``). Blocks holding a data URL (``image_block``) are still
+accepted everywhere, for callers that build messages themselves.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from collections import OrderedDict
 from threading import Lock
 from typing import Any
 
+from langchain_core.messages import BaseMessage
 from PIL import Image
 
-JPEG_QUALITY = 90
+from segresearch.agents.media_store import JPEG_QUALITY, MEDIA_SCHEME, get_store
 
 
 def encode_image(img: Image.Image, fmt: str = "JPEG") -> str:
@@ -36,6 +38,47 @@ def encode_image(img: Image.Image, fmt: str = "JPEG") -> str:
 def image_block(img: Image.Image, fmt: str = "JPEG") -> dict[str, Any]:
     """A content block carrying ``img``; the same shape OpenAI's chat API accepts."""
     return {"type": "image_url", "image_url": {"url": encode_image(img, fmt)}}
+
+
+def media_block(img: Image.Image, recipe: Any = None) -> dict[str, Any]:
+    """A content block referring to ``img`` in the media store (``recipe`` remakes the image
+    if the store has dropped it, e.g. a video frame)."""
+    digest = get_store().put(img, recipe)
+    return {"type": "image_url", "image_url": {"url": MEDIA_SCHEME + digest}}
+
+
+def block_image(block: dict[str, Any]) -> Image.Image:
+    """The RGB pixels of an image block, whether it refers to the store or holds a data URL."""
+    url = block_url(block)
+    if url.startswith(MEDIA_SCHEME):
+        return get_store().get(url[len(MEDIA_SCHEME):])
+    return decode_image(url)
+
+
+def block_digest(block: dict[str, Any]) -> str | None:
+    """The store digest of a referring block (None for inline data)."""
+    url = block_url(block)
+    return url[len(MEDIA_SCHEME):] if url.startswith(MEDIA_SCHEME) else None
+
+
+def inline_media(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """``messages`` with every store reference replaced by a JPEG data URL (what an
+    OpenAI-compatible server accepts); messages without references are passed as they are."""
+    out: list[BaseMessage] = []
+    for m in messages:
+        if isinstance(m.content, str) or not any(
+            is_image_block(b) and block_digest(b) for b in m.content
+        ):
+            out.append(m)
+            continue
+        blocks = []
+        for b in m.content:
+            digest = block_digest(b) if is_image_block(b) else None
+            if digest:
+                b = {"type": "image_url", "image_url": {"url": get_store().data_url(digest)}}
+            blocks.append(b)
+        out.append(m.model_copy(update={"content": blocks}))
+    return out
 
 
 def text_block(text: str) -> dict[str, Any]:

@@ -9,13 +9,29 @@ which may also be a chat-model object when called from Python.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import Field, TypeAdapter, ValidationError
 
 DEFAULT_MODEL = "openai:Qwen/Qwen3-VL-4B-Instruct@http://127.0.0.1:8000/v1"
+# Bounds that keep one run's cost sane (10,000 frames or 4096-px frames are mistakes, and
+# on a server they are a way to make it spend seconds and megabytes per request).
+MAX_FRAMES = 64
+MAX_FRAME_SIZE = 1536
+MAX_KEYFRAME_SIZE = 2048
+
+
+class ContextError(ValueError):
+    """Settings a caller sent cannot be used; ``problems`` has one line per problem."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 def _env(name: str, default: Any) -> Any:
@@ -80,7 +96,7 @@ class Context:
             "so repeated queries cost one call and stay reproducible; '' or 'off' disables."
         },
     )
-    search_cache_ttl: float = field(
+    search_cache_ttl: Annotated[float, Field(ge=0)] = field(
         default_factory=lambda: _env("SEARCH_CACHE_TTL", 7 * 24 * 3600.0),
         metadata={"description": "Seconds a cached search result stays valid."},
     )
@@ -91,11 +107,11 @@ class Context:
             "(off: such URLs are refused)."
         },
     )
-    text_topk: int = field(
+    text_topk: Annotated[int, Field(ge=1, le=20)] = field(
         default_factory=lambda: _env("TEXT_TOPK", 3),
         metadata={"description": "Text search results shown to the model."},
     )
-    image_topk: int = field(
+    image_topk: Annotated[int, Field(ge=1, le=10)] = field(
         default_factory=lambda: _env("IMAGE_TOPK", 1),
         metadata={"description": "Image search results shown to the model."},
     )
@@ -119,33 +135,33 @@ class Context:
             "'configs/sam2.1/sam2.1_hiera_l.yaml' (empty: inferred from the checkpoint name)."
         },
     )
-    sam2_image_size: int = field(
+    sam2_image_size: Annotated[int, Field(ge=0, le=4096)] = field(
         default_factory=lambda: _env("SAM2_IMAGE_SIZE", 0),
         metadata={
             "description": "Input resolution SAM 2 runs at (0: the model's own, 1024); smaller "
             "is faster on CPU and coarser."
         },
     )
-    max_turns: int = field(
+    max_turns: Annotated[int, Field(ge=1, le=64)] = field(
         default_factory=lambda: _env("MAX_TURNS", 6),
         metadata={
             "description": "Most tool actions (search, keyframe) executed; the model "
             "generates at most max_turns + 1 times."
         },
     )
-    num_frames: int = field(
+    num_frames: Annotated[int, Field(ge=1, le=MAX_FRAMES)] = field(
         default_factory=lambda: _env("NUM_FRAMES", 6),
         metadata={"description": "Frames sampled uniformly from a video and shown first."},
     )
-    frame_size: int = field(
+    frame_size: Annotated[int, Field(ge=28, le=MAX_FRAME_SIZE)] = field(
         default_factory=lambda: _env("FRAME_SIZE", 448),
         metadata={"description": "Side of the square the sampled frames are resized to."},
     )
-    keyframe_size: int = field(
+    keyframe_size: Annotated[int, Field(ge=28, le=MAX_KEYFRAME_SIZE)] = field(
         default_factory=lambda: _env("KEYFRAME_SIZE", 864),
         metadata={"description": "Side of the square a selected keyframe is shown at."},
     )
-    search_image_size: int = field(
+    search_image_size: Annotated[int, Field(ge=28, le=1024)] = field(
         default_factory=lambda: _env("SEARCH_IMAGE_SIZE", 256),
         metadata={"description": "Side of the square image-search results are shown at."},
     )
@@ -167,33 +183,33 @@ class Context:
         default_factory=lambda: _env("SYSTEM_PROMPT_FILE", ""),
         metadata={"description": "A text file that replaces the built-in system prompt."},
     )
-    max_new_tokens: int = field(
+    max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = field(
         default_factory=lambda: _env("MAX_NEW_TOKENS", 2048),
         metadata={"description": "Tokens one model turn may generate."},
     )
-    max_response_tokens: int | None = field(
+    max_response_tokens: Annotated[int, Field(ge=1, le=262144)] | None = field(
         default_factory=lambda: _env_opt_int("MAX_RESPONSE_TOKENS", 8192),
         metadata={
             "description": "Tokens all model turns together may generate; the run ends "
             "with stop reason 'max_tokens' past it (None: no limit)."
         },
     )
-    temperature: float = field(
+    temperature: Annotated[float, Field(ge=0, le=2)] = field(
         default_factory=lambda: _env("TEMPERATURE", 0.0),
         metadata={"description": "Sampling temperature (0: greedy)."},
     )
-    feedback_retries: int = field(
+    feedback_retries: Annotated[int, Field(ge=0, le=8)] = field(
         default_factory=lambda: _env("FEEDBACK_RETRIES", 0),
         metadata={
             "description": "Times a turn with no recognisable action is answered with a "
             "format reminder instead of ending the run (0: end at once, as in training)."
         },
     )
-    request_timeout: float = field(
+    request_timeout: Annotated[float, Field(gt=0, le=3600)] = field(
         default_factory=lambda: _env("REQUEST_TIMEOUT", 120.0),
         metadata={"description": "Seconds one model request may take."},
     )
-    search_timeout: float = field(
+    search_timeout: Annotated[float, Field(gt=0, le=600)] = field(
         default_factory=lambda: _env("SEARCH_TIMEOUT", 10.0),
         metadata={"description": "Seconds one search call may take."},
     )
@@ -208,17 +224,27 @@ class Context:
         default_factory=lambda: _env("RUN_SEGMENTATION", True),
         metadata={"description": "Run the segment step after an answer (off in RL)."},
     )
+    review: bool = field(
+        default_factory=lambda: _env("REVIEW", False),
+        metadata={
+            "description": "Pause before segmentation with the answer for a person to accept, "
+            "edit or reject (LangGraph interrupt; needs a checkpointer, which the server has)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.coord_style not in ("qwen3", "qwen25"):
             raise ValueError(f"coord_style must be 'qwen3' or 'qwen25', not {self.coord_style!r}")
         if self.prompt_variant not in ("auto", "search", "no_search"):
             raise ValueError(f"unknown prompt_variant {self.prompt_variant!r}")
-        for name in ("max_turns", "num_frames", "frame_size", "keyframe_size", "max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.max_turns > 64:
-            raise ValueError("max_turns must be <= 64")
+        for name, (lo, lo_open, hi) in _bounds().items():
+            v = getattr(self, name)
+            if v is None and name == "max_response_tokens":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must be a number, not {type(v).__name__}")
+            if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+                raise ValueError(f"{name} must be {_describe((lo, lo_open, hi))}; got {v}")
 
     @property
     def use_search(self) -> bool:
@@ -239,3 +265,76 @@ class Context:
             v = getattr(self, f.name)
             out[f.name] = v if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
         return out
+
+
+def _describe(bound: tuple[float | None, bool, float | None]) -> str:
+    lo, lo_open, hi = bound
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    return " and ".join(parts)
+
+
+@functools.cache
+def _bounds() -> dict[str, tuple[float | None, bool, float | None]]:
+    """(lower, lower is exclusive, upper) per bounded field, read from the ``Field``
+    constraints in the annotations, so the JSON schema the server publishes and the checks
+    made here cannot disagree."""
+    out: dict[str, tuple[float | None, bool, float | None]] = {}
+    for name, hint in get_type_hints(Context, include_extras=True).items():
+        for part in (hint, *get_args(hint)):
+            if get_origin(part) is not Annotated:
+                continue
+            lo = hi = None
+            lo_open = False
+            for meta in get_args(part)[1:]:
+                for c in getattr(meta, "metadata", []):
+                    if hasattr(c, "ge"):
+                        lo = c.ge
+                    elif hasattr(c, "gt"):
+                        lo, lo_open = c.gt, True
+                    elif hasattr(c, "le"):
+                        hi = c.le
+            out[name] = (lo, lo_open, hi)
+    return out
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[Context]:
+    return TypeAdapter(Context)
+
+
+FIELD_NAMES = frozenset(f.name for f in fields(Context))
+
+
+def validate_context(data: Mapping[str, Any] | None) -> Context:
+    """A Context from JSON a client sent: unknown keys, wrong types and values out of bounds
+    are refused (a ContextError listing every problem), and paths must pass the serving
+    path policy (``PathRefused``). The graph applies the same policy again when it runs."""
+    from segresearch.agents.path_policy import check_context_paths
+
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ContextError(f"context must be a JSON object, not {type(data).__name__}")
+    problems = [f"unknown context key {k!r} (see the graph's context schema)"
+                for k in data if k not in FIELD_NAMES]
+    for k in ("model", "search"):
+        if k in data and not isinstance(data[k], str):
+            problems.append(f"{k}: must be a string")
+    if problems:
+        raise ContextError(problems)
+    try:
+        ctx = _adapter().validate_python(dict(data))
+    except ValidationError as e:
+        raise ContextError([_pydantic_problem(err) for err in e.errors()]) from None
+    check_context_paths(ctx, given=set(data))
+    return ctx
+
+
+def _pydantic_problem(err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "context"
+    msg = str(err.get("msg", "invalid value"))
+    return f"{loc}: {msg.removeprefix('Value error, ')}"

@@ -43,19 +43,28 @@ def _build(spec: str, timeout: float) -> BaseChatModel:
     raise ValueError(f"unknown model backend {kind!r}: {SPEC_HELP}")
 
 
-def resolve_model(model: str | BaseChatModel, *, timeout: float = 120.0) -> BaseChatModel:
-    """A chat model for ``model`` (returned as is when it already is one)."""
-    if isinstance(model, BaseChatModel):
-        return model
-    if not isinstance(model, str):
-        raise TypeError(f"{SPEC_HELP}; got {type(model).__name__}")
+def _key(model: str, timeout: float) -> tuple[Any, ...]:
     key: tuple[Any, ...] = (model.strip(), float(timeout))
     if model.strip().lower().startswith("replay:"):  # an edited cassette is a new model
         try:
             key += (Path(model.strip()[7:]).expanduser().stat().st_mtime_ns,)
         except OSError:
             pass
-    return _MODELS.get(key, lambda: _build(model.strip(), timeout))
+    return key
+
+
+def resolve_model(model: str | BaseChatModel, *, timeout: float = 120.0) -> BaseChatModel:
+    """A chat model for ``model`` (returned as is when it already is one)."""
+    if isinstance(model, BaseChatModel):
+        return model
+    if not isinstance(model, str):
+        raise TypeError(f"{SPEC_HELP}; got {type(model).__name__}")
+    return _MODELS.get(_key(model, timeout), lambda: _build(model.strip(), timeout))
+
+
+def model_loaded(model: str | BaseChatModel, *, timeout: float = 120.0) -> bool:
+    """Whether ``resolve_model`` would return at once (no client to build, no weights to load)."""
+    return not isinstance(model, str) or _MODELS.has(_key(model, timeout))
 
 
 def clear_model_cache() -> None:

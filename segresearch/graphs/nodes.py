@@ -8,7 +8,6 @@ event loop). Every other node is quick CPU work or bounded by its own timeout.
 from __future__ import annotations
 
 import functools
-import tempfile
 import threading
 import time
 import uuid
@@ -25,14 +24,18 @@ from langchain_core.messages import (
     RemoveMessage,
     SystemMessage,
 )
+from langgraph.config import get_config
+from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 from PIL import Image
 
 from segresearch.agents.backends.replay import approx_tokens
-from segresearch.agents.content import content_text, image_block, text_block
-from segresearch.agents.context import Context
-from segresearch.agents.models import resolve_model
+from segresearch.agents.content import content_text, media_block, text_block
+from segresearch.agents.context import Context, ContextError
+from segresearch.agents.models import model_loaded, resolve_model
+from segresearch.agents.path_policy import check_context_paths, check_input, resolve_output
 from segresearch.agents.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
 from segresearch.agents.protocol import (
     STOP_STRINGS,
@@ -56,7 +59,8 @@ from segresearch.tools.search import (
     make_search_tools,
 )
 from segresearch.tools.segment import get_segmenter, make_segment_tool
-from segresearch.tools.segmenters import prompt_from_answer
+from segresearch.tools.segmenters import Prompt, prompt_from_answer
+from segresearch.tools.visualize import draw_answer
 
 
 def _error(kind: str, exc: BaseException | str) -> dict[str, Any]:
@@ -73,9 +77,9 @@ def _tool_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
 
 
-def _observation(text: str, images: list[Image.Image]) -> HumanMessage:
+def _observation(text: str, images: list[Image.Image], recipes: list[Any] | None = None) -> HumanMessage:
     """A user turn: the tool text, with each ``<image>`` placeholder (or, if there are none,
-    the end of the text) followed by one image."""
+    the end of the text) followed by one image (a store reference, not the pixels)."""
     if not images:
         return HumanMessage(content=text)
     parts = text.split("<image>")
@@ -85,10 +89,10 @@ def _observation(text: str, images: list[Image.Image]) -> HumanMessage:
             if part:
                 blocks.append(text_block(part))
             if i < len(images):
-                blocks.append(image_block(images[i]))
+                blocks.append(media_block(images[i], recipes[i] if recipes else None))
     else:
         blocks.append(text_block(text))
-        blocks.extend(image_block(im) for im in images)
+        blocks.extend(media_block(im, recipes[k] if recipes else None) for k, im in enumerate(images))
     return HumanMessage(content=blocks)
 
 
@@ -101,6 +105,7 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "stop_reason": None, "error": None, "pending": None, "run_dir": None,
         "answer": None, "answer_px": None, "masks_dir": None, "keyframe": None, "segmenter": None,
+        "reviewed": None,
         "turns": 0, "tool_calls": 0, "tokens_used": 0, "feedback_used": 0, "frame_ids": [],
         **update,
     }
@@ -115,16 +120,21 @@ _FRAME_BLOCKS_LOCK = threading.Lock()
 _FRAME_BLOCKS_SIZE = 512
 
 
-def _frame_block(media: Any, fid: int, size: int) -> dict[str, Any]:
+def _frame_recipe(spec: Any, fid: int, size: int) -> Callable[[], Image.Image]:
+    """How to remake a shown frame from its source if the media store has dropped it."""
+    return lambda: resize_square(open_media(spec).frame(fid), size)
+
+
+def _frame_block(media: Any, spec: Any, fid: int, size: int) -> dict[str, Any]:
     """The image block of a sampled frame, cached: the samples of an RL group, and repeated
-    queries on a video, show the same frames (and the same bytes keep prompts cacheable)."""
+    queries on a video, show the same frames (and the same reference keeps prompts cacheable)."""
     key = (*media.frame_key(fid), size)
     with _FRAME_BLOCKS_LOCK:
         hit = _FRAME_BLOCKS.get(key)
         if hit is not None:
             _FRAME_BLOCKS.move_to_end(key)
             return hit
-    block = image_block(resize_square(media.frame(fid), size))
+    block = media_block(resize_square(media.frame(fid), size), _frame_recipe(spec, fid, size))
     with _FRAME_BLOCKS_LOCK:
         _FRAME_BLOCKS[key] = block
         while len(_FRAME_BLOCKS) > _FRAME_BLOCKS_SIZE:
@@ -132,21 +142,37 @@ def _frame_block(media: Any, fid: int, size: int) -> dict[str, Any]:
     return block
 
 
+def _emit(runtime: Runtime[Context], event: dict[str, Any]) -> None:
+    """A live progress event for ``stream_mode="custom"`` (a no-op when nobody streams)."""
+    runtime.stream_writer(event)
+
+
 def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Open the media, sample the frames and write the first two messages."""
     ctx = runtime.context
     t0 = time.perf_counter()
-    query = (state.get("query") or "").strip()
-    if not query:
-        return _fresh_run(_error("input", "the query is empty"))
+    query = state.get("query")
+    if not isinstance(query, str) or not query.strip():
+        return _fresh_run(_error("input", "the query is empty" if not query else "the query must be a string"))
+    query = query.strip()
     try:
+        check_input({"media": state.get("media")})
+        check_context_paths(ctx)
         sys_text = system_prompt(ctx.use_search, ctx.coord_style, ctx.system_prompt_file)
+    except ContextError as e:
+        kind = "media" if str(e).startswith("media") else "config"
+        return _fresh_run(_error(kind, e))
     except ValueError as e:
         return _fresh_run(_error("config", e))
+    if ctx.review and get_config().get("configurable", {}).get(CONFIG_KEY_CHECKPOINTER) is None:
+        return _fresh_run(_error("config", "review pauses the run before segmentation, which needs "
+                                           "a checkpointer: build_graph(checkpointer=...), the CLI's "
+                                           "--db, or the LangGraph server"))
     try:
-        media = open_media(state["media"])
+        spec = state["media"]
+        media = open_media(spec)
         shown = sample_frame_ids(media.frame_ids, ctx.num_frames)
-        blocks = [_frame_block(media, f, ctx.frame_size) for f in shown]
+        blocks = [_frame_block(media, spec, f, ctx.frame_size) for f in shown]
     except (MediaError, KeyError) as e:
         return _fresh_run(_error("media", e if not isinstance(e, KeyError) else "no media given"))
     content: list[dict[str, Any]] = []
@@ -161,12 +187,14 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "width": media.width,
         "height": media.height,
     }
+    seconds = round(time.perf_counter() - t0, 4)
+    _emit(runtime, {"type": "media", **info, "frame_ids": shown, "seconds": seconds})
     return _fresh_run({
         "messages": [SystemMessage(content=sys_text), HumanMessage(content=content)],
         "frame_ids": shown,
         "media_info": info,
         "events": [
-            {"type": "media", **info, "frame_ids": shown, "seconds": round(time.perf_counter() - t0, 4)}
+            {"type": "media", **info, "frame_ids": shown, "seconds": seconds}
         ],
     })
 
@@ -265,6 +293,14 @@ def _action_dict(action: Any) -> dict[str, Any]:
     return {"type": "none", "reason": action.reason}
 
 
+def _turn_done(runtime: Runtime[Context], update: dict[str, Any]) -> dict[str, Any]:
+    ev = update["events"][0]
+    if ev.get("type") == "model":
+        _emit(runtime, {"type": "turn", "turn": ev["turn"], "action": ev["action"],
+                        "tokens": ev["tokens"], "seconds": ev["seconds"]})
+    return update
+
+
 def reason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """One model generation, parsed into the next action."""
     ctx = runtime.context
@@ -274,18 +310,24 @@ def reason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         msg = model.invoke(messages, **kwargs)
     except Exception as e:  # noqa: BLE001 - any backend failure ends the run with its reason
         return {**_error("model", e), "turns": state.get("turns", 0)}
-    return _after_model(state, ctx, msg, time.perf_counter() - t0)
+    return _turn_done(runtime, _after_model(state, ctx, msg, time.perf_counter() - t0))
 
 
 async def areason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
     try:
+        if not model_loaded(ctx.model, timeout=ctx.request_timeout):
+            # A first load (weights, a cassette file) must not stall every other run
+            # sharing the event loop; LoadOnce makes concurrent first callers wait for one.
+            import asyncio
+
+            await asyncio.to_thread(resolve_model, ctx.model, timeout=ctx.request_timeout)
         model, messages, kwargs = _model_call(state, ctx)
         t0 = time.perf_counter()
         msg = await model.ainvoke(messages, **kwargs)
     except Exception as e:  # noqa: BLE001
         return {**_error("model", e), "turns": state.get("turns", 0)}
-    return _after_model(state, ctx, msg, time.perf_counter() - t0)
+    return _turn_done(runtime, _after_model(state, ctx, msg, time.perf_counter() - t0))
 
 
 # ----------------------------------------------------------------------- tools
@@ -326,6 +368,7 @@ def search(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     name, query = action.get("name", "text_search"), action.get("query", "")
     t0 = time.perf_counter()
     images: list[Image.Image] = []
+    hits = 0
     error = action.get("error")
     if error:
         text = render_search_error(error)
@@ -338,12 +381,17 @@ def search(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         text = result.content if isinstance(result.content, str) else content_text(result.content)
         artifact = result.artifact or {}
         images = list(artifact.get("images", []))
+        hits = len(artifact.get("hits") or [])
         error = artifact.get("error")
     obs = _observation(text, images)
+    seconds = round(time.perf_counter() - t0, 4)
     event = {"type": "tool", "name": name, "query": query, "observation": text,
-             "images": len(images), "seconds": round(time.perf_counter() - t0, 4)}
+             "images": len(images), "seconds": seconds}
     if error:
         event["error"] = error
+    live = {"type": "search", "name": name, "query": query, "backend": ctx.search_name,
+            "hits": hits, "seconds": seconds}
+    _emit(runtime, {**live, "error": error} if error else live)
     return {
         "messages": [obs],
         "tool_calls": state.get("tool_calls", 0) + 1,
@@ -359,7 +407,8 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     frame = (state.get("pending") or {}).get("frame")
     t0 = time.perf_counter()
     try:
-        media = open_media(state["media"])
+        spec = state["media"]
+        media = open_media(spec)
         tool = make_keyframe_tool(media, state["frame_ids"], ctx.keyframe_size)
         args = {"frame": frame if frame is not None else -1}
         result = tool.invoke(_tool_call("keyframe", args))
@@ -367,7 +416,9 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return _error("media", e)
     artifact = result.artifact or {}
     images = artifact.get("images", [])
-    obs = _observation(result.content, images)
+    recipes = [_frame_recipe(spec, frame, ctx.keyframe_size)] if images else None
+    obs = _observation(result.content, images, recipes)
+    _emit(runtime, {"type": "keyframe", "frame": frame, "valid": bool(artifact.get("valid"))})
     update: dict[str, Any] = {
         "messages": [obs],
         "tool_calls": state.get("tool_calls", 0) + 1,
@@ -394,12 +445,13 @@ def feedback(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     }
 
 
-def _run_dir(state: State, ctx: Context) -> Path:
+def _run_dir(state: State, ctx: Context) -> Path | None:
+    """Where this run writes, or None: with no ``output_dir`` nothing is written at all."""
     if state.get("run_dir"):
         return Path(state["run_dir"])
     if ctx.output_dir:
-        return Path(ctx.output_dir).expanduser()
-    return Path(tempfile.mkdtemp(prefix="segresearch-"))
+        return resolve_output(ctx.output_dir)
+    return None
 
 
 ENDS_WITHOUT_ANSWER = ("no_action", "max_turns", "max_tokens")
@@ -437,10 +489,14 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     skip = None
     if not ctx.run_segmentation:
         skip = "segmentation is off for this run"
+    elif (state.get("reviewed") or {}).get("decision") == "reject":
+        skip = "the reviewer rejected the answer"
     elif (ctx.segmenter or "none").strip().lower() == "none":
         skip = "segmenter is 'none'"
     elif not answered and not (ctx.output_dir or state.get("run_dir")):
         skip = _no_prompt_reason(state)
+    elif _run_dir(state, ctx) is None:
+        skip = "no output_dir to write masks to"
     if skip:
         return {"events": [{"type": "segment", "skipped": skip}]} if answered else {}
     t0 = time.perf_counter()
@@ -452,10 +508,16 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         )
         media = open_media(state["media"])
         prompt = None
-        if answered and ans:
+        edited = (state.get("reviewed") or {}).get("decision") == "edit"
+        if answered and edited:  # a reviewer's box and point, already in frame pixels
+            px = state["answer_px"]
+            prompt = Prompt(px["keyframe"], tuple(float(v) for v in px["bbox_2d"]),  # type: ignore[arg-type]
+                            tuple(float(v) for v in px["point_2d"]))  # type: ignore[arg-type]
+        elif answered and ans:
             size = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
             prompt = prompt_from_answer(ans, media.width, media.height, ctx.coord_style, size)
         run_dir = _run_dir(state, ctx)
+        assert run_dir is not None
         masks_dir = run_dir / "masks"
         tool = make_segment_tool(media, segmenter, masks_dir,
                                  _progress(runtime, "segment", segmenter.name))
@@ -484,6 +546,80 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             "events": [event]}
 
 
+REVIEW_HELP = ("resume with 'accept', 'reject', or an edit {\"keyframe\": id, \"bbox_2d\": "
+               "[x1, y1, x2, y2], \"point_2d\": [x, y]} in original-frame pixels (any of the keys)")
+
+
+def _review_edit(value: Any, px: dict[str, Any], media: Any) -> tuple[dict[str, Any] | None, str]:
+    """(new answer_px, problem): a reviewer's edit checked against the frame it names."""
+    if not isinstance(value, dict) or not set(value) <= {"keyframe", "bbox_2d", "point_2d"} or not value:
+        return None, "unrecognised review reply; " + REVIEW_HELP
+    out = {**px, **value}
+    if out.get("keyframe") not in media.frame_ids:
+        return None, f"keyframe {out.get('keyframe')!r} is not a frame of this media"
+    box, pt = out.get("bbox_2d"), out.get("point_2d")
+    nums = (int, float)
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, nums) for v in box)):
+        return None, "bbox_2d must be four numbers [x1, y1, x2, y2]"
+    if not (isinstance(pt, list) and len(pt) == 2 and all(isinstance(v, nums) for v in pt)):
+        return None, "point_2d must be two numbers [x, y]"
+    w, h = media.width, media.height
+    x1, y1, x2, y2 = (min(max(float(v), 0.0), float(lim - 1)) for v, lim in zip(box, (w, h, w, h), strict=True))
+    if x2 <= x1 or y2 <= y1:
+        return None, "the box is empty inside the frame"
+    px_pt = [min(max(float(pt[0]), 0.0), w - 1.0), min(max(float(pt[1]), 0.0), h - 1.0)]
+    return {"keyframe": out["keyframe"], "bbox_2d": [x1, y1, x2, y2], "point_2d": px_pt}, ""
+
+
+def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Pause before segmentation (``Context.review``) so that a person accepts, edits or
+    rejects the answer; the reply arrives through ``Command(resume=...)``. The payload says
+    what the model answered, in both coordinate systems, with a picture of it."""
+    px = state.get("answer_px") or {}
+    try:
+        media = open_media(state["media"])
+        frame = media.frame(px["keyframe"])
+        scale = min(1.0, 1024 / max(frame.size))
+        shown = frame.resize((round(frame.width * scale), round(frame.height * scale)))
+        picture = draw_answer(shown, [v * scale for v in px["bbox_2d"]],
+                              [v * scale for v in px["point_2d"]], None, f"frame {px['keyframe']}")
+        image_ref = media_block(picture)["image_url"]["url"]
+    except (MediaError, KeyError, TypeError):
+        return {"reviewed": {"decision": "accept", "note": "nothing to review"}}
+    problem = ""
+    while True:
+        payload = {"type": "review", "query": state.get("query"), "answer": state.get("answer"),
+                   "answer_px": px, "image": image_ref, "frame_size": [media.width, media.height],
+                   "how": REVIEW_HELP}
+        if problem:
+            payload["problem"] = problem
+        reply = interrupt(payload)
+        if isinstance(reply, str) and reply.strip().lower() in ("accept", "ok", "yes", "y", ""):
+            return {"reviewed": {"decision": "accept"},
+                    "events": [{"type": "review", "decision": "accept"}]}
+        if isinstance(reply, str) and reply.strip().lower() in ("reject", "no", "n"):
+            return {"reviewed": {"decision": "reject"},
+                    "events": [{"type": "review", "decision": "reject"}]}
+        edited, problem = _review_edit(reply, px, media)
+        if edited is not None:
+            ctx = runtime.context
+            if ctx.coord_style == "qwen3":
+                lim_w = lim_h = 1000
+            else:
+                lim_w = lim_h = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
+            w, h = media.width, media.height
+            b, p = edited["bbox_2d"], edited["point_2d"]
+            model_coords = {
+                "keyframe": edited["keyframe"],
+                "bbox_2d": [round(b[0] * lim_w / w), round(b[1] * lim_h / h),
+                            round(b[2] * lim_w / w), round(b[3] * lim_h / h)],
+                "point_2d": [round(p[0] * lim_w / w), round(p[1] * lim_h / h)],
+            }
+            return {"answer_px": edited, "answer": model_coords,
+                    "reviewed": {"decision": "edit", "original": px},
+                    "events": [{"type": "review", "decision": "edit", "answer_px": edited}]}
+
+
 def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Write trajectory.json and the annotated keyframe (when there is somewhere to write)."""
     ctx = runtime.context
@@ -492,12 +628,17 @@ def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         update["stop_reason"] = "no_action"
     if state.get("turns") is None:
         update["turns"] = 0
-    if ctx.output_dir or state.get("run_dir"):
-        run_dir = _run_dir(state, ctx)
+    run_dir = _run_dir(state, ctx)
+    if run_dir is not None:
         try:
             write_outputs(run_dir, {**state, **update}, ctx)
             update["run_dir"] = str(run_dir)
         except OSError as e:
             update["events"] = [{"type": "error", "kind": "output", "message": str(e)}]
+    final = {**state, **update}
+    _emit(runtime, {"type": "final", "stop_reason": final.get("stop_reason"),
+                    "answer": final.get("answer"), "answer_px": final.get("answer_px"),
+                    "masks_dir": final.get("masks_dir"), "turns": final.get("turns"),
+                    "error": final.get("error")})
     return update
 

@@ -133,13 +133,13 @@ def _fmt(v: list[float] | None) -> str:
 
 def _frames_sheet(state: dict[str, Any]) -> Image.Image | None:
     """The frames exactly as the model saw them, labelled, in one picture."""
-    from segresearch.agents.content import block_url, decode_image, is_image_block
+    from segresearch.agents.content import block_image, is_image_block
 
     msgs = state.get("messages") or []
     first = next((m for m in msgs if m.type == "human"), None)
     if first is None or isinstance(first.content, str):
         return None
-    imgs = [decode_image(block_url(b)) for b in first.content if is_image_block(b)]
+    imgs = [block_image(b) for b in first.content if is_image_block(b)]
     if not imgs:
         return None
     side = 224

@@ -3,6 +3,8 @@
     START → load_media → reason ─┬─ search   → reason
                                  ├─ keyframe → reason
                                  ├─ feedback → reason   (opt-in retry on a turn without action)
+                                 ├─ review → segment    (Context.review: a person accepts,
+                                 │                       edits or rejects the answer)
                                  ├─ segment  → finish → END   (answer; no_action, max_turns and
                                  │                             max_tokens get empty masks)
                                  └─ finish → END        (errors)
@@ -39,16 +41,16 @@ class RouteView(TypedDict, total=False):
     stop_reason: str
 
 
-def route_after_load(state: RouteView) -> str:
+def route_after_load(state: RouteView, ctx: Context | None = None) -> str:
     return "finish" if state.get("stop_reason") else "reason"
 
 
-def route_after_reason(state: RouteView) -> str:
+def route_after_reason(state: RouteView, ctx: Context | None = None) -> str:
     """The parsed action picks the next node; anything that ended the run goes to finish."""
     pending = state.get("pending") or {}
     kind = pending.get("type")
     if kind == "answer":
-        return "segment"
+        return "review" if ctx is not None and ctx.review else "segment"
     stop = state.get("stop_reason")
     if kind in ACTION_NODES and not stop:
         return kind
@@ -56,27 +58,28 @@ def route_after_reason(state: RouteView) -> str:
     return "segment" if stop in nodes.ENDS_WITHOUT_ANSWER else "finish"
 
 
-def route_after_tool(state: RouteView) -> str:
+def route_after_tool(state: RouteView, ctx: Context | None = None) -> str:
     return "finish" if state.get("stop_reason") else "reason"
 
 
-def _routed(node: Callable[..., dict], route: Callable[[Any], str], name: str) -> Callable:
+def _routed(node: Callable[..., dict], route: Callable[..., str], name: str) -> Callable:
     """``node`` returning a Command whose goto is ``route`` applied to the state after the
-    update: routing stays in this module, and LangGraph does not re-read the whole state
-    for a branch after every step (a third of the graph's own cost per turn)."""
+    update (and the run's Context): routing stays in this module, and LangGraph does not
+    re-read the whole state for a branch after every step (a third of the graph's own cost
+    per turn)."""
 
     def run(state: State, runtime: Runtime[Context]) -> Command:
         update = node(state, runtime)
-        return Command(update=update, goto=route({**state, **update}))
+        return Command(update=update, goto=route({**state, **update}, runtime.context))
 
     run.__name__ = name
     return run
 
 
-def _routed_async(node: Callable[..., Any], route: Callable[[Any], str], name: str) -> Callable:
+def _routed_async(node: Callable[..., Any], route: Callable[..., str], name: str) -> Callable:
     async def run(state: State, runtime: Runtime[Context]) -> Command:
         update = await node(state, runtime)
-        return Command(update=update, goto=route({**state, **update}))
+        return Command(update=update, goto=route({**state, **update}, runtime.context))
 
     run.__name__ = name
     return run
@@ -120,11 +123,13 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
         "reason",
         SyncAsyncNode("reason", _routed(nodes.reason, route_after_reason, "reason"),
                       _routed_async(nodes.areason, route_after_reason, "reason")),
-        destinations=("search", "keyframe", "feedback", "segment", "finish"),
+        destinations=("search", "keyframe", "feedback", "review", "segment", "finish"),
     )
     for name in ACTION_NODES:
         g.add_node(name, _routed(getattr(nodes, name), route_after_tool, name),
                    destinations=("reason", "finish"))
+    g.add_node("review", nodes.review)
+    g.add_edge("review", "segment")
     g.add_node("segment", nodes.segment)
     g.add_node("finish", nodes.finish)
     g.add_edge(START, "load_media")

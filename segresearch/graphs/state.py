@@ -46,6 +46,7 @@ class OutputState(TypedDict, total=False):
     events: Annotated[list[dict[str, Any]], run_log]  # the trajectory, one entry per step
     run_dir: str | None
     segmenter: str | None  # the segmenter that wrote masks_dir (what "auto" resolved to)
+    reviewed: dict[str, Any] | None  # a reviewer's decision (Context.review): accept|edit|reject
 
 
 class State(InputState, OutputState):

@@ -31,7 +31,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from PIL import Image
 from pydantic import ConfigDict, PrivateAttr
 
-from segresearch.agents.content import block_url, content_blocks, decode_image, is_image_block
+from segresearch.agents.content import block_image, block_url, content_blocks, is_image_block
 from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop
 
 TRUNCATION_NOTE = " …[truncated]"
@@ -53,7 +53,7 @@ def to_chat_message(message: BaseMessage) -> tuple[dict[str, Any], list[Image.Im
     images: list[Image.Image] = []
     for block in content_blocks(message.content):
         if is_image_block(block):
-            img = decode_image(block_url(block))
+            img = block_image(block)
             images.append(img)
             parts.append({"type": "image", "image": img})
         elif block.get("type") == "text":

@@ -32,7 +32,7 @@ from langchain_core.messages import (
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
-from segresearch.agents.content import block_url, content_blocks, decode_image, is_image_block
+from segresearch.agents.content import block_image, content_blocks, is_image_block
 from segresearch.agents.protocol import cut_at_stop
 from segresearch.shared_cache import LoadOnce
 
@@ -158,7 +158,7 @@ def to_hf_messages(messages: Sequence[BaseMessage]) -> tuple[list[dict[str, Any]
         parts: list[dict[str, Any]] = []
         for block in content_blocks(message.content):
             if is_image_block(block):
-                images.append(decode_image(block_url(block)))
+                images.append(block_image(block))
                 parts.append({"type": "image"})
             elif block.get("type") == "text":
                 parts.append({"type": "text", "text": block.get("text", "")})

@@ -28,6 +28,8 @@ from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 
+from segresearch.agents.content import inline_media
+
 __all__ = [
     "OpenAICompatChatModel",
     "check_openai_endpoint",
@@ -115,6 +117,8 @@ class OpenAICompatChatModel(ChatOpenAI):
         stop: list[str] | None = None,
         **kwargs: Any,
     ) -> dict:
+        # The graph's images are store references; the server gets them inline.
+        input_ = inline_media(self._convert_input(input_).to_messages())
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
         if self.vllm_extras and "messages" in payload:
             # Merged per request so a caller's own per-call extra_body cannot drop it.
