@@ -47,6 +47,10 @@ def plain_loop(ctx: Context, query: str, media: str, model: ReplayChatModel, too
     class _Rt:
         context = ctx
 
+        @staticmethod
+        def stream_writer(_event: object) -> None:  # nobody streams in the plain loop
+            return None
+
     state = load_media({"query": query, "media": media}, _Rt())
     messages = list(state["messages"])
     executed = 0

@@ -49,22 +49,120 @@ def _check_model(spec: str, timeout: float) -> str | None:
     return f"{SPEC_HELP}; got {spec!r}"
 
 
-def _stream(ctx: Any, query: str, media: Any, printer: Any) -> dict[str, Any]:
-    from segresearch.graphs.seg_research import graph
+def _stream(ctx: Any, query: str | None, media: Any, printer: Any, graph: Any = None,
+            config: dict[str, Any] | None = None, review: Any = None) -> dict[str, Any]:
+    """Run (or, with ``query`` None, resume) the graph, printing as it goes. With a
+    checkpointer every step is saved before the next begins, so a killed run resumes from
+    its last finished step; ``review`` answers the graph's review pauses."""
+    from langgraph.types import Command
+
+    if graph is None:
+        from segresearch.graphs.seg_research import graph
 
     final: dict[str, Any] = {}
+    payload: Any = None if query is None else {"query": query, "media": media}
+    kwargs: dict[str, Any] = {"durability": "sync"} if config else {}
     try:
-        for mode, chunk in graph.stream({"query": query, "media": media}, context=ctx,
-                                        stream_mode=["updates", "custom", "values"]):
-            if mode == "updates":
-                printer.updates(chunk)
-            elif mode == "custom":
-                printer.custom(chunk)
-            else:
-                final = chunk
+        while True:
+            pause = None
+            for mode, chunk in graph.stream(payload, config, context=ctx,
+                                            stream_mode=["updates", "custom", "values"], **kwargs):
+                if mode == "updates":
+                    if "__interrupt__" in chunk:
+                        pause = chunk["__interrupt__"][0].value
+                    else:
+                        printer.updates(chunk)
+                elif mode == "custom":
+                    printer.custom(chunk)
+                else:
+                    final = chunk
+            if pause is None or review is None:
+                break
+            printer.close()
+            payload = Command(resume=review(pause))
     finally:
         printer.close()
     return final
+
+
+def _ask_review(out_dir: Path) -> Any:
+    """The terminal side of ``--review``: show the answer, save its picture, read a reply."""
+    import re as _re
+
+    from segresearch.agents.media_store import MEDIA_SCHEME, get_store
+
+    def ask(pause: dict[str, Any]) -> Any:
+        px = pause.get("answer_px") or {}
+        picture = out_dir / "review.png"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            picture.write_bytes(get_store().png_bytes(str(pause.get("image", ""))[len(MEDIA_SCHEME):]))
+            where = f" (picture: {picture})"
+        except (KeyError, OSError):
+            where = ""
+        if pause.get("problem"):
+            print(f"review: {pause['problem']}", file=sys.stderr)
+        w, h = pause.get("frame_size") or ("?", "?")
+        print(f"review{where}: keyframe {px.get('keyframe')} ({w}x{h}), box {px.get('bbox_2d')}, "
+              f"point {px.get('point_2d')}", file=sys.stderr)
+        print("  Enter accepts; 'r' rejects; or type 'x1 y1 x2 y2 [px py]' in pixels "
+              "(optionally 'frame N' first):", file=sys.stderr)
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            line = ""
+        if not line:
+            return "accept"
+        if line.lower() in ("r", "reject", "n", "no"):
+            return "reject"
+        edit: dict[str, Any] = {}
+        m = _re.match(r"frame\s+(\d+)\s*", line)
+        if m:
+            edit["keyframe"] = int(m.group(1))
+            line = line[m.end():]
+        nums = [float(v) for v in _re.findall(r"-?\d+(?:\.\d+)?", line)]
+        if len(nums) >= 4:
+            edit["bbox_2d"] = nums[:4]
+            edit["point_2d"] = nums[4:6] if len(nums) >= 6 else [(nums[0] + nums[2]) / 2, (nums[1] + nums[3]) / 2]
+        return edit or line  # anything else goes back to the graph, which asks again
+
+    return ask
+
+
+def _thread_state(db: str, thread: str) -> tuple[Any, Any, dict[str, Any]]:
+    """(graph with a SQLite checkpointer, config, saved run settings) for ``--db``."""
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from segresearch.agents.media_store import configure_store
+    from segresearch.graphs.seg_research import build_graph
+
+    path = Path(db).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Images the model saw are kept beside the database, so a resumed run finds them.
+    configure_store(path.with_name(path.name + ".media"))
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    graph = build_graph(checkpointer=SqliteSaver(conn))
+    config: dict[str, Any] = {"configurable": {"thread_id": thread}}
+    snap = graph.get_state(config)
+    with conn:
+        conn.execute(_RUNS_TABLE)
+        row = conn.execute("SELECT settings FROM segresearch_runs WHERE thread_id = ?", (thread,)).fetchone()
+    saved = json.loads(row[0]) if row else {}
+    return graph, (config, snap), saved
+
+
+# The settings of each CLI run beside LangGraph's own tables in the same database, so that
+# a resume needs only --db and --thread (checkpoints hold the state, not the Context).
+_RUNS_TABLE = "CREATE TABLE IF NOT EXISTS segresearch_runs (thread_id TEXT PRIMARY KEY, settings TEXT NOT NULL)"
+
+
+def _save_run_settings(graph: Any, thread: str, settings: dict[str, Any]) -> None:
+    conn = graph.checkpointer.conn
+    with conn:
+        conn.execute(_RUNS_TABLE)
+        conn.execute("INSERT OR REPLACE INTO segresearch_runs VALUES (?, ?)", (thread, json.dumps(settings)))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -72,20 +170,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     from segresearch.console import RunPrinter
     from segresearch.tools.media import MediaError, open_media
 
-    media: Any = args.media if len(args.media) > 1 else args.media[0]
-    try:
-        m = open_media(media)
-        m.frame(m.frame_ids[0])  # unreadable first frame: say so now, not mid-run
-    except MediaError as e:
-        return _die(str(e))
-    overrides: dict[str, Any] = {}
+    graph = config = None
+    saved: dict[str, Any] = {}
+    resuming = False
+    if args.thread and not args.db:
+        return _die("--thread needs --db FILE (the checkpoint database the thread lives in)")
+    if args.db:
+        import uuid
+
+        thread = args.thread or uuid.uuid4().hex[:12]
+        graph, (config, snap), saved = _thread_state(args.db, thread)
+        if snap.values and not snap.next:
+            if args.media or args.query:
+                return _die(f"thread {thread} in {args.db} has finished; use a new --thread")
+            RunPrinter().summary(snap.values)
+            return EXIT_RUN_ERROR if str(snap.values.get("stop_reason", "")).startswith("error") else EXIT_OK
+        resuming = bool(snap.next)
+        if resuming:
+            print(f"resuming thread {thread} from {args.db} at {', '.join(snap.next)}", file=sys.stderr)
+        else:
+            print(f"thread {thread} (resume with: segresearch run --db {args.db} --thread {thread})",
+                  file=sys.stderr)
+    if not resuming and (not args.media or not args.query):
+        return _die("--media and --query are required (except to resume a --thread)")
+    media: Any = None
+    if not resuming:
+        media = args.media if len(args.media) > 1 else args.media[0]
+        try:
+            m = open_media(media)
+            m.frame(m.frame_ids[0])  # unreadable first frame: say so now, not mid-run
+        except MediaError as e:
+            return _die(str(e))
+    overrides: dict[str, Any] = dict(saved.get("context") or {})
     for name in ("model", "search", "kb", "segmenter", "max_turns", "num_frames", "coord_style",
                  "temperature", "system_prompt_file", "feedback_retries", "sam2_checkpoint",
                  "retriever_url", "search_cache"):
         v = getattr(args, name, None)
         if v is not None:
             overrides[name] = v
-    out = args.out or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.review:
+        overrides["review"] = True
+    out = args.out or overrides.pop("output_dir", None) or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}"
+    overrides.pop("output_dir", None)
     try:
         ctx = Context(output_dir=str(out), **overrides)
     except (ValueError, TypeError) as e:
@@ -94,8 +220,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         problem = _check_model(ctx.model, ctx.request_timeout)
         if problem:
             return _die(problem)
+    if ctx.review and graph is None:  # a pause needs somewhere to keep the run meanwhile
+        from langgraph.checkpoint.memory import InMemorySaver
+
+        from segresearch.graphs.seg_research import build_graph
+
+        graph = build_graph(checkpointer=InMemorySaver())
+        config = {"configurable": {"thread_id": "review"}}
+    if args.db and not resuming:
+        public = {k: v for k, v in ctx.public_dict().items() if k in overrides or k == "output_dir"}
+        _save_run_settings(graph, config["configurable"]["thread_id"], {"context": public})
     printer = RunPrinter()
-    final = _stream(ctx, args.query, media, printer)
+    review = _ask_review(Path(out)) if ctx.review else None
+    final = _stream(ctx, None if resuming else args.query, media, printer, graph, config, review)
     printer.summary(final)
     if args.json:
         keys = ("answer", "answer_px", "masks_dir", "stop_reason", "turns", "searches", "error", "run_dir")
@@ -328,6 +465,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve_graph(args: argparse.Namespace) -> int:
+    """The LangGraph API server. What stops it from starting (no server extra, port taken,
+    an exposed host without a token) is one ``error:`` line; the server's own exit status
+    is returned as ours."""
+    try:
+        from segresearch.servers.langgraph_server import ServeError, serve_graph
+    except ImportError as e:
+        return _die(f"{e} (install the server extra: pip install 'segresearch[server]')")
+    try:
+        return serve_graph(host=args.host, port=args.port, jobs=args.jobs,
+                           state_dir=args.state_dir, insecure=args.insecure)
+    except ServeError as e:
+        return _die(str(e))
+
+
 def cmd_kb(args: argparse.Namespace) -> int:
     """Local knowledge-base tools. Every problem (a missing corpus or folder, an index built
     with another embedder, damaged files) is one ``error:`` line and exit 2: the cause is
@@ -405,9 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="segment what a query describes in a video or image")
-    r.add_argument("--media", required=True, nargs="+",
+    r.add_argument("--media", nargs="+",
                    help="video file, folder of frames, image, or several frame files")
-    r.add_argument("--query", required=True)
+    r.add_argument("--query", help="what to segment, in words (a question or a description)")
     r.add_argument("--model", help="openai:NAME@URL | hf:/path | replay:file.json (env SEGRESEARCH_MODEL)")
     r.add_argument("--search", help="search backend: local | bm25 | retriever | ddg | tavily | serper | none "
                         "(env SEGRESEARCH_SEARCH)")
@@ -426,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feedback-retries", dest="feedback_retries", type=int)
     r.add_argument("--out", help="output folder (default runs/run-<time>)")
     r.add_argument("--json", action="store_true", help="also print the final state as one JSON line")
+    r.add_argument("--db", help="SQLite checkpoint database: every step is saved, and a killed run "
+                                "resumes with --db FILE --thread ID")
+    r.add_argument("--thread", help="thread id inside --db (new runs get one; give it to resume)")
+    r.add_argument("--review", action="store_true",
+                   help="pause before segmentation to accept, edit or reject the answer")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="the whole loop on a synthetic clip with a recorded policy")
@@ -469,6 +626,16 @@ def build_parser() -> argparse.ArgumentParser:
     rv.add_argument("--max-batch", dest="max_batch", type=int, default=64,
                     help="most queries in one backend call")
     rv.set_defaults(func=cmd_serve)
+    gr = svsub.add_parser("graph", help="the LangGraph API server for the graph (concurrent runs)")
+    gr.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (not loopback: needs SEGRESEARCH_API_TOKEN or --insecure)")
+    gr.add_argument("--port", type=int, default=2024)
+    gr.add_argument("--jobs", type=int, default=32, help="concurrent runs per worker")
+    gr.add_argument("--state-dir", dest="state_dir", default=".segresearch-server",
+                    help="folder for the generated langgraph.json, server state and media")
+    gr.add_argument("--insecure", action="store_true",
+                    help="allow a non-loopback host without SEGRESEARCH_API_TOKEN")
+    gr.set_defaults(func=cmd_serve_graph)
 
     kb = sub.add_parser("kb", help="build and query a local dense knowledge base (FAISS)")
     kbsub = kb.add_subparsers(dest="kb_command", required=True)

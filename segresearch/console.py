@@ -68,6 +68,9 @@ class RunPrinter:
                 self.line("yellow", "segment skipped:", ev["skipped"])
             else:
                 self.line("magenta", "segment:", f"{ev.get('summary')} ({ev.get('seconds', 0):.2f} s)")
+        elif kind == "review":
+            extra = f" → {ev['answer_px']}" if ev.get("answer_px") else ""
+            self.line("bold yellow", "review:", f"{ev.get('decision')}{extra}")
         elif kind == "error":
             self.line("bold red", f"error ({ev.get('kind')}):", ev.get("message", ""))
 

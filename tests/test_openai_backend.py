@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 from PIL import Image
@@ -179,6 +180,22 @@ def test_images_arrive_as_data_urls_in_order(server: FakeOpenAIServer) -> None:
     assert blocks[3]["image_url"]["url"] == blue["image_url"]["url"]
     assert blocks[1]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     assert blocks[3]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_store_references_are_sent_inline_as_before(server: FakeOpenAIServer) -> None:
+    """The graph keeps references in its messages; the server receives the same JPEG data
+    URL an inline block held before references existed, and the message is not changed."""
+    from segresearch.agents.content import media_block
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    ref = media_block(img)
+    assert ref["image_url"]["url"].startswith("media-ref:")
+    model = make_openai_model("Qwen/Qwen3-VL-4B-Instruct", server.base_url)
+    msg = HumanMessage(content=[text_block("frame 0:"), ref])
+    model.invoke([msg], stop=STOP)
+    sent = server.last["messages"][0]["content"]
+    assert sent[1]["image_url"]["url"] == image_block(img)["image_url"]["url"]
+    assert msg.content[1] == ref  # the caller's message still holds the reference
 
 
 def test_local_server_gets_stop_and_vllm_extras(server: FakeOpenAIServer) -> None:

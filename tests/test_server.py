@@ -33,6 +33,8 @@ def server(tmp_path_factory, scene_dir):
     shutil.copy(REPO / "langgraph.json", work / "langgraph.json")
     cfg = json.loads((work / "langgraph.json").read_text())
     cfg["graphs"]["seg_research"] = str(REPO / "segresearch/graphs/seg_research.py") + ":graph"
+    cfg["auth"]["path"] = str(REPO / "segresearch/servers/auth.py") + ":auth"
+    cfg["http"]["app"] = str(REPO / "segresearch/servers/graph_app.py") + ":app"
     cfg["dependencies"] = [str(REPO)]
     (work / "langgraph.json").write_text(json.dumps(cfg))
     port = _free_port()
@@ -65,10 +67,10 @@ def server(tmp_path_factory, scene_dir):
         proc.kill()
 
 
-def test_run_over_the_api(server, scene_dir, tmp_path):
+def test_run_over_the_api(server, scene_dir):
     from langgraph_sdk import get_client
 
-    cassette = tmp_path / "c.json"
+    cassette = scene_dir / "test_server_cassette.json"  # a replay cassette must lie under the roots
     cassette.write_text(json.dumps([
         '<thinking>a</thinking><search>{"name": "text_search", "query": "q"}</search>',
         "<thinking>b</thinking><keyframe> 6 </keyframe>",
@@ -83,8 +85,12 @@ def test_run_over_the_api(server, scene_dir, tmp_path):
                                        input={"query": "the square", "media": str(scene_dir / "frames")},
                                        context=ctx)
         state = await client.threads.get_state(thread["thread_id"])
-        outside = await client.runs.wait(None, "seg_research",
-                                         input={"query": "q", "media": "/etc/hostname"}, context=ctx)
+        try:
+            await client.runs.wait(None, "seg_research",
+                                   input={"query": "q", "media": "/etc/hostname"}, context=ctx)
+            outside = None
+        except httpx.HTTPStatusError as e:
+            outside = e.response
         # the same thread again, streamed: a fresh run, and every update is JSON
         nodes = []
         async for part in client.runs.stream(thread["thread_id"], "seg_research",
@@ -102,5 +108,6 @@ def test_run_over_the_api(server, scene_dir, tmp_path):
     assert final["answer"] == {"keyframe": 6, "bbox_2d": [1, 2, 300, 400], "point_2d": [100, 100]}
     assert final["searches"][0]["observation"].startswith("<information>Search failed")
     assert state["values"]["stop_reason"] == "answer"
-    # media roots are enforced for API callers
-    assert outside["stop_reason"] == "error:media" and "outside the allowed roots" in outside["error"]
+    # media roots are enforced for API callers, before a run is created
+    assert outside is not None and outside.status_code == 403
+    assert "outside the allowed roots" in outside.text

@@ -1,0 +1,262 @@
+"""Our routes and request checks inside the LangGraph API server (``langgraph.json`` ``"http"``).
+
+langgraph-api accepts any JSON in a run's ``context`` and ``input`` and only finds out what
+is wrong once a worker has picked the run up: a typo in a context key, a frame count of a
+million or a knowledge base under ``/etc`` would surface as a failed run after queueing, or
+not at all. ``RunPayloadGuard`` checks run and assistant payloads when they arrive and answers
+at once: 422 with one line per problem for a malformed context or input, 403 for a path
+outside ``SEGRESEARCH_MEDIA_ROOTS``. The graph still checks for itself; this is the early,
+explicit answer an API client deserves.
+
+langgraph-api takes the middleware registered on this app and, with ``"middleware_order":
+"auth_first"`` in ``langgraph.json``, runs it after authentication on every route (its own
+and ours), so a client without the token learns nothing about which paths exist.
+
+The routes under ``/segresearch/`` serve what a UI needs besides the graph's state: the
+images the model saw (content-addressed PNGs) and how the server is configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from segresearch import __version__
+from segresearch.servers.auth import auth_enabled
+
+MEDIA_ROOTS_ENV = "SEGRESEARCH_MEDIA_ROOTS"
+OUTPUT_ROOT_ENV = "SEGRESEARCH_OUTPUT_ROOT"
+KB_ROOTS_ENV = "SEGRESEARCH_KB_ROOTS"
+MODEL_ROOTS_ENV = "SEGRESEARCH_MODEL_ROOTS"
+
+_ID = r"[^/]+"
+# (method, path) of every request that creates or reconfigures a run or an assistant; the
+# value says how to find the run payloads in its JSON body. Patterns match whole paths, so
+# /runs/crons/search, /assistants/search and the like are never taken for creations.
+_GUARDED: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(r"/runs(/stream|/wait|/crons)?"), "run"),
+    ("POST", re.compile(r"/runs/batch"), "batch"),
+    ("POST", re.compile(rf"/threads/{_ID}/runs(/stream|/wait|/crons)?"), "run"),
+    ("PATCH", re.compile(rf"/runs/crons/{_ID}"), "run"),
+    ("POST", re.compile(r"/assistants"), "assistant"),
+    ("PATCH", re.compile(rf"/assistants/{_ID}"), "assistant"),
+    ("POST", re.compile(rf"/threads/{_ID}/state"), "state"),
+]
+
+
+def _route_path(scope: Scope) -> str:
+    """Patterns are matched without a mount prefix (``root_path``): with ``mount_prefix`` set,
+    the full path would match none of them and every run would skip the checks."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return path.rstrip("/") or "/"
+
+
+def _kind_of(scope: Scope) -> str | None:
+    method = scope.get("method", "")
+    path = _route_path(scope)
+    for m, pattern, kind in _GUARDED:
+        if m == method and pattern.fullmatch(path):
+            return kind
+    return None
+
+
+@functools.cache
+def _context_fields() -> frozenset[str]:
+    from dataclasses import fields
+
+    from segresearch.agents.context import Context
+
+    return frozenset(f.name for f in fields(Context))
+
+
+def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
+    """(where, check) for every part of ``body`` that configures a run or names files.
+
+    ``config.configurable`` matters as much as ``context``: when a run has no context the
+    server turns its configurable into the context, and a run's ``checkpoint`` keys are
+    merged into configurable too. Only Context field names are checked there; the server
+    puts its own keys (thread_id, headers, ...) beside them.
+    """
+    from segresearch.agents.context import validate_context
+    from segresearch.agents.path_policy import check_input
+
+    if kind == "batch":
+        if not isinstance(body, list):
+            return []
+        out: list[tuple[str, Callable[[], object]]] = []
+        for i, item in enumerate(body):
+            out += [(f"runs[{i}] {where}", fn) for where, fn in _checks("run", item)]
+        return out
+    if not isinstance(body, dict):
+        return []
+    if kind == "state":
+        values = body.get("values")
+        return [("values", functools.partial(check_input, values))] if isinstance(values, dict) else []
+
+    checks: list[tuple[str, Callable[[], object]]] = []
+    names = _context_fields()
+    context = body.get("context")
+    if isinstance(context, dict):
+        checks.append(("context", functools.partial(validate_context, context)))
+    config = body.get("config")
+    configurable = config.get("configurable") if isinstance(config, dict) else None
+    for where, mapping in (("config.configurable", configurable), ("checkpoint", body.get("checkpoint"))):
+        if isinstance(mapping, dict):
+            fields = {k: v for k, v in mapping.items() if k in names}
+            if fields:
+                checks.append((where, functools.partial(validate_context, fields)))
+    if kind == "run":
+        run_input = body.get("input")
+        if isinstance(run_input, dict):
+            checks.append(("input", functools.partial(check_input, run_input)))
+        command = body.get("command")
+        update = command.get("update") if isinstance(command, dict) else None
+        if isinstance(update, dict):
+            checks.append(("command.update", functools.partial(check_input, update)))
+    return checks
+
+
+def _validate(kind: str, body: Any) -> tuple[int, list[str]] | None:
+    """(status, problems) when the payload must be refused, else None.
+
+    Runs in a worker thread: the checks resolve paths on disk, which must not block the
+    server's event loop (langgraph-api treats that as an error in development mode).
+    """
+    from segresearch.agents.context import ContextError
+    from segresearch.agents.path_policy import PathRefused
+
+    problems: list[str] = []
+    refused = False
+    checks = _checks(kind, body)
+    for where, check in checks:
+        try:
+            check()
+        except ContextError as e:
+            lines = [str(p) for p in (getattr(e, "problems", None) or [str(e)])]
+            problems += [f"{where}: {line}" for line in lines]
+            refused = refused or isinstance(e, PathRefused)
+    if not problems:
+        return None
+    return (403 if refused else 422), problems
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
+    """Buffered whole: the checks need the complete JSON before any of it reaches the server.
+    A disconnect is returned so it can be handed on and the server sees the client leave."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+class RunPayloadGuard:
+    """Pure ASGI, so the body is read once and handed on unchanged and streaming responses
+    (``/runs/stream``) pass through untouched; ``BaseHTTPMiddleware`` would buffer them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = _kind_of(scope) if scope["type"] == "http" else None
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        body, disconnect = await _read_body(receive)
+        if disconnect is None:
+            try:
+                payload = orjson.loads(body) if body else None
+            except orjson.JSONDecodeError:
+                payload = None  # the server answers malformed JSON itself, in its own words
+            verdict = await run_in_threadpool(_validate, kind, payload) if payload is not None else None
+            if verdict is not None:
+                status, problems = verdict
+                await JSONResponse({"detail": problems}, status_code=status)(scope, receive, send)
+                return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                if disconnect is not None:
+                    return disconnect
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+app = FastAPI(
+    title="segresearch",
+    version=__version__,
+    # langgraph-api serves its own /docs and /openapi.json (with these routes merged in).
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+app.add_middleware(RunPayloadGuard)
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+@app.get("/segresearch/media/{digest}")
+def media(digest: str) -> Response:
+    """A sync route on purpose: FastAPI runs it in a thread, so reading the store from disk
+    never blocks the event loop. Anything that is not a known digest is a plain 404: the
+    route must not become a way to ask the server about arbitrary names."""
+    if not _DIGEST.fullmatch(digest):
+        raise HTTPException(status_code=404, detail="unknown image")
+    from segresearch.agents.media_store import get_store
+
+    try:
+        data = get_store().png_bytes(digest)
+    except KeyError:
+        raise HTTPException(status_code=404, detail="unknown image") from None
+    return Response(
+        content=data,
+        media_type="image/png",
+        # Content-addressed, so it never changes; "private" because access may need a token.
+        headers={
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def _split_roots(raw: str) -> list[str]:
+    return [p.strip() for p in raw.split(":") if p.strip()]
+
+
+@app.get("/segresearch/info")
+def info() -> dict[str, Any]:
+    """What a client needs to form valid requests: which folders it may name. Whether auth
+    is on is a bool; the token itself never leaves the server's environment."""
+    roots = _split_roots(os.environ.get(MEDIA_ROOTS_ENV, ""))
+    return {
+        "version": __version__,
+        # Empty: paths are not restricted (a server for one local user).
+        "media_roots": roots,
+        "media_roots_restricted": bool(roots),
+        # Narrower roots for knowledge bases and model files; empty: the media roots apply.
+        "kb_roots": _split_roots(os.environ.get(KB_ROOTS_ENV, "")),
+        "model_roots": _split_roots(os.environ.get(MODEL_ROOTS_ENV, "")),
+        "output_root": os.environ.get(OUTPUT_ROOT_ENV, "").strip() or None,
+        "auth": auth_enabled(),
+    }
