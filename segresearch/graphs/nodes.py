@@ -77,11 +77,16 @@ def _tool_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "args": args, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "tool_call"}
 
 
-def _observation(text: str, images: list[Image.Image], recipes: list[Any] | None = None) -> HumanMessage:
+def _observation(text: str, images: list[Any], recipes: list[Any] | None = None) -> HumanMessage:
     """A user turn: the tool text, with each ``<image>`` placeholder (or, if there are none,
-    the end of the text) followed by one image (a store reference, not the pixels)."""
+    the end of the text) followed by one image (a store reference, not the pixels); an
+    item of ``images`` may already be an image block."""
     if not images:
         return HumanMessage(content=text)
+
+    def as_block(img: Any, recipe: Any) -> dict[str, Any]:
+        return img if isinstance(img, dict) else media_block(img, recipe)
+
     parts = text.split("<image>")
     blocks: list[dict[str, Any]] = []
     if len(parts) - 1 == len(images):
@@ -89,10 +94,10 @@ def _observation(text: str, images: list[Image.Image], recipes: list[Any] | None
             if part:
                 blocks.append(text_block(part))
             if i < len(images):
-                blocks.append(media_block(images[i], recipes[i] if recipes else None))
+                blocks.append(as_block(images[i], recipes[i] if recipes else None))
     else:
         blocks.append(text_block(text))
-        blocks.extend(media_block(im, recipes[k] if recipes else None) for k, im in enumerate(images))
+        blocks.extend(as_block(im, recipes[k] if recipes else None) for k, im in enumerate(images))
     return HumanMessage(content=blocks)
 
 
@@ -409,15 +414,18 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         spec = state["media"]
         media = open_media(spec)
-        tool = make_keyframe_tool(media, state["frame_ids"], ctx.keyframe_size)
+        size = ctx.keyframe_size
+        # The block is cached like the sampled frames': every sample of an RL group, and
+        # every run on the same video, asks for the same keyframes.
+        tool = make_keyframe_tool(media, state["frame_ids"], size,
+                                  render=lambda f: _frame_block(media, spec, f, size))
         args = {"frame": frame if frame is not None else -1}
         result = tool.invoke(_tool_call("keyframe", args))
     except MediaError as e:
         return _error("media", e)
     artifact = result.artifact or {}
     images = artifact.get("images", [])
-    recipes = [_frame_recipe(spec, frame, ctx.keyframe_size)] if images else None
-    obs = _observation(result.content, images, recipes)
+    obs = _observation(result.content, images)
     _emit(runtime, {"type": "keyframe", "frame": frame, "valid": bool(artifact.get("valid"))})
     update: dict[str, Any] = {
         "messages": [obs],

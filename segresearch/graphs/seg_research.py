@@ -15,6 +15,7 @@ One compiled graph serves Python callers, the LangGraph server (``langgraph.json
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -135,7 +136,27 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     g.add_edge(START, "load_media")
     g.add_edge("segment", "finish")
     g.add_edge("finish", END)
-    return g.compile(checkpointer=checkpointer, name="seg_research")
+    compiled = g.compile(checkpointer=checkpointer, name="seg_research")
+    compiled.__class__ = SegResearchGraph  # copies the server makes per run keep the class
+    return compiled
+
+
+_SCHEMAS: dict[Any, dict[str, Any] | None] = {}
+
+
+class SegResearchGraph(CompiledStateGraph):
+    """The compiled graph, with its context schema made once.
+
+    The LangGraph server asks for the context schema on every run (to filter the run's
+    context); LangGraph builds it anew each time, regenerating pydantic schemas for every
+    Context field, which was most of the server's CPU per run."""
+
+    def get_context_jsonschema(self) -> dict[str, Any] | None:
+        key = self.context_schema
+        if key not in _SCHEMAS:
+            _SCHEMAS[key] = super().get_context_jsonschema()
+        schema = _SCHEMAS[key]
+        return copy.deepcopy(schema) if schema is not None else None
 
 
 graph = build_graph()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
@@ -17,15 +17,17 @@ class KeyframeArgs(BaseModel):
     frame: int = Field(description="Id of one of the frames shown to the model.")
 
 
-def make_keyframe_tool(media: Media, shown: Sequence[int], size: int = 864) -> BaseTool:
+def make_keyframe_tool(media: Media, shown: Sequence[int], size: int = 864,
+                       render: Callable[[int], Any] | None = None) -> BaseTool:
     """A tool that returns frame ``frame`` resized to ``size``², or a correction when the id
-    was not among the ``shown`` frames (the run goes on either way)."""
+    was not among the ``shown`` frames (the run goes on either way). ``render`` replaces
+    the resize (the graph passes one that reuses an already made image block)."""
     shown = list(shown)
 
     def keyframe(frame: int) -> tuple[str, dict[str, Any]]:
         if frame not in shown:
             return render_bad_keyframe(shown), {"images": [], "valid": False}
-        img = resize_square(media.frame(frame), size)
+        img = render(frame) if render is not None else resize_square(media.frame(frame), size)
         return KEYFRAME_CAPTION.format(fid=frame), {"images": [img], "valid": True}
 
     return StructuredTool.from_function(
