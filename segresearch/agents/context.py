@@ -324,12 +324,14 @@ def validate_context(data: Mapping[str, Any] | None) -> Context:
     for k in ("model", "search"):
         if k in data and not isinstance(data[k], str):
             problems.append(f"{k}: must be a string")
+    known = {k: v for k, v in data.items() if k in FIELD_NAMES and k not in ("model", "search")
+             or k in ("model", "search") and isinstance(v, str)}
+    try:  # every problem in one answer, not one per request
+        ctx = _adapter().validate_python(known)
+    except ValidationError as e:
+        problems += [_pydantic_problem(err) for err in e.errors()]
     if problems:
         raise ContextError(problems)
-    try:
-        ctx = _adapter().validate_python(dict(data))
-    except ValidationError as e:
-        raise ContextError([_pydantic_problem(err) for err in e.errors()]) from None
     check_context_paths(ctx, given=set(data))
     return ctx
 

@@ -32,7 +32,7 @@ from PIL import Image
 MEDIA_SCHEME = "media-ref:"
 STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
 CACHE_MB_ENV = "SEGRESEARCH_MEDIA_CACHE_MB"
-DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 JPEG_QUALITY = 90  # what the OpenAI-compatible backend sends (as before references existed)
 
 
@@ -116,7 +116,7 @@ class MediaStore:
                 return hit
             recipe = self._recipes.get(digest)
         img = None
-        if self.directory is not None and DIGEST_RE.match(digest):
+        if self.directory is not None and DIGEST_RE.fullmatch(digest):
             try:
                 with Image.open(self._path(digest)) as f:
                     img = f.convert("RGB")
@@ -136,7 +136,7 @@ class MediaStore:
         return img
 
     def png_bytes(self, digest: str) -> bytes:
-        if not DIGEST_RE.match(digest):
+        if not DIGEST_RE.fullmatch(digest):
             raise KeyError(digest)
         if self.directory is not None:
             try:

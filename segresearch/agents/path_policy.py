@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segresearch.agents.context import ContextError
-from segresearch.tools.media import MEDIA_ROOTS_ENV, allowed_roots
+from segresearch.tools.media import MEDIA_ROOTS_ENV, allowed_roots, resolved_roots
 
 if TYPE_CHECKING:
     from segresearch.agents.context import Context
@@ -44,8 +44,7 @@ def policy_active() -> bool:
 
 
 def _roots(env: str) -> list[Path]:
-    raw = os.environ.get(env, "")
-    specific = [Path(p).expanduser().resolve() for p in raw.split(":") if p.strip()]
+    specific = list(resolved_roots(os.environ.get(env, "")))
     return specific or (allowed_roots() or [])
 
 

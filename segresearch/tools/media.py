@@ -8,6 +8,7 @@ line a user can act on.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -30,9 +31,15 @@ class MediaError(ValueError):
 
 def allowed_roots() -> list[Path] | None:
     """Roots from ``SEGRESEARCH_MEDIA_ROOTS`` (``:``-separated), or None when unrestricted."""
-    raw = os.environ.get(MEDIA_ROOTS_ENV, "")
-    roots = [Path(p).expanduser().resolve() for p in raw.split(":") if p.strip()]
-    return roots or None
+    roots = resolved_roots(os.environ.get(MEDIA_ROOTS_ENV, ""))
+    return list(roots) or None
+
+
+@functools.lru_cache(maxsize=16)
+def resolved_roots(raw: str) -> tuple[Path, ...]:
+    """The roots a ``:``-separated setting names, resolved once per value (every run checks
+    its paths against them; resolving means a system call per path component)."""
+    return tuple(Path(p).expanduser().resolve() for p in raw.split(":") if p.strip())
 
 
 def check_allowed(path: Path, roots: Sequence[Path] | None) -> None:
