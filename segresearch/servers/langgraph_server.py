@@ -30,6 +30,7 @@ from segresearch.servers.auth import TOKEN_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_STATE_DIR = ".segresearch-server"
+OUTPUT_ROOT_ENV = "SEGRESEARCH_OUTPUT_ROOT"
 MEDIA_STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
 MEDIA_ROOTS_ENV = "SEGRESEARCH_MEDIA_ROOTS"
 # What langgraph-api logs when it silently moves to another port (langgraph_api.cli).
@@ -177,12 +178,18 @@ def serve_graph(
         raise ServeError(f"cannot write the server state folder {state}: {e.strerror}") from None
 
     env.setdefault(MEDIA_STORE_ENV, str(state / "media"))
+    # Served, the path policy is always on: clients read under the folder the server was
+    # started in unless the operator names roots, and write only under the state folder.
+    if not env.get(MEDIA_ROOTS_ENV, "").strip():
+        env[MEDIA_ROOTS_ENV] = os.getcwd()
+    if not env.get(OUTPUT_ROOT_ENV, "").strip():
+        env[OUTPUT_ROOT_ENV] = str(state / "runs")
     env["LANGGRAPH_CLI_NO_ANALYTICS"] = "1"
     env["LANGGRAPH_NO_VERSION_CHECK"] = "1"
     roots = [p for p in env.get(MEDIA_ROOTS_ENV, "").split(":") if p.strip()]
     print(
         f"segresearch: LangGraph API at {_url(host, port)} · {jobs} concurrent runs per worker · "
-        f"media roots: {', '.join(roots) if roots else 'unrestricted'} · "
+        f"media roots: {', '.join(roots)} · outputs under {env[OUTPUT_ROOT_ENV]} · "
         f"auth: {'on' if token_on else 'off'}",
         flush=True,
     )
