@@ -10,12 +10,111 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _die(msg: str, code: int = EXIT_USAGE) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return code
+
+
+class RunDirError(Exception):
+    """Why a run cannot have the folder it asked for (one ``error:`` line)."""
+
+
+LOCK_NAME = ".lock"
+
+
+def _new_run_dir(parent: Path = Path("runs")) -> Path:
+    """A fresh folder no other run has: the second alone is shared by runs started
+    together (in one shell loop, or by several users), so a random suffix is added and the
+    folder is created exclusively, trying another name on the rare clash."""
+    import secrets
+
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        path = parent / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RunDirError(f"cannot make a new run folder under {parent}")
+
+
+def _lock_run_dir(path: Path) -> int:
+    """Hold ``path/.lock`` for the life of this process, so two runs never write masks and
+    reports into one folder; the kernel drops the lock when the process ends, however it
+    ends, so a killed run never leaves a stale lock behind."""
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): the folder checks still stand, unlocked
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise RunDirError(f"another segresearch run{who} is writing to {path}; wait for it to "
+                          "finish or give another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _keep_paths(out: Path, paths: list[str]) -> set[str]:
+    """Names directly in ``out`` that clearing must not touch, because the run itself
+    needs them (its checkpoint database, its media)."""
+    keep = {LOCK_NAME}
+    real = out.resolve()
+    for p in paths:
+        rp = Path(p).expanduser().resolve()
+        if rp.is_relative_to(real) and rp != real:
+            keep.add(rp.relative_to(real).parts[0])
+    return keep
+
+
+def _claim_run_dir(out: Path, *, overwrite: bool, reuse: bool, needed: list[str],
+                   db: str | None = None) -> int:
+    """Make ``out`` this run's own: locked first (so clearing never races another run),
+    then refused when it holds an earlier run's files, since a new report beside old masks
+    reads as one run; ``--overwrite`` clears it, a resumed run keeps what it wrote."""
+    import shutil
+
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    fd = _lock_run_dir(out)
+    try:
+        own = [db, db + "-wal", db + "-shm", db + "-journal", db + ".media"] if db else []
+        keep = _keep_paths(out, own)
+        left = sorted(e.name + ("/" if e.is_dir() else "") for e in out.iterdir() if e.name not in keep)
+        if not left or reuse:
+            return fd
+        if not overwrite:
+            shown = ", ".join(left[:3]) + (", …" if len(left) > 3 else "")
+            raise RunDirError(f"--out {out} is not empty ({shown}); give a new folder, or add "
+                              "--overwrite to clear it first")
+        real = out.resolve()
+        if real == Path.home().resolve() or Path.cwd().resolve().is_relative_to(real):
+            raise RunDirError(f"--overwrite will not clear {out}: it is the home folder or holds "
+                              "the current one")
+        inside = [p for p in needed if Path(p).expanduser().resolve().is_relative_to(real)]
+        if inside:
+            raise RunDirError(f"--overwrite will not clear {out}: it holds this run's input {inside[0]}")
+        for e in out.iterdir():
+            if e.name in keep:
+                continue
+            if e.is_dir() and not e.is_symlink():
+                shutil.rmtree(e)
+            else:
+                e.unlink()
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_model(spec: str, timeout: float) -> str | None:
@@ -210,16 +309,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides[name] = v
     if args.review:
         overrides["review"] = True
-    out = args.out or overrides.pop("output_dir", None) or f"runs/run-{time.strftime('%Y%m%d-%H%M%S')}"
-    overrides.pop("output_dir", None)
+    saved_out = overrides.pop("output_dir", None)
     try:
-        ctx = Context(output_dir=str(out), **overrides)
+        ctx = Context(output_dir="", **overrides)  # the folder is claimed once settings are valid
     except (ValueError, TypeError) as e:
         return _die(str(e))
     if isinstance(ctx.model, str):
         problem = _check_model(ctx.model, ctx.request_timeout)
         if problem:
             return _die(problem)
+    from segresearch.agents.path_policy import resolve_output
+
+    try:
+        if args.out or saved_out:
+            out = resolve_output(str(args.out or saved_out))
+            reuse = resuming and bool(saved_out) and (
+                not args.out or resolve_output(saved_out).resolve() == out.resolve())
+            needed = list(args.media or []) + ([args.db] if args.db else [])
+            lock = _claim_run_dir(out, overwrite=args.overwrite, reuse=reuse, needed=needed, db=args.db)
+        else:
+            out = _new_run_dir(resolve_output("runs"))
+            lock = _lock_run_dir(out)
+    except (RunDirError, OSError) as e:
+        return _die(str(e))
+    ctx.output_dir = str(out)
     if ctx.review and graph is None:  # a pause needs somewhere to keep the run meanwhile
         from langgraph.checkpoint.memory import InMemorySaver
 
@@ -231,13 +344,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         public = {k: v for k, v in ctx.public_dict().items() if k in overrides or k == "output_dir"}
         _save_run_settings(graph, config["configurable"]["thread_id"], {"context": public})
     printer = RunPrinter()
-    review = _ask_review(Path(out)) if ctx.review else None
-    final = _stream(ctx, None if resuming else args.query, media, printer, graph, config, review)
+    review = _ask_review(out) if ctx.review else None
+    try:
+        final = _stream(ctx, None if resuming else args.query, media, printer, graph, config, review)
+    except KeyboardInterrupt:
+        return _interrupted(out, args.db, config["configurable"]["thread_id"] if args.db else None)
+    finally:
+        os.close(lock)
     printer.summary(final)
     if args.json:
         keys = ("answer", "answer_px", "masks_dir", "stop_reason", "turns", "searches", "error", "run_dir")
         print(json.dumps({k: final.get(k) for k in keys}))
-    return EXIT_RUN_ERROR if str(final.get("stop_reason", "")).startswith("error") else EXIT_OK
+    problem = _unfinished(final, ctx)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    return EXIT_OK
+
+
+def _unfinished(final: dict[str, Any], ctx: Any) -> str | None:
+    """Why the run did not do what was asked (None when it did): no answer, or an answer
+    whose masks were asked for and not made. The summary has already shown the details."""
+    stop = str(final.get("stop_reason") or "")
+    if stop.startswith("error"):
+        return f"the run stopped with {stop}: {final.get('error') or 'see above'}"
+    if stop != "answer":
+        return f"the run ended without an answer ({stop})"
+    wanted = ctx.run_segmentation and (ctx.segmenter or "none").strip().lower() != "none"
+    if not wanted or (final.get("reviewed") or {}).get("decision") == "reject":
+        return None
+    seg = [e for e in final.get("events") or [] if e.get("type") == "segment"]
+    last = seg[-1] if seg else {}
+    if last.get("skipped") or last.get("empty"):
+        return f"no masks were made: {last.get('skipped') or last.get('empty')}"
+    if not final.get("masks_dir"):
+        return "no masks were made" + (f": {final['error']}" if final.get("error") else "")
+    return None
+
+
+def _fresh_line() -> str:
+    """A terminal has echoed ``^C`` with no newline; a log has not."""
+    return "\n" if sys.stderr.isatty() else ""
+
+
+def _interrupted(out: Path, db: str | None, thread: str | None) -> int:
+    """Ctrl-C: say what survives, so a user neither hunts for the folder nor reruns from
+    scratch a run that could resume."""
+    done = (out / "trajectory.json").is_file()
+    kept = f"kept {out}" + ("" if done else " (partial: the run did not finish)")
+    if db and thread:
+        how = f"; resume with: segresearch run --db {db} --thread {thread}"
+    else:
+        how = "; start runs with --db FILE to be able to resume them"
+    print(f"{_fresh_line()}interrupted: {kept}{how}", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+DEMO_OUT = "runs/demo"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -245,15 +408,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from segresearch.console import RunPrinter
     from segresearch.eval.metrics import region_j
 
+    out = Path(args.out)
+    try:
+        # The default folder is the demo's own, so a second demo simply replaces the first.
+        lock = _claim_run_dir(out, overwrite=args.overwrite or args.out == DEMO_OUT,
+                              reuse=False, needed=[])
+    except (RunDirError, OSError) as e:
+        return _die(str(e))
     printer = RunPrinter()
     frames = demo.ensure_demo_media()
-    out = Path(args.out)
     ctx = demo.demo_context(out)
     query = demo.demo_query()
     printer.line("bold yellow", "SegResearch demo — policy: RECORDED (replay cassette, not a live model);",
                  "media, search, keyframe and segmentation run for real.")
     printer.line("bold", "query:", query)
-    final = _stream(ctx, query, str(frames), printer)
+    try:
+        final = _stream(ctx, query, str(frames), printer)
+    finally:
+        os.close(lock)
     printer.summary(final)
     ans = final.get("answer_px") or {}
     if final.get("masks_dir") and ans.get("keyframe") is not None:
@@ -556,7 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segresearch", description="Knowledge-grounded video and image segmentation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="segment what a query describes in a video or image")
+    from segresearch import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    r = sub.add_parser("run", help="segment what a query describes in a video or image",
+                       description="Segment what a query describes. Every option left out comes "
+                                   "from its SEGRESEARCH_* environment variable or the default.")
     r.add_argument("--media", nargs="+",
                    help="video file, folder of frames, image, or several frame files")
     r.add_argument("--query", help="what to segment, in words (a question or a description)")
@@ -568,25 +745,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrieval server for --search retriever (env SEGRESEARCH_RETRIEVER_URL)")
     r.add_argument("--search-cache", dest="search_cache",
                    help="SQLite file caching search results ('off' disables; env SEGRESEARCH_SEARCH_CACHE)")
-    r.add_argument("--segmenter", help="sam2 | grabcut | none | auto")
-    r.add_argument("--sam2-checkpoint", dest="sam2_checkpoint")
-    r.add_argument("--max-turns", dest="max_turns", type=int)
-    r.add_argument("--num-frames", dest="num_frames", type=int)
-    r.add_argument("--coord-style", dest="coord_style", choices=["qwen3", "qwen25"])
-    r.add_argument("--temperature", type=float)
-    r.add_argument("--system-prompt-file", dest="system_prompt_file")
-    r.add_argument("--feedback-retries", dest="feedback_retries", type=int)
-    r.add_argument("--out", help="output folder (default runs/run-<time>)")
+    r.add_argument("--segmenter", help="sam2 | grabcut | none | auto (sam2 when installed with a "
+                                       "checkpoint, else grabcut; env SEGRESEARCH_SEGMENTER)")
+    r.add_argument("--sam2-checkpoint", dest="sam2_checkpoint",
+                   help="SAM 2 checkpoint, e.g. sam2.1_hiera_large.pt (env SEGRESEARCH_SAM2_CHECKPOINT)")
+    r.add_argument("--max-turns", dest="max_turns", type=int,
+                   help="most tool actions (searches, keyframes); the model generates at most "
+                        "this + 1 times (default 6; env SEGRESEARCH_MAX_TURNS)")
+    r.add_argument("--num-frames", dest="num_frames", type=int,
+                   help="frames sampled uniformly from a video and shown to the model first "
+                        "(default 6; env SEGRESEARCH_NUM_FRAMES)")
+    r.add_argument("--coord-style", dest="coord_style", choices=["qwen3", "qwen25"],
+                   help="how the model writes coordinates: qwen3, 0-1000 relative to the frame "
+                        "(default); qwen25, pixels of the image as shown (Qwen2.5-VL)")
+    r.add_argument("--temperature", type=float, help="sampling temperature (default 0: greedy)")
+    r.add_argument("--system-prompt-file", dest="system_prompt_file",
+                   help="text file replacing the built-in system prompt")
+    r.add_argument("--feedback-retries", dest="feedback_retries", type=int,
+                   help="times a turn with no recognisable action gets a format reminder instead "
+                        "of ending the run (default 0: end at once, as in training)")
+    r.add_argument("--out", help="output folder; must be new or empty (default: a new "
+                                 "runs/run-DATE-TIME-XXXXXX)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="clear a non-empty --out first (never while another run is using it)")
     r.add_argument("--json", action="store_true", help="also print the final state as one JSON line")
     r.add_argument("--db", help="SQLite checkpoint database: every step is saved, and a killed run "
                                 "resumes with --db FILE --thread ID")
     r.add_argument("--thread", help="thread id inside --db (new runs get one; give it to resume)")
     r.add_argument("--review", action="store_true",
-                   help="pause before segmentation to accept, edit or reject the answer")
+                   help="pause before segmentation to accept, edit or reject the answer "
+                        "(its picture is saved as review.png in the run folder)")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="the whole loop on a synthetic clip with a recorded policy")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default=DEMO_OUT,
+                   help=f"output folder (default {DEMO_OUT}, replaced on every demo; another "
+                        "folder must be new or empty unless --overwrite)")
+    d.add_argument("--overwrite", action="store_true", help="clear a non-empty --out first")
     d.set_defaults(func=cmd_demo)
 
     da = sub.add_parser("data", help="prepare datasets for RL training and evaluation")
@@ -745,7 +940,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        return 130
+        print(f"{_fresh_line()}interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

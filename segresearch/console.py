@@ -16,34 +16,87 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+# tqdm's unit for the steps whose count is known to be frames; others count "it"
+_UNITS = {"segment": "frame"}
+
+
 class RunPrinter:
     """Turns graph ``updates`` stream chunks into readable lines (no rich markup from model
-    text: it may contain brackets)."""
+    text: it may contain brackets). Bars and status lines go to stderr, so that stdout
+    stays the run's record (and ``--json``'s last line stays parseable)."""
 
-    def __init__(self, console: Console | None = None, width: int = 400) -> None:
+    def __init__(self, console: Console | None = None, width: int = 400,
+                 err: Console | None = None) -> None:
         self.console = console or Console(highlight=False)
+        self.err = err or Console(stderr=True, highlight=False)
         self.width = width
         self._bar: Any = None
+        self._bar_key: tuple[str, str] | None = None
+        self._status: Any = None
 
     def custom(self, ev: Any) -> None:
-        """Progress events of long steps (segmentation) as a bar on stderr."""
-        if not isinstance(ev, dict) or ev.get("type") != "progress":
+        """Live signs of long, otherwise silent work (indexing a knowledge base, GrabCut,
+        local generation, loading a model): a bar per counted step, a transient line for
+        a step that cannot be counted. Other custom events repeat what ``updates`` print."""
+        if not isinstance(ev, dict):
             return
-        from tqdm import tqdm
+        if ev.get("type") == "progress":
+            self._progress(ev)
+        elif ev.get("type") == "status":
+            self._show_status(str(ev.get("message") or ""))
 
+    def _progress(self, ev: dict[str, Any]) -> None:
+        try:
+            done, total = int(ev["done"]), int(ev["total"])
+        except (KeyError, TypeError, ValueError):
+            return
+        step, label = str(ev.get("step") or "working"), str(ev.get("label") or "")
+        self._stop_status()
+        bar = self._bar
+        if bar is not None and (self._bar_key != (step, label) or bar.total != total or done < bar.n):
+            self._close_bar()  # another step, or the same step started over
         if self._bar is None:
-            self._bar = tqdm(total=ev["total"], desc=f"{ev['step']} ({ev.get('label', '')})",
-                             unit="frame", dynamic_ncols=True, leave=False)
-        self._bar.update(ev["done"] - self._bar.n)
-        if ev["done"] >= ev["total"]:
-            self.close()
+            from tqdm import tqdm
 
-    def close(self) -> None:
+            self._bar = tqdm(total=total, desc=f"{step} ({label})" if label else step,
+                             unit=_UNITS.get(step, "it"), dynamic_ncols=True, leave=False)
+            self._bar_key = (step, label)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._close_bar()
+
+    def _show_status(self, message: str) -> None:
+        self._close_bar()
+        if not message:
+            self._stop_status()
+            return
+        if not self.err.is_terminal:  # a log file: one plain line, nothing to erase later
+            self.err.print(Text(f"… {message}", style="dim"))
+            return
+        if self._status is None:
+            self._status = self.err.status(Text(message, style="dim"))
+            self._status.start()
+        else:
+            self._status.update(Text(message, style="dim"))
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            self._bar_key = None
+
+    def close(self) -> None:
+        """Take down any bar or status line, so the next printed line starts clean."""
+        self._close_bar()
+        self._stop_status()
 
     def line(self, style: str, head: str, body: str = "") -> None:
+        self.close()
         t = Text(head, style=style)
         if body:
             t.append(" " + body)
@@ -54,6 +107,8 @@ class RunPrinter:
         if kind == "media":
             self.line("bold", "media", f"{ev['source']} ({ev['kind']}, {ev['num_frames']} frames, "
                       f"{ev['width']}x{ev['height']}); showing frames {ev['frame_ids']}")
+            if ev.get("note"):
+                self.line("yellow", "  note:", str(ev["note"]))
         elif kind == "model":
             self.model_turn(ev)
         elif kind == "tool":

@@ -234,3 +234,25 @@ def test_frames_of_mixed_sizes_get_masks_of_their_own_size(tmp_path):
         assert out[i].shape == ((240, 320) if i % 2 else (120, 160))
         small = out[i][::2, ::2] if i % 2 else out[i]
         assert region_j(gt[i][None], small[None])[0] >= 0.8
+
+
+def test_no_step_works_on_more_than_about_a_megapixel(tmp_path, monkeypatch):
+    """``max_side`` alone let a large frame through at full size (a 12000×12000 image went to
+    GrabCut whole); now every frame, the keyframe first, is processed within about 1 MP and
+    the masks come back at the frame's size."""
+    import segresearch.tools.segmenters.grabcut as grabcut
+
+    frames, masks = render_scene(n_frames=3, size=(1600, 1200))
+    write_frames(frames, tmp_path / "frames")
+    sizes: list[tuple[int, int]] = []
+    real = grabcut._prepare
+
+    def recording(rgb, proc):
+        sizes.append(proc)
+        return real(rgb, proc)
+
+    monkeypatch.setattr(grabcut, "_prepare", recording)
+    gt = masks["red circle"]
+    j = _ious(open_media(tmp_path / "frames"), gt, _prompt(gt, 1), max_side=100_000)
+    assert len(sizes) == 3 and all(w * h <= 1_001_000 for w, h in sizes), sizes
+    assert j.mean() >= 0.85

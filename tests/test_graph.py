@@ -50,6 +50,11 @@ def rel_box(scene_dir: Path, fid: int) -> tuple[list[int], list[int]]:
 
 def run(scene_dir, turns, tmp_path=None, query="the blue square", media=None, **ctx):
     ctx.setdefault("segmenter", "none")
+    if "search" not in ctx and "kb" not in ctx:
+        # the search prompt, with a backend that needs no knowledge base (preflight
+        # refuses a run whose search backend cannot work)
+        ctx.setdefault("prompt_variant", "search")
+        ctx["search"] = "none"
     if tmp_path is not None:
         ctx.setdefault("output_dir", str(tmp_path / "out"))
     context = Context(model=ReplayChatModel(turns=turns), **ctx)
@@ -97,7 +102,8 @@ def test_full_knowledge_run(scene_dir, kb_dir, tmp_path):
     with Image.open(run_dir / "keyframe_annotated.jpg") as im:
         assert im.size == (160, 120)
     with Image.open(run_dir / "frames_shown.jpg") as im:
-        assert im.size == (3 * 224, 2 * 224)
+        # six 160×120 frames in 3 columns, each tile keeping the frames' 4:3 shape
+        assert im.size[0] > im.size[1] and abs(im.size[0] / im.size[1] - 2.0) < 0.05
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# the logo of the Zephyr Prize 2030 winner")
     assert md.count("## Turn ") == 4 and "**text_search `who won the Zephyr Prize 2030`**" in md
@@ -234,8 +240,14 @@ def test_search_disabled_and_unconfigured(scene_dir):
     out = run(scene_dir, [search("a"), T], search="none")
     assert out["searches"][0]["observation"] == "<information>Search failed: search is disabled for this run</information>"
     assert "search" not in out["messages"][0].content.split("Pick the frame")[0].lower().replace("visual grounding", "")
+    # a backend that cannot work is found before the model spends a turn
     out = run(scene_dir, [search("a"), T], search="local", kb="")
-    assert "no knowledge base configured" in out["searches"][0]["observation"]
+    assert out["stop_reason"] == "error:config" and out["turns"] == 0
+    assert "no knowledge base configured" in out["error"]
+    out = run(scene_dir, [search("a"), T], search="bogus")
+    assert out["stop_reason"] == "error:config" and "unknown search backend 'bogus'" in out["error"]
+    out = run(scene_dir, [search("a"), T], search="local", kb=str(scene_dir / "nowhere"))
+    assert out["stop_reason"] == "error:config" and "not found" in out["error"]
 
 
 class _Flaky(SearchBackend):
@@ -272,7 +284,7 @@ def test_malformed_search_calls_get_a_readable_error(scene_dir):
 def test_async_invoke_matches_sync(scene_dir):
     box, point = rel_box(scene_dir, 6)
     turns = [keyframe(6), answer(box, point)]
-    ctx = Context(model=ReplayChatModel(turns=turns), segmenter="none")
+    ctx = Context(model=ReplayChatModel(turns=turns), segmenter="none", search="none")
     inp = {"query": "q", "media": str(scene_dir / "frames")}
     a = asyncio.run(graph.ainvoke(inp, context=ctx))
     b = graph.invoke(inp, context=ctx)
@@ -295,7 +307,7 @@ class _AsyncOnly(BaseChatModel):
 
 
 def test_ainvoke_uses_the_async_model_path(scene_dir):
-    ctx = Context(model=_AsyncOnly(), segmenter="none")
+    ctx = Context(model=_AsyncOnly(), segmenter="none", search="none")
     out = asyncio.run(graph.ainvoke({"query": "q", "media": str(scene_dir / "frames")}, context=ctx))
     assert out["stop_reason"] == "no_action"
 
@@ -306,7 +318,7 @@ def test_sqlite_checkpointer_persists_the_run(scene_dir, tmp_path):
     with SqliteSaver.from_conn_string(str(tmp_path / "ckpt.sqlite")) as saver:
         g = build_graph(checkpointer=saver)
         cfg = {"configurable": {"thread_id": "t1"}}
-        ctx = Context(model=ReplayChatModel(turns=[keyframe(6), answer([1, 2, 3, 4], [2, 3])]),
+        ctx = Context(model=ReplayChatModel(turns=[keyframe(6), answer([1, 2, 3, 4], [2, 3])]), search="none",
                       segmenter="none")
         g.invoke({"query": "q", "media": str(scene_dir / "frames")}, cfg, context=ctx)
         st = g.get_state(cfg)
@@ -400,6 +412,9 @@ def test_progress_events_are_streamed_in_order(scene_dir, kb_dir, tmp_path):
                   kb=str(kb_dir), search="bm25", segmenter="grabcut", output_dir=str(tmp_path / "out"))
     events = [c for c in graph.stream({"query": "q", "media": str(scene_dir / "frames")},
                                       context=ctx, stream_mode="custom")]
+    statuses = [e["message"] for e in events if e["type"] == "status"]  # first-use loads only
+    assert all("knowledge base" in m for m in statuses)
+    events = [e for e in events if e["type"] != "status"]
     kinds = [e["type"] for e in events]
     first_progress = kinds.index("progress")
     assert kinds[:first_progress] == ["media", "turn", "search", "turn", "keyframe", "turn"]

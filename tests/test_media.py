@@ -262,9 +262,9 @@ def test_folder_decodes_nothing_until_asked(jpg_dir, monkeypatch):
     calls: list[Path] = []
     real = media_mod._open_image
 
-    def counting(path):
+    def counting(path, *args):
         calls.append(Path(path))
-        return real(path)
+        return real(path, *args)
 
     monkeypatch.setattr(media_mod, "_open_image", counting)
     m = media_mod._open_uncached(str(jpg_dir), None)  # bypass the cache: a fresh open

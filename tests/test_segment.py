@@ -346,7 +346,7 @@ def test_sam2_in_the_graph_writes_every_frame_and_names_itself(tmp_path, tiny_sa
 
 
 @needs_sam2
-def test_sam2_bad_checkpoint_keeps_the_answer(tmp_path, scene_dir):
+def test_sam2_bad_checkpoint_is_found_before_the_model_runs(tmp_path, scene_dir):
     bad = tmp_path / "sam2.1_hiera_tiny.pt"
     bad.write_bytes(b"not a checkpoint")
     turns = ["<thinking>a</thinking><keyframe> 6 </keyframe>",
@@ -354,8 +354,8 @@ def test_sam2_bad_checkpoint_keeps_the_answer(tmp_path, scene_dir):
     ctx = Context(model=ReplayChatModel(turns=turns), search="none", segmenter="sam2",
                   sam2_checkpoint=str(bad), output_dir=str(tmp_path / "run"))
     out = graph.invoke({"query": "q", "media": str(scene_dir / "frames")}, context=ctx)
-    assert out["stop_reason"] == "answer" and out["answer"]["keyframe"] == 6
-    assert out["error"] and out["masks_dir"] is None
+    assert out["stop_reason"] == "error:config" and out["turns"] == 0
+    assert "cannot load SAM 2 checkpoint" in out["error"] and out["masks_dir"] is None
 
 
 @needs_sam2

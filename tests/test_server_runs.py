@@ -83,7 +83,7 @@ def test_concurrent_runs_overlap_like_in_process(deployment):
     from langgraph_sdk import get_client
 
     d = deployment
-    ctx = {"model": f"replay:{d['root'] / 'slow.json'}", "segmenter": "none"}
+    ctx = {"model": f"replay:{d['root'] / 'slow.json'}", "segmenter": "none", "search": "none"}
 
     async def in_process() -> float:
         t0 = time.perf_counter()

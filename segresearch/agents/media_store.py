@@ -29,6 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from segresearch.tools.segmenters.writers import created_mode
+
 MEDIA_SCHEME = "media-ref:"
 STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
 CACHE_MB_ENV = "SEGRESEARCH_MEDIA_CACHE_MB"
@@ -100,6 +102,7 @@ class MediaStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 img.save(f, format="PNG", compress_level=1)
+            os.chmod(tmp, created_mode())  # readable like any file, not mkstemp's 0600
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

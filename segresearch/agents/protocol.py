@@ -185,6 +185,20 @@ def _first_element(text: str) -> tuple[str, str] | None:
     return None if best is None else (best[1], best[2])
 
 
+def clean_text(text: str) -> str:
+    """Model text made safe to keep: lone UTF-16 surrogates (which no UTF-8 writer accepts:
+    trajectories, checkpoints, the server's JSON) and NUL characters (which Postgres text
+    refuses) become U+FFFD; a surrogate pair written as two code points becomes its
+    character. Clean text passes through unchanged and uncopied."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def parse_action(text: str) -> Action:
     """The first complete ``<search>``, ``<keyframe>`` or ``<answer>`` element of a turn."""
     if not isinstance(text, str) or not text.strip():

@@ -44,10 +44,12 @@ from segresearch.agents.protocol import (
     NoAction,
     SearchAction,
     clamp_answer,
+    clean_text,
     parse_action,
     render_search_error,
 )
 from segresearch.graphs.outputs import write_outputs
+from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
 from segresearch.tools.keyframe import make_keyframe_tool
 from segresearch.tools.media import MediaError, open_media, resize_square, sample_frame_ids
@@ -180,11 +182,6 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         blocks = [_frame_block(media, spec, f, ctx.frame_size) for f in shown]
     except (MediaError, KeyError) as e:
         return _fresh_run(_error("media", e if not isinstance(e, KeyError) else "no media given"))
-    content: list[dict[str, Any]] = []
-    for i, (fid, block) in enumerate(zip(shown, blocks, strict=True)):
-        content.append(text_block(("\n" if i else "") + frame_label(fid)))
-        content.append(block)
-    content.append(text_block("\n\n" + query))
     info = {
         "source": media.source,
         "kind": media.kind,
@@ -192,8 +189,22 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "width": media.width,
         "height": media.height,
     }
+    source_size = list(getattr(media, "source_size", (media.width, media.height)))
+    if source_size != [media.width, media.height]:
+        info["source_size"] = source_size  # decoded smaller than the file (pixel cap)
+    if getattr(media, "note", None):
+        info["note"] = media.note  # e.g. a truncated video: how many frames really decode
     seconds = round(time.perf_counter() - t0, 4)
     _emit(runtime, {"type": "media", **info, "frame_ids": shown, "seconds": seconds})
+    problem = preflight(ctx, bool(ctx.output_dir),
+                        lambda m: _emit(runtime, {"type": "status", "message": m}))
+    if problem:
+        return _fresh_run(_error("config", problem))
+    content: list[dict[str, Any]] = []
+    for i, (fid, block) in enumerate(zip(shown, blocks, strict=True)):
+        content.append(text_block(("\n" if i else "") + frame_label(fid)))
+        content.append(block)
+    content.append(text_block("\n\n" + query))
     return _fresh_run({
         "messages": [SystemMessage(content=sys_text), HumanMessage(content=content)],
         "frame_ids": shown,
@@ -241,14 +252,15 @@ def _answer(state: State, ctx: Context, action: AnswerAction) -> tuple[dict, dic
 
 
 def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -> dict[str, Any]:
-    text = content_text(msg.content)
+    raw = content_text(msg.content)
+    text = clean_text(raw)
     usage = getattr(msg, "usage_metadata", None) or {}
     n_tokens = int(usage.get("output_tokens") or approx_tokens(text))
     finish = (msg.response_metadata or {}).get("finish_reason")
     turns = state.get("turns", 0) + 1
     used = state.get("tokens_used", 0) + n_tokens
     action = parse_action(text)
-    ai = msg if isinstance(msg, AIMessage) and msg.content == text else AIMessage(
+    ai = msg if isinstance(msg, AIMessage) and msg.content == text and raw == text else AIMessage(
         content=text, response_metadata=msg.response_metadata or {}
     )
     event: dict[str, Any] = {
@@ -259,8 +271,18 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
     out_of_tokens = ctx.max_response_tokens is not None and used >= ctx.max_response_tokens
     tools_left = state.get("tool_calls", 0) < ctx.max_turns
 
+    answered = None
     if isinstance(action, AnswerAction):
-        answer, answer_px, notes = _answer(state, ctx, action)
+        answered = _answer(state, ctx, action)
+        box = answered[0]["bbox_2d"]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            # A box outside the frame clamps to nothing: not an answer anyone can use.
+            action = NoAction(reason=f"the answer's box {_action_dict(action)['bbox_2d']} has no "
+                                     "area inside the frame")
+            event["action"] = _action_dict(action)
+            answered = None
+    if answered is not None:
+        answer, answer_px, notes = answered
         if notes:
             event["notes"] = notes
         update.update(answer=answer, answer_px=answer_px, stop_reason="answer", pending={"type": "answer"})
@@ -306,9 +328,18 @@ def _turn_done(runtime: Runtime[Context], update: dict[str, Any]) -> dict[str, A
     return update
 
 
+def _announce_local(runtime: Runtime[Context], state: State) -> None:
+    """A local model generates for seconds to minutes on a CPU: say so while it does."""
+    model = runtime.context.model
+    if isinstance(model, str) and model.strip().lower().startswith("hf:"):
+        _emit(runtime, {"type": "status",
+                        "message": f"turn {state.get('turns', 0) + 1}: the local model is generating"})
+
+
 def reason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """One model generation, parsed into the next action."""
     ctx = runtime.context
+    _announce_local(runtime, state)
     try:
         model, messages, kwargs = _model_call(state, ctx)
         t0 = time.perf_counter()
@@ -320,6 +351,7 @@ def reason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
 async def areason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = runtime.context
+    _announce_local(runtime, state)
     try:
         if not model_loaded(ctx.model, timeout=ctx.request_timeout):
             # A first load (weights, a cassette file) must not stall every other run

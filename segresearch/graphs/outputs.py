@@ -1,4 +1,5 @@
-"""What a finished run leaves on disk: ``trajectory.json`` and an annotated keyframe.
+"""What a finished run leaves on disk: ``trajectory.json``, ``report.md``, the frames the
+model saw (``frames_shown.jpg``) and the annotated keyframe.
 
 The trajectory is what a person reads to see why a run went as it did, so it has every
 turn, action and observation (images replaced by ``<image>`` markers), timings and the stop
@@ -20,6 +21,7 @@ from PIL import Image
 from segresearch.agents.content import content_text, count_images
 from segresearch.agents.context import Context
 from segresearch.tools.media import MediaError, open_media
+from segresearch.tools.segmenters.writers import created_mode
 from segresearch.tools.visualize import draw_answer
 
 TRAJECTORY = "trajectory.json"
@@ -32,6 +34,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, created_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -132,7 +135,9 @@ def _fmt(v: list[float] | None) -> str:
 
 
 def _frames_sheet(state: dict[str, Any]) -> Image.Image | None:
-    """The frames exactly as the model saw them, labelled, in one picture."""
+    """The frames the model saw, labelled, in one picture. The model gets them squashed to
+    squares; the sheet stretches them back to the media's own proportions, since squashed
+    tiles make a wide scene look unlike the video a person is comparing them with."""
     from segresearch.agents.content import block_image, is_image_block
 
     msgs = state.get("messages") or []
@@ -142,20 +147,39 @@ def _frames_sheet(state: dict[str, Any]) -> Image.Image | None:
     imgs = [block_image(b) for b in first.content if is_image_block(b)]
     if not imgs:
         return None
-    side = 224
+    tw, th = _tile_size(state.get("media_info") or {}, imgs[0].size)
     cols = min(3, len(imgs))
     rows = (len(imgs) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * side, rows * side), (255, 255, 255))
+    gap = SHEET_GAP
+    sheet = Image.new("RGB", (cols * tw + (cols - 1) * gap, rows * th + (rows - 1) * gap), (255, 255, 255))
     for k, (img, fid) in enumerate(zip(imgs, state.get("frame_ids") or [], strict=False)):
-        tile = draw_answer(img.resize((side, side)), None, None, label=f"frame {fid}")
-        sheet.paste(tile, ((k % cols) * side, (k // cols) * side))
+        tile = draw_answer(img.convert("RGB").resize((tw, th), Image.Resampling.BICUBIC),
+                           None, None, label=f"frame {fid}")
+        sheet.paste(tile, ((k % cols) * (tw + gap), (k // cols) * (th + gap)))
     return sheet
 
 
+SHEET_TILE = 288  # longer side of one tile, in pixels
+SHEET_GAP = 4  # white between tiles, so neighbouring frames do not read as one picture
+
+
+def _tile_size(info: dict[str, Any], fallback: tuple[int, int]) -> tuple[int, int]:
+    """Tile (width, height) with the media's aspect ratio; the shorter side is kept at
+    least a quarter of the longer so an extreme panorama still shows something."""
+    w, h = info.get("width"), info.get("height")
+    if not (isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0):
+        w, h = fallback
+    long_side = max(w, h)
+    tw = max(SHEET_TILE // 4, round(SHEET_TILE * w / long_side))
+    th = max(SHEET_TILE // 4, round(SHEET_TILE * h / long_side))
+    return tw, th
+
+
 def _save_jpeg(img: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".jpg")
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".jpg")
     try:
+        os.fchmod(fd, created_mode())
+        os.close(fd)
         img.save(tmp, format="JPEG", quality=92)
         os.replace(tmp, path)
     finally:

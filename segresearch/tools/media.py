@@ -4,25 +4,62 @@ Frames are decoded only when asked for: a long video is never held in memory, an
 handle stays open between the first sampling pass and later keyframe requests of the same
 run (handles are cached per path). Every failure is a ``MediaError`` whose message is one
 line a user can act on.
+
+Memory is bounded whatever the input. Frames come back no larger than a working size
+(``SEGRESEARCH_MAX_PIXELS``, 16 MP by default): a larger JPEG is decoded reduced by its own
+decoder (1/2, 1/4 or 1/8 scale) and then resized exactly; formats that can only be decoded
+whole are refused past a hard limit, read from the header before anything is decoded.
+``width``/``height`` are the working size, so answers in pixels and masks are in it too;
+``source_size`` keeps the file's own size.
+
+A video's frames are the frames that decode, not the count its header claims: a file cut
+short still opens, with fewer frames and a ``note`` saying so, and a frame request returns
+that frame or fails; it is never answered with another frame's pixels.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
+import struct
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# FFmpeg inside OpenCV writes its decoder complaints ("Invalid NAL unit size", "partial
+# file") straight to the terminal, once per attempt, over the run's own output. What they
+# mean for a run is summarised in ``Media.note`` instead. OpenCV reads this setting when it
+# first uses FFmpeg, which in this project happens here, after this import; a value the
+# user set (to debug a file) is kept.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".gif"}
 MEDIA_ROOTS_ENV = "SEGRESEARCH_MEDIA_ROOTS"
+MAX_PIXELS_ENV = "SEGRESEARCH_MAX_PIXELS"
+# The working size: four times a 4K UHD frame's area is well beyond what any step needs (the
+# model sees 448 and 864 px squares, SAM 2 1024 px), and one 16 MP RGB frame is 48 MB.
+DEFAULT_MAX_PIXELS = 16_000_000
+# Formats decoded whole before reduction (PNG, WebP, TIFF, BMP, every video codec): at most
+# 4 bytes a pixel decoded plus the RGB copy, about 0.8 GB at this limit. Progressive JPEG
+# too: libjpeg keeps every coefficient of the image while it decodes, whatever the scale
+# (measured at 144 MP: 566 MB peak with 4:2:0 chroma, 978 MB with 4:4:4).
+FULL_DECODE_LIMIT = 100_000_000
+# Baseline JPEG decodes at 1/2, 1/4 or 1/8 scale directly, so memory stays within about 4×
+# the working size whatever the image (the reported 144 MP file: 154 MB peak at 1/2 scale,
+# 0.3 s, where a full decode peaked at 1.1 GB); what grows past it is the time to read the
+# file. The JPEG format itself stops at 65535×65535 (4.3 GP).
+JPEG_DECODE_LIMIT = 1_000_000_000
+_MIN_MAX_PIXELS = 4096
 
 
 class MediaError(ValueError):
@@ -67,9 +104,58 @@ def frame_ids_for(paths: Sequence[Path]) -> list[int]:
     return list(range(len(paths)))
 
 
+def working_max_pixels() -> int:
+    """The working size from ``SEGRESEARCH_MAX_PIXELS`` (a pixel count; ``16e6`` and
+    ``16_000_000`` both read), or the default when unset."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= _MIN_MAX_PIXELS):
+        raise MediaError(
+            f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count of at least {_MIN_MAX_PIXELS}"
+        )
+    return int(value)
+
+
+def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The largest size of the same shape with at most ``max_pixels`` pixels (the size itself
+    when it fits, so frames under the cap are never resampled)."""
+    if width * height <= max_pixels:
+        return width, height
+    s = math.sqrt(max_pixels / (width * height))
+    # the epsilon keeps an exact fit (12000² at 16 MP: 4000²) from flooring to 3999
+    w, h = max(1, int(width * s + 1e-6)), max(1, int(height * s + 1e-6))
+    while w * h > max_pixels:
+        if w >= h:
+            w -= 1
+        else:
+            h -= 1
+    return w, h
+
+
+def _mp(pixels: float) -> str:
+    return f"{pixels / 1e6:.1f}".removesuffix(".0") + " MP"
+
+
+def _reduced_note(src: tuple[int, int], size: tuple[int, int], max_pixels: int) -> str | None:
+    if src == size:
+        return None
+    return (f"frames decoded at {size[0]}×{size[1]}, reduced from {src[0]}×{src[1]} "
+            f"({_mp(src[0] * src[1])}; working limit {_mp(max_pixels)}, {MAX_PIXELS_ENV})")
+
+
 @dataclass
 class Media:
-    """A lazily decoded frame sequence with integer frame ids (ordered)."""
+    """A lazily decoded frame sequence with integer frame ids (ordered).
+
+    ``width``/``height``: the working size frames are decoded at (the first frame's, for a
+    folder). ``source_size``: that frame's size in the file. ``note``: one line on anything a
+    user should know about how the media was read (reduced frames, a video whose header
+    promises more frames than decode), or None."""
 
     source: str
     kind: str  # "folder" | "list" | "video" | "image"
@@ -78,14 +164,25 @@ class Media:
     height: int
     paths: list[Path] = field(default_factory=list)
     fps: float | None = None
-    _cap: object = field(default=None, repr=False)
+    source_size: tuple[int, int] | None = None
+    note: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    _cap: Any = field(default=None, repr=False)  # a cv2.VideoCapture
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Presentation time (ms) of each video frame, against which every decoded frame is checked;
+    # None: the stream has no usable timestamps and frames are only decoded in order.
+    _msec: array | None = field(default=None, repr=False)
+    _seekable: bool = field(default=True, repr=False)
 
     def __len__(self) -> int:
         return len(self.frame_ids)
 
     def __post_init__(self) -> None:
         self._pos = {f: i for i, f in enumerate(self.frame_ids)}
+        if self.source_size is None:
+            self.source_size = (self.width, self.height)
+        # index of the frame the open video handle decodes next; None when not known
+        self._next: int | None = None
 
     def index_of(self, fid: int) -> int:
         try:
@@ -111,11 +208,11 @@ class Media:
         return (str(path), st.st_mtime_ns, st.st_size, pos if self.kind == "video" else 0)
 
     def frame(self, fid: int) -> Image.Image:
-        """Decode one frame at its original size as RGB."""
+        """Decode one frame as RGB, at most ``max_pixels`` in size (its file size when under)."""
         pos = self.index_of(fid)
         if self.kind == "video":
             return self._video_frame(pos)
-        return _open_image(self.paths[pos])
+        return _open_image(self.paths[pos], self.max_pixels)
 
     def frames(self, fids: Sequence[int]) -> list[Image.Image]:
         return [self.frame(f) for f in fids]
@@ -124,84 +221,340 @@ class Media:
         import cv2
 
         with self._lock:
-            cap = self._cap
-            if cap is None or not cap.isOpened():
-                cap = cv2.VideoCapture(self.source)
-                self._cap = cap
-            cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
-            ok, bgr = cap.read()
-            if not ok or bgr is None:
-                # Some containers seek badly: fall back to decoding forward from the start.
-                cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-                ok = True
-                for _ in range(pos):
-                    if not cap.grab():
-                        ok = False
-                        break
-                if ok:
-                    ok, bgr = cap.read()
-            if not ok or bgr is None:
-                raise MediaError(f"cannot decode frame {pos} of video {self.source}")
+            bgr = self._decode_at(pos)
+        h, w = bgr.shape[:2]
+        size = fit_size(w, h, self.max_pixels)
+        if size != (w, h):
+            bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
         return Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+    def _decode_at(self, pos: int) -> np.ndarray:
+        """Frame ``pos`` (BGR), proven to be that frame. A short step forward decodes on; a
+        jump seeks when the stream allows it; whatever a seek returns is checked against the
+        frame's timestamp, and a frame that fails the check is decoded from the start instead
+        (slow, but only files that seek wrongly pay for it)."""
+        import cv2
+
+        if self._cap is None or not self._cap.isOpened():
+            self._reopen()
+        cap = self._cap
+        ahead = None if self._next is None else pos - self._next
+        sought = False
+        if ahead is None or ahead < 0 or (ahead > _DECODE_ON and self._seekable):
+            if self._seekable:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
+                sought = True
+            else:
+                cap = self._reopen()
+        bgr = self._grab_to(cap, 0 if sought else pos - (self._next or 0))
+        if bgr is None or not self._is_frame(cap, pos):
+            bgr = None
+            if sought:  # the seek could not be trusted: decode from the start
+                cap = self._reopen()
+                bgr = self._grab_to(cap, pos)
+                if bgr is not None and not self._is_frame(cap, pos):
+                    bgr = None
+        if bgr is None:
+            self._next = None
+            raise MediaError(f"cannot decode frame {pos} of video {self.source} "
+                             "(the file is damaged or was changed since it was opened)")
+        self._next = pos + 1
+        return bgr
+
+    def _reopen(self) -> Any:
+        import cv2
+
+        if self._cap is not None:
+            self._cap.release()
+        self._cap = cv2.VideoCapture(self.source)
+        self._next = 0
+        return self._cap
+
+    @staticmethod
+    def _grab_to(cap: Any, skip: int) -> np.ndarray | None:
+        """Skip ``skip`` frames without converting them, then decode one."""
+        for _ in range(skip):
+            if not cap.grab():
+                return None
+        ok, bgr = cap.read()
+        return bgr if ok and bgr is not None else None
+
+    def _is_frame(self, cap: Any, pos: int) -> bool:
+        import cv2
+
+        if self._msec is None:
+            return True  # only decoded in order from the start: the order is the proof
+        return math.isclose(cap.get(cv2.CAP_PROP_POS_MSEC), self._msec[pos], abs_tol=1e-3)
 
     def close(self) -> None:
         with self._lock:
             if self._cap is not None:
                 self._cap.release()
                 self._cap = None
+            self._next = None
 
 
-def _open_image(path: Path) -> Image.Image:
+# A jump forward of at most this many frames decodes on rather than seeking (a seek decodes
+# from the previous keyframe, which in H.264 can be hundreds of frames back).
+_DECODE_ON = 16
+
+
+def _pil_open(path: Path) -> Image.Image:
+    """``Image.open`` without Pillow's decompression-bomb check, which warns about or refuses
+    images by area alone: a JPEG far past its limit decodes reduced in little memory, and
+    every format gets this module's own limit instead, with a message that says why. Tries
+    Pillow's format plugins in its own order, as ``Image.open`` does."""
+    with open(path, "rb") as f:
+        prefix = f.read(16)
+    for init in (Image.preinit, Image.init):
+        init()
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            ok = not accept or accept(prefix)
+            if isinstance(ok, str) or not ok:
+                continue
+            try:
+                return factory(os.fspath(path))
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue
+    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
+
+
+def _decode_limit(im: Image.Image, max_pixels: int) -> tuple[int, str]:
+    """How many pixels ``im`` may have, and the name of the kind it is limited as."""
+    fmt = im.format or "this"
+    if fmt == "JPEG" and not im.info.get("progressive"):
+        return max(JPEG_DECODE_LIMIT, max_pixels), "baseline JPEG"
+    # a progressive JPEG keeps every coefficient of the whole image while it decodes
+    kind = "progressive JPEG" if fmt == "JPEG" else fmt
+    return max(FULL_DECODE_LIMIT, max_pixels), kind
+
+
+def _check_decodable(path: Path, im: Image.Image, max_pixels: int) -> None:
+    w, h = im.size
+    limit, kind = _decode_limit(im, max_pixels)
+    if w * h > limit:
+        hint = ("they decode at full size before being reduced; save it as a baseline JPEG "
+                "or downscale it" if kind != "baseline JPEG" else "downscale it")
+        raise MediaError(f"image {path} is {w}×{h} ({_mp(w * h)}); the limit is {_mp(limit)} "
+                         f"for {kind} images ({hint})")
+
+
+def _open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An image as RGB at its working size (``fit_size``). Under the cap these are exactly
+    Pillow's pixels, as they always were; over it, a JPEG is decoded by libjpeg at a reduced
+    scale so that the full-size raster never exists, and the rest is an exact resize."""
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
+            if im.width * im.height <= max_pixels:
+                im.load()
+                return im.convert("RGB")
+            _check_decodable(path, im, max_pixels)
+            size = fit_size(im.width, im.height, max_pixels)
+            if im.format == "JPEG":
+                # the decoder's own scaling: the smallest of 1/1..1/8 still at least `size`
+                im.draft("RGB", size)
             im.load()
-            return im.convert("RGB")
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            return rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    except MediaError:
+        raise
     except FileNotFoundError:
         raise MediaError(f"frame file disappeared: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # ValueError: Pillow's answer to some malformed headers (a tile outside the image)
         raise MediaError(f"cannot read image {path}: {e}") from None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """The image's size in the file, from its header (nothing is decoded), after checking
+    that it can be decoded within the limits."""
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
+            if im.width * im.height > max_pixels:
+                _check_decodable(path, im, max_pixels)
             im.verify()
-        with Image.open(path) as im:
             return im.size
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise MediaError(f"cannot read image {path}: {e}") from None
 
 
-def _from_paths(source: str, kind: str, paths: list[Path]) -> Media:
+def _from_paths(source: str, kind: str, paths: list[Path], max_pixels: int) -> Media:
     if not paths:
         raise MediaError(f"no image frames in {source}")
-    w, h = _image_size(paths[0])
+    src = _image_size(paths[0], max_pixels)
+    w, h = fit_size(*src, max_pixels)
     ids = [0] if kind == "image" else frame_ids_for(paths)
-    return Media(source=source, kind=kind, frame_ids=ids, width=w, height=h, paths=paths)
+    return Media(source=source, kind=kind, frame_ids=ids, width=w, height=h, paths=paths,
+                 source_size=src, note=_reduced_note(src, (w, h), max_pixels),
+                 max_pixels=max_pixels)
 
 
-def _open_video(path: Path) -> Media:
+@dataclass(frozen=True)
+class _VideoIndex:
+    """What opening a video learnt about it: frames that decode, their timestamps, sizes."""
+
+    count: int
+    width: int
+    height: int
+    fps: float | None
+    header_count: int
+    msec: array | None
+    seekable: bool
+
+
+_VIDEO_INDEX: OrderedDict[tuple[str, int, int], _VideoIndex] = OrderedDict()
+_VIDEO_INDEX_LOCK = threading.Lock()
+_VIDEO_INDEX_SIZE = 64
+
+
+def _packet_times(path: Path) -> list[float]:
+    """Presentation times of the video packets in stream order, from one pass of the demuxer
+    without decoding (a few ms for a 300-frame clip); empty when OpenCV cannot read packets
+    raw."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise MediaError(f"cannot open video {path} (unsupported codec or corrupt file)")
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    ok, first = cap.read()
-    if not ok or first is None:
+    times = []
+    try:
+        if cap.isOpened() and cap.set(cv2.CAP_PROP_FORMAT, -1):
+            while cap.grab():
+                times.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    finally:
         cap.release()
-        raise MediaError(f"video {path} has no decodable frames")
-    if n <= 0:  # some streams carry no frame count: count by grabbing (no colour conversion)
-        n = 1
+    return times
+
+
+def _increasing(times: Sequence[float]) -> bool:
+    """Whether timestamps tell frames apart (they are missing or repeated in some streams)."""
+    return all(b - a >= 1e-3 for a, b in zip(times, times[1:], strict=False))
+
+
+def _decode_times(path: Path) -> list[float]:
+    """Timestamps of every frame that decodes, in order: the frames a damaged file has."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    times = []
+    try:
         while cap.grab():
-            n += 1
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
-    h, w = first.shape[:2]
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    return Media(source=str(path), kind="video", frame_ids=list(range(n)), width=w, height=h, fps=fps, _cap=cap)
+            times.append(cap.get(cv2.CAP_PROP_POS_MSEC))
+    finally:
+        cap.release()
+    return times
 
 
-def _open_uncached(media: str | Sequence[str], roots: Sequence[Path] | None) -> Media:
+def _index_video(path: Path, max_pixels: int) -> _VideoIndex:
+    """Counts the frames that decode. Cheap for a sound file: the demuxer lists the packets
+    (as many as the header promises), and decoding the last one (through a seek, checked by
+    its timestamp) shows the list is true. Otherwise (a file cut short, a stream without
+    timestamps) every frame is decoded once, in order. Either way the first frame is decoded,
+    and the frame size checked before that."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise MediaError(f"cannot open video {path} (unsupported codec or corrupt file)")
+        fw, fh = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        _check_video_size(path, fw, fh, max_pixels)
+        header = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        header = int(header) if math.isfinite(header) and header > 0 else 0
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or None
+        ok, first = cap.read()
+        if not ok or first is None:
+            raise MediaError(f"video {path} has no decodable frames")
+        h, w = first.shape[:2]
+        _check_video_size(path, w, h, max_pixels)
+        del first
+        first_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+        packets = _packet_times(path)
+        times = sorted(packets)
+        # Sound: every frame the header announces has its packet, the timestamps tell them
+        # apart, and the last one decodes where a seek says it is.
+        sound = (bool(times) and len(times) >= header and _increasing(times)
+                 and math.isclose(times[0], first_ms, abs_tol=1e-3))
+        if sound and (len(times) == 1 or _lands_on(cap, len(times) - 1, times[-1])):
+            msec, seekable = array("d", times), True
+        else:
+            decoded = _decode_times(path)
+            if (packets and len(decoded) > 1 and len(decoded) < max(header, len(packets))
+                    and math.isclose(decoded[-1], packets[-1], abs_tol=1e-3)):
+                # The file ends inside this frame's packet: the decoder made a frame of what
+                # was there and filled the rest from the frame before (or grey). It is not
+                # the frame its label would claim.
+                decoded.pop()
+            msec = array("d", decoded) if _increasing(decoded) else None
+            # every packet decodes, in order, yet the seek to the last one missed: this file's
+            # seeks are not to be trusted, and frames are decoded in order instead
+            seekable = msec is not None and decoded != times
+            times = decoded
+    finally:
+        cap.release()
+    if not times:
+        raise MediaError(f"video {path} has no decodable frames")
+    return _VideoIndex(count=len(times), width=w, height=h, fps=fps, header_count=header,
+                       msec=msec, seekable=seekable)
+
+
+def _lands_on(cap: Any, pos: int, msec: float) -> bool:
+    """Whether seeking to frame ``pos`` decodes the frame with timestamp ``msec``."""
+    import cv2
+
+    cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
+    return bool(cap.grab()) and math.isclose(
+        cap.get(cv2.CAP_PROP_POS_MSEC), msec, abs_tol=1e-3)
+
+
+def _check_video_size(path: Path, w: int, h: int, max_pixels: int) -> None:
+    limit = max(FULL_DECODE_LIMIT, max_pixels)
+    if w * h > limit:
+        raise MediaError(f"video {path} has {w}×{h} frames ({_mp(w * h)}); the limit is "
+                         f"{_mp(limit)} (each frame decodes at full size before being reduced)")
+
+
+def _video_index(path: Path, max_pixels: int) -> _VideoIndex:
+    """``_index_video``, once per file version (path, modification time, size)."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError as e:
+        raise MediaError(f"cannot read video {path}: {e.strerror}") from None
+    with _VIDEO_INDEX_LOCK:
+        hit = _VIDEO_INDEX.get(key)
+        if hit is not None:
+            _VIDEO_INDEX.move_to_end(key)
+    if hit is not None:
+        _check_video_size(path, hit.width, hit.height, max_pixels)
+        return hit
+    idx = _index_video(path, max_pixels)
+    with _VIDEO_INDEX_LOCK:
+        _VIDEO_INDEX[key] = idx
+        while len(_VIDEO_INDEX) > _VIDEO_INDEX_SIZE:
+            _VIDEO_INDEX.popitem(last=False)
+    return idx
+
+
+def _open_video(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Media:
+    idx = _video_index(path, max_pixels)
+    w, h = fit_size(idx.width, idx.height, max_pixels)
+    notes = []
+    if idx.header_count and idx.header_count != idx.count:
+        notes.append(f"video header says {idx.header_count} frames; {idx.count} decode")
+    reduced = _reduced_note((idx.width, idx.height), (w, h), max_pixels)
+    if reduced:
+        notes.append(reduced)
+    return Media(source=str(path), kind="video", frame_ids=list(range(idx.count)), width=w,
+                 height=h, fps=idx.fps, source_size=(idx.width, idx.height),
+                 note="; ".join(notes) or None, max_pixels=max_pixels, _msec=idx.msec,
+                 _seekable=idx.seekable)
+
+
+def _open_uncached(
+    media: str | Sequence[str], roots: Sequence[Path] | None, max_pixels: int | None = None
+) -> Media:
+    if max_pixels is None:
+        max_pixels = working_max_pixels()
     if not isinstance(media, (str, os.PathLike)):
         paths = [Path(p) for p in media]
         if not paths:
@@ -210,7 +563,7 @@ def _open_uncached(media: str | Sequence[str], roots: Sequence[Path] | None) -> 
             check_allowed(p, roots)
             if not p.is_file():
                 raise MediaError(f"frame file not found: {p}")
-        return _from_paths(f"list of {len(paths)} frames", "list", paths)
+        return _from_paths(f"list of {len(paths)} frames", "list", paths, max_pixels)
     path = Path(media).expanduser()
     check_allowed(path, roots)
     if not path.exists():
@@ -220,12 +573,12 @@ def _open_uncached(media: str | Sequence[str], roots: Sequence[Path] | None) -> 
         files.sort(key=lambda p: _natural_key(p.name))
         for p in files:  # a frame may be a symlink out of the allowed roots
             check_allowed(p, roots)
-        return _from_paths(str(path), "folder", files)
+        return _from_paths(str(path), "folder", files, max_pixels)
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
-        return _from_paths(str(path), "image", [path])
+        return _from_paths(str(path), "image", [path], max_pixels)
     if ext in VIDEO_EXTS:
-        return _open_video(path)
+        return _open_video(path, max_pixels)
     raise MediaError(f"unsupported media type {ext or '(no extension)'}: {path}")
 
 
@@ -234,7 +587,7 @@ _CACHE_LOCK = threading.Lock()
 _CACHE_SIZE = 16
 
 
-def _cache_key(media: str | Sequence[str]) -> tuple | None:
+def _cache_key(media: str | Sequence[str], max_pixels: int) -> tuple | None:
     if not isinstance(media, (str, os.PathLike)):
         return None
     p = Path(media).expanduser()
@@ -242,7 +595,7 @@ def _cache_key(media: str | Sequence[str]) -> tuple | None:
         st = p.stat()
     except OSError:
         return None
-    return (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    return (str(p.resolve()), st.st_mtime_ns, st.st_size, max_pixels)
 
 
 def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] | None = ...) -> Media:
@@ -250,7 +603,8 @@ def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] |
 
     ``roots`` restricts where paths may point; by default it comes from
     ``SEGRESEARCH_MEDIA_ROOTS`` (unset: unrestricted). Handles are cached by path and
-    modification time, so the keyframe step of a run reuses the handle its first step opened.
+    modification time (and the working size, ``SEGRESEARCH_MAX_PIXELS``), so the keyframe
+    step of a run reuses the handle its first step opened.
     """
     if roots is ...:
         roots = allowed_roots()
@@ -258,7 +612,8 @@ def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] |
         media = os.fspath(media)
     if isinstance(media, str) and not media.strip():  # Path("") would be the current directory
         raise MediaError("empty media path")
-    key = _cache_key(media)
+    max_pixels = working_max_pixels()
+    key = _cache_key(media, max_pixels)
     if key is not None:
         check_allowed(Path(media), roots)
         with _CACHE_LOCK:
@@ -266,7 +621,7 @@ def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] |
             if hit is not None:
                 _CACHE.move_to_end(key)
                 return hit
-    m = _open_uncached(media, roots)
+    m = _open_uncached(media, roots, max_pixels)
     if key is not None:
         with _CACHE_LOCK:
             _CACHE[key] = m
@@ -297,4 +652,5 @@ def resize_square(img: Image.Image, side: int) -> Image.Image:
 
 
 def as_uint8_rgb(img: Image.Image) -> np.ndarray:
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    # convert() copies even an RGB image: at 16 MP that copy is 48 MB for nothing
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)

@@ -214,6 +214,19 @@ def get_backend(name: str, kb: str = "", **settings: Any) -> SearchBackend:
     return _BACKENDS.get(key, lambda: factory(cfg))
 
 
+def backend_loaded(name: str, kb: str = "", **settings: Any) -> bool:
+    """Whether ``get_backend`` would return at once (no index to build or load)."""
+    name = name.strip().lower()
+    _load_builtin_backends()
+    if name not in _FACTORIES:
+        return False
+    _, key_fn = _FACTORIES[name]
+    try:
+        return _BACKENDS.has((name, *key_fn(SearchSettings(kb=kb, **settings))))
+    except SearchUnavailable:
+        return False
+
+
 def cached_backend(backend: SearchBackend, path: str, ttl: float) -> SearchBackend:
     """``backend`` behind the persistent search cache at ``path`` (shared per process)."""
     from segresearch.tools.search_cache import CachedBackend, get_cache

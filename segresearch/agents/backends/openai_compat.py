@@ -349,6 +349,6 @@ def check_openai_endpoint(base_url: str, timeout: float = 3.0) -> str | None:
     return (
         f"The OpenAI-compatible server at {shown} is not reachable ({reason}). "
         "Start one with `vllm serve Qwen/Qwen3-VL-4B-Instruct --port 8000` "
-        "(then use --model Qwen/Qwen3-VL-4B-Instruct@http://127.0.0.1:8000/v1), "
+        "(then use --model openai:Qwen/Qwen3-VL-4B-Instruct@http://127.0.0.1:8000/v1), "
         "or run without a server using `--model replay:...`."
     )

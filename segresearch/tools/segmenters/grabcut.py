@@ -14,9 +14,10 @@ warp's. A shot cut (the flow explains nothing), or a warped mask whose pixels no
 have the object's colours (it left the view or was covered), ends the track in that
 direction: later masks are empty. There is no re-detection.
 
-Cost per frame is bounded whatever the video length: frames are decoded one at a time
-(only the keyframe is kept, for the backward pass), everything runs at a capped
-resolution, and GrabCut sees only the region around the object.
+Cost per frame is bounded whatever the video length and frame size: frames are decoded one
+at a time (only the keyframe is kept, for the backward pass) and no larger than the media's
+working size, everything runs at a capped resolution (at most about 1 MP, the keyframe's
+GrabCut included), and GrabCut sees only the region around the object.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ _DIS_PRESETS = {
     "dis_fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
 }
 
+# No step works on more pixels than this, whatever ``max_side`` allows: flow and GrabCut cost
+# grows with the area (and their buffers with it), while the masks, upsampled smoothly to
+# the frame, gain little from more.
+_MAX_PROC_PIXELS = 1_000_000
 # Below this many pixels (at processing resolution) a mask carries too few colour samples for
 # GrabCut's mixtures to mean anything: it is carried by the flow alone.
 _MIN_REFINE_AREA = 24
@@ -77,8 +82,9 @@ class GrabCutSegmenter(Segmenter):
     ``iterations``: GrabCut iterations on the keyframe, where the colour models start from
     nothing. ``refine_iterations``: on the other frames, iterations that re-learn the colour
     models after the first cut (which uses the remembered ones); 0 keeps them fixed.
-    ``max_side``: the longest side frames are processed at (masks come back at the original
-    size). ``flow``: ``dis_medium`` (default), ``dis_fast`` or ``farneback``.
+    ``max_side``: the longest side frames are processed at, within about 1 MP whatever its
+    value (masks come back at the original size). ``flow``: ``dis_medium`` (default),
+    ``dis_fast`` or ``farneback``.
     ``max_growth`` / ``max_shrink``: a refined mask whose area differs from the warped one by
     more than these factors is taken as GrabCut drifting, and the warped mask is kept.
     """
@@ -135,7 +141,7 @@ class GrabCutSession(VideoSession):
         pos = self.media.index_of(prompt.frame)
         key_img = as_uint8_rgb(self.media.frame(prompt.frame))
         h, w = key_img.shape[:2]
-        scale = min(1.0, self.seg.max_side / max(w, h))
+        scale = min(1.0, self.seg.max_side / max(w, h), math.sqrt(_MAX_PROC_PIXELS / (w * h)))
         proc = (max(1, round(w * scale)), max(1, round(h * scale)))
         key = _prepare(key_img, proc)
         del key_img

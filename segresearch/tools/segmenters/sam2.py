@@ -94,8 +94,9 @@ def load_predictor(
             pred = build_sam2_video_predictor(
                 config, ckpt_path=checkpoint, device=device, hydra_overrides_extra=extra
             )
-        except (RuntimeError, KeyError) as e:
-            raise ValueError(f"cannot load SAM 2 checkpoint {checkpoint} with {config}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"cannot load SAM 2 checkpoint {checkpoint} with {config}: {first}") from None
         return pred, threading.Lock()
 
     return _PREDICTORS.get((config, checkpoint, device, image_size), build)
@@ -327,6 +328,9 @@ class SAM2Segmenter(Segmenter):
 
     def predictor(self) -> tuple[Any, threading.Lock]:
         return load_predictor(self.config, self.checkpoint, self.device, self.image_size)
+
+    def loaded(self) -> bool:
+        return _PREDICTORS.has((self.config, self.checkpoint, self.device, self.image_size))
 
     def open(self, media: Media) -> SAM2Session:
         return SAM2Session(self, media)

@@ -10,6 +10,7 @@ missing file would make it drop the query instead.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -39,6 +40,28 @@ class MaskSet:
     frames: int  # PNG files written (every frame of the media)
     reached: int  # frames the segmenter produced a mask for
     area: dict[int, int] = field(default_factory=dict)  # foreground pixels per frame id
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows: setting it to read
+    it back would, for an instant, give files other threads create the wrong mode."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def created_mode(base: int = 0o666) -> int:
+    """The mode an ordinary ``open``/``mkdir`` would give: ``tempfile`` makes files 0600
+    and folders 0700, which a finished output must not keep (others on the machine, a web
+    server or a shared results folder could not read it)."""
+    return base & ~_umask()
 
 
 def _imwrite(path: Path, mask: np.ndarray) -> None:
@@ -74,6 +97,7 @@ def write_mask_set(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    os.chmod(tmp, created_mode(0o777))
     names = {fid: media.frame_name(fid) + ".png" for fid in media.frame_ids}
     h, w = media.height, media.width
     area: dict[int, int] = {}
