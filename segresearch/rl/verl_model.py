@@ -19,8 +19,10 @@ tokens: images are dropped first, and the observation says so).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,14 +161,9 @@ class VerlChatModel(BaseChatModel):
         chat = [msg for msg, _ in converted]
         images = [img for _, imgs in converted for img in imgs]
         loop._assert_mm_supported(bool(images))
-        # The n samples of a GRPO group share their prompt: render it once.
-        key = (id(loop.continuous_token_builder), _prompt_digest(messages))
-        prompt_ids = _PROMPT_CACHE.get(key)
-        if prompt_ids is None:
-            prompt_ids = await loop.ct_build_initial_tokens(chat, images=images or None)
-            _PROMPT_CACHE[key] = prompt_ids
-            while len(_PROMPT_CACHE) > _PROMPT_CACHE_SIZE:
-                _PROMPT_CACHE.pop(next(iter(_PROMPT_CACHE)))
+        # The n samples of a GRPO group share their prompt: render it once per worker.
+        prompt_ids = await _render_once((_settings_key(loop), _prompt_digest(messages)),
+                                        lambda: loop.ct_build_initial_tokens(chat, images=images or None))
         t = self._traj
         t.prompt_ids, t.stream, t.images, t.messages = list(prompt_ids), list(prompt_ids), images, chat
 
@@ -304,8 +301,50 @@ async def _in_thread(agent_loop: Any, fn: Any) -> Any:
     return await agent_loop.loop.run_in_executor(None, fn)
 
 
-_PROMPT_CACHE: dict[tuple[int, str], list[int]] = {}
+_PROMPT_CACHE: OrderedDict[tuple[Any, str], list[int]] = OrderedDict()
 _PROMPT_CACHE_SIZE = 256
+_RENDERING: dict[tuple[Any, str], asyncio.Future] = {}
+
+
+def _settings_key(loop: Any) -> tuple[Any, ...]:
+    """What besides the messages decides a prompt's ids: the tokenizer, the chat template
+    and the image processor's geometry. verl makes a new agent loop (and token builder) for
+    every sample, so keying on object identity never let the samples of a group share."""
+    tok, proc = loop.tokenizer, loop.processor
+    ip = getattr(proc, "image_processor", None)
+    geometry = tuple(repr(getattr(ip, a, None)) for a in ("patch_size", "merge_size", "temporal_patch_size",
+                                                          "min_pixels", "max_pixels", "size"))
+    template = getattr(proc, "chat_template", None) or getattr(tok, "chat_template", None) or ""
+    return (type(loop.continuous_token_builder).__name__, getattr(tok, "name_or_path", ""), len(tok),
+            hashlib.sha1(str(template).encode()).hexdigest(), geometry)
+
+
+async def _render_once(key: tuple[Any, str], render: Any) -> list[int]:
+    """The prompt ids for ``key``: from the cache, from a render already under way (the
+    samples of a group start together, before the first render ends), or rendered now."""
+    hit = _PROMPT_CACHE.get(key)
+    if hit is not None:
+        _PROMPT_CACHE.move_to_end(key)
+        return hit
+    pending = _RENDERING.get(key)
+    if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+        return list(await asyncio.shield(pending))
+    fut: asyncio.Future = asyncio.get_running_loop().create_future()
+    fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved"
+    _RENDERING[key] = fut
+    try:
+        ids = await render()
+    except BaseException as e:
+        fut.set_exception(e)
+        raise
+    finally:
+        if _RENDERING.get(key) is fut:
+            del _RENDERING[key]
+    fut.set_result(ids)
+    _PROMPT_CACHE[key] = ids
+    while len(_PROMPT_CACHE) > _PROMPT_CACHE_SIZE:
+        _PROMPT_CACHE.popitem(last=False)
+    return ids
 
 
 def _prompt_digest(messages: list[BaseMessage]) -> str:
