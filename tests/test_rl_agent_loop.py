@@ -208,6 +208,26 @@ def test_response_budget_ends_with_max_tokens(tiny, scene_dir):
     assert _vision_blocks(tiny, out.prompt_ids + out.response_ids) == len(out.multi_modal_data["images"])
 
 
+def test_mask_overlong_loss_zeroes_a_trajectory_cut_by_the_response_budget(tiny, scene_dir):
+    long_search = "<thinking>" + "hmm " * 60 + '</thinking><search>{"name": "text_search", "query": "x"}</search>'
+    plain, _ = run_one(tiny, scene_dir, [long_search] * 6, response_length=300)
+    masked, _ = run_one(tiny, scene_dir, [long_search] * 6, response_length=300,
+                        mask_overlong_loss=True)
+    for out in (plain, masked):
+        assert out.extra_fields["stop_reason"] == "max_tokens"
+    assert sum(plain.response_mask) > 0 and plain.extra_fields["loss_masked"] is False
+    # the same tokens, no loss, the stop reason kept
+    assert masked.response_ids == plain.response_ids
+    assert len(masked.response_mask) == len(masked.response_ids)
+    assert sum(masked.response_mask) == 0 and masked.extra_fields["loss_masked"] is True
+
+
+def test_mask_overlong_loss_keeps_finished_trajectories(tiny, scene_dir):
+    out, _ = run_one(tiny, scene_dir, [KEYFRAME, ANSWER], mask_overlong_loss=True)
+    assert out.extra_fields["stop_reason"] == "answer"
+    assert sum(out.response_mask) > 0 and out.extra_fields["loss_masked"] is False
+
+
 def test_observation_budget_truncates_text_not_images(tiny, scene_dir, kb_dir):
     out, _ = run_one(tiny, scene_dir, [SEARCH, KEYFRAME, ANSWER], kb=kb_dir, max_observation_tokens=40)
     assert out.extra_fields["observations_truncated"] >= 1

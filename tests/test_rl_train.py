@@ -67,7 +67,9 @@ def check_recipe(c: dict) -> None:
     assert arr["rollout"]["name"] == "vllm" and arr["rollout"]["mode"] == "async"
     assert c["data"]["train_batch_size"] == 16 and arr["actor"]["ppo_mini_batch_size"] == 8
     assert arr["actor"]["optim"]["lr"] == 1e-6 and arr["actor"]["optim"]["lr_warmup_steps"] == 10
-    assert arr["actor"]["use_kl_loss"] is False and arr["actor"]["entropy_coeff"] == 0
+    # published: the KL loss on with coefficient 0 (a reference model, no KL in the gradient)
+    assert arr["actor"]["use_kl_loss"] is True and arr["actor"]["kl_loss_coef"] == 0
+    assert arr["actor"]["entropy_coeff"] == 0
     # the rollout's lengths are interpolated from data.*; printed resolved
     assert (arr["rollout"]["prompt_length"], arr["rollout"]["response_length"]) == (2048, 8192)
     assert arr["rollout"]["multi_turn"]["max_tool_response_length"] == 4096
@@ -75,7 +77,7 @@ def check_recipe(c: dict) -> None:
     assert arr["model"]["path"] == "Qwen/Qwen3-VL-4B-Instruct"
     assert arr["model"]["external_lib"] == "segresearch.rl.agent_loop"
     agent = arr["rollout"]["agent"]
-    assert agent["default_agent_loop"] == "seg_research_agent"
+    assert agent["default_agent_loop"] in ("seg_research_agent", "seg_research_agent_mask_overlong")
     assert Path(agent["agent_loop_config_path"]).is_absolute()
     assert Path(agent["agent_loop_config_path"]).is_file()
     reward = c["reward"]["custom_reward_function"]
@@ -106,10 +108,13 @@ def test_dapo_dry_run_is_the_same_recipe_plus_group_filtering(dapo):
     fg = c["algorithm"]["filter_groups"]
     assert fg["enable"] is True and fg["metric"] == "reward"
     actor = c["actor_rollout_ref"]["actor"]
-    assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (0.2, 0.28)
+    assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (0.2, 0.3)
     assert actor["loss_agg_mode"] == "token-mean"
     assert c["trainer"]["use_v1"] is True  # filter_groups exists only in V1
     assert c["trainer"]["experiment_name"] != "qwen3vl_4b_grpo"
+    # overlong masking: the agent-loop entry that has it on
+    assert c["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == \
+        "seg_research_agent_mask_overlong"
 
 
 @NEEDS_AGENT_LOOP
@@ -180,6 +185,8 @@ def test_preset_keys_all_exist_in_verl():
         keys = [k for k in leaves(doc) if k.split(".")[0] not in ("hydra", "defaults")]
         assert keys
         for key in keys:
+            if key.startswith("actor_rollout_ref.rollout.engine_kwargs.vllm."):
+                continue  # passed through to vLLM's engine arguments, not a verl key
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(base, parent) if parent else base
             assert isinstance(node, DictConfig), f"{name}: {key}"
@@ -189,30 +196,32 @@ def test_preset_keys_all_exist_in_verl():
 
 def test_agent_loop_yaml_lists_the_loop_with_its_defaults():
     entries = OmegaConf.load(train.AGENT_LOOP_CONFIG)
-    assert isinstance(entries, ListConfig) and len(entries) == 1
-    entry = entries[0]
-    assert isinstance(entry, DictConfig)
-    assert entry.name == "seg_research_agent"
-    assert entry._target_ == "segresearch.rl.agent_loop.SegResearchAgentLoop"
+    assert isinstance(entries, ListConfig) and len(entries) == 2
+    assert all(isinstance(e, DictConfig) for e in entries)
     env = {k: os.environ.pop(k) for k in ("SEGRESEARCH_SEARCH", "SEGRESEARCH_KB") if k in os.environ}
     try:
-        settings = OmegaConf.to_container(entry, resolve=True)
+        grpo, dapo = (OmegaConf.to_container(e, resolve=True) for e in entries)
     finally:
         os.environ.update(env)
-    assert settings == {
+    assert grpo == {
         "name": "seg_research_agent", "_target_": "segresearch.rl.agent_loop.SegResearchAgentLoop",
         "search": "local", "kb": "", "max_turns": 6, "coord_style": "qwen3", "frame_size": 448,
-        "keyframe_size": 864, "search_image_size": 256, "max_observation_tokens": 4096}
+        "keyframe_size": 864, "search_image_size": 256, "max_observation_tokens": 4096,
+        "mask_overlong_loss": False}
+    # the DAPO entry is the same loop with overlong masking on, nothing else
+    assert dapo == {**grpo, "name": "seg_research_agent_mask_overlong", "mask_overlong_loss": True}
 
 
 @NEEDS_AGENT_LOOP
 def test_agent_loop_target_imports_and_accepts_every_setting():
-    entry = OmegaConf.to_container(OmegaConf.load(train.AGENT_LOOP_CONFIG)[0])
-    cls = train.locate(entry["_target_"])
-    params = inspect.signature(cls.__init__).parameters
-    for key in entry:
-        if key not in ("_target_", "name"):  # name arrives through **kwargs
-            assert key in params, f"{cls.__name__}.__init__ has no {key!r}"
+    entries = OmegaConf.to_container(OmegaConf.load(train.AGENT_LOOP_CONFIG))
+    entry = entries[0]
+    for e in entries:
+        cls = train.locate(e["_target_"])
+        params = inspect.signature(cls.__init__).parameters
+        for key in e:
+            if key not in ("_target_", "name"):  # name arrives through **kwargs
+                assert key in params, f"{cls.__name__}.__init__ has no {key!r}"
     # external_lib works because importing the module registers the name with verl
     from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
 

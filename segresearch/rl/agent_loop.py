@@ -36,7 +36,9 @@ except Exception:  # noqa: BLE001 - never block the worker over an optional shim
 
 AGENT_NAME = "seg_research_agent"
 EXTRA_KEYS = ("stop_reason", "error", "turns", "num_search", "answer", "interactions",
-              "observations_truncated", "min_global_steps", "max_global_steps")
+              "observations_truncated", "min_global_steps", "max_global_steps", "loss_masked")
+# The graph's stop reason for a trajectory cut by the response budget (rollout.response_length).
+OVERLONG_STOP_REASON = "max_tokens"
 
 
 def _query_from(kwargs: dict[str, Any]) -> str:
@@ -76,6 +78,7 @@ class SegResearchAgentLoop(AgentLoopBase):
         keyframe_size: int = 864,
         search_image_size: int = 256,
         max_observation_tokens: int | None = None,
+        mask_overlong_loss: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("name", None)
@@ -91,6 +94,11 @@ class SegResearchAgentLoop(AgentLoopBase):
             max_observation_tokens or multi_turn.get("max_tool_response_length") or 4096
         )
         self.response_length = int(self.rollout_config.response_length)
+        # DAPO's overlong filtering (the published DAPO script's agent.mask_overlong_loss): a
+        # trajectory the response budget cut off has an unknown outcome, so it gets an all-zero
+        # response mask and contributes no loss. It still gets its reward, counts in its GRPO
+        # group and keeps its stop reason in extra_fields.
+        self.mask_overlong_loss = bool(mask_overlong_loss)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         info = kwargs.get("extra_info") or {}
@@ -131,7 +139,8 @@ class SegResearchAgentLoop(AgentLoopBase):
         if not response_ids:  # verl needs at least one response position; it is masked
             response_ids, mask = [self.tokenizer.pad_token_id or 0], [0]
             logprobs = None if logprobs is None else [0.0]
-        if failed:
+        overlong_masked = self.mask_overlong_loss and stop_reason == OVERLONG_STOP_REASON
+        if failed or overlong_masked:
             mask = [0] * len(mask)
         if logprobs is not None and len(logprobs) != len(response_ids):
             logprobs = None
@@ -147,6 +156,8 @@ class SegResearchAgentLoop(AgentLoopBase):
             "observations_truncated": sum(1 for r in t.records if r.truncated or r.images_dropped),
             "min_global_steps": int(t.extra.get("min_global_steps", 0) or 0),
             "max_global_steps": int(t.extra.get("max_global_steps", 0) or 0),
+            # True when no token of this trajectory is trained on (failure or overlong masking).
+            "loss_masked": failed or overlong_masked,
         }
         return AgentLoopOutput(
             prompt_ids=prompt_ids,

@@ -87,11 +87,13 @@ def _absolute(path: str) -> str:
 
 def apply_runtime_paths(cfg: Any) -> Any:
     """Fill the install-dependent paths the presets leave null; a value given as an override
-    wins. Relative local paths become absolute (see ``_absolute``)."""
+    wins. Relative local paths (data, rollout records) become absolute (see ``_absolute``)."""
     agent = cfg.actor_rollout_ref.rollout.agent
     agent.agent_loop_config_path = _absolute(agent.agent_loop_config_path or str(AGENT_LOOP_CONFIG))
     reward_fn = cfg.reward.custom_reward_function
     reward_fn.path = _absolute(reward_fn.path or str(REWARD_FILE))
+    if cfg.trainer.get("rollout_data_dir"):
+        cfg.trainer.rollout_data_dir = _absolute(str(cfg.trainer.rollout_data_dir))
     for key in ("train_files", "val_files"):
         files = cfg.data.get(key)
         if isinstance(files, str):
