@@ -37,16 +37,26 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 SHOWN = [0, 2, 4, 6, 8, 11]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def _tiny(tmp_path_factory, family: str, pixels: str = "tiny") -> SimpleNamespace:
     from verl.utils import hf_processor, hf_tokenizer
 
     install_video_processor_stub()
-    path = build_tiny_qwen_vl(tmp_path_factory.mktemp("tiny_rl"), "qwen2_5_vl")
+    path = build_tiny_qwen_vl(tmp_path_factory.mktemp(f"tiny_rl_{family}"), family, pixels=pixels)
     tok = hf_tokenizer(str(path))
     proc = hf_processor(str(path))
     assert proc is not None
-    return SimpleNamespace(path=path, tok=tok, proc=proc)
+    return SimpleNamespace(path=path, tok=tok, proc=proc, family=family)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _tiny(tmp_path_factory, "qwen2_5_vl")
+
+
+@pytest.fixture(scope="module")
+def tiny3(tmp_path_factory):
+    """Qwen3-VL with the released image-processor pixel limits."""
+    return _tiny(tmp_path_factory, "qwen3_vl", pixels="published")
 
 
 class FakeServer:
@@ -85,10 +95,10 @@ class FakeServer:
                            stop_reason="completed", extra_fields={"min_global_steps": 7, "max_global_steps": 7})
 
 
-def make_loop(tiny, server, response_length=2048, **settings):
+def make_loop(tiny, server, response_length=2048, observation_length=512, **settings):
     cfg = OmegaConf.create({
         "actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": response_length,
-                                          "multi_turn": {"max_tool_response_length": 512}}},
+                                          "multi_turn": {"max_tool_response_length": observation_length}}},
         "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
     })
     settings.setdefault("search", "none")
@@ -97,7 +107,7 @@ def make_loop(tiny, server, response_length=2048, **settings):
     return SegResearchAgentLoop(
         trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=tiny.tok,
         processor=tiny.proc, dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data),
-        hf_model_type="qwen2_5_vl", name=AGENT_NAME, **settings,
+        hf_model_type=getattr(tiny, "family", "qwen2_5_vl"), name=AGENT_NAME, **settings,
     )
 
 
@@ -314,3 +324,30 @@ def test_agent_loop_is_registered_by_name():
     entry = _agent_loop_registry[AGENT_NAME]
     assert entry["_target_"] == "segresearch.rl.agent_loop.SegResearchAgentLoop"
     assert hydra.utils.get_class(entry["_target_"]) is SegResearchAgentLoop
+
+
+def test_token_exact_with_qwen3_vl_at_published_sizes(tiny3, scene_dir, kb_dir):
+    """Qwen3-VL (patch 16, merge 2) with frames at the published 448 px and the keyframe at
+    864 px: images expand to realistic token counts, and the stream still equals the
+    processor's rendering of the final conversation."""
+    async def go():
+        server = FakeServer(tiny3.tok, [SEARCH, KEYFRAME, ANSWER])
+        loop = make_loop(tiny3, server, response_length=4096, observation_length=4096, search="local",
+                         kb=str(kb_dir), frame_size=448, keyframe_size=864)
+        r = row(scene_dir)
+        r["extra_info"]["frame_size"] = 448
+        out = await loop.run({"temperature": 1.0, "top_p": 1.0, "logprobs": True}, **r)
+        return out, server
+
+    out, server = asyncio.run(go())
+    assert out.extra_fields["stop_reason"] == "answer", out.extra_fields
+    images = out.multi_modal_data["images"]
+    assert [im.size for im in images] == [(448, 448)] * 6 + [(864, 864)], out.extra_fields
+    ids = out.prompt_ids + out.response_ids
+    full = render_full(tiny3, _LAST["messages"], images)
+    assert ids == full[: len(ids)] and full[len(ids):] == tiny3.tok.encode("\n", add_special_tokens=False)
+    pad = tiny3.tok.convert_tokens_to_ids("<|image_pad|>")
+    assert out.prompt_ids.count(pad) == 6 * 196  # (448 / 16 / 2)² tokens per frame
+    assert out.response_ids.count(pad) == 729  # the 864-px keyframe: (864 / 32)²
+    gen = [t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 1]
+    assert gen == [t for turn in server.returned.values() for ids_ in turn for t in ids_]

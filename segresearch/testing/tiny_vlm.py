@@ -233,11 +233,21 @@ def _model_config(family: str, tok: Any) -> Any:
     return Qwen3VLConfig(text_config=text, vision_config=vision, **token_ids)
 
 
-def _processor(family: str, tok: Any) -> Any:
+# The pixel limits of the released preprocessors (min/max pixels per image): with them a
+# 448-px frame becomes 256 (Qwen2.5-VL, patch 14) or 196 (Qwen3-VL, patch 16) tokens.
+PUBLISHED_PIXELS = {
+    "qwen2_5_vl": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384},
+    "qwen3_vl": {"shortest_edge": 256 * 256, "longest_edge": 4096 * 4096},
+}
+
+
+def _processor(family: str, tok: Any, pixels: str = "tiny") -> Any:
     spec = _FAMILY[family]
     unit = spec["patch"] * 2  # one merged token covers a (patch * merge)² square
-    # Between 1×1 and 3×3 merged tokens per image: real image handling, tiny sequences.
-    size = {"shortest_edge": unit * unit, "longest_edge": 9 * unit * unit}
+    # Tiny: between 1×1 and 3×3 merged tokens per image (real image handling, tiny
+    # sequences); published: the released limits, so images expand to realistic counts.
+    size = (dict(PUBLISHED_PIXELS[family]) if pixels == "published"
+            else {"shortest_edge": unit * unit, "longest_edge": 9 * unit * unit})
     image_processor = Qwen2VLImageProcessorPil(
         size=size,
         patch_size=spec["patch"],
@@ -289,7 +299,8 @@ def _strip_video_processor_type(out: Path) -> None:
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen2_5_vl", seed: int = 0) -> Path:
+def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen2_5_vl", seed: int = 0,
+                      pixels: Literal["tiny", "published"] = "tiny") -> Path:
     """Build and save a random-weight Qwen-VL checkpoint folder (about 1 MB) and return it.
 
     The folder loads offline with ``AutoProcessor``, ``AutoTokenizer`` and
@@ -322,7 +333,7 @@ def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen2_5_vl", seed:
         pad_token_id=ids["<|endoftext|>"],
     )
     model.save_pretrained(out)
-    processor = _processor(family, tok)
+    processor = _processor(family, tok, pixels)
     processor.save_pretrained(out)
     _strip_video_processor_type(out)
     return out
