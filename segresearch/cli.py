@@ -122,15 +122,11 @@ def _check_model(spec: str, timeout: float) -> str | None:
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
     if kind == "openai":
-        from segresearch.agents.backends.openai_compat import (
-            check_openai_endpoint,
-            parse_openai_spec,
-        )
+        from segresearch.agents.backends.openai_compat import parse_openai_spec
+        from segresearch.graphs.preflight import probe_endpoint
 
         _, url = parse_openai_spec(rest)
-        if url:
-            return check_openai_endpoint(url, timeout=min(timeout, 5.0))
-        return None
+        return probe_endpoint(url, timeout) if url else None
     if kind == "hf":
         if not Path(rest).expanduser().exists():
             return f"model checkpoint not found: {rest}"

@@ -142,6 +142,17 @@ def resolve_output(path: str) -> Path:
     return p
 
 
+def media_paths(media: Any) -> list[str]:
+    """The paths ``media`` names (a path or a non-empty list of paths; None names none)."""
+    if media is None:
+        return []
+    if isinstance(media, str):
+        return [media]
+    if isinstance(media, list) and media and all(isinstance(m, str) for m in media):
+        return media
+    raise ContextError("media: must be a path or a non-empty list of paths")
+
+
 def check_input(data: Mapping[str, Any] | Any) -> None:
     """The run input a client sent: a query string and media as a path or list of paths,
     each inside the media roots (checked here, before anything is opened)."""
@@ -151,14 +162,11 @@ def check_input(data: Mapping[str, Any] | Any) -> None:
     query = data.get("query")
     if query is not None and not isinstance(query, str):
         problems.append("query: must be a string")
-    media = data.get("media")
     paths: list[str] = []
-    if isinstance(media, str):
-        paths = [media]
-    elif isinstance(media, list) and media and all(isinstance(m, str) for m in media):
-        paths = media
-    elif media is not None:
-        problems.append("media: must be a path or a non-empty list of paths")
+    try:
+        paths = media_paths(data.get("media"))
+    except ContextError as e:
+        problems += e.problems
     if problems:
         raise ContextError(problems)
     roots = allowed_roots()

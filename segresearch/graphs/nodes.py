@@ -35,7 +35,7 @@ from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
 from segresearch.agents.context import Context, ContextError
 from segresearch.agents.models import model_loaded, resolve_model
-from segresearch.agents.path_policy import check_context_paths, check_input, resolve_output
+from segresearch.agents.path_policy import check_context_paths, media_paths, resolve_output
 from segresearch.agents.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
 from segresearch.agents.protocol import (
     STOP_STRINGS,
@@ -163,7 +163,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return _fresh_run(_error("input", "the query is empty" if not query else "the query must be a string"))
     query = query.strip()
     try:
-        check_input({"media": state.get("media")})
+        media_paths(state.get("media"))  # its type; open_media below checks the roots
         check_context_paths(ctx)
         sys_text = system_prompt(ctx.use_search, ctx.coord_style, ctx.system_prompt_file)
     except ContextError as e:

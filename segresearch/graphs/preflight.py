@@ -38,15 +38,22 @@ def _model_problem(ctx: Context, status: Callable[[str], None]) -> str | None:
     kind, _, rest = spec.partition(":")
     if kind.strip().lower() != "openai":
         return None
-    from segresearch.agents.backends.openai_compat import check_openai_endpoint, parse_openai_spec
+    from segresearch.agents.backends.openai_compat import parse_openai_spec
 
     _, url = parse_openai_spec(rest)
-    if not url:
-        return None  # a hosted default endpoint: its own errors are clear enough
+    # no URL: a hosted default endpoint, whose own errors are clear enough
+    return probe_endpoint(url, ctx.request_timeout) if url else None
+
+
+def probe_endpoint(url: str, timeout: float) -> str | None:
+    """Why the OpenAI-compatible server at ``url`` cannot be used (None: it answered).
+    Shared by the CLI's early check and the graph's, so a run probes a server once."""
+    from segresearch.agents.backends.openai_compat import check_openai_endpoint
+
     with _ENDPOINTS_LOCK:
         if time.monotonic() - _ENDPOINTS.get(url, -1e9) < ENDPOINT_OK_SECONDS:
             return None
-    problem = check_openai_endpoint(url, timeout=min(ctx.request_timeout, 5.0))
+    problem = check_openai_endpoint(url, timeout=min(timeout, 5.0))
     if problem is None:
         with _ENDPOINTS_LOCK:
             _ENDPOINTS[url] = time.monotonic()

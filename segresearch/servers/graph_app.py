@@ -31,12 +31,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segresearch import __version__
+from segresearch.agents.path_policy import KB_ROOTS_ENV, MODEL_ROOTS_ENV, OUTPUT_ROOT_ENV
 from segresearch.servers.auth import auth_enabled
-
-MEDIA_ROOTS_ENV = "SEGRESEARCH_MEDIA_ROOTS"
-OUTPUT_ROOT_ENV = "SEGRESEARCH_OUTPUT_ROOT"
-KB_ROOTS_ENV = "SEGRESEARCH_KB_ROOTS"
-MODEL_ROOTS_ENV = "SEGRESEARCH_MODEL_ROOTS"
+from segresearch.tools.media import MEDIA_ROOTS_ENV
 
 _ID = r"[^/]+"
 # (method, path) of every request that creates or reconfigures a run or an assistant; the
@@ -72,15 +69,6 @@ def _kind_of(scope: Scope) -> str | None:
     return None
 
 
-@functools.cache
-def _context_fields() -> frozenset[str]:
-    from dataclasses import fields
-
-    from segresearch.agents.context import Context
-
-    return frozenset(f.name for f in fields(Context))
-
-
 def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
     """(where, check) for every part of ``body`` that configures a run or names files.
 
@@ -89,7 +77,7 @@ def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
     merged into configurable too. Only Context field names are checked there; the server
     puts its own keys (thread_id, headers, ...) beside them.
     """
-    from segresearch.agents.context import validate_context
+    from segresearch.agents.context import FIELD_NAMES, validate_context
     from segresearch.agents.path_policy import check_input
 
     if kind == "batch":
@@ -106,7 +94,6 @@ def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
         return [("values", functools.partial(check_input, values))] if isinstance(values, dict) else []
 
     checks: list[tuple[str, Callable[[], object]]] = []
-    names = _context_fields()
     context = body.get("context")
     if isinstance(context, dict):
         checks.append(("context", functools.partial(validate_context, context)))
@@ -114,7 +101,7 @@ def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
     configurable = config.get("configurable") if isinstance(config, dict) else None
     for where, mapping in (("config.configurable", configurable), ("checkpoint", body.get("checkpoint"))):
         if isinstance(mapping, dict):
-            fields = {k: v for k, v in mapping.items() if k in names}
+            fields = {k: v for k, v in mapping.items() if k in FIELD_NAMES}
             if fields:
                 checks.append((where, functools.partial(validate_context, fields)))
     if kind == "run":
@@ -144,8 +131,7 @@ def _validate(kind: str, body: Any) -> tuple[int, list[str]] | None:
         try:
             check()
         except ContextError as e:
-            lines = [str(p) for p in (getattr(e, "problems", None) or [str(e)])]
-            problems += [f"{where}: {line}" for line in lines]
+            problems += [f"{where}: {line}" for line in e.problems]
             refused = refused or isinstance(e, PathRefused)
     if not problems:
         return None
@@ -213,19 +199,14 @@ app = FastAPI(
 )
 app.add_middleware(RunPayloadGuard)
 
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-
-
 @app.get("/segresearch/media/{digest}")
 def media(digest: str) -> Response:
     """A sync route on purpose: FastAPI runs it in a thread, so reading the store from disk
     never blocks the event loop. Anything that is not a known digest is a plain 404: the
     route must not become a way to ask the server about arbitrary names."""
-    if not _DIGEST.fullmatch(digest):
-        raise HTTPException(status_code=404, detail="unknown image")
     from segresearch.agents.media_store import get_store
 
-    try:
+    try:  # png_bytes refuses anything that is not a digest before touching the disk
         data = get_store().png_bytes(digest)
     except KeyError:
         raise HTTPException(status_code=404, detail="unknown image") from None

@@ -26,13 +26,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
+from segresearch.agents.media_store import STORE_ENV as MEDIA_STORE_ENV
+from segresearch.agents.path_policy import OUTPUT_ROOT_ENV
 from segresearch.servers.auth import TOKEN_ENV
+from segresearch.tools.media import MEDIA_ROOTS_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_STATE_DIR = ".segresearch-server"
-OUTPUT_ROOT_ENV = "SEGRESEARCH_OUTPUT_ROOT"
-MEDIA_STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
-MEDIA_ROOTS_ENV = "SEGRESEARCH_MEDIA_ROOTS"
 # What langgraph-api logs when it silently moves to another port (langgraph_api.cli).
 _PORT_MOVED = b"is already in use, using port"
 
