@@ -20,10 +20,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +31,7 @@ from typing import Any
 import httpx
 
 from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.servers import ServerDidNotStart, start_graph_server
 
 TURNS = ["<thinking>the last frame shows it best</thinking><keyframe> 23 </keyframe>",
          '<thinking>there</thinking><answer>{"bbox_2d": [100, 120, 400, 500], "point_2d": [250, 300]}</answer>']
@@ -42,12 +41,6 @@ CLIENTS = (1, 8, 64)
 def _pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(p / 100 * len(xs)) - 1))]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _drive(clients: int, per_client: int,
@@ -129,22 +122,10 @@ async def through_server(url: str, cassette: Path, media: str, frames: int,
 
 
 def start_server(work: Path, jobs: int, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    log = (work / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "segresearch", "serve", "graph", "--port", str(port),
-                             "--jobs", str(jobs), "--state-dir", str(work / "state")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/ok", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start:\n" + (work / "server.log").read_text()[-3000:])
+    try:
+        return start_graph_server(work / "state", env, work / "server.log", jobs=jobs, timeout=120)
+    except ServerDidNotStart as e:
+        raise SystemExit(str(e)) from None
 
 
 def main() -> None:

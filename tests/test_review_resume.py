@@ -8,7 +8,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from langgraph.types import Command
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
 from segresearch.graphs.seg_research import build_graph, graph
+from segresearch.testing.servers import wait_for_output
 
 T = "<thinking>ok</thinking>\n"
 TURNS = [T + "<keyframe> 6 </keyframe>",
@@ -75,15 +75,8 @@ def test_review_without_a_checkpointer_is_a_clear_error(scene_dir, tmp_path):
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, needle: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if needle in log.read_text():
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"never saw {needle!r}:\n{log.read_text()[-2000:]}")
+    if not wait_for_output(proc, log, needle, timeout):
+        pytest.fail(f"never saw {needle!r}:\n{log.read_text()[-2000:]}")
 
 
 def test_cli_run_killed_midway_resumes_without_redoing_turns(scene_dir, tmp_path):

@@ -23,6 +23,7 @@ from segresearch import __version__
 from segresearch.cli import _check_model, build_parser, main
 from segresearch.console import RunPrinter
 from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.servers import wait_for_output
 
 T = "<thinking>ok</thinking>\n"
 TURNS = [T + "<keyframe> 6 </keyframe>",
@@ -50,15 +51,8 @@ def _spawn(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Po
 
 
 def _wait_for(proc: subprocess.Popen, log: Path, needle: str, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if needle in log.read_text():
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"never saw {needle!r}:\n{log.read_text()[-2000:]}")
+    if not wait_for_output(proc, log, needle, timeout):
+        pytest.fail(f"never saw {needle!r}:\n{log.read_text()[-2000:]}")
 
 
 def test_concurrent_runs_without_out_get_their_own_complete_folders(scene_dir, tmp_path):

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from segresearch.testing.servers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def server(tmp_path_factory, scene_dir):
     cfg["http"]["app"] = str(REPO / "segresearch/servers/graph_app.py") + ":app"
     cfg["dependencies"] = [str(REPO)]
     (work / "langgraph.json").write_text(json.dumps(cfg))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGGRAPH_NO_VERSION_CHECK": "1",
            "SEGRESEARCH_MEDIA_ROOTS": str(scene_dir), "SEGRESEARCH_SEGMENTER": "none"}
     log = (work / "server.log").open("w")

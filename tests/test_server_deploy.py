@@ -25,18 +25,13 @@ from segresearch.servers import graph_app
 from segresearch.servers.auth import token_matches
 from segresearch.servers.langgraph_server import is_loopback, port_free, server_config
 from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.servers import ServerDidNotStart, free_port, start_graph_server
 
 pytestmark = pytest.mark.network
 
 TOKEN = "s3cret-Token_for-tests.42"
 SECRET = "TOP-SECRET-CONTENTS-4242"
 ANSWER = '<thinking>c</thinking><answer>{"bbox_2d": [1, 2, 300, 400], "point_2d": [100, 100]}</answer>'
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -67,26 +62,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def _start(tmp: Path, files: dict[str, Path], extra_env: dict[str, str]):
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SEGRESEARCH_API_TOKEN"}
     env.update({"SEGRESEARCH_MEDIA_ROOTS": str(files["root"]), "SEGRESEARCH_SEGMENTER": "none",
                 "SEGRESEARCH_SEARCH": "none", **extra_env})
     log_path = tmp / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "segresearch", "serve", "graph", "--port", str(port),
-                             "--jobs", "4", "--state-dir", str(tmp / "state")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/ok", timeout=1).status_code == 200:
-                return proc, port, log_path
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    pytest.fail("server did not start:\n" + log_path.read_text()[-3000:])
+    try:
+        proc, _ = start_graph_server(tmp / "state", env, log_path, jobs=4, port=port)
+    except ServerDidNotStart as e:
+        pytest.fail(str(e))
+    return proc, port, log_path
 
 
 def _stop(proc: subprocess.Popen, port: int, log: Path) -> None:
@@ -330,7 +315,7 @@ def test_port_taken_is_a_clear_error(tmp_path):
 
 def test_exposed_host_needs_a_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SEGRESEARCH_API_TOKEN"}
-    r = _cli("serve", "graph", "--host", "0.0.0.0", "--port", str(_free_port()),
+    r = _cli("serve", "graph", "--host", "0.0.0.0", "--port", str(free_port()),
              "--state-dir", str(tmp_path / "st"), env=env)
     assert r.returncode == 2 and "SEGRESEARCH_API_TOKEN" in r.stderr, r.stderr
     assert not (tmp_path / "st").exists()

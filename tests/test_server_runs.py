@@ -8,9 +8,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 from segresearch.agents.context import Context
 from segresearch.graphs.seg_research import graph
 from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.servers import ServerDidNotStart, start_graph_server
 
 pytestmark = pytest.mark.network
 
@@ -28,12 +27,6 @@ T = "<thinking>ok</thinking>\n"
 ANSWER = T + '<answer>{"bbox_2d": [100, 200, 300, 400], "point_2d": [200, 300]}</answer>'
 # seven model turns: a run that spends the default budget (six tool actions, then the answer)
 SEVEN = [T + f"<keyframe> {f} </keyframe>" for f in (0, 2, 4, 5, 7, 1)] + [ANSWER]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,25 +38,13 @@ def deployment(tmp_path_factory):
     (root / "fast.json").write_text(json.dumps([T + "<keyframe> 2 </keyframe>", ANSWER]))
     out = tmp_path_factory.mktemp("served_out")
     state = tmp_path_factory.mktemp("state")
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "SEGRESEARCH_API_TOKEN"}
     env.update({"SEGRESEARCH_MEDIA_ROOTS": str(root), "SEGRESEARCH_OUTPUT_ROOT": str(out),
                 "SEGRESEARCH_SEARCH": "none", "SEGRESEARCH_SEGMENTER": "grabcut"})
-    log = (state / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "segresearch", "serve", "graph", "--port", str(port),
-                             "--jobs", "32", "--state-dir", str(state / "s")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/ok", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("server did not start:\n" + (state / "server.log").read_text()[-3000:])
+    try:
+        proc, url = start_graph_server(state / "s", env, state / "server.log", jobs=32)
+    except ServerDidNotStart as e:
+        pytest.fail(str(e))
     yield {"url": url, "root": root, "out": out, "proc": proc}
     proc.send_signal(signal.SIGTERM)
     try:
