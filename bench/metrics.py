@@ -31,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _tables import markdown  # bench/ is on sys.path when a script runs
 
 from segresearch.eval.metrics import boundary_f, j_and_f, region_j
 
@@ -208,17 +209,6 @@ def bench_size(label: str, frames: int, repeats: int, seed: int, tmp: Path) -> d
         "kinds": np.bincount(kinds, minlength=4),
         "J&F": ours["J&F"],
     }
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    rule = ["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]  # numbers right
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-             "|" + "|".join(rule) + "|"]
-    lines += ["| " + " | ".join([r[0].ljust(widths[0])]
-                                + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
-              + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def verdict(results: list[dict[str, object]]) -> str:

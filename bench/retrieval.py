@@ -26,6 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from _tables import markdown  # bench/ is on sys.path when a script runs
+
 from segresearch.jsonl import iter_jsonl
 from segresearch.tools.search import SearchBackend, get_backend, split_title
 
@@ -82,17 +84,6 @@ def score(backend: SearchBackend, queries: list[dict[str, Any]],
     counts["all"] = len(queries)
     acc = {kind: {k: hits[kind][k] / counts[kind] for k in ks} for kind in hits}
     return {"acc": acc, "n": dict(counts), "qps": len(queries) / elapsed, "misses": misses}
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    rule = ["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]  # numbers right
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-             "|" + "|".join(rule) + "|"]
-    lines += ["| " + " | ".join([r[0].ljust(widths[0])]
-                                + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)])
-              + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def best(results: dict[str, dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,8 @@ def test_with_real_bm25_as_lexical(tiny_kb):
 
 
 def _bench():
+    if str(ROOT / "bench") not in sys.path:  # as when the script runs: its helpers beside it
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location("bench_retrieval", ROOT / "bench/retrieval.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
