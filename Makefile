@@ -11,7 +11,7 @@ FIND := $(if $(wildcard $(FIND_LINKS)),--find-links $(FIND_LINKS),)
 TORCH ?= torch==2.13.0
 UV := $(BIN)/uv pip install --python $(BIN)/python $(FIND)
 
-.PHONY: demo test lint format bench serve install install-dev clean
+.PHONY: demo test lint format bench serve gpu-smoke install install-dev clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(VENV)/.dev
 # The LangGraph API server on 127.0.0.1:2024; e.g. make serve SERVE_ARGS="--port 2100 --jobs 64"
 serve: $(VENV)/.dev
 	$(BIN)/segresearch serve graph $(SERVE_ARGS)
+
+# On a CUDA machine with vllm and verl installed (offline): vLLM + `run` + two GRPO steps.
+gpu-smoke:
+	bash bench/gpu_smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .langgraph_api runs

@@ -23,6 +23,7 @@ from verl.experimental.agent_loop.agent_loop import (
 
 from segresearch.agents.context import Context
 from segresearch.graphs.seg_research import graph as GRAPH
+from segresearch.rl.placeholders import install as install_geometry
 from segresearch.rl.verl_model import VerlChatModel
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class SegResearchAgentLoop(AgentLoopBase):
         search_image_size: int = 256,
         max_observation_tokens: int | None = None,
         mask_overlong_loss: bool = False,
+        placeholder_counts: str = "geometry",
         **kwargs: Any,
     ) -> None:
         kwargs.pop("name", None)
@@ -99,6 +101,11 @@ class SegResearchAgentLoop(AgentLoopBase):
         # response mask and contributes no loss. It still gets its reward, counts in its GRPO
         # group and keeps its stop reason in extra_fields.
         self.mask_overlong_loss = bool(mask_overlong_loss)
+        # "geometry": image placeholder counts from each image's size (no pixel pipeline in the
+        # rollout; see rl/placeholders.py); "processor": verl's way, the HF processor on every render.
+        if placeholder_counts not in ("geometry", "processor"):
+            raise ValueError(f"placeholder_counts must be 'geometry' or 'processor', got {placeholder_counts!r}")
+        self.geometry = install_geometry(self) if placeholder_counts == "geometry" else None
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         info = kwargs.get("extra_info") or {}
