@@ -1,5 +1,8 @@
 """The local transformers backend, run for real on tiny random-weight Qwen-VL checkpoints.
 
+The checkpoints are built like the released ones (published chat templates, tokenizer added
+tokens, preprocessor pixel limits); every backend test runs on Qwen3-VL and Qwen2.5-VL.
+
 A random model writes gibberish, so what the graph relies on (stop strings kept and cut,
 finish reasons, token counts) is checked by forcing scripted tokens through a logits
 processor, which exercises the same generate / stop-string / decode path as a trained model.
@@ -7,7 +10,7 @@ processor, which exercises the same generate / stop-string / decode path as a tr
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import subprocess
 import sys
@@ -38,9 +41,13 @@ from segresearch.agents.backends.hf_local import (  # noqa: E402
 from segresearch.agents.content import image_block  # noqa: E402
 from segresearch.agents.protocol import cut_at_stop  # noqa: E402
 from segresearch.testing.tiny_vlm import (  # noqa: E402
+    FAMILIES,
+    PUBLISHED_ADDED_TOKENS,
+    PUBLISHED_PIXELS,
     QWEN_SPECIAL_TOKENS,
     build_tiny_qwen_vl,
     install_video_processor_stub,
+    published_template,
 )
 
 # transformers turns token tensors into numpy arrays in a way numpy 2 warns about.
@@ -49,14 +56,25 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 STOPS = ["</search>", "</keyframe>"]
 
 
-@pytest.fixture(scope="module")
-def tiny25(tmp_path_factory) -> Path:
-    return build_tiny_qwen_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), "qwen2_5_vl")
+MODEL_CLASS = {"qwen3_vl": "Qwen3VLForConditionalGeneration",
+               "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+# SHA-256 of the published templates as stored (see chat_templates/README.md).
+TEMPLATE_SHA256 = {
+    "qwen3_vl": "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4",
+    "qwen2_5_vl": "a0bc6f6fc7a29a80017a433e8f03a1cc1236e838a944a2d034295a60c4f2fddb",
+    "qwen2_5_vl_tokenizer": "44d5f08f3f72b837eaad09f13a54c1f9f4eb58d75240334548b7fd52a5437fa5",
+}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, tmp_path_factory) -> Path:
+    """A checkpoint built like the released one (published template and pixel limits)."""
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp(f"tiny_{request.param}"), request.param)
 
 
 @pytest.fixture(scope="module")
-def tok(tiny25):
-    return AutoTokenizer.from_pretrained(tiny25, local_files_only=True)
+def tok(tiny):
+    return AutoTokenizer.from_pretrained(tiny, local_files_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +145,13 @@ def _scripted_model(
     return model, ids
 
 
-def test_checkpoint_reloads_offline(tiny25, tok):
+def test_checkpoint_reloads_offline(tiny, tok):
     install_video_processor_stub()
-    processor = AutoProcessor.from_pretrained(tiny25, local_files_only=True)
-    model = AutoModelForImageTextToText.from_pretrained(tiny25, local_files_only=True)
-    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    processor = AutoProcessor.from_pretrained(tiny, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(tiny, local_files_only=True)
+    family = model.config.model_type
+    assert type(model).__name__ == MODEL_CLASS[family]
+    assert processor.chat_template == published_template(family)
     assert 150_000 < sum(p.numel() for p in model.parameters()) < 400_000
     for t in QWEN_SPECIAL_TOKENS:
         assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1, t
@@ -163,16 +183,16 @@ def test_checkpoint_reloads_offline(tiny25, tok):
     assert logits.shape[:2] == inputs["input_ids"].shape
 
 
-def test_invoke_with_images_returns_text_and_usage(tiny25, tok, suppress):
+def test_invoke_with_images_returns_text_and_usage(tiny, tok, suppress):
     model = HFChatModel.from_spec(
-        str(tiny25), device="cpu", max_new_tokens=6, generate_kwargs={"suppress_tokens": suppress}
+        str(tiny), device="cpu", max_new_tokens=6, generate_kwargs={"suppress_tokens": suppress}
     )
     messages = _conversation()
     out = model.invoke(messages)
     assert isinstance(out, AIMessage) and isinstance(out.content, str)
     meta = out.response_metadata
     assert meta["finish_reason"] in ("stop", "length")
-    assert meta["model_name"] == str(tiny25)
+    assert meta["model_name"] == str(tiny)
     usage = out.usage_metadata
     assert 0 < usage["output_tokens"] <= 6
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
@@ -193,9 +213,9 @@ def test_invoke_with_images_returns_text_and_usage(tiny25, tok, suppress):
     assert isinstance(model.invoke(follow, max_tokens=2).content, str)
 
 
-def test_stop_string_is_kept_and_nothing_after(tiny25, tok):
+def test_stop_string_is_kept_and_nothing_after(tiny, tok):
     head = '<thinking>x</thinking><search>{"name": "text_search", "query": "q"}</search>'
-    model, ids = _scripted_model(tiny25, tok, head + " trailing words", max_new_tokens=64)
+    model, ids = _scripted_model(tiny, tok, head + " trailing words", max_new_tokens=64)
     out = model.invoke(_conversation(), stop=STOPS)
     assert out.content == head
     assert out.response_metadata["finish_reason"] == "stop"
@@ -203,19 +223,19 @@ def test_stop_string_is_kept_and_nothing_after(tiny25, tok):
     assert out.usage_metadata["output_tokens"] == len(tok(head)["input_ids"]) < len(ids)
 
 
-def test_stop_string_ending_inside_a_token(tiny25, tok):
+def test_stop_string_ending_inside_a_token(tiny, tok):
     text = '<thinking>look</thinking><keyframe> 7 </keyframe>{"x": 1} more'
     tokens = tok.convert_ids_to_tokens(tok(text)["input_ids"])
     assert '>{"' in tokens  # the tag's ">" is fused with what follows it
-    model, _ = _scripted_model(tiny25, tok, text, max_new_tokens=64)
+    model, _ = _scripted_model(tiny, tok, text, max_new_tokens=64)
     out = model.invoke(_conversation(), stop=STOPS)
     assert out.content == "<thinking>look</thinking><keyframe> 7 </keyframe>"
     assert out.response_metadata["finish_reason"] == "stop"
 
 
-def test_max_tokens_gives_length(tiny25, tok):
+def test_max_tokens_gives_length(tiny, tok):
     model, _ = _scripted_model(
-        tiny25, tok, "<thinking>a long thought that goes on", max_new_tokens=64
+        tiny, tok, "<thinking>a long thought that goes on", max_new_tokens=64
     )
     out = model.invoke(_conversation(), stop=STOPS, max_tokens=3)
     assert out.response_metadata["finish_reason"] == "length"
@@ -223,33 +243,33 @@ def test_max_tokens_gives_length(tiny25, tok):
     assert out.content == tok.decode(tok("<thinking>a long")["input_ids"][:3])
 
 
-def test_eos_is_a_stop_and_special_tokens_are_skipped(tiny25, tok):
-    model, ids = _scripted_model(tiny25, tok, "<answer>done</answer>", max_new_tokens=64)
+def test_eos_is_a_stop_and_special_tokens_are_skipped(tiny, tok):
+    model, ids = _scripted_model(tiny, tok, "<answer>done</answer>", max_new_tokens=64)
     out = model.invoke(_conversation(), stop=STOPS)
     assert out.content == "<answer>done</answer>"
     assert out.response_metadata["finish_reason"] == "stop"
     assert out.usage_metadata["output_tokens"] == len(ids) + 1  # the <|im_end|> itself
 
 
-def test_sampling_kwargs_and_shared_weights(tiny25, suppress):
+def test_sampling_kwargs_and_shared_weights(tiny, suppress):
     a = HFChatModel(
-        model_path=str(tiny25),
+        model_path=str(tiny),
         device="cpu",
         temperature=1.0,
         top_p=0.9,
         max_new_tokens=4,
         generate_kwargs={"suppress_tokens": suppress},
     )
-    b = HFChatModel.from_spec(f" {tiny25} ", device="cpu")
-    assert a.load() is b.load() is load_hf_model(str(tiny25), "cpu", "auto")
+    b = HFChatModel.from_spec(f" {tiny} ", device="cpu")
+    assert a.load() is b.load() is load_hf_model(str(tiny), "cpu", "auto")
     out = a.invoke([HumanMessage(content="hello")], temperature=0.7, top_p=0.5)
     assert 0 < out.usage_metadata["output_tokens"] <= 4
     assert a._llm_type == "segresearch-hf"
 
 
-def test_concurrent_calls_share_one_copy(tiny25, suppress):
+def test_concurrent_calls_share_one_copy(tiny, suppress):
     model = HFChatModel(
-        model_path=str(tiny25),
+        model_path=str(tiny),
         device="cpu",
         max_new_tokens=4,
         generate_kwargs={"suppress_tokens": suppress},
@@ -259,11 +279,11 @@ def test_concurrent_calls_share_one_copy(tiny25, suppress):
     assert all(o.response_metadata["finish_reason"] in ("stop", "length") for o in outs)
 
 
-def test_resolve_model_spec(tiny25):
+def test_resolve_model_spec(tiny):
     from segresearch.agents.models import resolve_model
 
-    model = resolve_model(f"hf:{tiny25}")
-    assert isinstance(model, HFChatModel) and model.model_path == str(tiny25)
+    model = resolve_model(f"hf:{tiny}")
+    assert isinstance(model, HFChatModel) and model.model_path == str(tiny)
 
 
 def test_load_error_names_the_path(tmp_path):
@@ -278,23 +298,53 @@ def test_cut_after_stop_keeps_the_earliest():
     assert cut_at_stop("plain", STOPS) == ("plain", False)
 
 
-def test_qwen3_vl_family(tmp_path, suppress):
-    path = build_tiny_qwen_vl(tmp_path / "q3", "qwen3_vl", seed=1)
-    config = json.loads((path / "config.json").read_text())
-    assert config["model_type"] == "qwen3_vl"
-    model = HFChatModel(
-        model_path=str(path),
-        device="cpu",
-        max_new_tokens=3,
-        generate_kwargs={"suppress_tokens": suppress},
-    )
-    out = model.invoke(_conversation())
-    assert out.usage_metadata["output_tokens"] <= 3
-    assert out.usage_metadata["input_tokens"] > 20
+def test_published_templates_are_stored_verbatim():
+    for name, digest in TEMPLATE_SHA256.items():
+        assert hashlib.sha256(published_template(name).encode("utf-8")).hexdigest() == digest, name
+    assert published_template("qwen3_vl").startswith("{%- if tools %}")
+    assert published_template("qwen2_5_vl").startswith("{% set image_count = namespace(value=0) %}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_is_laid_out_like_the_released_one(tmp_path, family):
+    install_video_processor_stub()
+    path = build_tiny_qwen_vl(tmp_path / family, family)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    # Qwen3-VL: one template for both; Qwen2.5-VL: the VL template on the processor, the
+    # Qwen2.5 text (tool-calling) template on the tokenizer, as released.
+    tok_template = "qwen2_5_vl_tokenizer" if family == "qwen2_5_vl" else family
+    assert processor.chat_template == published_template(family)
+    assert tok.chat_template == published_template(tok_template)
+    size = processor.image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == tuple(PUBLISHED_PIXELS[family].values())
+    # The released tokenizers' tool/think markers: whole tokens, but not special ones.
+    for t in PUBLISHED_ADDED_TOKENS[family]:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and t not in tok.all_special_tokens, t
+        assert tok.decode(ids, skip_special_tokens=True) == t
+    assert len(tok("<thinking>", add_special_tokens=False)["input_ids"]) > 1  # not <think>
+    # A tool call and its response render with those markers (the tool branches: Qwen2.5-VL
+    # has them only in the tokenizer's template, its processor template has none).
+    messages = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"function": {"name": "text_search", "arguments": {"query": "x"}}}]},
+        {"role": "tool", "content": "r"},
+    ]
+    renderer = tok if family == "qwen2_5_vl" else processor
+    text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert '<tool_call>\n{"name": "text_search", "arguments": {"query": "x"}}\n</tool_call>' in text
+    assert "<|im_start|>user\n<tool_response>\nr\n</tool_response><|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    # The reduced variant stays available for tests that want tiny sequences.
+    small = build_tiny_qwen_vl(tmp_path / "small", family, pixels="tiny", template="reduced")
+    assert AutoProcessor.from_pretrained(small, local_files_only=True).chat_template != processor.chat_template
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_fresh_process_reload(tmp_path, family):
     """A process that did not build the checkpoint loads it with only the stub installed."""
     path = build_tiny_qwen_vl(tmp_path / family, family)
@@ -339,8 +389,8 @@ class ScriptedTurns(LogitsProcessor):
         return out
 
 
-def test_graph_end_to_end_with_the_hf_backend(tiny25, tok, scene_dir, tmp_path):
-    """The whole graph on a real (tiny) Qwen2.5-VL: frames go through the processor, the
+def test_graph_end_to_end_with_the_hf_backend(tiny, tok, scene_dir, tmp_path):
+    """The whole graph on a real (tiny) Qwen-VL: frames go through the processor, the
     stop string ends turn 1, the keyframe image reaches turn 2, and the answer is parsed."""
     from segresearch.agents.context import Context
     from segresearch.graphs.seg_research import graph
@@ -351,7 +401,7 @@ def test_graph_end_to_end_with_the_hf_backend(tiny25, tok, scene_dir, tmp_path):
     ]
     proc = ScriptedTurns([tok(t, add_special_tokens=False)["input_ids"] for t in texts],
                          tok.convert_tokens_to_ids("<|im_end|>"))
-    model = HFChatModel(model_path=str(tiny25), device="cpu", max_new_tokens=96,
+    model = HFChatModel(model_path=str(tiny), device="cpu", max_new_tokens=96,
                         generate_kwargs={"logits_processor": LogitsProcessorList([proc])})
     ctx = Context(model=model, search="none", segmenter="grabcut", frame_size=56,
                   keyframe_size=84, output_dir=str(tmp_path / "run"))

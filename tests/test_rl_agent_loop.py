@@ -1,5 +1,9 @@
-"""The verl agent loop on a tiny random-weight Qwen2.5-VL: token exactness, masks, images,
-budgets, failures, GRPO advantages and registration.
+"""The verl agent loop on tiny random-weight Qwen3-VL and Qwen2.5-VL: token exactness, masks,
+images, budgets, failures, GRPO advantages and registration.
+
+Each model is built like the released checkpoint (published chat template, tokenizer added
+tokens and image-processor pixel limits), and the loop runs at the published recipe's sizes
+(frames 448 px, keyframe 864 px), so images expand to the token counts a real run sees.
 
 A fake rollout server stands in for vLLM: it answers with scripted token sequences (the
 tokenisation of scripted turns), applying stop strings the way vLLM does (the token that
@@ -30,33 +34,41 @@ from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
 from segresearch.rl.agent_loop import AGENT_NAME, SegResearchAgentLoop  # noqa: E402
 from segresearch.rl.reward import compute_score  # noqa: E402
-from segresearch.testing.tiny_vlm import build_tiny_qwen_vl, install_video_processor_stub  # noqa: E402
+from segresearch.testing.tiny_vlm import (  # noqa: E402
+    build_tiny_qwen_vl,
+    install_video_processor_stub,
+    published_template,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 SHOWN = [0, 2, 4, 6, 8, 11]
+FAMILIES = ("qwen3_vl", "qwen2_5_vl")
+FRAME_PX, KEYFRAME_PX = 448, 864  # the published recipe's frame and keyframe sizes
+# <|image_pad|> tokens per image under the published pixel limits: one token per merged
+# (patch·2)² square, sides rounded to a multiple of it (Qwen3-VL 32 px, Qwen2.5-VL 28 px).
+PUBLISHED_TOKENS = {"qwen3_vl": {FRAME_PX: 14 * 14, KEYFRAME_PX: 27 * 27},
+                    "qwen2_5_vl": {FRAME_PX: 16 * 16, KEYFRAME_PX: 31 * 31}}
 
 
-def _tiny(tmp_path_factory, family: str, pixels: str = "tiny") -> SimpleNamespace:
+def _tiny(tmp_path_factory, family: str) -> SimpleNamespace:
     from verl.utils import hf_processor, hf_tokenizer
 
     install_video_processor_stub()
-    path = build_tiny_qwen_vl(tmp_path_factory.mktemp(f"tiny_rl_{family}"), family, pixels=pixels)
+    path = build_tiny_qwen_vl(tmp_path_factory.mktemp(f"tiny_rl_{family}"), family,
+                              pixels="published", template="published")
     tok = hf_tokenizer(str(path))
     proc = hf_processor(str(path))
     assert proc is not None
-    return SimpleNamespace(path=path, tok=tok, proc=proc, family=family)
+    assert proc.chat_template == published_template(family)  # verl renders with this one
+    return SimpleNamespace(path=path, tok=tok, proc=proc, family=family,
+                           frame_size=FRAME_PX, keyframe_size=KEYFRAME_PX)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return _tiny(tmp_path_factory, "qwen2_5_vl")
-
-
-@pytest.fixture(scope="module")
-def tiny3(tmp_path_factory):
-    """Qwen3-VL with the released image-processor pixel limits."""
-    return _tiny(tmp_path_factory, "qwen3_vl", pixels="published")
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request, tmp_path_factory):
+    """Published template, tokenizer and pixel limits; Qwen3-VL first."""
+    return _tiny(tmp_path_factory, request.param)
 
 
 class FakeServer:
@@ -95,27 +107,27 @@ class FakeServer:
                            stop_reason="completed", extra_fields={"min_global_steps": 7, "max_global_steps": 7})
 
 
-def make_loop(tiny, server, response_length=2048, observation_length=512, **settings):
+def make_loop(tiny, server, response_length=2048, observation_length=2048, **settings):
     cfg = OmegaConf.create({
         "actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": response_length,
                                           "multi_turn": {"max_tool_response_length": observation_length}}},
         "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
     })
     settings.setdefault("search", "none")
-    settings.setdefault("frame_size", 56)
-    settings.setdefault("keyframe_size", 84)
+    settings.setdefault("frame_size", tiny.frame_size)
+    settings.setdefault("keyframe_size", tiny.keyframe_size)
     return SegResearchAgentLoop(
         trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=tiny.tok,
         processor=tiny.proc, dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data),
-        hf_model_type=getattr(tiny, "family", "qwen2_5_vl"), name=AGENT_NAME, **settings,
+        hf_model_type=tiny.family, name=AGENT_NAME, **settings,
     )
 
 
-def row(scene_dir: Path, question="the blue square", steps=None):
+def row(scene_dir: Path, question="the blue square", steps=None, frame_size=FRAME_PX):
     frames = [str(scene_dir / "frames" / f"{i:05d}.jpg") for i in SHOWN]
     return {"raw_prompt": [{"role": "user", "content": question}], "data_source": "Search_RVOS_one-hop",
             "extra_info": {"question": question, "frames": frames, "steps": steps, "coord_style": "qwen3",
-                           "frame_size": 56}}
+                           "frame_size": frame_size}}
 
 
 SEARCH = '<thinking>who is it</thinking>\n<search>{"name": "text_search", "query": "Zephyr Prize 2030 winner"}</search>'
@@ -129,7 +141,8 @@ def run_one(tiny, scene_dir, scripts, *, kb=None, response_length=2048, on_call=
         if kb is not None:
             settings.update(search="local", kb=str(kb))
         loop = make_loop(tiny, server, response_length=response_length, **settings)
-        out = await loop.run({"temperature": 1.0, "top_p": 1.0, "logprobs": True}, **row(scene_dir))
+        out = await loop.run({"temperature": 1.0, "top_p": 1.0, "logprobs": True},
+                             **row(scene_dir, frame_size=tiny.frame_size))
         return out, server
 
     return asyncio.run(go())
@@ -142,14 +155,15 @@ def render_full(tiny, messages, images):
 
 def test_token_exact_multimodal_trajectory(tiny, scene_dir, kb_dir):
     out, server = run_one(tiny, scene_dir, [SEARCH, KEYFRAME, ANSWER], kb=kb_dir)
-    assert out.extra_fields["stop_reason"] == "answer"
+    assert out.extra_fields["stop_reason"] == "answer", out.extra_fields
     assert out.extra_fields["answer"] == {"keyframe": 6, "bbox_2d": [400, 480, 560, 720], "point_2d": [480, 600]}
+    assert out.extra_fields["observations_truncated"] == 0
     ids = out.prompt_ids + out.response_ids
     images = out.multi_modal_data["images"]
-    assert len(images) == 7  # six frames, then the keyframe
-    assert images[-1].size == (84, 84) and images[0].size == (56, 56)
-    # (1) the ids are the processor's rendering of the final conversation wherever the model
-    # did not generate: the whole conversation, re-rendered, equals the stream (+ final "\n")
+    assert [im.size for im in images] == [(FRAME_PX, FRAME_PX)] * 6 + [(KEYFRAME_PX, KEYFRAME_PX)]
+    # (1) the ids are the processor's rendering (published template) of the final
+    # conversation wherever the model did not generate: the whole conversation, re-rendered,
+    # equals the stream (+ the final "\n" after the last <|im_end|>)
     full = render_full(tiny, _LAST["messages"], images)
     assert ids == full[: len(ids)] and full[len(ids):] == tiny.tok.encode("\n", add_special_tokens=False)
     # the prompt is exactly what the first generate call saw
@@ -163,8 +177,14 @@ def test_token_exact_multimodal_trajectory(tiny, scene_dir, kb_dir):
     assert gen == [t for turn in server.returned.values() for ids_ in turn for t in ids_]
     assert len(out.response_logprobs) == len(out.response_ids)
     assert all(lp == 0.0 for lp, m in zip(out.response_logprobs, out.response_mask, strict=True) if m == 0)
-    # (3) one image per vision block, in order
+    # (3) one image per vision block, in order, each expanded to the published token count
     assert _vision_blocks(tiny, ids) == len(images)
+    grid = tiny.proc.image_processor(images=images, return_tensors="pt")["image_grid_thw"]
+    per_image = (grid.prod(dim=1) // 4).tolist()
+    expected = PUBLISHED_TOKENS[tiny.family]
+    assert per_image == [expected[FRAME_PX]] * 6 + [expected[KEYFRAME_PX]]
+    assert _pad_runs(tiny, ids) == per_image
+    assert len(out.prompt_ids) > 6 * expected[FRAME_PX] and out.response_ids.count(_pad(tiny)) == expected[KEYFRAME_PX]
     # stop strings went to the server with the budget
     p = server.calls[0]["params"]
     assert p["stop"] == ["</search>", "</keyframe>"] and p["include_stop_str_in_output"] is True
@@ -174,8 +194,41 @@ def test_token_exact_multimodal_trajectory(tiny, scene_dir, kb_dir):
     assert "<information>1. (Title: Zephyr Prize 2030)" in tiny.tok.decode(out.response_ids)
 
 
+def test_published_templates_render_the_graph_turns(tiny, scene_dir):
+    """The graph's messages take the plain branches of both published templates: the graph
+    always sends a system message (so Qwen2.5-VL adds no default one), and the Qwen3-VL
+    Instruct template renders assistant turns verbatim (no <think> handling)."""
+    out, _ = run_one(tiny, scene_dir, [KEYFRAME, ANSWER])
+    msgs = _LAST["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
+    text = tiny.proc.apply_chat_template(msgs, tokenize=False)
+    assert text.count("<|im_start|>system\n") == 1 and "You are a helpful assistant." not in text
+    assert text.count("<|vision_start|><|image_pad|><|vision_end|>") == 7
+    assert "<|im_start|>assistant\n" + KEYFRAME + "<|im_end|>\n" in text
+    assert text.endswith("<|im_start|>assistant\n" + ANSWER + "<|im_end|>\n")
+    # the trajectory's first tokens are the system turn, rendered as the template renders it
+    system = tiny.tok.encode("<|im_start|>system\n" + msgs[0]["content"] + "<|im_end|>\n",
+                             add_special_tokens=False)
+    assert out.prompt_ids[: len(system)] == system
+
+
 def _vision_blocks(tiny, ids):
     return sum(1 for t in ids if t == tiny.tok.convert_tokens_to_ids("<|vision_start|>"))
+
+
+def _pad(tiny):
+    return tiny.tok.convert_tokens_to_ids("<|image_pad|>")
+
+
+def _pad_runs(tiny, ids):
+    """Lengths of the <|image_pad|> runs, in order."""
+    runs, n = [], 0
+    for t in [*ids, -1]:
+        if t == _pad(tiny):
+            n += 1
+        elif n:
+            runs, n = [*runs, n], 0
+    return runs
 
 
 _LAST: dict = {}
@@ -190,6 +243,7 @@ def _capture_messages(monkeypatch):
 
     def capture(self, model, final, seconds):
         _LAST["messages"] = list(model.trajectory.messages)
+        _LAST["records"] = list(model.trajectory.records)
         return original(self, model, final, seconds)
 
     monkeypatch.setattr(al.SegResearchAgentLoop, "_output", capture)
@@ -202,8 +256,12 @@ def test_verl_postprocessing_accepts_the_output(tiny, scene_dir):
                            _get_mm_processor_kwargs=lambda audios=None: {})
     mm = AgentLoopWorker._compute_multi_modal_inputs(fake, out, ids)
     assert mm["image_grid_thw"].shape[0] == len(out.multi_modal_data["images"]) == 7
+    expected = PUBLISHED_TOKENS[tiny.family]
+    assert (mm["image_grid_thw"].prod(dim=1) // 4).tolist() == [expected[FRAME_PX]] * 6 + [expected[KEYFRAME_PX]]
     pos = AgentLoopWorker._compute_position_ids(fake, ids, torch.ones_like(ids), mm)
     assert pos.shape == (1, 4, ids.shape[1])
+    # M-RoPE: the text positions after the images advance by less than the token count
+    assert int(pos[0, 1:].max()) < ids.shape[1] - 1
     d = out.as_dict()
     assert d["responses"].shape == d["response_mask"].shape == d["rollout_log_probs"].shape
 
@@ -240,10 +298,26 @@ def test_mask_overlong_loss_keeps_finished_trajectories(tiny, scene_dir):
 
 def test_observation_budget_truncates_text_not_images(tiny, scene_dir, kb_dir):
     out, _ = run_one(tiny, scene_dir, [SEARCH, KEYFRAME, ANSWER], kb=kb_dir, max_observation_tokens=40)
-    assert out.extra_fields["observations_truncated"] >= 1
-    assert "[truncated]" in tiny.tok.decode(out.response_ids)
-    assert _vision_blocks(tiny, out.prompt_ids + out.response_ids) == len(out.multi_modal_data["images"])
     assert out.extra_fields["stop_reason"] == "answer"
+    # the search result's text is cut; the keyframe's placeholders alone exceed the budget,
+    # so that image is dropped whole (never cut through its placeholder tokens)
+    cut = [(r.truncated, r.images_dropped) for r in _LAST["records"] if r.kind == "observation"]
+    assert cut[0] == (True, 0) and cut[1][1] == 1, cut
+    assert out.extra_fields["observations_truncated"] == 2
+    assert "[truncated]" in tiny.tok.decode(out.response_ids)
+    assert len(out.multi_modal_data["images"]) == 6
+    assert _vision_blocks(tiny, out.prompt_ids + out.response_ids) == 6
+    assert _pad_runs(tiny, out.prompt_ids + out.response_ids) == [PUBLISHED_TOKENS[tiny.family][FRAME_PX]] * 6
+
+
+def test_observation_budget_drops_an_image_that_alone_exceeds_it(tiny, scene_dir):
+    budget = PUBLISHED_TOKENS[tiny.family][KEYFRAME_PX]  # the keyframe's placeholders alone fill it
+    out, _ = run_one(tiny, scene_dir, [KEYFRAME, ANSWER], max_observation_tokens=budget)
+    assert out.extra_fields["stop_reason"] == "answer"
+    assert out.extra_fields["observations_truncated"] == 1
+    assert len(out.multi_modal_data["images"]) == 6  # the frames only
+    assert _vision_blocks(tiny, out.prompt_ids + out.response_ids) == 6
+    assert "[image omitted" in tiny.tok.decode(out.response_ids)
 
 
 def test_failing_tool_gives_a_masked_trajectory(tiny, scene_dir, tmp_path):
@@ -259,7 +333,7 @@ def test_failing_tool_gives_a_masked_trajectory(tiny, scene_dir, tmp_path):
     async def go():
         server = FakeServer(tiny.tok, [KEYFRAME, ANSWER], on_call=corrupt)
         loop = make_loop(tiny, server)
-        r = row(scene_dir)
+        r = row(scene_dir, frame_size=tiny.frame_size)
         r["extra_info"]["frames"] = [str(frames / f"{i:05d}.jpg") for i in SHOWN]
         return await loop.run({"temperature": 1.0}, **r)
 
@@ -297,7 +371,8 @@ def test_group_of_eight_rollouts_to_grpo_advantages(tiny, scene_dir, kb_dir):
 
         server = FakeServer(tiny.tok, scripts)
         loop = make_loop(tiny, server, search="local", kb=str(kb_dir))
-        r = row(scene_dir, steps=["Search who won the Zephyr Prize 2030", "Find the blue square"])
+        r = row(scene_dir, steps=["Search who won the Zephyr Prize 2030", "Find the blue square"],
+                frame_size=tiny.frame_size)
         return await asyncio.gather(*(loop.run({"temperature": 1.0}, **r) for _ in range(8)))
 
     outs = asyncio.run(go())
@@ -324,30 +399,3 @@ def test_agent_loop_is_registered_by_name():
     entry = _agent_loop_registry[AGENT_NAME]
     assert entry["_target_"] == "segresearch.rl.agent_loop.SegResearchAgentLoop"
     assert hydra.utils.get_class(entry["_target_"]) is SegResearchAgentLoop
-
-
-def test_token_exact_with_qwen3_vl_at_published_sizes(tiny3, scene_dir, kb_dir):
-    """Qwen3-VL (patch 16, merge 2) with frames at the published 448 px and the keyframe at
-    864 px: images expand to realistic token counts, and the stream still equals the
-    processor's rendering of the final conversation."""
-    async def go():
-        server = FakeServer(tiny3.tok, [SEARCH, KEYFRAME, ANSWER])
-        loop = make_loop(tiny3, server, response_length=4096, observation_length=4096, search="local",
-                         kb=str(kb_dir), frame_size=448, keyframe_size=864)
-        r = row(scene_dir)
-        r["extra_info"]["frame_size"] = 448
-        out = await loop.run({"temperature": 1.0, "top_p": 1.0, "logprobs": True}, **r)
-        return out, server
-
-    out, server = asyncio.run(go())
-    assert out.extra_fields["stop_reason"] == "answer", out.extra_fields
-    images = out.multi_modal_data["images"]
-    assert [im.size for im in images] == [(448, 448)] * 6 + [(864, 864)], out.extra_fields
-    ids = out.prompt_ids + out.response_ids
-    full = render_full(tiny3, _LAST["messages"], images)
-    assert ids == full[: len(ids)] and full[len(ids):] == tiny3.tok.encode("\n", add_special_tokens=False)
-    pad = tiny3.tok.convert_tokens_to_ids("<|image_pad|>")
-    assert out.prompt_ids.count(pad) == 6 * 196  # (448 / 16 / 2)² tokens per frame
-    assert out.response_ids.count(pad) == 729  # the 864-px keyframe: (864 / 32)²
-    gen = [t for t, m in zip(out.response_ids, out.response_mask, strict=True) if m == 1]
-    assert gen == [t for turn in server.returned.values() for ids_ in turn for t in ids_]

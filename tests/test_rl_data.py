@@ -360,7 +360,8 @@ def test_verl_rlhf_dataset_reads_the_file(converted, every3, tmp_path, monkeypat
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")  # not ~/.cache
     cfg = OmegaConf.create({"cache_dir": str(tmp_path / "verl"), "max_prompt_length": 256,
                             "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1})
-    ds = rl_dataset.RLHFDataset(str(every3 / "verl" / "train.parquet"), build_tiny_tokenizer(), cfg)
+    tok = build_tiny_tokenizer(family="qwen3_vl")  # the published Qwen3-VL template
+    ds = rl_dataset.RLHFDataset(str(every3 / "verl" / "train.parquet"), tok, cfg)
     df = converted["train"]
     assert len(ds) == len(df)  # the tokenizer-based length filter dropped nothing
     got, last = ds[len(ds) - 1], df.iloc[-1]

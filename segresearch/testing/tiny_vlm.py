@@ -3,8 +3,18 @@
 Tests of the policy side (the local transformers backend, verl's tokenisation of multi-turn
 trajectories) need a real Qwen-VL model, processor and chat template, but no model hub is
 reachable and no VLM ships in a package. So we train a small byte-level BPE tokenizer on the
-tag protocol, write a Qwen-style chat template, and save a model of about 0.25 M parameters
-that every ``Auto*.from_pretrained`` call can load from a folder.
+tag protocol and save a model of about 0.25 M parameters that every
+``Auto*.from_pretrained`` call can load from a folder.
+
+By default the checkpoint is built like the released ones: the published chat templates
+(``chat_templates/*.jinja``, verbatim; their origin is in ``chat_templates/README.md``), the
+published image-processor pixel limits (so frames expand to realistic token counts: a
+448-px frame is 196 tokens for Qwen3-VL, 256 for Qwen2.5-VL), and the released tokenizers'
+added tokens (``<tool_call>``, ``<think>`` … as ordinary, non-special added tokens). As in the
+released Qwen2.5-VL, its tokenizer carries the Qwen2.5 text template and its processor the VL
+template; Qwen3-VL ships one template for both. ``template="reduced"`` and ``pixels="tiny"``
+give our own minimal turn format and 1–9 tokens per image, for tests that need tiny
+sequences.
 
 torchvision cannot be imported beside our CPU torch, and the Qwen processors insist on a video
 processor (whose real class imports torchvision). :func:`install_video_processor_stub` fills
@@ -16,11 +26,13 @@ from __future__ import annotations
 
 import json
 import random
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
@@ -38,13 +50,20 @@ from segresearch.agents.backends.hf_compat import StubVideoProcessor, install_vi
 __all__ = [
     "QWEN_SPECIAL_TOKENS",
     "CHAT_TEMPLATE",
+    "FAMILIES",
+    "PUBLISHED_ADDED_TOKENS",
+    "PUBLISHED_PIXELS",
+    "published_template",
     "StubVideoProcessor",
     "install_video_processor_stub",
     "build_tiny_tokenizer",
     "build_tiny_qwen_vl",
 ]
 
-Family = Literal["qwen2_5_vl", "qwen3_vl"]
+Family = Literal["qwen3_vl", "qwen2_5_vl"]
+Template = Literal["published", "reduced"]
+Pixels = Literal["published", "tiny"]
+FAMILIES: tuple[str, ...] = ("qwen3_vl", "qwen2_5_vl")
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
@@ -55,6 +74,15 @@ QWEN_SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
+
+# Added tokens of the released tokenizers that are not special (``special: false`` in their
+# ``added_tokens_decoder``): they are matched whole before BPE, but decoding keeps them even
+# with ``skip_special_tokens``. The fim/repo markers are left out (no template uses them).
+PUBLISHED_ADDED_TOKENS = {
+    "qwen2_5_vl": ("<tool_call>", "</tool_call>"),
+    "qwen3_vl": ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+                 "<think>", "</think>"),
+}
 
 # The Qwen turn format, reduced to what our graph sends: string or part-list content, image
 # (and video) parts as vision placeholders. Unlike Qwen's own template it adds no default
@@ -164,8 +192,36 @@ def _corpus(rng: random.Random) -> list[str]:
     return lines
 
 
-def build_tiny_tokenizer(seed: int = 0) -> Any:
-    """A small byte-level BPE tokenizer with the Qwen special tokens and our chat template."""
+@cache
+def published_template(name: str) -> str:
+    """A published chat template, verbatim: ``qwen3_vl``, ``qwen2_5_vl`` (the processor's)
+    or ``qwen2_5_vl_tokenizer`` (the Qwen2.5 text template of the Qwen2.5-VL tokenizer)."""
+    path = resources.files("segresearch.testing").joinpath("chat_templates", f"{name}.jinja")
+    with path.open("r", encoding="utf-8", newline="") as fh:
+        return fh.read()
+
+
+def _templates(family: str, template: str) -> tuple[str, str]:
+    """(tokenizer template, processor template)."""
+    if template == "reduced":
+        return CHAT_TEMPLATE, CHAT_TEMPLATE
+    if template != "published":
+        raise ValueError(f"template must be 'published' or 'reduced', got {template!r}")
+    if family == "qwen2_5_vl":
+        return published_template("qwen2_5_vl_tokenizer"), published_template("qwen2_5_vl")
+    return published_template("qwen3_vl"), published_template("qwen3_vl")
+
+
+def build_tiny_tokenizer(seed: int = 0, family: Family = "qwen3_vl",
+                         template: Template = "published") -> Any:
+    """A small byte-level BPE tokenizer with the Qwen special tokens and a chat template.
+
+    ``template="published"`` adds the released tokenizer's non-special added tokens and sets
+    its chat template (for Qwen2.5-VL the tokenizer's own, which is not the processor's);
+    ``"reduced"`` gives our minimal turn format and no extra added tokens.
+    """
+    if family not in _FAMILY:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -177,6 +233,9 @@ def build_tiny_tokenizer(seed: int = 0) -> Any:
         show_progress=False,
     )
     backend.train_from_iterator(_corpus(random.Random(seed)), trainer=trainer)
+    if template == "published":
+        backend.add_tokens([AddedToken(t, special=False, normalized=False)
+                            for t in PUBLISHED_ADDED_TOKENS[family]])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
@@ -187,7 +246,7 @@ def build_tiny_tokenizer(seed: int = 0) -> Any:
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = _templates(family, template)[0]
     return tok
 
 
@@ -241,11 +300,13 @@ PUBLISHED_PIXELS = {
 }
 
 
-def _processor(family: str, tok: Any, pixels: str = "tiny") -> Any:
+def _processor(family: str, tok: Any, pixels: str, template: str) -> Any:
     spec = _FAMILY[family]
     unit = spec["patch"] * 2  # one merged token covers a (patch * merge)² square
     # Tiny: between 1×1 and 3×3 merged tokens per image (real image handling, tiny
     # sequences); published: the released limits, so images expand to realistic counts.
+    if pixels not in ("published", "tiny"):
+        raise ValueError(f"pixels must be 'published' or 'tiny', got {pixels!r}")
     size = (dict(PUBLISHED_PIXELS[family]) if pixels == "published"
             else {"shortest_edge": unit * unit, "longest_edge": 9 * unit * unit})
     image_processor = Qwen2VLImageProcessorPil(
@@ -263,7 +324,7 @@ def _processor(family: str, tok: Any, pixels: str = "tiny") -> Any:
         image_processor=image_processor,
         tokenizer=tok,
         video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=_templates(family, template)[1],
     )
 
 
@@ -299,9 +360,13 @@ def _strip_video_processor_type(out: Path) -> None:
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen2_5_vl", seed: int = 0,
-                      pixels: Literal["tiny", "published"] = "tiny") -> Path:
+def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen3_vl", seed: int = 0,
+                      pixels: Pixels = "published", template: Template = "published") -> Path:
     """Build and save a random-weight Qwen-VL checkpoint folder (about 1 MB) and return it.
+
+    ``pixels``: ``"published"`` (the released preprocessor limits, realistic image token
+    counts) or ``"tiny"`` (1–9 tokens per image). ``template``: ``"published"`` (the released
+    chat templates and added tokens) or ``"reduced"`` (our minimal turn format).
 
     The folder loads offline with ``AutoProcessor``, ``AutoTokenizer`` and
     ``AutoModelForImageTextToText``. Building installs the video-processor stub in this
@@ -311,10 +376,10 @@ def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen2_5_vl", seed:
     torch RNG is left untouched.
     """
     if family not in _FAMILY:
-        raise ValueError(f"family must be one of {sorted(_FAMILY)}, got {family!r}")
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tiny_tokenizer(seed)
+    tok = build_tiny_tokenizer(seed, family, template)
     config = _model_config(family, tok)
     model_cls = (
         Qwen2_5_VLForConditionalGeneration
@@ -333,7 +398,27 @@ def build_tiny_qwen_vl(out_dir: str | Path, family: Family = "qwen2_5_vl", seed:
         pad_token_id=ids["<|endoftext|>"],
     )
     model.save_pretrained(out)
-    processor = _processor(family, tok, pixels)
+    processor = _processor(family, tok, pixels, template)
     processor.save_pretrained(out)
     _strip_video_processor_type(out)
+    _split_templates(out, *_templates(family, template))
     return out
+
+
+def _split_templates(out: Path, tokenizer_template: str, processor_template: str) -> None:
+    """Save the two chat templates where the released checkpoints keep them when they differ.
+
+    ``save_pretrained`` writes one ``chat_template.jinja`` that both the tokenizer and the
+    processor read back. The released Qwen2.5-VL has the processor template in
+    ``chat_template.json`` and the tokenizer's in ``tokenizer_config.json``; both loaders read
+    those, so write that layout there.
+    """
+    if tokenizer_template == processor_template:
+        return
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    (out / "chat_template.json").write_text(
+        json.dumps({"chat_template": processor_template}, indent=2) + "\n", encoding="utf-8")
+    path = out / "tokenizer_config.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["chat_template"] = tokenizer_template
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
