@@ -11,7 +11,6 @@ vision 64); about 2 M parameters, still random.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from pathlib import Path
 
@@ -26,10 +25,7 @@ from segresearch.testing.tiny_vlm import build_tiny_qwen_vl
 
 
 def build(out: Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
-    kwargs = {"pixels": "published"}
-    if "template" in inspect.signature(build_tiny_qwen_vl).parameters:
-        kwargs["template"] = "published"
-    build_tiny_qwen_vl(out, family, seed=seed, **kwargs)
+    build_tiny_qwen_vl(out, family, seed=seed, pixels="published", template="published")
     cfg = AutoConfig.from_pretrained(out)
     text, vision = cfg.text_config, cfg.vision_config
     text.hidden_size, text.intermediate_size = 128, 256
