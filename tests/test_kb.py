@@ -673,3 +673,29 @@ def test_cli_errors_are_one_line_and_exit_2(small_kb, tmp_path):
         err = r.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], r.stderr
         assert r.stdout == ""
+
+
+def test_query_vectors_are_encoded_once_per_text(small_kb):
+    """A GRPO group's samples send the same query at the same moment: one encoding."""
+
+    class Counting(MemoE5):
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[list[str]] = []
+
+        def encode_queries(self, texts: list[str]) -> np.ndarray:
+            self.batches.append(list(texts))
+            time.sleep(0.05)  # long enough for the other threads to arrive while it runs
+            return super().encode_queries(texts)
+
+    enc = Counting()
+    kb = LocalKB(small_kb, embedder=enc)
+    with ThreadPoolExecutor(8) as pool:
+        hits = list(pool.map(lambda _: kb.search_text("zephyr prize winner", 2), range(8)))
+    assert enc.batches == [["zephyr prize winner"]]
+    assert all(h == hits[0] for h in hits) and hits[0]
+    # a batch encodes only the texts not seen yet, together, and keeps the order asked
+    rows = kb.search_text_batch(["a new query", "zephyr prize winner", "another one"], 2)
+    assert enc.batches[1:] == [["a new query", "another one"]]
+    assert rows[1] == hits[0]
+    assert kb.search_text_batch(["another one"], 2) == [rows[2]] and len(enc.batches) == 2

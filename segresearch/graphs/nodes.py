@@ -8,10 +8,8 @@ event loop). Every other node is quick CPU work or bounded by its own timeout.
 from __future__ import annotations
 
 import functools
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from segresearch.agents.protocol import (
 from segresearch.graphs.outputs import write_outputs
 from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
+from segresearch.shared_cache import LoadOnce
 from segresearch.tools.keyframe import make_keyframe_tool
 from segresearch.tools.media import MediaError, open_media, resize_square, sample_frame_ids
 from segresearch.tools.search import (
@@ -122,9 +121,9 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_FRAME_BLOCKS: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
-_FRAME_BLOCKS_LOCK = threading.Lock()
-_FRAME_BLOCKS_SIZE = 512
+# The samples of an RL group (and repeated queries on a video) show the same frames: each is
+# decoded and resized once, also when the samples all start at the same moment.
+_FRAME_BLOCKS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=512)
 
 
 def _frame_recipe(spec: Any, fid: int, size: int) -> Callable[[], Image.Image]:
@@ -133,20 +132,11 @@ def _frame_recipe(spec: Any, fid: int, size: int) -> Callable[[], Image.Image]:
 
 
 def _frame_block(media: Any, spec: Any, fid: int, size: int) -> dict[str, Any]:
-    """The image block of a sampled frame, cached: the samples of an RL group, and repeated
-    queries on a video, show the same frames (and the same reference keeps prompts cacheable)."""
-    key = (*media.frame_key(fid), size)
-    with _FRAME_BLOCKS_LOCK:
-        hit = _FRAME_BLOCKS.get(key)
-        if hit is not None:
-            _FRAME_BLOCKS.move_to_end(key)
-            return hit
-    block = media_block(resize_square(media.frame(fid), size), _frame_recipe(spec, fid, size))
-    with _FRAME_BLOCKS_LOCK:
-        _FRAME_BLOCKS[key] = block
-        while len(_FRAME_BLOCKS) > _FRAME_BLOCKS_SIZE:
-            _FRAME_BLOCKS.popitem(last=False)
-    return block
+    """The image block of a sampled frame (the same reference also keeps prompts cacheable)."""
+    return _FRAME_BLOCKS.get(
+        (*media.frame_key(fid), size),
+        lambda: media_block(resize_square(media.frame(fid), size), _frame_recipe(spec, fid, size)),
+    )
 
 
 def _emit(runtime: Runtime[Context], event: dict[str, Any]) -> None:

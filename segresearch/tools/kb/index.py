@@ -495,6 +495,9 @@ class LocalKB(SearchBackend):
         if edim != dim:
             raise KBError(f"embedder {self.embedder.name!r} gives {edim}-d vectors; "
                           f"knowledge base {self.folder} holds {dim}-d vectors")
+        # Query vectors by text: the samples of a GRPO group often send the same query at
+        # the same moment, and an evaluation repeats queries across runs.
+        self._query_vecs: LoadOnce[np.ndarray] = LoadOnce(maxsize=4096)
 
     @property
     def cache_key(self) -> str:
@@ -506,12 +509,20 @@ class LocalKB(SearchBackend):
     def index_type(self) -> str:
         return str(self.manifest["index_type"])
 
-    def _queries(self, queries: list[str]) -> np.ndarray:
+    def _encode(self, queries: list[str]) -> np.ndarray:
         v = np.asarray(self.embedder.encode_queries(list(queries)), dtype=np.float32)
         if v.ndim != 2 or v.shape != (len(queries), self.dim):
             raise KBError(f"embedder {self.embedder.name!r} returned shape {v.shape} for "
                           f"{len(queries)} queries; expected ({len(queries)}, {self.dim})")
-        return np.ascontiguousarray(v)
+        return v
+
+    def _queries(self, queries: list[str]) -> np.ndarray:
+        """Query vectors, each encoded once (misses of a batch are encoded together)."""
+        cache = self._query_vecs
+        missing = list(dict.fromkeys(q for q in queries if not cache.has(q)))
+        fresh = dict(zip(missing, self._encode(missing), strict=True)) if len(missing) > 1 else {}
+        rows = [cache.get(q, lambda q=q: fresh[q] if q in fresh else self._encode([q])[0]) for q in queries]
+        return np.ascontiguousarray(np.stack(rows))
 
     def search_text_batch(self, queries: list[str], k: int) -> list[list[TextHit]]:
         if not queries:
