@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segresearch.agents.context import ContextError
-from segresearch.tools.media import MEDIA_ROOTS_ENV, allowed_roots, resolved_roots
+from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV, allowed_roots, resolved_roots
 
 if TYPE_CHECKING:
     from segresearch.agents.context import Context
@@ -58,6 +58,23 @@ def _inside(path: str, roots: Iterable[Path]) -> bool:
 def output_root() -> Path | None:
     raw = os.environ.get(OUTPUT_ROOT_ENV, "").strip()
     return Path(raw).expanduser().resolve() if raw else None
+
+
+def upload_root() -> Path | None:
+    """Where the server keeps uploaded media (None: it takes no uploads). Reading there is
+    allowed through ``allowed_roots``; writing there only through the upload route."""
+    raw = os.environ.get(UPLOAD_ROOT_ENV, "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
+
+
+def served_output(path: str | os.PathLike[str]) -> Path | None:
+    """``path`` resolved, when a client may read it back over the API: only what runs wrote
+    under the output root (a thread's state names its run folder, but a state can be
+    written by clients too, so the folder is checked again before anything is served)."""
+    root = output_root()
+    if root is None or not str(path).strip():
+        return None
+    return Path(path).expanduser().resolve() if _inside(str(path), [root]) else None
 
 
 def _operator_value(name: str) -> str:

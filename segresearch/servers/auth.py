@@ -50,15 +50,24 @@ def token_matches(authorization: bytes | str | None, expected: str) -> bool:
     return hmac.compare_digest(given.strip(), expected.encode("utf-8"))
 
 
+def is_public(method: str, path: str) -> bool:
+    """The web page's own files (HTML, script, stylesheet: no data) load without a token,
+    so that the page can come up and ask for one. Exact paths and GET/HEAD only: nothing
+    under them, and nothing else, is public."""
+    from segresearch.servers.web import public_paths
+
+    return method.upper() in ("GET", "HEAD") and path in public_paths()
+
+
 @auth.authenticate
-async def authenticate(headers: dict[bytes, bytes]) -> Auth.types.MinimalUserDict:
+async def authenticate(headers: dict[bytes, bytes], method: str, path: str) -> Auth.types.MinimalUserDict:
     """Every protected route (and our custom routes) comes through here.
 
     The 401 detail names the scheme but not the reason (absent vs. wrong), so probing the
     server teaches nothing beyond "a bearer token is required".
     """
     expected = expected_token()
-    if not expected:
+    if not expected or is_public(method, path):
         return {"identity": ANONYMOUS, "is_authenticated": True}
     if not token_matches(headers.get(b"authorization"), expected):
         raise Auth.exceptions.HTTPException(

@@ -13,7 +13,8 @@ langgraph-api takes the middleware registered on this app and, with ``"middlewar
 and ours), so a client without the token learns nothing about which paths exist.
 
 The routes under ``/segresearch/`` serve what a UI needs besides the graph's state: the
-images the model saw (content-addressed PNGs) and how the server is configured.
+images the model saw (content-addressed PNGs) and how the server is configured; the web page
+and its own routes (uploads, run folders) live in ``web.py``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segresearch import __version__
 from segresearch.agents.path_policy import KB_ROOTS_ENV, MODEL_ROOTS_ENV, OUTPUT_ROOT_ENV
+from segresearch.servers import web
 from segresearch.servers.auth import auth_enabled
-from segresearch.tools.media import MEDIA_ROOTS_ENV
+from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
 
 _ID = r"[^/]+"
 # (method, path) of every request that creates or reconfigures a run or an assistant; the
@@ -198,6 +200,9 @@ app = FastAPI(
     openapi_url=None,
 )
 app.add_middleware(RunPayloadGuard)
+# The routes themselves, not include_router: langgraph-api wraps every route of this app in
+# its auth middleware and needs each to be a plain route (FastAPI's included-router entry is not).
+app.router.routes.extend(web.router.routes)
 
 @app.get("/segresearch/media/{digest}")
 def media(digest: str) -> Response:
@@ -240,4 +245,19 @@ def info() -> dict[str, Any]:
         "model_roots": _split_roots(os.environ.get(MODEL_ROOTS_ENV, "")),
         "output_root": os.environ.get(OUTPUT_ROOT_ENV, "").strip() or None,
         "auth": auth_enabled(),
+        "uploads": bool(os.environ.get(UPLOAD_ROOT_ENV, "").strip()),
+        "upload_limit_mb": web.max_upload_bytes() / (1 << 20),
+        "page": web.PAGE_PREFIX + "/",
+        "defaults": _defaults(),
     }
+
+
+def _defaults() -> dict[str, Any]:
+    """The context a run gets for every field it leaves out (the server's environment): a
+    form shows them, so a person sees what "unset" means on this server."""
+    from segresearch.agents.context import Context
+
+    try:
+        return Context().public_dict()
+    except (ValueError, TypeError):  # a malformed SEGRESEARCH_<FIELD>: runs will say so
+        return {}

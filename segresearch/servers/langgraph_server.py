@@ -29,7 +29,7 @@ from typing import IO
 from segresearch.agents.media_store import STORE_ENV as MEDIA_STORE_ENV
 from segresearch.agents.path_policy import OUTPUT_ROOT_ENV
 from segresearch.servers.auth import TOKEN_ENV
-from segresearch.tools.media import MEDIA_ROOTS_ENV
+from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_STATE_DIR = ".segresearch-server"
@@ -184,6 +184,9 @@ def serve_graph(
         env[MEDIA_ROOTS_ENV] = os.getcwd()
     if not env.get(OUTPUT_ROOT_ENV, "").strip():
         env[OUTPUT_ROOT_ENV] = str(state / "runs")
+    # Files uploaded through the web page land here and are readable as media (path policy).
+    if not env.get(UPLOAD_ROOT_ENV, "").strip():
+        env[UPLOAD_ROOT_ENV] = str(state / "uploads")
     env["LANGGRAPH_CLI_NO_ANALYTICS"] = "1"
     env["LANGGRAPH_NO_VERSION_CHECK"] = "1"
     roots = [p for p in env.get(MEDIA_ROOTS_ENV, "").split(":") if p.strip()]
@@ -193,6 +196,9 @@ def serve_graph(
         f"auth: {'on' if token_on else 'off'}",
         flush=True,
     )
+    from segresearch.servers.web import PAGE_PREFIX  # fastapi: the server extra, checked above
+
+    print(f"segresearch: web page at {_url(host, port)}{PAGE_PREFIX}/", flush=True)
 
     cmd = [exe, "dev", "--config", str(config_path), "--no-browser", "--no-reload",
            "--host", host, "--port", str(port), "--n-jobs-per-worker", str(jobs)]

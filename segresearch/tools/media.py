@@ -45,6 +45,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".gif"}
 MEDIA_ROOTS_ENV = "SEGRESEARCH_MEDIA_ROOTS"
+# Where the server stores uploads (set by ``segresearch serve graph``); readable as media.
+UPLOAD_ROOT_ENV = "SEGRESEARCH_UPLOAD_ROOT"
 MAX_PIXELS_ENV = "SEGRESEARCH_MAX_PIXELS"
 # The working size: four times a 4K UHD frame's area is well beyond what any step needs (the
 # model sees 448 and 864 px squares, SAM 2 1024 px), and one 16 MP RGB frame is 48 MB.
@@ -67,9 +69,16 @@ class MediaError(ValueError):
 
 
 def allowed_roots() -> list[Path] | None:
-    """Roots from ``SEGRESEARCH_MEDIA_ROOTS`` (``:``-separated), or None when unrestricted."""
+    """Roots from ``SEGRESEARCH_MEDIA_ROOTS`` (``:``-separated), or None when unrestricted.
+
+    The server's upload folder (``SEGRESEARCH_UPLOAD_ROOT``) is readable like a root when
+    the policy is on: a file uploaded through the web page is media like any other. It adds
+    nothing when the policy is off (everything is readable then)."""
     roots = resolved_roots(os.environ.get(MEDIA_ROOTS_ENV, ""))
-    return list(roots) or None
+    if not roots:
+        return None
+    upload = os.environ.get(UPLOAD_ROOT_ENV, "").strip()
+    return [*roots, *resolved_roots(upload)] if upload else list(roots)
 
 
 @functools.lru_cache(maxsize=16)

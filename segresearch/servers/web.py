@@ -1,0 +1,416 @@
+"""The web page of ``segresearch serve graph`` and the few routes only the page needs.
+
+The page (``servers/web/``: one HTML file, one script, one stylesheet, no build step, nothing
+fetched from elsewhere) talks to the LangGraph API itself for threads, runs, streams and the
+context schema. What the API lacks is served here, each route behind the same bearer token
+and the same path policy as the API:
+
+- ``PUT /segresearch/uploads?name=clip.mp4``: a raw request body (no multipart parser is
+  needed), written under the upload root with a byte cap, opened with the project's own media
+  reader before it is kept, then renamed into place; the answer is a path the run input may name.
+- ``GET /segresearch/library``: media under the configured roots a person may pick.
+- ``GET /segresearch/threads/{id}/result``, ``/files/{name}``, ``/masks.zip``,
+  ``/frames/{fid}.jpg``: what a run left in its folder, found from the thread's stored state
+  (not from anything the request names) and served only from under the output root.
+
+Only the three page files are public (``auth.PUBLIC_PATHS``): the page must load before it
+can ask for the token. Everything carrying data needs the token when auth is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import uuid
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+PAGE_PREFIX = "/segresearch/ui"
+# The page's own files: public, so that a browser can load the page and then ask for the token.
+PAGE_FILES = {"": "index.html", "app.js": "app.js", "app.css": "app.css"}
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8"}
+MAX_UPLOAD_MB_ENV = "SEGRESEARCH_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 200.0
+# Names a run folder holds that a client may fetch one by one (masks go through the zip and
+# the frame route); anything else in the folder, and anything outside it, is not served.
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_UPLOAD_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_LIBRARY_LIMIT = 200
+_LIBRARY_DEPTH = 3
+_FRAME_SIDE = 960
+
+router = APIRouter()
+
+
+def max_upload_bytes() -> int:
+    """The upload cap, read on every request so that an operator's value is the one in force
+    (a malformed value falls back to the default rather than disabling the cap)."""
+    raw = os.environ.get(MAX_UPLOAD_MB_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_UPLOAD_MB
+    except ValueError:
+        mb = DEFAULT_MAX_UPLOAD_MB
+    if not mb > 0:
+        mb = DEFAULT_MAX_UPLOAD_MB
+    return int(mb * (1 << 20))
+
+
+# ------------------------------------------------------------------------ page
+
+
+def _page_file(name: str) -> Response:
+    path = WEB_DIR / PAGE_FILES[name]
+    return FileResponse(path, media_type=_TYPES[path.suffix], headers={
+        # Small files that change with the package: revalidate, so an upgrade shows at once.
+        "Cache-Control": "no-cache",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                   "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
+                                   "connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                                   "frame-ancestors 'none'",
+        "Referrer-Policy": "no-referrer",
+    })
+
+
+@router.get(PAGE_PREFIX, include_in_schema=False)
+def page_redirect() -> Response:
+    return RedirectResponse(PAGE_PREFIX + "/", status_code=307)
+
+
+@router.get(PAGE_PREFIX + "/", include_in_schema=False)
+def page() -> Response:
+    return _page_file("")
+
+
+@router.get(PAGE_PREFIX + "/app.js", include_in_schema=False)
+def page_script() -> Response:
+    return _page_file("app.js")
+
+
+@router.get(PAGE_PREFIX + "/app.css", include_in_schema=False)
+def page_style() -> Response:
+    return _page_file("app.css")
+
+
+def public_paths() -> frozenset[str]:
+    """Exact paths that need no token (auth.py asks): the page and its two files."""
+    return frozenset({PAGE_PREFIX, PAGE_PREFIX + "/", PAGE_PREFIX + "/app.js", PAGE_PREFIX + "/app.css"})
+
+
+# --------------------------------------------------------------------- uploads
+
+
+def _upload_dir() -> Path:
+    from segresearch.agents.path_policy import upload_root
+
+    root = upload_root()
+    if root is None:
+        raise HTTPException(status_code=503, detail="this server takes no uploads "
+                                                    "(no SEGRESEARCH_UPLOAD_ROOT; `segresearch serve graph` sets one)")
+    return root
+
+
+def _safe_name(name: str) -> tuple[str, str]:
+    """(stem, extension) of a client's file name, reduced to harmless characters; the
+    extension must be one the media reader opens."""
+    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+
+    base = Path(name.replace("\\", "/")).name
+    ext = Path(base).suffix.lower()
+    if ext not in IMAGE_EXTS | VIDEO_EXTS:
+        kinds = ", ".join(sorted(IMAGE_EXTS | VIDEO_EXTS))
+        raise HTTPException(status_code=422, detail=f"unsupported file type {ext or '(none)'}; "
+                                                    f"upload an image or a video ({kinds})")
+    stem = _UPLOAD_NAME.sub("_", Path(base).stem).strip("._")[:48] or "upload"
+    return stem, ext
+
+
+def _too_big(limit: int) -> HTTPException:
+    return HTTPException(status_code=413, detail=f"the file is larger than this server's upload "
+                                                 f"limit of {limit / (1 << 20):g} MB ({MAX_UPLOAD_MB_ENV})")
+
+
+def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict[str, Any]:
+    """Open the received file as media (what a run would do) and keep it under a name made
+    of its content hash: the same file uploaded twice is one file."""
+    from segresearch.tools.media import MediaError, open_media
+
+    try:
+        media = open_media(tmp, roots=None)
+        try:
+            media.frame(media.frame_ids[0])  # a header is not enough: a frame must decode
+            info = {"kind": media.kind, "frames": len(media), "width": media.width,
+                    "height": media.height, "note": media.note}
+        finally:
+            media.close()
+    except (MediaError, IndexError, OSError) as e:
+        raise HTTPException(status_code=422, detail=f"{name} is not usable as media: {str(e).replace(' ' + str(tmp), '')}") from None
+    dest = tmp.parent / f"{digest[:16]}-{stem}{ext}"
+    if dest.exists():
+        tmp.unlink()
+    else:
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    return {"path": str(dest), "name": dest.name, **info}
+
+
+@router.put("/segresearch/uploads")
+async def upload(request: Request, name: str) -> JSONResponse:
+    """The body is the file itself, streamed to disk with the cap enforced while it arrives
+    (a client's Content-Length is only an early refusal, never trusted)."""
+    limit = max_upload_bytes()
+    stem, ext = _safe_name(name)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_big(limit)
+    root = _upload_dir()
+    await run_in_threadpool(root.mkdir, parents=True, exist_ok=True)
+    tmp = root / f".part-{uuid.uuid4().hex}{ext}"
+    f = await run_in_threadpool(tmp.open, "wb")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_big(limit)
+                digest.update(chunk)
+                await run_in_threadpool(f.write, chunk)
+        finally:
+            await run_in_threadpool(f.close)
+        if size == 0:
+            raise HTTPException(status_code=422, detail="the file is empty")
+        info = await run_in_threadpool(_keep_upload, tmp, digest.hexdigest(), stem, ext,
+                                       Path(name.replace("\\", "/")).name)
+    finally:
+        with contextlib.suppress(OSError):
+            await run_in_threadpool(tmp.unlink, missing_ok=True)
+    return JSONResponse({**info, "bytes": size}, status_code=201)
+
+
+# --------------------------------------------------------------------- library
+
+
+def _media_kind(p: Path) -> str | None:
+    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+
+    ext = p.suffix.lower()
+    return "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else None
+
+
+def _scan(root: Path, label: str) -> list[dict[str, Any]]:
+    """Videos, images and folders of frames under ``root``, shallow and bounded: a root may
+    be a whole disk, and the list is for a person to pick from, not an index."""
+    from segresearch.tools.media import IMAGE_EXTS
+
+    out: list[dict[str, Any]] = []
+    stack = [(root, 0)]
+    while stack and len(out) < _LIBRARY_LIMIT:
+        folder, depth = stack.pop()
+        try:
+            entries = sorted(folder.iterdir(), key=lambda p: p.name.lower())
+        except OSError:
+            continue
+        frames = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+        if len(frames) >= 2 and folder != root:
+            out.append({"path": str(folder), "kind": "frames", "root": label, "frames": len(frames)})
+            continue
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            if p.is_dir() and depth < _LIBRARY_DEPTH and not p.is_symlink():
+                stack.append((p, depth + 1))
+            elif p.is_file() and (kind := _media_kind(p)):
+                out.append({"path": str(p), "kind": kind, "root": label})
+    return out
+
+
+def _library() -> dict[str, Any]:
+    from segresearch.agents.path_policy import upload_root
+    from segresearch.tools.media import MEDIA_ROOTS_ENV, resolved_roots
+
+    items: list[dict[str, Any]] = []
+    up = upload_root()
+    if up is not None and up.is_dir():
+        ups = sorted((p for p in up.iterdir() if p.is_file() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+        items += [{"path": str(p), "kind": _media_kind(p) or "file", "root": "uploads"} for p in ups[:50]]
+    for root in resolved_roots(os.environ.get(MEDIA_ROOTS_ENV, "")):
+        if up is not None and (root == up or root.is_relative_to(up)):
+            continue
+        items += _scan(root, str(root))
+    seen: set[str] = set()
+    unique = [i for i in items if not (i["path"] in seen or seen.add(i["path"]))]
+    return {"items": unique[:_LIBRARY_LIMIT], "truncated": len(unique) > _LIBRARY_LIMIT,
+            "upload_limit_mb": max_upload_bytes() / (1 << 20), "uploads": up is not None}
+
+
+@router.get("/segresearch/library")
+def library() -> dict[str, Any]:
+    """Sync: walking folders runs in a worker thread, never on the event loop."""
+    return _library()
+
+
+# ------------------------------------------------------------- run folders
+
+
+@lru_cache(maxsize=1)
+def _client() -> Any:
+    """The in-process client of the server this app is mounted in (no network hop; the
+    request reaching our route was already authenticated)."""
+    from langgraph_sdk import get_client
+
+    return get_client(url=None, api_key=None)
+
+
+async def _values(thread_id: str) -> dict[str, Any]:
+    try:
+        uuid.UUID(thread_id)
+    except ValueError:
+        raise HTTPException(status_code=404, detail="unknown thread") from None
+    try:
+        state = await _client().threads.get_state(thread_id)
+    except httpx.HTTPStatusError as e:
+        if e.response.status_code in (404, 422):
+            raise HTTPException(status_code=404, detail="unknown thread") from None
+        raise
+    return (state.get("values") or {}) if isinstance(state, dict) else {}
+
+
+def _folder(values: dict[str, Any], key: str) -> Path | None:
+    from segresearch.agents.path_policy import served_output
+
+    raw = values.get(key)
+    if not isinstance(raw, str) or not raw:
+        return None
+    p = served_output(raw)
+    return p if p is not None and p.is_dir() else None
+
+
+def _result(values: dict[str, Any]) -> dict[str, Any]:
+    from segresearch.tools.media import MediaError, open_media
+
+    run_dir, masks_dir = _folder(values, "run_dir"), _folder(values, "masks_dir")
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and _FILE_NAME.fullmatch(p.name)) if run_dir else []
+    masks = sorted(p.name for p in masks_dir.glob("*.png")) if masks_dir else []
+    frame_ids: list[int] = []
+    try:
+        media = values.get("media")
+        if media and masks:
+            frame_ids = list(open_media(media).frame_ids)
+    except (MediaError, TypeError, ValueError):
+        frame_ids = []
+    return {"run_dir": str(run_dir) if run_dir else None, "files": files, "masks": len(masks),
+            "frame_ids": frame_ids, "overlay": "overlay.mp4" in files}
+
+
+@router.get("/segresearch/threads/{thread_id}/result")
+async def result(thread_id: str) -> dict[str, Any]:
+    """What the run folder of a thread holds, for the page's result panel and history."""
+    values = await _values(thread_id)
+    return await run_in_threadpool(_result, values)
+
+
+_MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8",
+                ".jpg": "image/jpeg", ".png": "image/png", ".mp4": "video/mp4"}
+
+
+@router.get("/segresearch/threads/{thread_id}/files/{name}")
+async def run_file(thread_id: str, name: str) -> Response:
+    """One file of the thread's run folder, by plain name only (no sub-folders, no dots
+    in front); a name that is not there, or a folder outside the output root, is a 404."""
+    if not _FILE_NAME.fullmatch(name) or ".." in name:
+        raise HTTPException(status_code=404, detail="no such file")
+    values = await _values(thread_id)
+    run_dir = await run_in_threadpool(_folder, values, "run_dir")
+    if run_dir is None:
+        raise HTTPException(status_code=404, detail="this run has no folder")
+    path = run_dir / name
+    real = await run_in_threadpool(path.resolve)
+    if real.parent != run_dir or not await run_in_threadpool(real.is_file):
+        raise HTTPException(status_code=404, detail="no such file")
+    return FileResponse(real, media_type=_MEDIA_TYPES.get(real.suffix.lower(), "application/octet-stream"),
+                        headers={"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"})
+
+
+def _zip(masks_dir: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already
+        for p in sorted(masks_dir.glob("*.png")):
+            if p.is_file() and not p.is_symlink():
+                z.write(p, arcname=f"masks/{p.name}")
+    return buf.getvalue()
+
+
+@router.get("/segresearch/threads/{thread_id}/masks.zip")
+async def masks_zip(thread_id: str) -> Response:
+    """Built when asked: masks are a few KB a frame, and a folder that is replaced by a
+    later run on the thread is then never served half old, half new."""
+    values = await _values(thread_id)
+    masks_dir = await run_in_threadpool(_folder, values, "masks_dir")
+    if masks_dir is None:
+        raise HTTPException(status_code=404, detail="this run has no masks")
+    data = await run_in_threadpool(_zip, masks_dir)
+    return Response(data, media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="masks-{thread_id[:8]}.zip"',
+        "Cache-Control": "private, no-cache"})
+
+
+def _frame_jpeg(values: dict[str, Any], fid: int, overlay: bool, max_side: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    from segresearch.tools.media import MediaError, as_uint8_rgb, open_media
+    from segresearch.tools.segmenters.writers import read_mask
+    from segresearch.tools.visualize import overlay_mask
+
+    try:  # open_media applies the media roots again: a stored state is not trusted
+        media = open_media(values["media"])
+        frame = media.frame(fid)
+        name = media.frame_name(fid)
+    except (MediaError, KeyError, TypeError):
+        raise HTTPException(status_code=404, detail="no such frame") from None
+    scale = min(1.0, max_side / max(frame.size))
+    if scale < 1:
+        frame = frame.resize((round(frame.width * scale), round(frame.height * scale)), Image.Resampling.BILINEAR)
+    rgb = as_uint8_rgb(frame)
+    masks_dir = _folder(values, "masks_dir") if overlay else None
+    mask = read_mask(masks_dir / f"{name}.png") if masks_dir is not None else None
+    if mask is not None:
+        rgb = overlay_mask(rgb, mask)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+@router.get("/segresearch/threads/{thread_id}/frames/{fid}.jpg")
+async def frame(thread_id: str, fid: int, overlay: bool = False, max_side: int = _FRAME_SIDE) -> Response:
+    """A frame of the thread's media (for review, at its own proportions), with the run's
+    mask tinted on it when ``overlay`` is set: mask frames a browser shows whatever video
+    codecs it has, and small ones make the history's thumbnails."""
+    values = await _values(thread_id)
+    side = min(max(int(max_side), 32), _FRAME_SIDE)
+    data = await run_in_threadpool(_frame_jpeg, values, fid, overlay, side)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, no-cache"})
+
+
+def temp_upload_files(root: Path) -> list[Path]:
+    """Leftover partial uploads (tests check none stay behind after a refusal)."""
+    return sorted(root.glob(".part-*")) if root.is_dir() else []
+
+
+__all__ = ["PAGE_PREFIX", "max_upload_bytes", "public_paths", "router", "temp_upload_files"]
+
