@@ -1,143 +1,191 @@
-"""Rollout throughput of the verl agent loop against a fake server of fixed latency.
+"""Rollout cost of our agent loop against verl's own ``ToolAgentLoop``, side by side.
 
-64 prompts × 8 samples = 512 trajectories run concurrently in one event loop (as in one
-verl agent-loop worker), each 4 model calls (search, search, keyframe, answer) on a tiny
-Qwen2.5-VL tokenizer/processor. The fake server sleeps ``--latency`` per call and answers
-with scripted tokens. Reported: wall time against the ideal (calls × latency), our CPU
-time per model turn (media, prompt and observation rendering through the processor, the
-graph), the latency from which one worker keeps up, and the time to render each
-observation into the token stream by turn index (it must stay flat: history is never
-re-rendered). verl spreads trajectories over several agent-loop worker processes; this
-measures one.
+Both loops run identical 4-turn trajectories (text search, image search, keyframe, answer;
+7 frames at 448 px + one 256 px image hit + the 864 px keyframe = 9 images) on a tiny
+Qwen3-VL with the published image-processor sizes, against the same instant fake server
+(scripted tokens, fixed latency, no CPU work). verl's loop speaks our tags through a tool
+parser and ``BaseTool``s doing what our tools do (bench/_rollout_verl.py).
 
-    python bench/rollout.py [--prompts 64] [--samples 8] [--latency 0.05] [--long-turns 16]
+1. Agent-side CPU per model turn (process CPU over the batch; the server only sleeps),
+   with empty caches (distinct prompts) and for GRPO groups (each prompt ``--samples``
+   times), ours against verl's; the target is ours ≤ 0.5× verl's.
+2. Efficiency (ideal wall = turns × latency over measured wall) of ``--prompts`` ×
+   ``--samples`` trajectories spread over ``--workers`` agent-loop worker processes (Ray
+   actors, as verl runs AgentLoopWorkers), per latency; with a labelled projection to 8
+   cores from the measured CPU per turn.
+3. Observation rendering by turn in one long trajectory (must stay flat).
+4. With ``--profile``: cProfile of our loop, self time per trajectory by component.
+
+    python bench/rollout.py [--prompts 64] [--samples 8] [--latency 0.05 1] [--workers 8]
+                            [--long-turns 16] [--profile] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import DictConfigWrap
-from verl.utils import hf_processor, hf_tokenizer
-from verl.utils.dataset.rl_dataset import RLHFDataset
-from verl.workers.rollout.replica import TokenOutput
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import segresearch.rl.agent_loop as al
-from segresearch.testing.scenes import render_scene, write_frames
-from segresearch.testing.tiny_vlm import build_tiny_qwen_vl, install_video_processor_stub
+from bench._rollout_run import (
+    LOOPS,
+    Batch,
+    observation_seconds,
+    profile_batch,
+    quarters,
+    rows_for,
+    run_batch,
+)
+from bench._rollout_setup import (
+    EXPECTED_ACTIONS,
+    IMAGES_PER_TRAJECTORY,
+    TURNS,
+    clear_caches,
+    make_harness,
+)
+from bench._tables import markdown
 
-SEARCH = '<thinking>look it up</thinking><search>{"name": "text_search", "query": "query %d"}</search>'
-TURNS = [SEARCH % 1, SEARCH % 2, "<thinking>frame</thinking><keyframe> 3 </keyframe>",
-         '<thinking>done</thinking><answer>{"bbox_2d": [1, 2, 300, 400], "point_2d": [100, 100]}</answer>']
-
-
-class FixedLatencyServer:
-    def __init__(self, tok, latency: float, turns: list[str]):
-        self.latency, self.turn, self.calls = latency, {}, 0
-        self.ids = [tok.encode(t, add_special_tokens=False) for t in turns]
-        self.end = tok.convert_tokens_to_ids("<|im_end|>")
-
-    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, **kw):
-        i = self.turn.get(request_id, 0)
-        self.turn[request_id] = i + 1
-        self.calls += 1
-        await asyncio.sleep(self.latency)
-        ids = list(self.ids[min(i, len(self.ids) - 1)])
-        if i >= len(self.ids) - 1:
-            ids.append(self.end)
-        ids = ids[: sampling_params["max_tokens"]]
-        return TokenOutput(token_ids=ids, log_probs=[-0.1] * len(ids), stop_reason="completed")
+PROJECTED_CORES = 8
 
 
-def make_loop(tok, proc, server, response_length: int):
-    cfg = OmegaConf.create({
-        "actor_rollout_ref": {"rollout": {"prompt_length": 8192, "response_length": response_length,
-                                          "multi_turn": {"max_tool_response_length": 1024}}},
-        "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
-    })
-    return al.SegResearchAgentLoop(
-        trainer_config=DictConfigWrap(cfg), server_manager=server, tokenizer=tok, processor=proc,
-        dataset_cls=RLHFDataset, data_config=DictConfigWrap(cfg.data), hf_model_type="qwen2_5_vl",
-        search="local", kb=str(Path(__file__).resolve().parents[1] / "segresearch/assets/demo_kb"),
-        frame_size=28, keyframe_size=56,
-    )
+def check(batch: Batch) -> None:
+    """Every trajectory answered after the scripted calls, with all its images."""
+    for t in batch.trajectories:
+        assert t["answered"], (batch.which, t)
+        assert t["model_calls"] == len(TURNS), (batch.which, t)
+        assert t["images"] == IMAGES_PER_TRAJECTORY == t["server_images"], (batch.which, t)
+        assert t["actions"] == EXPECTED_ACTIONS, (batch.which, t["actions"])
 
 
-def main() -> None:
+def cpu_section(h, prompts: int, samples: int, latency: float) -> tuple[str, dict[str, float], dict[str, Batch]]:
+    """Table 1; returns it, the GRPO CPU per turn by loop, and the batches."""
+    cases = [("empty caches", prompts * samples if samples > 1 else prompts, 1),
+             (f"GRPO (each prompt ×{samples})", prompts, samples)]
+    h.add_prompts(max(p for _, p, _ in cases))
+    rows, grpo, batches = [], {}, {}
+    for label, p, s in cases:
+        res = {}
+        for which in LOOPS:
+            clear_caches()
+            b = asyncio.run(run_batch(h, which, rows_for(h, which, p, s), latency))
+            check(b)
+            res[which] = batches[f"{label}/{which}"] = b
+        ours, verl = res["ours"].cpu_per_turn, res["verl"].cpu_per_turn
+        if s > 1:
+            grpo = {"ours": ours, "verl": verl}
+        t = res["ours"].trajectories[0], res["verl"].trajectories[0]
+        rows.append([f"{label}: {p}×{s}", f"{ours * 1e3:.1f}", f"{verl * 1e3:.1f}", f"{ours / verl:.2f}×",
+                     f"{t[0]['images']} / {t[1]['images']}",
+                     f"{t[0]['prompt_tokens']}+{t[0]['response_tokens']} / {t[1]['prompt_tokens']}+{t[1]['response_tokens']}"])
+    table = markdown(["batch (prompts×samples)", "ours CPU ms/turn", "verl CPU ms/turn", "ours/verl",
+                      "images/traj", "tokens prompt+response"], rows)
+    return table, grpo, batches
+
+
+def spread_section(h, args: argparse.Namespace, grpo_cpu: dict[str, float]) -> str:
+    from bench._rollout_workers import run_spread, start_pool
+
+    n = args.prompts * args.samples
+    t0 = time.perf_counter()
+    pool = start_pool(args.workers, (str(h.model_dir), h.template, str(h.kb), h.prompts[: args.prompts]),
+                      use_ray=not args.no_ray)
+    loops = ["ours", "verl"] if args.spread_verl else ["ours"]
+    try:
+        for which in loops:
+            assert all(pool.call("warm", [which] * args.workers)), f"{which}: warm-up did not answer"
+        started = time.perf_counter() - t0
+        rows = []
+        for latency in args.latency:
+            for which in loops:
+                r = run_spread(pool, which, latency, args.prompts, args.samples)
+                assert r["answered"] == n, r
+                ideal = len(TURNS) * latency
+                rows.append([f"{which}, {latency * 1e3:g} ms", f"{r['wall']:.2f}", f"{ideal:.2f}",
+                             f"{ideal / r['wall']:.1%}", f"{r['cpu'] / r['calls'] * 1e3:.1f}"])
+    finally:
+        pool.close()
+    cores = os.cpu_count() or 1
+    out = [f"{n} trajectories ({args.prompts} prompts × {args.samples}) over {args.workers} agent-loop "
+           f"workers ({pool.kind}, started and warmed in {started:.0f} s) on this machine's {cores} cores:",
+           markdown(["loop, model turn", "wall s", "ideal s", "efficiency", "CPU ms/turn"], rows)]
+    # Projection, not a measurement: with W workers on C cores each core serves n / min(W, C)
+    # trajectories; if all of them finish a model call together, a turn takes L + (n/C)·c, so
+    # the efficiency is L / (L + (n/C)·c) at worst.
+    proj = []
+    for which, c in grpo_cpu.items():
+        for latency in args.latency:
+            per_core = n / min(args.workers, PROJECTED_CORES)
+            proj.append([f"{which}, {latency * 1e3:g} ms", f"{c * 1e3:.1f}",
+                         f"{latency / (latency + per_core * c):.1%}"])
+    out += [f"\nPROJECTION (not measured) to {PROJECTED_CORES} cores, {args.workers} workers, from the GRPO CPU "
+            "per turn of table 1, worst case (every trajectory's CPU work queued at once per turn):",
+            markdown(["loop, model turn", "CPU ms/turn", f"projected efficiency, {PROJECTED_CORES} cores"], proj)]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--latency", type=float, nargs="+", default=[0.05, 1.0],
+                    help="model-turn latencies in seconds for the multi-worker run")
+    ap.add_argument("--cpu-latency", type=float, default=0.05, help="model-turn latency for table 1")
+    ap.add_argument("--workers", type=int, default=8, help="agent-loop worker processes (0: skip)")
+    ap.add_argument("--cpu-prompts", type=int, default=None, help="prompts for table 1 (default: 8, quick: 2)")
+    ap.add_argument("--spread-verl", action="store_true", help="also spread verl's loop over the workers")
+    ap.add_argument("--no-ray", action="store_true", help="spawned processes instead of Ray actors")
     ap.add_argument("--long-turns", type=int, default=16)
-    args = ap.parse_args()
-    install_video_processor_stub()
-    tmp = Path(tempfile.mkdtemp())
-    path = build_tiny_qwen_vl(tmp / "tiny", "qwen2_5_vl")
-    tok, proc = hf_tokenizer(str(path)), hf_processor(str(path))
-    frames, _ = render_scene(n_frames=6, size=(96, 64))
-    frame_paths = [str(p) for p in write_frames(frames, tmp / "frames")]
-    kwargs = {"raw_prompt": [], "extra_info": {"question": "the emblem of the 2031 Tessellate Cup winner",
-                                                 "frames": frame_paths, "frame_size": 28}}
-    n = args.prompts * args.samples
+    ap.add_argument("--profile", action="store_true", help="cProfile our loop per trajectory")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.samples, args.long_turns = min(args.prompts, 2), min(args.samples, 2), min(args.long_turns, 4)
+        args.latency = [min(args.latency)] if args.latency else [0.01]
+        args.cpu_latency = min(args.cpu_latency, 0.01)
+    cpu_prompts = args.cpu_prompts or (2 if args.quick else 8)
 
-    async def batch():
-        server = FixedLatencyServer(tok, args.latency, TURNS)
-        loop = make_loop(tok, proc, server, 4096)
-        t0, c0 = time.perf_counter(), time.process_time()
-        outs = await asyncio.gather(*(loop.run({"temperature": 1.0}, **kwargs) for _ in range(n)))
-        return outs, time.perf_counter() - t0, time.process_time() - c0, server.calls
+    h = make_harness(max(args.prompts, cpu_prompts))
+    try:
+        for which in LOOPS:  # warm up: search index, template and tokenizer caches
+            check(asyncio.run(run_batch(h, which, rows_for(h, which, 1, 1), 0.0)))
+        print(f"tiny {h.proc.__class__.__name__} (chat template: {h.template}); {IMAGES_PER_TRAJECTORY} images and "
+              f"{len(TURNS)} model calls per trajectory, both loops; fake server {args.cpu_latency * 1e3:g} ms/turn\n")
+        print("1. Agent-side CPU per model turn (process CPU over the batch, server sleeps excluded):")
+        table, grpo, _ = cpu_section(h, cpu_prompts, args.samples, args.cpu_latency)
+        print(table)
+        ratio = grpo["ours"] / grpo["verl"]
+        print(f"GRPO ours/verl = {ratio:.2f}× (target ≤ 0.5×: {'met' if ratio <= 0.5 else 'NOT met'})\n")
+        sys.stdout.flush()
 
-    outs, wall, cpu, calls = asyncio.run(batch())
-    bad = [o.extra_fields["stop_reason"] for o in outs if o.extra_fields["stop_reason"] != "answer"]
-    assert not bad, bad[:3]
-    ideal = len(TURNS) * args.latency
-    print(f"{n} trajectories ({args.prompts} prompts × {args.samples}), {len(TURNS)} model calls each, "
-          f"{args.latency * 1e3:.0f} ms per call")
-    print(f"{'wall s':>8}{'ideal s':>9}{'efficiency':>12}{'CPU ms/turn':>13}{'85% needs latency ≥':>22}")
-    cpu_turn = cpu / calls
-    # One event loop shares one core (the GIL). In the worst case every trajectory waits on
-    # the server at once and then all do their CPU work: wall ≈ turns·(L + n·c), so the
-    # efficiency L / (L + n·c) reaches 85 % once L ≥ (0.85 / 0.15)·n·c.
-    need = 0.85 / 0.15 * n * cpu_turn
-    print(f"{wall:>8.2f}{ideal:>9.2f}{ideal / wall:>12.1%}{cpu_turn * 1e3:>13.2f}{need:>20.2f} s")
+        if args.workers > 0:
+            print("2. Efficiency over agent-loop workers:")
+            print(spread_section(h, args, grpo) + "\n")
+            sys.stdout.flush()
 
-    async def long_run():
-        turns = [SEARCH % i for i in range(args.long_turns)] + [TURNS[-1]]
-        server = FixedLatencyServer(tok, 0.0, turns)
-        loop = make_loop(tok, proc, server, 32768)
-        captured = {}
-        original = al.SegResearchAgentLoop._output
+        asyncio.run(observation_seconds(h, args.long_turns))  # warm-up
+        ms = [s * 1e3 for s in asyncio.run(observation_seconds(h, args.long_turns))]
+        print(f"3. Observation rendering by turn ({len(ms)} observations in one trajectory, ours):")
+        qs = quarters(ms)
+        print(markdown(["turns", "ms/observation"], [[k, f"{v:.2f}"] for k, v in qs]))
+        print(f"last/first quarter: {qs[-1][1] / qs[0][1]:.2f} (flat ≈ 1)")
 
-        def keep(self, model, final, seconds):
-            captured["records"] = model.trajectory.records
-            return original(self, model, final, seconds)
-
-        al.SegResearchAgentLoop._output = keep
-        try:
-            kw = {**kwargs, "extra_info": {**kwargs["extra_info"]}}
-            loop.settings["max_turns"] = args.long_turns + 1
-            await loop.run({"temperature": 1.0}, **kw)
-        finally:
-            al.SegResearchAgentLoop._output = original
-        return [r for r in captured["records"] if r.kind == "observation"]
-
-    asyncio.run(long_run())  # warm up the chat template and tokenizer caches
-    obs = asyncio.run(long_run())
-    ms = [r.seconds * 1e3 for r in obs]
-    q = max(1, len(ms) // 4)
-    print(f"\nobservation rendering by turn ({len(ms)} observations in one trajectory):")
-    print(f"{'turns':>10}{'ms/observation':>16}")
-    for i in range(0, len(ms), q):
-        print(f"{f'{i + 1}-{min(i + q, len(ms))}':>10}{statistics.median(ms[i:i + q]):>16.2f}")
-    first, last = statistics.median(ms[:q]), statistics.median(ms[-q:])
-    print(f"last/first quarter: {last / first:.2f} (flat ≈ 1)")
+        if args.profile:
+            p, s = (2, 2) if args.quick else (8, 8)
+            for which in LOOPS:
+                clear_caches()
+                top, buckets = profile_batch(h, which, rows_for(h, which, p, s))
+                print(f"\n4. cProfile, {which}, {p}×{s} trajectories from empty caches, executor work inlined "
+                      "(self time, ms per trajectory):")
+                print(markdown(["component", "ms/trajectory"], [[k, f"{v:.1f}"] for k, v in buckets if v >= 0.05]))
+                if os.environ.get("BENCH_PROFILE_TOP"):
+                    print(top)
+    finally:
+        h.close()
     sys.stdout.flush()
 
 

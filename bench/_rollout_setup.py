@@ -1,0 +1,242 @@
+"""The shared setup of the rollout bench: model, frames, knowledge base, scripted trajectory,
+fake server, and one factory per agent loop (ours and verl's ``ToolAgentLoop``).
+
+Both loops get the same trajectory: 7 frames at 448 px, a text search, an image search
+(one 256 px hit), the keyframe at 864 px, an answer: 4 model calls and 9 images, on a tiny
+Qwen3-VL whose image processor has the published pixel limits (patch 16: 196, 64 and 729
+image tokens). verl's dataset would store the frames already resized, so its prompt holds
+them as lazily decoded 448 px PNGs; ours reads and resizes the source frames itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import json
+import shutil
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
+from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
+from verl.utils import hf_processor, hf_tokenizer
+from verl.workers.rollout.replica import TokenOutput
+
+import segresearch.rl.agent_loop as al
+from bench._rollout_verl import PARSER_NAME, BenchDataset, make_tools
+from segresearch.agents.prompts import frame_label, system_prompt
+from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.tiny_vlm import build_tiny_qwen_vl, install_video_processor_stub
+from segresearch.tools.media import open_media, resize_square
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILY = "qwen3_vl"
+N_FRAMES, FRAME_SIZE, KEYFRAME_SIZE, SEARCH_IMAGE_SIZE = 7, 448, 864, 256
+SOURCE_SIZE = (960, 540)
+SEARCH = "local"
+QUESTION = "the emblem of the 2031 Tessellate Cup winner"
+TURNS = [
+    '<thinking>who won?</thinking><search>{"name": "text_search", "query": "2031 Tessellate Cup winner"}</search>',
+    '<thinking>and its emblem?</thinking><search>{"name": "image_search", "query": "Cobalt Squares emblem"}</search>',
+    "<thinking>frame 3 shows it best</thinking><keyframe> 3 </keyframe>",
+    '<thinking>found</thinking><answer>{"bbox_2d": [100, 120, 400, 480], "point_2d": [250, 300]}</answer>',
+]
+IMAGES_PER_TRAJECTORY = N_FRAMES + 1 + 1  # frames, the image hit, the keyframe
+# Our actions as (tool, argument); the ToolAgentLoop's tool calls must match.
+EXPECTED_ACTIONS = [("text_search", "2031 Tessellate Cup winner"), ("image_search", "Cobalt Squares emblem"),
+                    ("keyframe", 3), ("answer", None)]
+
+_EMBLEMS = {"Cobalt Squares emblem": ("square", (30, 60, 200)), "Amber Stars emblem": ("star", (240, 180, 20)),
+            "Crimson Circles emblem": ("disc", (200, 30, 40)), "Verdant Triangles emblem": ("triangle", (40, 160, 60))}
+
+
+def _emblem(shape: str, colour: tuple[int, int, int]) -> Image.Image:
+    img = Image.new("RGB", (320, 320), (245, 245, 240))
+    d = ImageDraw.Draw(img)
+    if shape == "square":
+        d.rectangle((60, 60, 260, 260), fill=colour)
+    elif shape == "disc":
+        d.ellipse((60, 60, 260, 260), fill=colour)
+    elif shape == "triangle":
+        d.polygon([(160, 50), (270, 260), (50, 260)], fill=colour)
+    else:
+        d.regular_polygon((160, 165, 110), 5, fill=colour)
+    return img
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if not path.is_file() or path.read_bytes() != data:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def bench_kb() -> Path:
+    """The demo KB's text corpus plus an image corpus of the clubs' emblems, in a fixed
+    folder whose files only change with their content (so its index is built once)."""
+    kb = Path(tempfile.gettempdir()) / "segresearch-bench-rollout-kb"
+    _write_if_changed(kb / "text_corpus.jsonl", (ROOT / "segresearch/assets/demo_kb/text_corpus.jsonl").read_bytes())
+    rows = []
+    for i, (name, (shape, colour)) in enumerate(_EMBLEMS.items()):
+        rel = f"images/{shape}.png"
+        buf = io.BytesIO()
+        _emblem(shape, colour).save(buf, format="PNG")
+        _write_if_changed(kb / rel, buf.getvalue())
+        rows.append(json.dumps({"id": i, "name": name, "image_path": rel}))
+    _write_if_changed(kb / "image_corpus.jsonl", ("\n".join(rows) + "\n").encode())
+    return kb
+
+
+def build_model(out: Path) -> tuple[Path, str]:
+    """The tiny Qwen3-VL at the published pixel limits; with a published chat template when
+    ``build_tiny_qwen_vl`` offers one (its ``template`` keyword). Returns (folder, template)."""
+    params = inspect.signature(build_tiny_qwen_vl).parameters
+    if "template" in params:
+        for template in ("published", "qwen3_vl"):
+            try:
+                return build_tiny_qwen_vl(out, FAMILY, pixels="published", template=template), template
+            except (ValueError, KeyError, TypeError):
+                continue
+    return build_tiny_qwen_vl(out, FAMILY, pixels="published"), "tiny (ours)"
+
+
+def clear_caches() -> None:
+    """Empty our process-wide caches (frame blocks, rendered prompts, media store and
+    handles); the search index and the tokenizer stay loaded."""
+    from segresearch.agents import media_store
+    from segresearch.graphs import nodes
+    from segresearch.rl import verl_model
+    from segresearch.tools import media
+
+    for module in (verl_model, nodes, media):
+        for name, obj in vars(module).items():
+            if name.startswith("_") and isinstance(obj, (dict, OrderedDict)) and (
+                    "CACHE" in name or "BLOCKS" in name):
+                obj.clear()
+    media_store._STORE = None
+
+
+class FakeServer:
+    """verl's server manager with scripted turns: sleeps ``latency`` and answers the next
+    turn of the request's script (every turn ends with ``<|im_end|>``). No CPU work: the
+    token ids are made once. It keeps per request the calls and images it was sent."""
+
+    def __init__(self, tok: Any, latency: float, turns: list[str] = TURNS):
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.ids = [[*tok.encode(t, add_special_tokens=False), end] for t in turns]
+        self.latency = latency
+        self.calls: dict[str, int] = {}
+        self.images: dict[str, int] = {}
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
+                       image_data: list | None = None, **kwargs: Any) -> TokenOutput:
+        i = self.calls.get(request_id, 0)
+        self.calls[request_id] = i + 1
+        self.images[request_id] = len(image_data or ())
+        await asyncio.sleep(self.latency)
+        ids = self.ids[min(i, len(self.ids) - 1)][: sampling_params.get("max_tokens") or None]
+        return TokenOutput(token_ids=ids, log_probs=[-0.1] * len(ids), stop_reason="completed")
+
+
+def trainer_config(response_length: int) -> Any:
+    return OmegaConf.create({
+        "actor_rollout_ref": {"rollout": {
+            "prompt_length": 16384, "response_length": response_length, "full_determinism": False,
+            "multi_turn": {"max_tool_response_length": 4096, "max_user_turns": 16, "max_assistant_turns": 16,
+                           "max_parallel_calls": 1, "tool_response_truncate_side": "right",
+                           "format": PARSER_NAME}}},
+        "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
+    })
+
+
+@dataclass
+class Prompt:
+    """One dataset row, as each loop's dataset would give it."""
+
+    frame_paths: list[str]
+    frame_ids: list[int]
+    frames_448: list[bytes]  # PNG, as a verl dataset would store them
+
+    def ours(self) -> dict[str, Any]:
+        return {"raw_prompt": [], "extra_info": {"question": QUESTION, "frames": list(self.frame_paths)}}
+
+    def verl(self) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        for i, (fid, png) in enumerate(zip(self.frame_ids, self.frames_448, strict=True)):
+            content.append({"type": "text", "text": ("\n" if i else "") + frame_label(fid)})
+            content.append({"type": "image", "image": Image.open(io.BytesIO(png))})  # lazy, as the dataset's
+        content.append({"type": "text", "text": "\n\n" + QUESTION})
+        frames = dict(zip(self.frame_ids, self.frame_paths, strict=True))
+        return {"raw_prompt": [{"role": "system", "content": system_prompt(True, "qwen3")},
+                               {"role": "user", "content": content}],
+                "tools_kwargs": {"keyframe": {"create_kwargs": {"frames": frames}}},
+                "extra_info": {"question": QUESTION}}
+
+
+@dataclass
+class Harness:
+    """Tokenizer, processor, knowledge base and prompts; makes a fresh agent loop per
+    trajectory, as verl's AgentLoopWorker does."""
+
+    model_dir: Path
+    template: str
+    kb: Path
+    work: Path
+    prompts: list[Prompt] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        install_video_processor_stub()
+        self.tok = hf_tokenizer(str(self.model_dir))
+        self.proc = hf_processor(str(self.model_dir))
+        self.tools = make_tools(SEARCH, str(self.kb), keyframe_size=KEYFRAME_SIZE, image_size=SEARCH_IMAGE_SIZE)
+        self._configs: dict[int, Any] = {}
+
+    def _cfg(self, response_length: int) -> Any:
+        if response_length not in self._configs:
+            self._configs[response_length] = trainer_config(response_length)
+        return self._configs[response_length]
+
+    def _common(self, server: Any, response_length: int) -> dict[str, Any]:
+        cfg = self._cfg(response_length)
+        return {"trainer_config": DictConfigWrap(cfg), "server_manager": server, "tokenizer": self.tok,
+                "processor": self.proc, "data_config": DictConfigWrap(cfg.data), "hf_model_type": FAMILY}
+
+    def ours(self, server: Any, response_length: int = 8192) -> al.SegResearchAgentLoop:
+        return al.SegResearchAgentLoop(
+            **self._common(server, response_length), dataset_cls=BenchDataset, search=SEARCH, kb=str(self.kb),
+            frame_size=FRAME_SIZE, keyframe_size=KEYFRAME_SIZE, search_image_size=SEARCH_IMAGE_SIZE,
+            max_observation_tokens=4096)
+
+    def verl(self, server: Any, response_length: int = 8192) -> ToolAgentLoop:
+        return ToolAgentLoop(**self._common(server, response_length), dataset_cls=BenchDataset,
+                             tools=ToolListWrap(self.tools))
+
+    def add_prompts(self, n: int) -> None:
+        """Prompts with their own frames (a rendered scene per prompt)."""
+        for i in range(len(self.prompts), n):
+            frames, _ = render_scene(n_frames=N_FRAMES, size=SOURCE_SIZE, seed=i)
+            paths = [str(p) for p in write_frames(frames, self.work / f"frames{i}")]
+            media = open_media(paths)
+            ids = list(media.frame_ids)
+            pngs = []
+            for fid in ids:
+                buf = io.BytesIO()
+                resize_square(media.frame(fid), FRAME_SIZE).save(buf, format="PNG", compress_level=1)
+                pngs.append(buf.getvalue())
+            self.prompts.append(Prompt(paths, ids, pngs))
+
+    def close(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def make_harness(n_prompts: int, work: Path | None = None) -> Harness:
+    work = Path(work or tempfile.mkdtemp(prefix="segresearch-bench-rollout-"))
+    model_dir, template = build_model(work / "model")
+    h = Harness(model_dir, template, bench_kb(), work)
+    h.add_prompts(n_prompts)
+    return h
