@@ -75,6 +75,7 @@ def describe(which: str, out: Any, tok: Any) -> dict[str, Any]:
         if answered:
             actions.append(("answer", None))
     return {"model_calls": len(segs), "images": images, "answered": answered, "actions": actions,
+            "error": (out.extra_fields or {}).get("error") or "",
             "prompt_tokens": len(out.prompt_ids), "response_tokens": len(out.response_ids)}
 
 
