@@ -113,7 +113,7 @@ def clear_caches() -> None:
     from segresearch.rl import verl_model
     from segresearch.shared_cache import LoadOnce
     from segresearch.tools import media
-    from segresearch.tools.kb import index
+    from segresearch.tools.search.kb import index
 
     for module in (verl_model, nodes, media):
         for name, obj in vars(module).items():

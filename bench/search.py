@@ -5,7 +5,7 @@
     (target: p50 ratio ≤ 1.2).
 (b) FAISS alone on synthetic corpora (dim 384, unit vectors): the exact flat index against
     the approximate IVF index the knowledge base switches to above its threshold, with the
-    same construction code (``segresearch.tools.kb.index.make_index``). Targets at 1M
+    same construction code (``segresearch.tools.search.kb.index.make_index``). Targets at 1M
     vectors: approximate p50 ≤ 10 ms, recall@3 against exact ≥ 0.95. The synthetic data is
     clustered (documents around topics, queries near documents) because uniformly random
     vectors have no neighbourhoods at all and say nothing about an index for embeddings.
@@ -51,7 +51,7 @@ def table(title: str, header: list[str], rows: list[tuple[Any, ...]]) -> None:
 
 
 def _open_kb(kb: Path, workdir: Path) -> Any:
-    from segresearch.tools.kb import LocalKB, build_kb
+    from segresearch.tools.search.kb import LocalKB, build_kb
 
     if (kb / "manifest.json").is_file():
         return LocalKB(kb)
@@ -148,7 +148,7 @@ def _recall(truth: np.ndarray, got: np.ndarray) -> float:
 def faiss_scaling(sizes: list[int], dim: int, n_lat: int, n_recall: int, hard: bool) -> None:
     import faiss
 
-    from segresearch.tools.kb.index import default_nlist, default_nprobe, make_index
+    from segresearch.tools.search.kb.index import default_nlist, default_nprobe, make_index
 
     k = 3
     rows, sweep = [], []

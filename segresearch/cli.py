@@ -652,7 +652,7 @@ def cmd_kb(args: argparse.Namespace) -> int:
     """Local knowledge-base tools. Every problem (a missing corpus or folder, an index built
     with another embedder, damaged files) is one ``error:`` line and exit 2: the cause is
     always in the arguments or the files, where a traceback does not help."""
-    from segresearch.tools.kb import EmbedderError, KBError
+    from segresearch.tools.search.kb import EmbedderError, KBError
 
     try:
         return _kb_build(args) if args.kb_command == "build" else _kb_query(args)
@@ -661,7 +661,7 @@ def cmd_kb(args: argparse.Namespace) -> int:
 
 
 def _kb_build(args: argparse.Namespace) -> int:
-    from segresearch.tools.kb import build_kb
+    from segresearch.tools.search.kb import build_kb
 
     if args.approx_threshold is not None and args.approx_threshold < 0:
         return _die(f"--approx-threshold must be at least 0; got {args.approx_threshold}")
@@ -685,7 +685,7 @@ def _kb_query(args: argparse.Namespace) -> int:
     """Queries go to the index in chunks, so a long --queries file streams its answers and
     costs one embedding call per chunk rather than one per line."""
     from segresearch.agents.protocol import snippet
-    from segresearch.tools.kb import open_kb
+    from segresearch.tools.search.kb import open_kb
 
     if args.k < 1:
         return _die(f"--k must be at least 1; got {args.k}")

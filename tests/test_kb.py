@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segresearch.tools.kb import (
+from segresearch.tools.search import SearchSettings, SearchUnavailable, make_search_tools
+from segresearch.tools.search.kb import (
     EmbedderError,
     HttpEmbedder,
     KBError,
@@ -32,13 +33,12 @@ from segresearch.tools.kb import (
     load_kb,
     local_backend,
 )
-from segresearch.tools.kb.embedders import (
+from segresearch.tools.search.kb.embedders import (
     BGE_EN_QUERY_INSTRUCTION,
     E5_INSTRUCT_QUERY,
     normalise,
     st_prefixes,
 )
-from segresearch.tools.search import SearchSettings, SearchUnavailable, make_search_tools
 
 SHARED_KB = Path(__file__).resolve().parents[2] / "shared" / "data" / "local_kb"
 
@@ -169,7 +169,7 @@ def test_build_writes_layout_and_manifest(small_kb, corpus):
                        "text": DOCS[3].split("\n", 1)[1]}
     # A corpus change changes the hash the manifest records.
     other = write_corpus(corpus.parent / "changed", DOCS[:-1], images=False)
-    from segresearch.tools.kb.index import corpus_hash
+    from segresearch.tools.search.kb.index import corpus_hash
 
     assert corpus_hash(other / "text_corpus.jsonl") != m["corpus_hash"]
 
@@ -290,7 +290,7 @@ def test_small_corpus_approximate_with_explicit_lists(corpus, memo, small_kb, tm
 
 
 def test_manifest_mismatch_is_refused_before_loading_the_model(small_kb, monkeypatch):
-    import segresearch.tools.kb.embedders as emb
+    import segresearch.tools.search.kb.embedders as emb
 
     def no_load(name: str) -> Any:
         raise AssertionError(f"loaded {name} for an index it cannot open")

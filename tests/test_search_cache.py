@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from segresearch.tools.search import ImageHit, SearchBackend, TextHit, cached_backend
-from segresearch.tools.search_cache import (
+from segresearch.tools.search.cache import (
     CachedBackend,
     SearchCache,
     cache_key,

@@ -23,8 +23,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from segresearch.tools import http_util
-from segresearch.tools.http_util import (
+from segresearch.tools.search import SearchUnavailable, get_backend
+from segresearch.tools.search import http as http_util
+from segresearch.tools.search.http import (
     BlockedAddress,
     ImageFetchError,
     RequestFailed,
@@ -34,8 +35,7 @@ from segresearch.tools.http_util import (
     request_with_retries,
     retry_delay,
 )
-from segresearch.tools.search import SearchUnavailable, get_backend
-from segresearch.tools.web_search import (
+from segresearch.tools.search.web import (
     IMAGE_SPARE,
     DDGBackend,
     RetrieverBackend,

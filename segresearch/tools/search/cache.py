@@ -35,7 +35,7 @@ from typing import Any
 
 from PIL import Image
 
-from segresearch.tools.search import ImageHit, SearchBackend, TextHit
+from segresearch.tools.search.base import ImageHit, SearchBackend, TextHit
 
 log = logging.getLogger(__name__)
 

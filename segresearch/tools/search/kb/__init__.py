@@ -1,6 +1,6 @@
 """Local dense knowledge base: embedders, a FAISS index on disk, and the ``local`` backend."""
 
-from segresearch.tools.kb.embedders import (
+from segresearch.tools.search.kb.embedders import (
     DEFAULT_EMBEDDER,
     Embedder,
     EmbedderError,
@@ -8,7 +8,7 @@ from segresearch.tools.kb.embedders import (
     canonical_name,
     get_embedder,
 )
-from segresearch.tools.kb.index import (
+from segresearch.tools.search.kb.index import (
     DEFAULT_APPROX_THRESHOLD,
     KBError,
     LocalKB,

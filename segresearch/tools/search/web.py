@@ -1,7 +1,7 @@
 """Remote search backends: ``retriever``, ``ddg``, ``tavily`` and ``serper``.
 
 The model sees at most one line about any failure, so every failure here becomes a
-:class:`WebSearchError` (or :class:`~segresearch.tools.search.SearchUnavailable` when the
+:class:`WebSearchError` (or :class:`~segresearch.tools.search.base.SearchUnavailable` when the
 backend is not configured) whose message starts with the backend's name and says what to
 fix. API keys come from the environment only and never appear in messages or reprs.
 
@@ -38,7 +38,15 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from segresearch.tools.http_util import (
+from segresearch.tools.search.base import (
+    ImageHit,
+    SearchBackend,
+    SearchSettings,
+    SearchUnavailable,
+    TextHit,
+    split_title,
+)
+from segresearch.tools.search.http import (
     DEFAULT_MAX_BYTES,
     USER_AGENT,
     AddressPolicy,
@@ -50,15 +58,6 @@ from segresearch.tools.http_util import (
     request_with_retries,
     same_origin,
     seconds,
-)
-from segresearch.tools.search import (
-    ImageHit,
-    SearchBackend,
-    SearchSettings,
-    SearchUnavailable,
-    TextHit,
-    register_backend,
-    split_title,
 )
 
 log = logging.getLogger(__name__)
@@ -689,7 +688,7 @@ class DDGBackend(WebBackend):
         return self._fetch_images(cands, k, deadline)
 
 
-# ------------------------------------------------------------------ registration
+# ------------------------------------------------ factories (registered in backends.py)
 
 
 def _common(cfg: SearchSettings) -> dict[str, Any]:
@@ -748,9 +747,6 @@ WEB_BACKENDS: dict[
     "tavily": (tavily_backend, tavily_key),
     "serper": (serper_backend, serper_key),
 }
-
-for _name, (_factory, _key) in WEB_BACKENDS.items():
-    register_backend(_name, key=_key)(_factory)
 
 __all__ = [
     "DDGBackend",

@@ -40,22 +40,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from segresearch.jsonl import iter_jsonl
 from segresearch.shared_cache import LoadOnce
-from segresearch.tools.kb.embedders import (
-    DEFAULT_EMBEDDER,
-    Embedder,
-    EmbedderError,
-    embedder_name,
-    get_embedder,
-)
-from segresearch.tools.search import (
+from segresearch.tools.search.base import (
     ImageHit,
     SearchBackend,
     SearchSettings,
     SearchUnavailable,
     TextHit,
-    iter_jsonl,
     split_title,
+)
+from segresearch.tools.search.kb.embedders import (
+    DEFAULT_EMBEDDER,
+    Embedder,
+    EmbedderError,
+    embedder_name,
+    get_embedder,
 )
 
 log = logging.getLogger("segresearch.kb")
