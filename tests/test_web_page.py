@@ -84,6 +84,11 @@ def test_upload_is_validated_capped_and_kept_by_content(app_env):
     junk = client.put("/segresearch/uploads?name=clip.mp4", content=b"not a video at all" * 10)
     assert junk.status_code == 422 and "clip.mp4 is not usable as media" in junk.json()["detail"]
     assert str(uploads) not in junk.json()["detail"]
+    # an image reader names the file it failed on: the server's temporary path never shows
+    bad_png = client.put("/segresearch/uploads?name=photo.png", content=b"not an image" * 10)
+    detail = bad_png.json()["detail"]
+    assert bad_png.status_code == 422 and detail.startswith("photo.png is not usable as media")
+    assert str(uploads) not in detail and ".part-" not in detail
     txt = client.put("/segresearch/uploads?name=notes.txt", content=b"hello")
     assert txt.status_code == 422 and "unsupported file type .txt" in txt.json()["detail"]
     empty = client.put("/segresearch/uploads?name=a.png", content=b"")

@@ -156,7 +156,10 @@ def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict
         finally:
             media.close()
     except (MediaError, IndexError, OSError) as e:
-        raise HTTPException(status_code=422, detail=f"{name} is not usable as media: {str(e).replace(' ' + str(tmp), '')}") from None
+        # The reader names the file it opened: the client knows it by its own name, not by
+        # the server's temporary path.
+        reason = str(e).replace(f"'{tmp}'", "it").replace(str(tmp), "it")
+        raise HTTPException(status_code=422, detail=f"{name} is not usable as media: {reason}") from None
     dest = tmp.parent / f"{digest[:16]}-{stem}{ext}"
     if dest.exists():
         tmp.unlink()
