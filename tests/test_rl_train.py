@@ -243,6 +243,7 @@ def test_launch_hands_the_composed_config_to_verl(monkeypatch):
 
 
 @NEEDS_AGENT_LOOP
+@pytest.mark.slow  # a fresh interpreter importing verl; the dry run itself is tested in process above
 def test_cli_train_dry_run():
     r = subprocess.run([sys.executable, "-m", "segresearch", "train", "--dry-run",
                         "trainer.total_training_steps=7"],

@@ -113,6 +113,7 @@ def _rss(proc: subprocess.Popen) -> int:
     return sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
 
 
+@pytest.mark.slow  # a soak test; tests/test_lean_state.py holds the state size in the default suite
 def test_state_is_small_and_memory_flat_over_300_runs(deployment):
     from langgraph_sdk import get_client
 
