@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from segresearch.eval.report_html import ASSETS_DIR, write_html_report
+from segresearch.testing.browser import headless_chromium, missing_browser
 from segresearch.testing.scenes import (
     inner_point,
     mask_box,
@@ -25,8 +26,6 @@ from segresearch.testing.scenes import (
 
 XSS = "<script>alert(1)</script>"
 ODD_ID = 'clip 5/<b>&"x"'
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 def _query(qid: str, media: Path, **kw) -> dict:
@@ -358,33 +357,10 @@ def _artefact(src: Path) -> None:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian chromium, chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--force-device-scale-factor=1",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-    try:
-        driver.set_page_load_timeout(20)
+    if why := missing_browser():
+        pytest.skip(why)
+    with headless_chromium(tmp_path_factory.mktemp("chromium-profile"), page_load_timeout=20) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait_images(driver, timeout: float = 10.0) -> list[dict]:

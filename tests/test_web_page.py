@@ -25,13 +25,12 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from segresearch.demo import demo_cassette, demo_kb, demo_query
+from segresearch.testing.browser import headless_chromium, missing_browser
 from segresearch.testing.scenes import mask_box, render_scene, write_frames, write_video
 from segresearch.testing.servers import ServerDidNotStart, start_graph_server
 
 pytestmark = pytest.mark.network
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "web-page-token-1234"
 LIMIT_MB = 1
 KEYFRAME = 13  # the demo cassette's keyframe
@@ -274,25 +273,10 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian chromium, chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--force-device-scale-factor=1", "--hide-scrollbars",
-                f"--user-data-dir={tmp_path_factory.mktemp('web-chromium')}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-    try:
-        driver.set_page_load_timeout(30)
-        driver.set_window_size(1280, 800)
+    if why := missing_browser():
+        pytest.skip(why)
+    with headless_chromium(tmp_path_factory.mktemp("web-chromium"), page_load_timeout=30, window=(1280, 800)) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _wait(driver, js: str, timeout: float = 30, what: str = "") -> object:
