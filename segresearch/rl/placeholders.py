@@ -72,11 +72,7 @@ class GeometryProcessor:
         **kwargs: Any,
     ) -> Any:
         if not self._answerable(text, images, videos, audio, kwargs):
-            self.processor_calls += 1
-            call: dict[str, Any] = {"text": text, "images": images, "videos": videos, **kwargs}
-            if audio is not None:
-                call["audio"] = audio
-            return self._processor(**call)
+            return self._delegate(text, images, videos, audio, kwargs)
         geometry = {k: v for k, v in kwargs.items() if k in _GEOMETRY_KWARGS}
         texts = [text] if isinstance(text, str) else list(text)
         counts = [self.image_tokens(img.height, img.width, **geometry) for img in images or []]
@@ -84,8 +80,7 @@ class GeometryProcessor:
         pads = sum(row.count(self._image_token_id) for row in ids)
         if pads != len(counts):
             # The processor raises its own, clearer error for a mismatch.
-            self.processor_calls += 1
-            return self._processor(text=text, images=images, videos=videos, **kwargs)
+            return self._delegate(text, images, videos, audio, kwargs)
         self.geometry_calls += 1
         it = iter(counts)
         pad = self._image_token_id
@@ -99,6 +94,13 @@ class GeometryProcessor:
                     expanded.append(t)
             out.append(expanded)
         return {"input_ids": out}
+
+    def _delegate(self, text: Any, images: Any, videos: Any, audio: Any, kwargs: dict[str, Any]) -> Any:
+        self.processor_calls += 1
+        call: dict[str, Any] = {"text": text, "images": images, "videos": videos, **kwargs}
+        if audio is not None:
+            call["audio"] = audio
+        return self._processor(**call)
 
     def _answerable(self, text: Any, images: Any, videos: Any, audio: Any, kwargs: dict[str, Any]) -> bool:
         if not self.supported or videos or audio is not None or text is None:
