@@ -107,18 +107,20 @@ def build_model(out: Path) -> tuple[Path, str]:
 
 def clear_caches() -> None:
     """Empty our process-wide caches (frame blocks, rendered prompts, media store and
-    handles, query vectors); the search index and the tokenizer stay loaded."""
+    handles, query vectors, knowledge-base hit images); the search index and the tokenizer
+    stay loaded."""
     from segresearch.agents import media_store
     from segresearch.graphs import nodes
     from segresearch.rl import verl_model
     from segresearch.shared_cache import LoadOnce
     from segresearch.tools import media
+    from segresearch.tools.search import base, tools
     from segresearch.tools.search.kb import index
 
-    for module in (verl_model, nodes, media):
+    for module in (verl_model, nodes, media, base, tools):
         for name, obj in vars(module).items():
-            if name.startswith("_") and isinstance(obj, (dict, OrderedDict, LoadOnce)) and (
-                    "CACHE" in name or "BLOCKS" in name):
+            if name.startswith("_") and isinstance(obj, (dict, OrderedDict, LoadOnce)) and any(
+                    w in name for w in ("CACHE", "BLOCKS", "IMAGES", "RESIZED")):
                 obj.clear()
     for kb in list(index._KBS._items.values()):  # both loops search the same loaded index
         kb._query_vecs.clear()

@@ -30,9 +30,14 @@ class _Worker:
         b = asyncio.run(run_batch(self.h, which, rows_for(self.h, which, 1, 1), 0.0))
         return all(t["answered"] for t in b.trajectories)
 
-    def run(self, which: str, start_at: float, latency: float, prompt_ids: list[int], samples: int) -> dict[str, Any]:
+    def run(self, which: str, start_at: float, latency: float, prompt_ids: list[int], samples: int,
+            cold: bool = True) -> dict[str, Any]:
+        """One batch; ``cold`` empties the caches first, as a training step's new prompts find them."""
         from bench._rollout_run import run_batch
+        from bench._rollout_setup import clear_caches
 
+        if cold:
+            clear_caches()
         rows = [getattr(self.h.prompts[p], which)() for p in prompt_ids for _ in range(samples)]
         time.sleep(max(0.0, start_at - time.time()))
         t0 = time.time()
@@ -108,12 +113,14 @@ def start_pool(n: int, init: tuple[Any, ...], use_ray: bool = True) -> Pool:
     return Pool("spawned processes", handles, close)
 
 
-def run_spread(pool: Pool, which: str, latency: float, prompts: int, samples: int) -> dict[str, Any]:
-    """``prompts`` × ``samples`` trajectories, whole GRPO groups per worker, started together."""
+def run_spread(pool: Pool, which: str, latency: float, prompts: int, samples: int,
+               cold: bool = True) -> dict[str, Any]:
+    """``prompts`` × ``samples`` trajectories, whole GRPO groups per worker, started together;
+    ``cold``: from empty caches (a training step's prompts are new to the worker)."""
     n = len(pool.handles)
     share = [[p for p in range(prompts) if p % n == w] for w in range(n)]
     start_at = time.time() + 1.0
-    res = pool.call("run", [which] * n, [start_at] * n, [latency] * n, share, [samples] * n)
+    res = pool.call("run", [which] * n, [start_at] * n, [latency] * n, share, [samples] * n, [cold] * n)
     wall = max(r["end"] for r in res) - min(r["start"] for r in res)
     calls = sum(r["calls"] for r in res)
     return {"wall": wall, "cpu": sum(r["cpu"] for r in res), "calls": calls,

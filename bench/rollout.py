@@ -102,17 +102,21 @@ def spread_section(h, args: argparse.Namespace, grpo_cpu: dict[str, float]) -> s
         rows = []
         for latency in args.latency:
             for which in loops:
-                r = run_spread(pool, which, latency, args.prompts, args.samples)
-                assert r["answered"] == n, r
-                ideal = len(TURNS) * latency
-                rows.append([f"{which}, {latency * 1e3:g} ms", f"{r['wall']:.2f}", f"{ideal:.2f}",
-                             f"{ideal / r['wall']:.1%}", f"{r['cpu'] / r['calls'] * 1e3:.1f}"])
+                # New prompts (a training step: frames, searches and prompts not seen before),
+                # then the same batch again with what it left in the caches.
+                for cold in (True, False):
+                    r = run_spread(pool, which, latency, args.prompts, args.samples, cold=cold)
+                    assert r["answered"] == n, r
+                    ideal = len(TURNS) * latency
+                    rows.append([f"{which}, {latency * 1e3:g} ms", "new" if cold else "repeated",
+                                 f"{r['wall']:.2f}", f"{ideal:.2f}", f"{ideal / r['wall']:.1%}",
+                                 f"{r['cpu'] / r['calls'] * 1e3:.1f}"])
     finally:
         pool.close()
     cores = os.cpu_count() or 1
     out = [f"{n} trajectories ({args.prompts} prompts × {args.samples}) over {args.workers} agent-loop "
            f"workers ({pool.kind}, started and warmed in {started:.0f} s) on this machine's {cores} cores:",
-           markdown(["loop, model turn", "wall s", "ideal s", "efficiency", "CPU ms/turn"], rows)]
+           markdown(["loop, model turn", "prompts", "wall s", "ideal s", "efficiency", "CPU ms/turn"], rows)]
     # Projection, not a measurement: with W workers on C cores each core serves n / min(W, C)
     # trajectories; if all of them finish a model call together, a turn takes L + (n/C)·c, so
     # the efficiency is L / (L + (n/C)·c) at worst.

@@ -699,3 +699,42 @@ def test_query_vectors_are_encoded_once_per_text(small_kb):
     assert enc.batches[1:] == [["a new query", "another one"]]
     assert rows[1] == hits[0]
     assert kb.search_text_batch(["another one"], 2) == [rows[2]] and len(enc.batches) == 2
+
+
+def test_a_repeated_image_hit_is_read_and_resized_once(corpus, tmp_path):
+    """The samples of a GRPO group ask for the same picture: the file is decoded once and the
+    hit resized once (the same object comes back); an edited file is read again."""
+    from segresearch.tools.search.bm25 import BM25KnowledgeBase
+
+    kb_dir = shutil.copytree(corpus, tmp_path / "kb")
+    tools = make_search_tools(BM25KnowledgeBase(kb_dir))
+    call = {"name": "image_search", "args": {"query": "Skarv yacht"}, "id": "c1", "type": "tool_call"}
+    first = tools["image_search"].invoke(call).artifact["images"][0]
+    assert tools["image_search"].invoke(call).artifact["images"][0] is first
+    source = Image.new("RGB", (48, 32), IMAGES["Skarv yacht"])
+    assert np.array_equal(np.asarray(first), np.asarray(source.resize((256, 256), Image.BICUBIC)))
+    path = kb_dir / "images" / "Skarv_yacht.png"
+    st = path.stat()
+    Image.new("RGB", (48, 32), (10, 220, 10)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    edited = tools["image_search"].invoke(call).artifact["images"][0]
+    assert edited is not first and edited.getpixel((100, 100)) == (10, 220, 10)
+
+
+def test_an_edited_knowledge_base_is_reloaded_within_the_version_ttl(corpus, tmp_path, monkeypatch):
+    """The folder listing behind a knowledge base's version is trusted for KB_VERSION_TTL_S
+    (every search asks for the backend); an edit is picked up once it has passed."""
+    from segresearch.tools.search import backends
+
+    kb_dir = shutil.copytree(corpus, tmp_path / "kb")
+    monkeypatch.setattr(backends, "KB_VERSION_TTL_S", 3600.0)
+    a = backends.get_backend("bm25", str(kb_dir))
+    corpus_file = kb_dir / "text_corpus.jsonl"
+    with corpus_file.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": 999, "contents": "Quokka Pier\nA pier where the quokka choir sings."}) + "\n")
+    st = corpus_file.stat()
+    os.utime(corpus_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert backends.get_backend("bm25", str(kb_dir)) is a  # within the TTL: no listing
+    monkeypatch.setattr(backends, "KB_VERSION_TTL_S", 0.0)
+    b = backends.get_backend("bm25", str(kb_dir))
+    assert b is not a and b.search_text("quokka choir pier", 1)[0].title == "Quokka Pier"

@@ -303,6 +303,29 @@ def test_open_media_caches_by_path(png_dir):
     assert open_media(str(png_dir) + "/") is a
 
 
+def test_a_list_of_frames_is_cached_by_every_frame(tmp_path, monkeypatch):
+    """An RL row (a list of frame paths) is opened by every sample of its group and again for
+    the keyframe: one handle while no frame changes; a new one when any frame does."""
+    calls = []
+    real = media_mod._open_uncached
+    monkeypatch.setattr(media_mod, "_open_uncached", lambda *a, **k: calls.append(a) or real(*a, **k))
+    paths = []
+    for k in range(3):
+        _solid(tmp_path / f"{k:05d}.png", (k * 50, 0, 0))
+        paths.append(str(tmp_path / f"{k:05d}.png"))
+    a = open_media(paths)
+    assert open_media(list(paths)) is a and len(calls) == 1
+    assert open_media(paths[::-1]) is not a  # another order is another clip
+    st = os.stat(paths[1])
+    _solid(Path(paths[1]), (0, 250, 0))
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    b = open_media(paths)
+    assert b is not a and b.frame(1).getpixel((0, 0)) == (0, 250, 0)
+    os.unlink(paths[2])
+    with pytest.raises(MediaError, match="not found"):
+        open_media(paths)
+
+
 # ------------------------------------------------------------------ sampling
 
 

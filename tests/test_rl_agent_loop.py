@@ -399,3 +399,50 @@ def test_agent_loop_is_registered_by_name():
     entry = _agent_loop_registry[AGENT_NAME]
     assert entry["_target_"] == "segresearch.rl.agent_loop.SegResearchAgentLoop"
     assert hydra.utils.get_class(entry["_target_"]) is SegResearchAgentLoop
+
+
+def test_observations_join_the_stream_without_thread_hops(tiny, scene_dir, kb_dir, monkeypatch):
+    """Observations and generated turns are merged with the token builder's own methods on
+    the event loop (verl's ct_merge_* wrappers hop to a thread for each, which on a busy
+    worker costs more than the merge), and images the media store holds need no thread to
+    be looked up. The ids are the same either way (test_token_exact_multimodal_trajectory)."""
+    from verl.experimental.agent_loop.agent_loop import AgentLoopBase
+
+    def hop(*a, **k):
+        raise AssertionError("a verl executor hop was taken")
+
+    monkeypatch.setattr(AgentLoopBase, "ct_merge_context_msg", hop)
+    monkeypatch.setattr(AgentLoopBase, "ct_merge_assistant_token", hop)
+    out, server = run_one(tiny, scene_dir, [SEARCH, KEYFRAME, ANSWER], kb=kb_dir)
+    assert out.extra_fields["stop_reason"] == "answer", out.extra_fields
+    assert len(server.calls) == 3 and len(out.multi_modal_data["images"]) == 7
+
+
+def test_images_are_read_in_a_thread_only_when_not_in_memory(tiny):
+    """Store references held in memory are converted in place; inline data (a decode) or a
+    reference the store must remake goes to the executor. Both give the same chat message."""
+    from langchain_core.messages import HumanMessage
+    from PIL import Image
+
+    from segresearch.agents.content import image_block, media_block, text_block
+    from segresearch.rl import verl_model
+
+    class Loop:
+        def __init__(self):
+            self.hops = 0
+            self.loop = self
+
+        async def run_in_executor(self, executor, fn):
+            self.hops += 1
+            return fn()
+
+    img = Image.new("RGB", (40, 30), (10, 200, 30))
+    resident = HumanMessage(content=[text_block("a"), media_block(img)])
+    inline = HumanMessage(content=[text_block("a"), image_block(img, fmt="PNG")])
+    loop = Loop()
+    (msg_a, imgs_a), = asyncio.run(verl_model._converted(loop, [resident]))
+    assert loop.hops == 0
+    (msg_b, imgs_b), = asyncio.run(verl_model._converted(loop, [inline]))
+    assert loop.hops == 1
+    assert [p["type"] for p in msg_a["content"]] == [p["type"] for p in msg_b["content"]] == ["text", "image"]
+    assert np.array_equal(np.asarray(imgs_a[0]), np.asarray(imgs_b[0]))

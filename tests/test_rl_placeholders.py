@@ -196,3 +196,49 @@ def test_rollout_with_geometry_equals_rollout_with_processor(proc, scene_dir, kb
     pads = (via_geo.prompt_ids + via_geo.response_ids).count(proc.image_token_id)
     assert pads == sum(geo.image_tokens(h, w) for w, h in sizes) > 4 * 100
     assert geo.processor_calls == 0 and geo.geometry_calls >= 2
+
+
+def test_text_only_renders_are_kept_across_builders(proc, monkeypatch):
+    """verl renders a synthetic text-only prefix before every observation; every builder of
+    a worker (one per sample) shares one render of it, keyed by content: a different
+    conversation is rendered anew, and the answers are the processor's."""
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    from segresearch.rl import placeholders
+
+    placeholders._TEXT_RENDERS.clear()
+    tok = proc.tokenizer
+    family = "qwen3_vl" if type(proc).__name__.startswith("Qwen3") else "qwen2_5_vl"
+    real_template = type(proc).apply_chat_template
+    text_only_renders = []
+
+    def counting(self, conversation, *a, **k):
+        if all(isinstance(m.get("content"), str) or all(p.get("type") == "text" for p in m["content"])
+               for m in conversation):
+            text_only_renders.append(conversation)
+        return real_template(self, conversation, *a, **k)
+
+    monkeypatch.setattr(type(proc), "apply_chat_template", counting)
+    chat = [{"role": "system", "content": "sys"},
+            {"role": "user", "content": [{"type": "image", "image": _image(448, 448)},
+                                         {"type": "text", "text": "where is it?"}]},
+            {"role": "assistant", "content": "<keyframe> 1 </keyframe>"}]
+    obs = {"role": "user", "content": [{"type": "image", "image": _image(864, 864)},
+                                       {"type": "text", "text": "the keyframe"}]}
+    results = []
+    for _sample in range(4):
+        class Loop:
+            continuous_token_builder = create_continuous_token_builder(
+                tok, hf_model_type=family, chat_template_kwargs={}, mm_processor_kwargs={}, processor=proc)
+
+        install(Loop)
+        results.append(Loop.continuous_token_builder.merge_context_tokens(chat, [*chat, obs], [1, 2, 3]).token_ids)
+    assert all(r == results[0] for r in results)
+    assert len(text_only_renders) == 1  # the prefix, once for four samples
+    geo = GeometryProcessor(proc)
+    a = [{"role": "user", "content": "one"}]
+    b = [{"role": "user", "content": "two"}]
+    kw = {"tokenize": False, "add_generation_prompt": True}
+    assert geo.apply_chat_template(a, **kw) == real_template(proc, a, **kw)
+    assert geo.apply_chat_template(b, **kw) == real_template(proc, b, **kw) != geo.apply_chat_template(a, **kw)
+    assert geo(text=["hello there"])["input_ids"] == [tok("hello there")["input_ids"]]

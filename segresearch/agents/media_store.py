@@ -138,6 +138,11 @@ class MediaStore:
                 self._remember(digest, img)
         return img
 
+    def resident(self, digest: str) -> bool:
+        """Whether ``get(digest)`` answers from memory (no file read, no recipe to run)."""
+        with self._lock:
+            return digest in self._images
+
     def png_bytes(self, digest: str) -> bytes:
         if not DIGEST_RE.fullmatch(digest):
             raise KeyError(digest)

@@ -12,18 +12,28 @@ as ``get_number_of_image_patches`` (the hook vLLM uses for the same purpose).
 exactly (PIL images, Qwen-style image tokens, settings the geometry rule reads) are answered from
 geometry; anything else (videos, audio, other kwargs, a processor without the rule) goes to the
 real processor unchanged. The token-exactness tests compare both on many image sizes.
+
+Text-only renders are also kept by content: verl's builder renders the same synthetic prefix (a
+system and a user message) before every observation, only to cut it off again, and every
+sample in a worker renders the same one.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
 from PIL import Image
 
+from segresearch.shared_cache import LoadOnce
+
 # Processor kwargs the geometry rule reads; any other kwarg goes to the real processor.
 _GEOMETRY_KWARGS = frozenset({"min_pixels", "max_pixels", "patch_size", "merge_size"})
 _IGNORED_KWARGS = frozenset({"return_tensors"})
+# Text-only chat-template renders and token ids, by processor and content (held, not by id, so
+# an entry can never answer for another processor).
+_TEXT_RENDERS: LoadOnce[Any] = LoadOnce(maxsize=1024)
 
 
 class GeometryProcessor:
@@ -63,6 +73,15 @@ class GeometryProcessor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._processor, name)
 
+    def apply_chat_template(self, conversation: Any, *args: Any, **kwargs: Any) -> Any:
+        """The processor's, remembered for text-only conversations rendered to text."""
+        key = None
+        if not args and kwargs.get("tokenize") is False and not kwargs.get("return_dict") and _text_only(conversation):
+            key = _key("template", self._processor, conversation, kwargs)
+        if key is None:
+            return self._processor.apply_chat_template(conversation, *args, **kwargs)
+        return _TEXT_RENDERS.get(key, lambda: self._processor.apply_chat_template(conversation, **kwargs))
+
     def __call__(
         self,
         text: Any = None,
@@ -75,7 +94,14 @@ class GeometryProcessor:
             return self._delegate(text, images, videos, audio, kwargs)
         geometry = {k: v for k, v in kwargs.items() if k in _GEOMETRY_KWARGS}
         texts = [text] if isinstance(text, str) else list(text)
-        counts = [self.image_tokens(img.height, img.width, **geometry) for img in images or []]
+        if not images:
+            self.geometry_calls += 1
+            key = _key("ids", self._tokenizer, texts, {})
+            if key is None:
+                return {"input_ids": self._tokenizer(texts)["input_ids"]}
+            rows = _TEXT_RENDERS.get(key, lambda: tuple(tuple(r) for r in self._tokenizer(texts)["input_ids"]))
+            return {"input_ids": [list(r) for r in rows]}
+        counts = [self.image_tokens(img.height, img.width, **geometry) for img in images]
         ids = self._tokenizer(texts)["input_ids"]
         pads = sum(row.count(self._image_token_id) for row in ids)
         if pads != len(counts):
@@ -114,6 +140,30 @@ class GeometryProcessor:
     def image_tokens(self, height: int, width: int, **geometry: Any) -> int:
         """Placeholder tokens for an image of ``height`` × ``width`` pixels."""
         return _count(self._image_processor, int(height), int(width), tuple(sorted(geometry.items())))
+
+
+def _text_only(conversation: Any) -> bool:
+    if not isinstance(conversation, list):
+        return False
+    for msg in conversation:
+        if not isinstance(msg, dict):
+            return False
+        content = msg.get("content")
+        if isinstance(content, list):
+            if any(not isinstance(p, dict) or p.get("type") != "text" for p in content):
+                return False
+        elif content is not None and not isinstance(content, str):
+            return False
+    return True
+
+
+def _key(kind: str, owner: Any, value: Any, kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """A cache key, or None when the inputs cannot be keyed exactly (then nothing is kept)."""
+    try:
+        hash(owner)
+        return (kind, owner, json.dumps(value, sort_keys=True), json.dumps(kwargs, sort_keys=True))
+    except TypeError:
+        return None
 
 
 @lru_cache(maxsize=4096)

@@ -33,7 +33,14 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from PIL import Image
 from pydantic import ConfigDict, PrivateAttr
 
-from segresearch.agents.content import block_image, block_url, content_blocks, is_image_block
+from segresearch.agents.content import (
+    block_digest,
+    block_image,
+    block_url,
+    content_blocks,
+    is_image_block,
+)
+from segresearch.agents.media_store import get_store
 from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop
 
 TRUNCATION_NOTE = " …[truncated]"
@@ -157,7 +164,7 @@ class VerlChatModel(BaseChatModel):
 
     async def _start(self, messages: list[BaseMessage]) -> None:
         loop = self.agent_loop
-        converted = await _in_thread(loop, lambda: [to_chat_message(m) for m in messages])
+        converted = await _converted(loop, messages)
         chat = [msg for msg, _ in converted]
         images = [img for _, imgs in converted for img in imgs]
         loop._assert_mm_supported(bool(images))
@@ -178,12 +185,13 @@ class VerlChatModel(BaseChatModel):
                 continue  # our own last turn, recorded when it was generated
             if t.exhausted:
                 return
-            msg, images = await _in_thread(self.agent_loop, lambda m=m: to_chat_message(m))
-            await self._merge_observation(msg, images)
+            [(msg, images)] = await _converted(self.agent_loop, [m])
+            self._merge_observation(msg, images)
 
-    async def _merge_observation(self, msg: dict[str, Any], images: list[Image.Image]) -> None:
+    def _merge_observation(self, msg: dict[str, Any], images: list[Image.Image]) -> None:
         t = self._traj
         loop = self.agent_loop
+        builder = loop.continuous_token_builder
         tok = loop.tokenizer
         im_end = tok.convert_tokens_to_ids("<|im_end|>")
         stream, mask, lps = t.stream, t.mask, t.logprobs
@@ -194,9 +202,10 @@ class VerlChatModel(BaseChatModel):
         record = TurnRecord(kind="observation", tokens=0)
         t0 = time.perf_counter()
         for _attempt in range(4):
-            result, new_mask, new_lps = await loop.ct_merge_context_msg(
-                t.messages, [*t.messages, msg], stream, mask, lps
-            )
+            # verl's ct_merge_context_msg without its executor hop: rendering is Python under
+            # the GIL, so a thread only adds a switch per observation on a busy worker.
+            result = builder.merge_context_tokens(t.messages, [*t.messages, msg], stream)
+            new_mask, new_lps = builder.align_response_metadata(result, mask, lps)
             n = result.appended_token_count + len(result.inserted_token_ids)
             if n <= self.max_observation_tokens:
                 break
@@ -272,8 +281,10 @@ class VerlChatModel(BaseChatModel):
             lps = list(out.log_probs)[: len(ids)]
         else:
             t.logprobs = None
-        result, t.mask, t.logprobs = await loop.ct_merge_assistant_token(
-            t.stream, ids, t.mask, t.logprobs, assistant_logprobs=lps
+        builder = loop.continuous_token_builder  # ct_merge_assistant_token, without the hop
+        result = builder.merge_assistant_tokens(t.stream, ids)
+        t.mask, t.logprobs = builder.align_response_metadata(
+            result, t.mask, t.logprobs, assistant_logprobs=lps
         )
         t.stream = list(result.token_ids)
         text = loop.tokenizer.decode(ids, skip_special_tokens=True)
@@ -296,9 +307,28 @@ class VerlChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
 
-async def _in_thread(agent_loop: Any, fn: Any) -> Any:
-    """Image decoding stays off the event loop that hundreds of trajectories share."""
-    return await agent_loop.loop.run_in_executor(None, fn)
+async def _converted(
+    agent_loop: Any, messages: list[BaseMessage]
+) -> list[tuple[dict[str, Any], list[Image.Image]]]:
+    """The messages in the processor's format. Images the media store holds in memory are
+    looked up in place; one it must read back or remake (a decode) is fetched in a thread,
+    so that decoding stays off the event loop hundreds of trajectories share, while the
+    usual case pays no thread switch."""
+    if all(_resident(m) for m in messages):
+        return [to_chat_message(m) for m in messages]
+    return await agent_loop.loop.run_in_executor(None, lambda: [to_chat_message(m) for m in messages])
+
+
+def _resident(message: BaseMessage) -> bool:
+    if isinstance(message.content, str):
+        return True
+    store = get_store()
+    for block in content_blocks(message.content):
+        if is_image_block(block):
+            digest = block_digest(block)
+            if digest is None or not store.resident(digest):
+                return False  # inline data to decode, or a store miss
+    return True
 
 
 _PROMPT_CACHE: OrderedDict[tuple[Any, str], list[int]] = OrderedDict()

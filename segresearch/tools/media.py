@@ -597,14 +597,22 @@ _CACHE_SIZE = 16
 
 
 def _cache_key(media: str | Sequence[str], max_pixels: int) -> tuple | None:
-    if not isinstance(media, (str, os.PathLike)):
-        return None
-    p = Path(media).expanduser()
+    """Path and version of the media; for a list of frames, the identity and version of
+    every frame (an RL dataset row is one, opened by every sample of its group and again
+    for the keyframe; a stat per frame, where resolving each path cost more than the rest)."""
     try:
-        st = p.stat()
-    except OSError:
+        if isinstance(media, (str, os.PathLike)):
+            p = Path(media).expanduser()
+            st = p.stat()
+            return (str(p.resolve()), st.st_mtime_ns, st.st_size, max_pixels)
+        stats = [os.stat(os.path.expanduser(p)) for p in media]
+    except (OSError, TypeError, ValueError):
+        return None  # missing or malformed: the uncached path says what is wrong
+    if not stats:
         return None
-    return (str(p.resolve()), st.st_mtime_ns, st.st_size, max_pixels)
+    # The paths as given stay in the key: the cached handle reads frames by them.
+    return ("list", tuple((os.fspath(p), st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+                          for p, st in zip(media, stats, strict=True)), max_pixels)
 
 
 def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] | None = ...) -> Media:
@@ -624,7 +632,8 @@ def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] |
     max_pixels = working_max_pixels()
     key = _cache_key(media, max_pixels)
     if key is not None:
-        check_allowed(Path(media), roots)
+        for p in [media] if isinstance(media, str) else media:
+            check_allowed(Path(p), roots)
         with _CACHE_LOCK:
             hit = _CACHE.get(key)
             if hit is not None:

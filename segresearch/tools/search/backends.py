@@ -9,6 +9,7 @@ one client), keyed by the settings that identify them.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,11 +90,24 @@ def _kb_folder(cfg: SearchSettings) -> Path:
     return folder
 
 
+# How long a knowledge base's version stamp is trusted before its folder is listed again:
+# every search asks for the backend, and listing and stating the folder each time cost more
+# than a BM25 query. An edited knowledge base is picked up within this time.
+KB_VERSION_TTL_S = 1.0
+_KB_STAMPS: dict[str, tuple[float, tuple[Any, ...]]] = {}
+
+
 def _kb_version(cfg: SearchSettings) -> tuple[Any, ...]:
     """A knowledge base is reloaded when any of its files changes."""
+    now = time.monotonic()
+    hit = _KB_STAMPS.get(cfg.kb)
+    if hit is not None and now - hit[0] < KB_VERSION_TTL_S:
+        return hit[1]
     folder = _kb_folder(cfg)
     stamp = max((p.stat().st_mtime_ns for p in folder.iterdir() if p.is_file()), default=0)
-    return (str(folder.resolve()), stamp)
+    version = (str(folder.resolve()), stamp)
+    _KB_STAMPS[cfg.kb] = (now, version)
+    return version
 
 
 @register_backend("bm25", key=_kb_version)

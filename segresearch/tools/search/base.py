@@ -7,11 +7,15 @@ from the rest of the package, so every other module can build on it.
 
 from __future__ import annotations
 
+import os
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
+
+from segresearch.shared_cache import LoadOnce
 
 
 @dataclass
@@ -75,3 +79,21 @@ def split_title(contents: str) -> tuple[str, str]:
     """Corpus convention: the first line of ``contents`` is the title."""
     title, _, body = contents.strip().partition("\n")
     return title.strip(), body.strip()
+
+
+# Decoded knowledge-base images by file and version: the samples of a GRPO group (and an
+# evaluation's repeated queries) hit the same few images, and re-reading one per hit cost
+# more than the search itself. Callers share the objects and must not modify them.
+_KB_IMAGES: LoadOnce[Image.Image] = LoadOnce(maxsize=64)
+
+
+def read_kb_image(path: str | os.PathLike) -> Image.Image:
+    """The RGB pixels of a knowledge-base image file (OSError when it cannot be read)."""
+    p = Path(path)
+    st = p.stat()
+
+    def load() -> Image.Image:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+
+    return _KB_IMAGES.get((str(p), st.st_mtime_ns, st.st_size), load)

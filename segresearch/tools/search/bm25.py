@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from segresearch.jsonl import iter_jsonl
 from segresearch.tools.search.base import (
@@ -15,6 +14,7 @@ from segresearch.tools.search.base import (
     SearchBackend,
     SearchUnavailable,
     TextHit,
+    read_kb_image,
     split_title,
     tokenize,
 )
@@ -81,8 +81,7 @@ class BM25KnowledgeBase(SearchBackend):
         for i in self._top(scores, k):
             name, path = self.images[i]
             try:
-                with Image.open(path) as im:
-                    img = im.convert("RGB")
+                img = read_kb_image(path)
             except OSError as e:
                 raise RuntimeError(f"cannot read image {path.name}: {e}") from None
             hits.append(ImageHit(name, img, float(scores[i])))

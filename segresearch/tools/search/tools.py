@@ -20,9 +20,18 @@ from segresearch.agents.protocol import (
     render_search_error,
     render_text_results,
 )
+from segresearch.shared_cache import LoadOnce
 from segresearch.tools.search.base import SearchBackend, SearchUnavailable
 
 _POOL = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="segresearch-search")
+# Hit images at the observation size, by source object: a knowledge base hands out one
+# object per file, so the samples of a GRPO group resize it once. The entry holds the
+# source, so its id cannot be reused by another image while the entry lives.
+_RESIZED: LoadOnce[tuple[Image.Image, Image.Image]] = LoadOnce(maxsize=256)
+
+
+def _resized(img: Image.Image, size: int) -> Image.Image:
+    return _RESIZED.get((id(img), size), lambda: (img, img.resize((size, size), Image.BICUBIC)))[1]
 
 
 class TextSearchArgs(BaseModel):
@@ -76,7 +85,7 @@ def make_search_tools(
             hits = _call(backend.search_images, timeout, query, image_topk)
         except Exception as e:  # noqa: BLE001
             return _fail(e)
-        images = [h.image.resize((image_size, image_size), Image.BICUBIC) for h in hits]
+        images = [_resized(h.image, image_size) for h in hits]
         text = render_image_results([h.name for h in hits])
         return text, {"images": images, "hits": [{"title": h.name, "score": h.score} for h in hits]}
 

@@ -48,6 +48,7 @@ from segresearch.tools.search.base import (
     SearchSettings,
     SearchUnavailable,
     TextHit,
+    read_kb_image,
     split_title,
 )
 from segresearch.tools.search.kb.embedders import (
@@ -561,8 +562,7 @@ class LocalKB(SearchBackend):
         for p in candidates:
             if p.is_file():
                 try:
-                    with Image.open(p) as im:
-                        return im.convert("RGB")
+                    return read_kb_image(p)
                 except OSError as e:
                     raise RuntimeError(f"cannot read image {p.name}: {e}") from None
         raise RuntimeError(f"image file for {row['name']!r} not found: {candidates[0]}")
