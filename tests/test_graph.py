@@ -430,3 +430,35 @@ def test_progress_events_are_streamed_in_order(scene_dir, kb_dir, tmp_path):
     assert [e["done"] for e in progress] == sorted(e["done"] for e in progress)
     assert final["stop_reason"] == "answer" and final["answer"]["keyframe"] == 6
     assert final["masks_dir"] == str(tmp_path / "out" / "masks") and final["turns"] == 3
+
+
+def test_a_new_clips_frames_are_made_side_by_side_and_once(tmp_path, monkeypatch):
+    """The frames a run has not seen are decoded and resized in the frame pool (the work
+    releases the GIL), each once; the blocks equal one-by-one decoding, and a second run
+    on the clip makes none."""
+    import threading
+
+    from segresearch.graphs import nodes
+    from segresearch.testing.scenes import render_scene, write_frames
+    from segresearch.tools.media import open_media, resize_square
+
+    frames, _ = render_scene(n_frames=6, size=(96, 64), seed=7)
+    paths = [str(p) for p in write_frames(frames, tmp_path / "clip")]
+    made: list[str] = []
+    real = nodes.resize_square
+
+    def counting(img, side):
+        made.append(threading.current_thread().name)
+        return real(img, side)
+
+    monkeypatch.setattr(nodes, "resize_square", counting)
+    media = open_media(paths)
+    fids = list(media.frame_ids)
+    blocks = nodes._frame_blocks(media, paths, fids, 48)
+    assert len(made) == len(fids) and all(n.startswith("segresearch-frames") for n in made)
+    from segresearch.agents.content import block_image
+
+    for fid, block in zip(fids, blocks, strict=True):
+        want = resize_square(media.frame(fid), 48)
+        assert np.array_equal(np.asarray(block_image(block)), np.asarray(want))
+    assert nodes._frame_blocks(media, paths, fids, 48) == blocks and len(made) == len(fids)

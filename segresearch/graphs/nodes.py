@@ -7,7 +7,9 @@ event loop). Every other node is quick CPU work or bounded by its own timeout.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import functools
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -139,6 +141,21 @@ def _frame_block(media: Any, spec: Any, fid: int, size: int) -> dict[str, Any]:
     )
 
 
+# Decoding and resizing release the GIL: the frames a run has not seen yet are made side by
+# side, so a new clip's first turn waits for its slowest frame rather than for all of them,
+# and an RL worker's frame work spreads over the cores the node has beside the event loop.
+_DECODE_POOL = cf.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
+                                     thread_name_prefix="segresearch-frames")
+
+
+def _frame_blocks(media: Any, spec: Any, fids: list[int], size: int) -> list[dict[str, Any]]:
+    missing = [f for f in fids if not _FRAME_BLOCKS.has((*media.frame_key(f), size))]
+    if len(missing) > 1 and media.kind != "video":  # a video decoder reads one frame at a time
+        for _ in _DECODE_POOL.map(lambda f: _frame_block(media, spec, f, size), missing):
+            pass
+    return [_frame_block(media, spec, f, size) for f in fids]
+
+
 def _emit(runtime: Runtime[Context], event: dict[str, Any]) -> None:
     """A live progress event for ``stream_mode="custom"`` (a no-op when nobody streams)."""
     runtime.stream_writer(event)
@@ -169,7 +186,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         spec = state["media"]
         media = open_media(spec)
         shown = sample_frame_ids(media.frame_ids, ctx.num_frames)
-        blocks = [_frame_block(media, spec, f, ctx.frame_size) for f in shown]
+        blocks = _frame_blocks(media, spec, shown, ctx.frame_size)
     except (MediaError, KeyError) as e:
         return _fresh_run(_error("media", e if not isinstance(e, KeyError) else "no media given"))
     info = {
