@@ -11,8 +11,11 @@ parser and ``BaseTool``s doing what our tools do (bench/_rollout_verl.py).
    times), ours against verl's; the target is ours ≤ 0.5× verl's.
 2. Efficiency (ideal wall = turns × latency over measured wall) of ``--prompts`` ×
    ``--samples`` trajectories spread over ``--workers`` agent-loop worker processes (Ray
-   actors, as verl runs AgentLoopWorkers), per latency; with a labelled projection to 8
-   cores from the measured CPU per turn.
+   actors, as verl runs AgentLoopWorkers), per latency, all started together and every model
+   turn the same length (the worst case: all CPU work of a turn queues at once). Each batch
+   runs twice: with new prompts (empty caches, as a training step finds them) and repeated
+   (what the first run left in the caches). With a labelled projection to 8 cores from the
+   measured CPU per turn.
 3. Observation rendering by turn in one long trajectory (must stay flat).
 4. With ``--profile``: cProfile of our loop, self time per trajectory by component.
 
