@@ -28,6 +28,7 @@ class Batch:
     cpu: float
     calls: int
     trajectories: list[dict[str, Any]]
+    ideal: float = 0.0  # the longest trajectory's total model time: the wall time with free CPU
 
     @property
     def cpu_per_turn(self) -> float:
@@ -80,10 +81,10 @@ def describe(which: str, out: Any, tok: Any) -> dict[str, Any]:
 
 
 async def run_batch(h: Harness, which: str, rows: list[dict[str, Any]], latency: float,
-                    response_length: int = 8192) -> Batch:
+                    response_length: int = 8192, jitter: float = 0.0) -> Batch:
     """All ``rows`` concurrently in this event loop, a fresh agent loop each (as verl's
     worker makes them); CPU is this process's (all threads) over the batch."""
-    server = FakeServer(h.tok, latency)
+    server = FakeServer(h.tok, latency, jitter=jitter)
     make = h.ours if which == "ours" else h.verl
 
     async def one(row: dict[str, Any]) -> Any:
@@ -95,7 +96,8 @@ async def run_batch(h: Harness, which: str, rows: list[dict[str, Any]], latency:
     trajs = [describe(which, o, h.tok) for o in outs]
     for t, seen in zip(trajs, sorted(server.images.values()), strict=False):
         t["server_images"] = seen  # images sent with the last call (order-free check below)
-    return Batch(which, len(rows), wall, cpu, sum(server.calls.values()), trajs)
+    return Batch(which, len(rows), wall, cpu, sum(server.calls.values()), trajs,
+                 ideal=max(server.slept.values(), default=0.0))
 
 
 def rows_for(h: Harness, which: str, prompts: int, samples: int) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import io
 import json
+import random
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -130,21 +131,30 @@ def clear_caches() -> None:
 class FakeServer:
     """verl's server manager with scripted turns: sleeps ``latency`` and answers the next
     turn of the request's script (every turn ends with ``<|im_end|>``). No CPU work: the
-    token ids are made once. It keeps per request the calls and images it was sent."""
+    token ids are made once. It keeps per request the calls, images and seconds slept.
 
-    def __init__(self, tok: Any, latency: float, turns: list[str] = TURNS):
+    ``jitter`` j makes each call sleep ``latency × (1 + j·u)``, u uniform in [-1, 1] (real
+    turns differ in length, so trajectories drift apart); 0 is lockstep."""
+
+    def __init__(self, tok: Any, latency: float, turns: list[str] = TURNS, jitter: float = 0.0):
         end = tok.convert_tokens_to_ids("<|im_end|>")
         self.ids = [[*tok.encode(t, add_special_tokens=False), end] for t in turns]
         self.latency = latency
+        self.jitter = jitter
         self.calls: dict[str, int] = {}
         self.images: dict[str, int] = {}
+        self.slept: dict[str, float] = {}
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
                        image_data: list | None = None, **kwargs: Any) -> TokenOutput:
         i = self.calls.get(request_id, 0)
         self.calls[request_id] = i + 1
         self.images[request_id] = len(image_data or ())
-        await asyncio.sleep(self.latency)
+        seconds = self.latency
+        if self.jitter:
+            seconds *= 1.0 + self.jitter * random.Random(f"{request_id}:{i}").uniform(-1.0, 1.0)
+        self.slept[request_id] = self.slept.get(request_id, 0.0) + seconds
+        await asyncio.sleep(seconds)
         ids = self.ids[min(i, len(self.ids) - 1)][: sampling_params.get("max_tokens") or None]
         return TokenOutput(token_ids=ids, log_probs=[-0.1] * len(ids), stop_reason="completed")
 

@@ -31,7 +31,7 @@ class _Worker:
         return all(t["answered"] for t in b.trajectories)
 
     def run(self, which: str, start_at: float, latency: float, prompt_ids: list[int], samples: int,
-            cold: bool = True) -> dict[str, Any]:
+            cold: bool = True, jitter: float = 0.0) -> dict[str, Any]:
         """One batch; ``cold`` empties the caches first, as a training step's new prompts find them."""
         from bench._rollout_run import run_batch
         from bench._rollout_setup import clear_caches
@@ -41,8 +41,8 @@ class _Worker:
         rows = [getattr(self.h.prompts[p], which)() for p in prompt_ids for _ in range(samples)]
         time.sleep(max(0.0, start_at - time.time()))
         t0 = time.time()
-        b = asyncio.run(run_batch(self.h, which, rows, latency))
-        return {"start": t0, "end": time.time(), "cpu": b.cpu, "calls": b.calls,
+        b = asyncio.run(run_batch(self.h, which, rows, latency, jitter=jitter))
+        return {"start": t0, "end": time.time(), "cpu": b.cpu, "calls": b.calls, "ideal": b.ideal,
                 "answered": sum(t["answered"] for t in b.trajectories), "n": b.n}
 
 
@@ -114,14 +114,17 @@ def start_pool(n: int, init: tuple[Any, ...], use_ray: bool = True) -> Pool:
 
 
 def run_spread(pool: Pool, which: str, latency: float, prompts: int, samples: int,
-               cold: bool = True) -> dict[str, Any]:
+               cold: bool = True, jitter: float = 0.0) -> dict[str, Any]:
     """``prompts`` × ``samples`` trajectories, whole GRPO groups per worker, started together;
-    ``cold``: from empty caches (a training step's prompts are new to the worker)."""
+    ``cold``: from empty caches (a training step's prompts are new to the worker); ``jitter``:
+    see FakeServer."""
     n = len(pool.handles)
     share = [[p for p in range(prompts) if p % n == w] for w in range(n)]
     start_at = time.time() + 1.0
-    res = pool.call("run", [which] * n, [start_at] * n, [latency] * n, share, [samples] * n, [cold] * n)
+    res = pool.call("run", [which] * n, [start_at] * n, [latency] * n, share, [samples] * n, [cold] * n,
+                    [jitter] * n)
     wall = max(r["end"] for r in res) - min(r["start"] for r in res)
     calls = sum(r["calls"] for r in res)
     return {"wall": wall, "cpu": sum(r["cpu"] for r in res), "calls": calls,
+            "ideal": max(r["ideal"] for r in res),
             "answered": sum(r["answered"] for r in res), "n": sum(r["n"] for r in res)}

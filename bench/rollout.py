@@ -20,7 +20,7 @@ parser and ``BaseTool``s doing what our tools do (bench/_rollout_verl.py).
 4. With ``--profile``: cProfile of our loop, self time per trajectory by component.
 
     python bench/rollout.py [--prompts 64] [--samples 8] [--latency 0.05 1] [--workers 8]
-                            [--long-turns 16] [--profile] [--quick]
+                            [--jitter 0.5] [--long-turns 16] [--profile] [--quick]
 """
 
 from __future__ import annotations
@@ -108,17 +108,21 @@ def spread_section(h, args: argparse.Namespace, grpo_cpu: dict[str, float]) -> s
                 # New prompts (a training step: frames, searches and prompts not seen before),
                 # then the same batch again with what it left in the caches.
                 for cold in (True, False):
-                    r = run_spread(pool, which, latency, args.prompts, args.samples, cold=cold)
+                    r = run_spread(pool, which, latency, args.prompts, args.samples, cold=cold,
+                                   jitter=args.jitter)
                     assert r["answered"] == n, r
-                    ideal = len(TURNS) * latency
+                    ideal = r["ideal"]  # = turns × latency without jitter
                     rows.append([f"{which}, {latency * 1e3:g} ms", "new" if cold else "repeated",
                                  f"{r['wall']:.2f}", f"{ideal:.2f}", f"{ideal / r['wall']:.1%}",
                                  f"{r['cpu'] / r['calls'] * 1e3:.1f}"])
     finally:
         pool.close()
     cores = os.cpu_count() or 1
+    turns = ("every model turn the same length (lockstep)" if not args.jitter else
+             f"model turns ±{args.jitter:.0%} around the latency; ideal = the longest trajectory's model time")
     out = [f"{n} trajectories ({args.prompts} prompts × {args.samples}) over {args.workers} agent-loop "
-           f"workers ({pool.kind}, started and warmed in {started:.0f} s) on this machine's {cores} cores:",
+           f"workers ({pool.kind}, started and warmed in {started:.0f} s) on this machine's {cores} cores, "
+           f"{turns}:",
            markdown(["loop, model turn", "prompts", "wall s", "ideal s", "efficiency", "CPU ms/turn"], rows)]
     # Projection, not a measurement: with W workers on C cores each core serves n / min(W, C)
     # trajectories; if all of them finish a model call together, a turn takes L + (n/C)·c, so
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency", type=float, nargs="+", default=[0.05, 1.0],
                     help="model-turn latencies in seconds for the multi-worker run")
     ap.add_argument("--cpu-latency", type=float, default=0.05, help="model-turn latency for table 1")
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="spread each model turn uniformly over latency × (1 ± JITTER) in table 2 "
+                         "(0: lockstep, the worst case)")
     ap.add_argument("--workers", type=int, default=8, help="agent-loop worker processes (0: skip)")
     ap.add_argument("--cpu-prompts", type=int, default=None, help="prompts for table 1 (default: 8, quick: 2)")
     ap.add_argument("--spread-verl", action="store_true", help="also spread verl's loop over the workers")

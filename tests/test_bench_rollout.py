@@ -75,3 +75,13 @@ def test_cpu_table_prints_a_ratio(harness):
     assert set(grpo) == {"ours", "verl"} and all(v > 0 for v in grpo.values())
     assert re.search(r"\|\s+\d+\.\d\d×\s+\|", table), table
     assert "GRPO" in table and "empty caches" in table
+
+
+def test_jitter_spreads_model_turns_and_sets_the_ideal(harness):
+    """Lockstep turns sum to turns × latency; jittered ones differ per trajectory, stay in
+    latency × (1 ± j), and the ideal is the longest trajectory's model time."""
+    lock = asyncio.run(run_batch(harness, "ours", rows_for(harness, "ours", 1, 3), 0.01))
+    assert lock.ideal == pytest.approx(len(TURNS) * 0.01)
+    jit = asyncio.run(run_batch(harness, "ours", rows_for(harness, "ours", 1, 3), 0.01, jitter=0.5))
+    check(jit)
+    assert len(TURNS) * 0.005 <= jit.ideal <= len(TURNS) * 0.015 and jit.ideal != pytest.approx(lock.ideal)
