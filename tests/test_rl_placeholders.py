@@ -242,3 +242,8 @@ def test_text_only_renders_are_kept_across_builders(proc, monkeypatch):
     assert geo.apply_chat_template(a, **kw) == real_template(proc, a, **kw)
     assert geo.apply_chat_template(b, **kw) == real_template(proc, b, **kw) != geo.apply_chat_template(a, **kw)
     assert geo(text=["hello there"])["input_ids"] == [tok("hello there")["input_ids"]]
+    # A placeholder with no image is the processor's to answer, as before the text cache.
+    before = geo.processor_calls
+    got = geo(text=[_text(proc, 1)])["input_ids"]
+    assert geo.processor_calls == before + 1
+    assert [list(map(int, r)) for r in got] == proc(text=[_text(proc, 1)])["input_ids"]

@@ -94,15 +94,8 @@ class GeometryProcessor:
             return self._delegate(text, images, videos, audio, kwargs)
         geometry = {k: v for k, v in kwargs.items() if k in _GEOMETRY_KWARGS}
         texts = [text] if isinstance(text, str) else list(text)
-        if not images:
-            self.geometry_calls += 1
-            key = _key("ids", self._tokenizer, texts, {})
-            if key is None:
-                return {"input_ids": self._tokenizer(texts)["input_ids"]}
-            rows = _TEXT_RENDERS.get(key, lambda: tuple(tuple(r) for r in self._tokenizer(texts)["input_ids"]))
-            return {"input_ids": [list(r) for r in rows]}
-        counts = [self.image_tokens(img.height, img.width, **geometry) for img in images]
-        ids = self._tokenizer(texts)["input_ids"]
+        counts = [self.image_tokens(img.height, img.width, **geometry) for img in images or []]
+        ids = self._token_ids(texts, cached=not images)
         pads = sum(row.count(self._image_token_id) for row in ids)
         if pads != len(counts):
             # The processor raises its own, clearer error for a mismatch.
@@ -120,6 +113,15 @@ class GeometryProcessor:
                     expanded.append(t)
             out.append(expanded)
         return {"input_ids": out}
+
+    def _token_ids(self, texts: list[str], cached: bool) -> list[list[int]]:
+        """The tokenizer's ids for ``texts``; text-only calls (verl's synthetic prefix above
+        all) are kept by content."""
+        key = _key("ids", self._tokenizer, texts, {}) if cached else None
+        if key is None:
+            return self._tokenizer(texts)["input_ids"]
+        rows = _TEXT_RENDERS.get(key, lambda: tuple(tuple(r) for r in self._tokenizer(texts)["input_ids"]))
+        return [list(r) for r in rows]
 
     def _delegate(self, text: Any, images: Any, videos: Any, audio: Any, kwargs: dict[str, Any]) -> Any:
         self.processor_calls += 1
