@@ -643,7 +643,10 @@ def cmd_serve_graph(args: argparse.Namespace) -> int:
         return _die(f"{e} (install the server extra: pip install 'segresearch[server]')")
     try:
         return serve_graph(host=args.host, port=args.port, jobs=args.jobs,
-                           state_dir=args.state_dir, insecure=args.insecure)
+                           state_dir=args.state_dir, insecure=args.insecure,
+                           database=args.database or "", redis=args.redis or "",
+                           cors_origins=args.cors_origin or (), media_max_gb=args.media_max_gb,
+                           heartbeat_s=args.heartbeat)
     except ServeError as e:
         return _die(str(e))
 
@@ -826,6 +829,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for the generated langgraph.json, server state and media")
     gr.add_argument("--insecure", action="store_true",
                     help="allow a non-loopback host without SEGRESEARCH_API_TOKEN")
+    gr.add_argument("--database", metavar="URL",
+                    help="postgresql://… : the durable engine (runs survive a crash; several "
+                         "replicas share threads); env SEGRESEARCH_DATABASE_URL")
+    gr.add_argument("--redis", metavar="URL",
+                    help="redis://HOST:PORT/DB, needed with --database; env SEGRESEARCH_REDIS_URL")
+    gr.add_argument("--cors-origin", dest="cors_origin", action="append", metavar="ORIGIN",
+                    help="let pages from this origin call the API (repeatable; default: none)")
+    gr.add_argument("--media-max-gb", dest="media_max_gb", type=float, metavar="GB",
+                    help="disk budget of the media store and uploads (least recently used "
+                         "images that can be remade are evicted; default: unlimited)")
+    gr.add_argument("--heartbeat", type=float, default=5.0, metavar="S",
+                    help="with --database: seconds between worker liveness marks; a crashed "
+                         "worker's run is taken up again after about twice this (default 5)")
     gr.set_defaults(func=cmd_serve_graph)
 
     kb = sub.add_parser("kb", help="build and query a local dense knowledge base (FAISS)")

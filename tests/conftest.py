@@ -66,3 +66,19 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def pg_services(tmp_path_factory):
+    """One throwaway PostgreSQL cluster and one Redis for the session (Debian's packages);
+    each deployment takes a database and a Redis database number of its own
+    (``segresearch.testing.databases.new_deployment``). Skips when the servers are not installed."""
+    from segresearch.testing.databases import ServiceUnavailable, postgres_server, redis_server
+
+    tmp = tmp_path_factory.mktemp("services")
+    try:
+        with postgres_server(tmp / "pg") as pg, redis_server(tmp / "redis") as redis:
+            yield {"pg": pg, "redis": redis, "n": 0}
+    except ServiceUnavailable as e:
+        pytest.skip(str(e))
+

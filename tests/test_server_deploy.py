@@ -1,7 +1,8 @@
 """``segresearch serve graph`` as a deployment: auth, request checks, our routes, startup errors.
 
 Servers are started through the command itself (``python -m segresearch serve graph``), so
-what is tested is what an operator runs. Two servers for the module: auth off and auth on.
+what is tested is what an operator runs: auth off and auth on, each on both engines (the
+in-memory one and PostgreSQL + Redis), which must be equally closed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.testclient import TestClient
 from segresearch.servers import graph_app
 from segresearch.servers.auth import token_matches
 from segresearch.servers.langgraph_server import is_loopback, port_free, server_config
+from segresearch.testing.databases import new_deployment
 from segresearch.testing.scenes import render_scene, write_frames
 from segresearch.testing.servers import ServerDidNotStart, free_port, start_graph_server
 
@@ -55,28 +57,36 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (outside / "cassette.json").write_text(json.dumps([SECRET]))
     (outside / "kb").mkdir()
     (outside / "kb" / "text_corpus.jsonl").write_text(json.dumps({"id": 0, "contents": SECRET}) + "\n")
+    (root / "inside_secret.txt").write_text(SECRET)  # readable by clients, not by other sites
+    (outside / "home").mkdir()
     (root / "link_to_secret.txt").symlink_to(outside / "secret.txt")
     (root / "link_to_outside").symlink_to(outside, target_is_directory=True)
     return {"root": root, "outside": outside, "frames": root / "frames",
             "cassette": root / "cassette.json"}
 
 
-def _start(tmp: Path, files: dict[str, Path], extra_env: dict[str, str]):
+def _start(tmp: Path, files: dict[str, Path], extra_env: dict[str, str], engine: str, request,
+           args: tuple[str, ...] = ()):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SEGRESEARCH_API_TOKEN"}
     env.update({"SEGRESEARCH_MEDIA_ROOTS": str(files["root"]), "SEGRESEARCH_SEGMENTER": "none",
-                "SEGRESEARCH_SEARCH": "none", **extra_env})
+                "SEGRESEARCH_SEARCH": "none", "HOME": str(files["outside"] / "home"),
+                "SEGRESEARCH_ALLOWED_URLS": "http://gpu-box,https://api.openai.com",
+                "OPENAI_API_KEY": "sk-operator-secret", **extra_env})
+    if engine == "postgres":
+        db, redis = new_deployment(request.getfixturevalue("pg_services"))
+        args = (*args, "--database", db, "--redis", redis)
     log_path = tmp / "server.log"
     try:
-        proc, _ = start_graph_server(tmp / "state", env, log_path, jobs=4, port=port)
+        proc, _ = start_graph_server(tmp / "state", env, log_path, jobs=4, port=port, args=args)
     except ServerDidNotStart as e:
         pytest.fail(str(e))
     return proc, port, log_path
 
 
 def _stop(proc: subprocess.Popen, port: int, log: Path) -> None:
-    """SIGTERM to the command, which forwards it to langgraph dev (in its own session, so
-    only the forwarding can reach it): the server shuts down and frees the port."""
+    """SIGTERM to the command, which is the server: it shuts down gracefully and frees the
+    port."""
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(30)
@@ -84,26 +94,30 @@ def _stop(proc: subprocess.Popen, port: int, log: Path) -> None:
         proc.kill()
         proc.wait()
         pytest.fail("the command did not stop on SIGTERM")
-    # uvicorn shuts down gracefully and then ends by the signal it got: 128 + SIGTERM
-    assert code in (0, 128 + signal.SIGTERM), log.read_text()[-2000:]
+    # uvicorn shuts down gracefully, then ends by the signal it got (re-raised)
+    assert code in (0, -signal.SIGTERM, 128 + signal.SIGTERM), log.read_text()[-2000:]
     deadline = time.time() + 10
     while not port_free("127.0.0.1", port) and time.time() < deadline:
         time.sleep(0.2)
-    assert port_free("127.0.0.1", port), "langgraph dev outlived the command"
+    assert port_free("127.0.0.1", port), "the server outlived the command"
 
 
-@pytest.fixture(scope="module")
-def open_server(tmp_path_factory, files):
-    tmp = tmp_path_factory.mktemp("open")
-    proc, port, log = _start(tmp, files, {})
+ENGINES = ["memory", "postgres"]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def open_server(request, tmp_path_factory, files):
+    tmp = tmp_path_factory.mktemp(f"open-{request.param}")
+    proc, port, log = _start(tmp, files, {}, request.param, request,
+                             args=("--cors-origin", "http://127.0.0.1:9"))
     yield f"http://127.0.0.1:{port}"
     _stop(proc, port, log)
 
 
-@pytest.fixture(scope="module")
-def locked_server(tmp_path_factory, files):
-    tmp = tmp_path_factory.mktemp("locked")
-    proc, port, log = _start(tmp, files, {"SEGRESEARCH_API_TOKEN": TOKEN})
+@pytest.fixture(scope="module", params=ENGINES)
+def locked_server(request, tmp_path_factory, files):
+    tmp = tmp_path_factory.mktemp(f"locked-{request.param}")
+    proc, port, log = _start(tmp, files, {"SEGRESEARCH_API_TOKEN": TOKEN}, request.param, request)
     yield f"http://127.0.0.1:{port}", log
     _stop(proc, port, log)
 
@@ -282,7 +296,19 @@ def test_auth_on(locked_server, files):
         r = _post(url, "/runs/wait", _run_body(files, media=str(files["outside"] / "secret.txt")),
                   headers=headers)
         assert r.status_code == 401, r.text
-    assert httpx.get(url + "/ok").status_code == 200  # health checks stay open
+    assert httpx.get(url + "/ok").status_code == 200  # health checks stay open (load balancers)
+    assert httpx.get(url + "/ok?check_db=1").status_code == 401  # ... but not the database probe
+    # langgraph-api's own routes need the token too; development routes do not exist at all
+    for path in ("/docs", "/openapi.json", "/metrics", "/info"):
+        assert httpx.get(url + path).status_code == 401, path
+        assert httpx.get(url + path, headers=good).status_code == 200, path
+    for method, path in (("POST", "/internal/truncate"), ("GET", f"/internal/debug/thread/{'0' * 8}"),
+                         ("POST", "/deploy"), ("GET", "/deploy"), ("POST", "/mcp"),
+                         ("GET", "/.well-known/agent-card.json"), ("POST", "/a2a/seg_research"),
+                         ("POST", f"/threads/{'0' * 8}/commands"), ("POST", "/ui/seg_research")):
+        for headers in ({}, good):
+            r = httpx.request(method, url + path, headers=headers, json={})
+            assert r.status_code == 404, (method, path, r.status_code)
     info = httpx.get(url + "/segresearch/info", headers=good).json()
     assert info["auth"] is True and TOKEN not in json.dumps(info)
     assert httpx.get(url + f"/segresearch/media/{'0' * 64}", headers=good).status_code == 404
@@ -339,11 +365,12 @@ def test_bad_arguments_are_one_line(tmp_path):
 
 def test_server_config_points_at_the_package():
     cfg = server_config()
-    for spec in (cfg["graphs"]["seg_research"], cfg["auth"]["path"], cfg["http"]["app"]):
+    for spec in (cfg["graphs"]["seg_research"], cfg["http"]["app"]):
         path = Path(spec.rsplit(":", 1)[0])
         assert path.is_absolute() and path.is_file(), spec
-    assert cfg["http"]["enable_custom_route_auth"] is True
-    assert cfg["auth"]["disable_studio_auth"] is True
+    # the gateway authenticates every route; inside, no second auth and no CORS
+    assert "auth" not in cfg and cfg["http"]["cors"] == {"allow_origins": []}
+    assert cfg["http"]["disable_mcp"] and cfg["http"]["disable_a2a"]
     assert (Path(cfg["dependencies"][0]) / "segresearch" / "__init__.py").is_file()
 
 
@@ -404,23 +431,182 @@ def test_guard_replays_the_body_and_leaves_other_routes_alone(monkeypatch):
     assert seen[-1] == ("/runs/wait", b"not json")
 
 
-def test_a_silent_port_move_stops_the_server(monkeypatch):
-    """langgraph dev moves to another port when the asked one was taken between our check
-    and its bind; the command must not keep serving somewhere the operator did not ask."""
-    import io
+
+# ------------------------------------------------------------------ what a foreign page can do
+
+FOREIGN = "http://127.0.0.1:8666"
+LISTED = "http://127.0.0.1:9"  # the open server is started with --cors-origin for it
+
+
+def _cors(r: httpx.Response) -> dict[str, str]:
+    return {k.lower(): v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
+
+
+def test_no_cors_unless_the_origin_is_named(open_server):
+    plain = httpx.post(open_server + "/assistants/search", json={})
+    assert plain.status_code == 200 and _cors(plain) == {}
+    # a foreign page's request is refused before anything runs, and granted nothing
+    for method in ("GET", "POST"):
+        r = httpx.request(method, open_server + "/threads" + ("/search" if method == "POST" else ""),
+                          json={} if method == "POST" else None, headers={"Origin": FOREIGN})
+        assert r.status_code == 403 and _cors(r) == {}, (method, r.status_code, r.headers)
+    pre = httpx.options(open_server + "/runs/wait", headers={
+        "Origin": FOREIGN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+        "Access-Control-Request-Private-Network": "true"})
+    assert _cors(pre) == {}, pre.headers
+    # the named origin gets exactly its own origin back, never the private-network grant
+    pre = httpx.options(open_server + "/runs/wait", headers={
+        "Origin": LISTED, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Private-Network": "true"})
+    assert pre.status_code == 204 and _cors(pre)["access-control-allow-origin"] == LISTED
+    assert "access-control-allow-private-network" not in _cors(pre)
+    assert "access-control-allow-credentials" not in _cors(pre)
+    r = httpx.post(open_server + "/assistants/search", json={}, headers={"Origin": LISTED})
+    assert r.status_code == 200 and _cors(r)["access-control-allow-origin"] == LISTED
+    assert "origin" in r.headers.get("vary", "").lower()
+    # the server's own page (same origin) needs no CORS at all
+    r = httpx.post(open_server + "/assistants/search", json={}, headers={"Origin": open_server})
+    assert r.status_code == 200 and _cors(r) == {}
+    for weird in ("null", "http://127.0.0.1:9/path", "file://", "http://user@127.0.0.1:9"):
+        assert httpx.get(open_server + "/segresearch/info", headers={"Origin": weird}).status_code == 403
+
+
+def test_request_bodies_must_be_json(open_server, files):
+    body = json.dumps(_run_body(files))
+    before = len(httpx.post(open_server + "/threads/search", json={"limit": 1000}).json())
+    for ctype in ("text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+                  "multipart/form-data; boundary=x", "application/jsonx", None):
+        headers = {"Content-Type": ctype} if ctype else {}
+        for path in ("/runs/wait", "/threads", "/assistants/search"):
+            r = httpx.post(open_server + path, content=body, headers=headers)
+            assert r.status_code == 415, (ctype, path, r.status_code)
+    assert len(httpx.post(open_server + "/threads/search", json={"limit": 1000}).json()) == before
+    ok = httpx.post(open_server + "/threads", content=b"{}",
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+    # the upload route takes raw bytes, but never with a type a page may send unasked
+    png = (files["frames"] / "00000.jpg").read_bytes()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        r = httpx.put(open_server + "/segresearch/uploads?name=a.jpg", content=png,
+                      headers={"Content-Type": ctype} if ctype else {})
+        assert r.status_code == 415, (ctype, r.status_code)
+    r = httpx.put(open_server + "/segresearch/uploads?name=a.jpg", content=png,
+                  headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+
+
+def test_host_header_must_name_loopback(open_server):
+    """DNS rebinding: a foreign name that resolves to 127.0.0.1 makes the browser treat the
+    server as the attacker's own origin; the server answers only to its loopback names."""
+    port = open_server.rsplit(":", 1)[1]
+    for host in (f"attacker.example:{port}", "attacker.example", f"192.168.1.5:{port}"):
+        r = httpx.get(open_server + "/segresearch/info", headers={"Host": host})
+        assert r.status_code == 421, (host, r.status_code)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]"):
+        assert httpx.get(open_server + "/segresearch/info", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("field, value", [
+    ("output_dir", "~/evil_out"), ("output_dir", "~root/evil"), ("output_dir", "$HOME/evil"),
+    ("output_dir", "${HOME}/evil"), ("search_cache", "~/evil.sqlite"),
+    ("search_cache", "%HOME%/evil.sqlite"), ("system_prompt_file", "~/x.txt"),
+    ("output_dir", "evil\x00out"), ("kb", "~"), ("media", "~/frames"), ("media", "$HOME/x.jpg"),
+])
+def test_home_env_and_nul_paths_are_refused(open_server, files, field, value):
+    value = value.replace("\\x00", "\x00")
+    if field == "media":
+        body = _run_body(files, media=value)
+    else:
+        body = _run_body(files, context=_ctx(files, **{field: value}))
+    r = _post(open_server, "/runs/wait", body)
+    assert r.status_code in (403, 422), r.text
+    assert not any((files["outside"] / "home").iterdir())
+
+
+@pytest.mark.parametrize("url", [
+    "http://gpu-box.attacker.example/v1", "https://api.openai.com.attacker.example/v1",
+    "http://gpu-box@attacker.example/v1", "https://api.openai.com@attacker.example/v1",
+    "http://gpu-box:8080/v1", "https://gpu-box/v1", "http://api.openai.com/v1",
+])
+def test_look_alike_model_urls_are_refused(open_server, files, url):
+    r = _post(open_server, "/runs/wait", _run_body(files, context=_ctx(files, model=f"openai:m@{url}")))
+    assert r.status_code == 403, (url, r.text)
+    assert "sk-operator-secret" not in r.text
+
+
+def test_a_page_on_another_port_cannot_read_files_through_the_api(open_server, files, tmp_path):
+    """What the outside trial did: a page served from another loopback port POSTs a run that
+    reads a file (here a prompt file inside the roots, which a legitimate client may read)
+    and shows the result. In a real browser, every way of sending it fails and no run is
+    created."""
+    from segresearch.testing.browser import headless_chromium, missing_browser
+
+    if (why := missing_browser()) is not None:
+        pytest.skip(why)
+    import http.server
     import threading
 
-    from segresearch.servers import langgraph_server
+    prompt = str(files["root"] / "inside_secret.txt")
+    legit = httpx.post(open_server + "/runs/wait", timeout=60, json=_run_body(
+        files, context=_ctx(files, system_prompt_file=prompt, output_dir="legit")))
+    assert legit.status_code == 200 and SECRET in legit.text  # the file is readable by clients
+    attack = _run_body(files, context=_ctx(files, system_prompt_file=prompt, output_dir="attack"))
+    out_root = Path(httpx.get(open_server + "/segresearch/info").json()["output_root"])
+    assert (out_root / "legit").is_dir()
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / "index.html").write_text(f"""<!doctype html><body><pre id=out></pre><script>
+const body = {json.dumps(json.dumps(attack))};
+const target = {json.dumps(open_server)} + "/runs/wait";
+const tries = [
+  ["text/plain", {{method: "POST", headers: {{"Content-Type": "text/plain"}}, body}}],
+  ["json", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body}}],
+  ["no-cors", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body}}],
+  ["get-info", {{method: "GET"}}, {json.dumps(open_server)} + "/segresearch/info"],
+];
+(async () => {{
+  const out = [];
+  for (const [name, init, url] of tries) {{
+    try {{
+      const r = await fetch(url || target, init);
+      let text = "";
+      try {{ text = await r.text(); }} catch (e) {{ text = "unreadable"; }}
+      out.push(name + ": status " + r.status + " " + text);
+    }} catch (e) {{ out.push(name + ": failed " + e); }}
+  }}
+  document.getElementById("out").textContent = out.join("\\n");
+  document.title = "done";
+}})();
+</script></body>""")
 
-    class Proc:
-        terminated = False
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(page), **kw)
 
-        def terminate(self):
-            self.terminated = True
+        def log_message(self, *args):
+            pass
 
-    out = io.StringIO()
-    monkeypatch.setattr(sys, "stdout", out)
-    proc, moved = Proc(), threading.Event()
-    lines = b"starting\nWARNING: Port 2024 is already in use, using port 40123 instead.\n"
-    langgraph_server._pump(io.BytesIO(lines), moved, proc)
-    assert moved.is_set() and proc.terminated and "starting" in out.getvalue()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threads_before = len(httpx.post(open_server + "/threads/search", json={"limit": 1000}).json())
+    try:
+        with headless_chromium(tmp_path / "profile", page_load_timeout=30) as driver:
+            driver.get(f"http://127.0.0.1:{httpd.server_address[1]}/index.html")
+            deadline = time.time() + 30
+            while driver.title != "done" and time.time() < deadline:
+                time.sleep(0.1)
+            shown = driver.find_element("id", "out").text
+            title = driver.title
+    finally:
+        httpd.shutdown()
+    assert title == "done", shown
+    assert SECRET not in shown, shown
+    lines = dict(line.split(": ", 1) for line in shown.splitlines())
+    assert set(lines) == {"text/plain", "json", "no-cors", "get-info"}, shown
+    assert lines["text/plain"].startswith("failed") and lines["json"].startswith("failed"), shown
+    assert lines["get-info"].startswith("failed"), shown
+    assert lines["no-cors"].startswith("status 0"), shown  # opaque: nothing to read
+    assert len(httpx.post(open_server + "/threads/search", json={"limit": 1000}).json()) == threads_before
+    time.sleep(1)
+    assert not (out_root / "attack").exists()  # no run of the page's ever started

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -27,18 +27,22 @@ def free_port() -> int:
 
 
 def start_graph_server(state_dir: Path, env: Mapping[str, str], log_path: Path, *, jobs: int = 32,
-                       port: int | None = None, timeout: float = 90) -> tuple[subprocess.Popen, str]:
-    """``segresearch serve graph`` on a loopback port, once ``/ok`` answers: (process, URL)."""
+                       port: int | None = None, timeout: float = 90,
+                       args: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
+    """``segresearch serve graph [args]`` on a loopback port, once ``/ok`` answers (with the
+    token from ``env`` when it sets one): (process, URL)."""
     port = port or free_port()
-    with log_path.open("w") as log:
+    with log_path.open("a") as log:
         proc = subprocess.Popen([sys.executable, "-m", "segresearch", "serve", "graph", "--port", str(port),
-                                 "--jobs", str(jobs), "--state-dir", str(state_dir)],
+                                 "--jobs", str(jobs), "--state-dir", str(state_dir), *args],
                                 env=dict(env), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    token = env.get("SEGRESEARCH_API_TOKEN", "").strip()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         try:
-            if httpx.get(url + "/ok", timeout=1).status_code == 200:
+            if httpx.get(url + "/ok", timeout=1, headers=headers).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass
