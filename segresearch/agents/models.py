@@ -11,6 +11,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from segresearch.agents.path_policy import resolve_model_spec
 from segresearch.shared_cache import LoadOnce
 
 # One client or set of weights per spec; concurrent first callers wait for the same load.
@@ -27,6 +28,8 @@ def _build(spec: str, timeout: float) -> BaseChatModel:
     if not sep or not rest:
         raise ValueError(f"{SPEC_HELP}; got {spec!r}")
     kind = kind.strip().lower()
+    if kind in ("hf", "replay"):  # the file is opened where the serving policy checked it
+        rest = resolve_model_spec(spec).partition(":")[2]
     if kind == "openai":
         from segresearch.agents.backends.openai_compat import make_openai_model, parse_openai_spec
 
@@ -46,9 +49,10 @@ def _build(spec: str, timeout: float) -> BaseChatModel:
 def _key(model: str, timeout: float) -> tuple[Any, ...]:
     key: tuple[Any, ...] = (model.strip(), float(timeout))
     if model.strip().lower().startswith("replay:"):  # an edited cassette is a new model
-        try:
-            key += (Path(model.strip()[7:]).expanduser().stat().st_mtime_ns,)
-        except OSError:
+        try:  # the file _build would open; a refused or malformed path has no version
+            path = resolve_model_spec(model.strip()).partition(":")[2]
+            key += (Path(path).expanduser().stat().st_mtime_ns,)
+        except (OSError, ValueError):
             pass
     return key
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from segresearch.agents.content import content_text, count_images
 from segresearch.agents.context import Context
+from segresearch.agents.path_policy import policy_active
 from segresearch.tools.media import MediaError, open_media
 from segresearch.tools.segmenters.writers import created_mode
 from segresearch.tools.visualize import draw_answer
@@ -202,6 +203,16 @@ def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> None:
     write_atomic(run_dir / REPORT, report(traj, files).encode())
 
 
+def _own_masks(run_dir: Path, masks_dir: Any) -> str | None:
+    """The masks folder to draw from. When served, a thread's state may have been written
+    by a client, so only this run's own ``masks`` folder is read, never one the state names
+    elsewhere (which would copy someone else's PNG into the picture)."""
+    if not policy_active() or not masks_dir:
+        return masks_dir
+    own = str(run_dir / "masks")
+    return own if masks_dir == own else None
+
+
 def _write_annotated(run_dir: Path, state: dict[str, Any]) -> list[str]:
     ans = state.get("answer_px")
     if not ans or ans.get("keyframe") is None:
@@ -212,7 +223,7 @@ def _write_annotated(run_dir: Path, state: dict[str, Any]) -> list[str]:
         name = media.frame_name(ans["keyframe"])
     except MediaError:
         return []
-    mask = mask_for(state.get("masks_dir"), name)
+    mask = mask_for(_own_masks(run_dir, state.get("masks_dir")), name)
     label = f"frame {ans['keyframe']}" + (" + mask" if mask is not None else "")
     _save_jpeg(draw_answer(frame, ans["bbox_2d"], ans["point_2d"], mask, label), run_dir / ANNOTATED)
     return [ANNOTATED]

@@ -88,14 +88,81 @@ def resolved_roots(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser().resolve() for p in raw.split(":") if p.strip())
 
 
-def check_allowed(path: Path, roots: Sequence[Path] | None) -> None:
+# Shell-style expansion a path must not rely on where clients name paths: a leading ``~`` or
+# ``~user`` in any component, ``$VAR`` / ``${VAR}``, and Windows' ``%VAR%``. Nothing here
+# expands them, but some later step might (``expanduser`` in a tool), and then the path that
+# was checked would not be the path that is used.
+_HOME_COMPONENT = re.compile(r"(?:^|[/\\])~")
+_ENV_VARIABLE = re.compile(r"\$[{\w]|%[^%\s/\\]+%")
+
+
+class PathNotAllowed(MediaError):
+    """A path refused where roots apply. ``reason`` never says whether the file exists;
+    ``outside`` tells a refusal for the place apart from one for the spelling."""
+
+    def __init__(self, reason: str, *, outside: bool = False) -> None:
+        self.reason = reason
+        self.outside = outside
+        super().__init__(reason)
+
+
+def path_syntax_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a file a client chose (None: it can): the spelling would
+    mean something else to a shell or to ``expanduser`` than to ``open``."""
+    if "\x00" in text:
+        return "the path contains a NUL byte"
+    if _HOME_COMPONENT.search(text):
+        return "'~' (a home folder) is not expanded here; give the full path"
+    if _ENV_VARIABLE.search(text):
+        return "environment variables ($VAR, ${VAR}, %VAR%) are not expanded here; give the full path"
+    return None
+
+
+def confine_path(
+    value: str | os.PathLike[str], roots: Sequence[Path] | None, *, base: Path | None = None
+) -> Path:
+    """The path that will be opened or written for ``value``: the single resolution that
+    both the check and the use go through, so the two can never disagree.
+
+    Without ``roots`` (local use) the value is taken as given with ``~`` expanded, as it
+    always was; only a NUL byte is refused, since ``os`` calls would fail on it later with
+    an error that names nothing. With ``roots`` the spelling is checked first (no ``~``,
+    variables or NUL), a relative value is taken from ``base`` (default: the working
+    folder), every link and ``..`` is followed, and the result must lie in a root."""
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise PathNotAllowed("a path must be text")
     if roots is None:
-        return
-    real = path.expanduser().resolve()
+        if "\x00" in text:
+            raise PathNotAllowed("the path contains a NUL byte")
+        try:
+            return Path(text).expanduser()
+        except RuntimeError:  # ``~name`` of no such user: the path is taken literally
+            return Path(text)
+    problem = path_syntax_problem(text)
+    if problem:
+        raise PathNotAllowed(problem)
+    path = Path(text)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop: refused like any outside path
+        raise PathNotAllowed("the path is outside the allowed roots", outside=True) from None
     if not any(real == r or real.is_relative_to(r) for r in roots):
-        raise MediaError(
-            f"media path {str(path)!r} is outside the allowed roots ({MEDIA_ROOTS_ENV})"
-        )
+        raise PathNotAllowed("the path is outside the allowed roots", outside=True)
+    return real
+
+
+def check_allowed(path: str | os.PathLike[str], roots: Sequence[Path] | None) -> Path:
+    """``path`` as media is read from it (see ``confine_path``), or a one-line MediaError."""
+    try:
+        return confine_path(path, roots)
+    except PathNotAllowed as e:
+        shown = f"media path {os.fspath(path)!r}"
+        if e.outside:
+            raise MediaError(f"{shown} is outside the allowed roots ({MEDIA_ROOTS_ENV})") from None
+        raise MediaError(f"{shown}: {e.reason}") from None
 
 
 def _natural_key(name: str) -> list[object]:
@@ -565,23 +632,21 @@ def _open_uncached(
     if max_pixels is None:
         max_pixels = working_max_pixels()
     if not isinstance(media, (str, os.PathLike)):
-        paths = [Path(p) for p in media]
+        paths = [check_allowed(p, roots) for p in media]
         if not paths:
             raise MediaError("empty list of frame paths")
         for p in paths:
-            check_allowed(p, roots)
             if not p.is_file():
                 raise MediaError(f"frame file not found: {p}")
         return _from_paths(f"list of {len(paths)} frames", "list", paths, max_pixels)
-    path = Path(media).expanduser()
-    check_allowed(path, roots)
+    path = check_allowed(media, roots)
     if not path.exists():
         raise MediaError(f"media not found: {path}")
     if path.is_dir():
         files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
         files.sort(key=lambda p: _natural_key(p.name))
-        for p in files:  # a frame may be a symlink out of the allowed roots
-            check_allowed(p, roots)
+        if roots is not None:  # a frame may be a symlink out of the allowed roots
+            files = [check_allowed(p, roots) for p in files]
         return _from_paths(str(path), "folder", files, max_pixels)
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
@@ -589,6 +654,16 @@ def _open_uncached(
     if ext in VIDEO_EXTS:
         return _open_video(path, max_pixels)
     raise MediaError(f"unsupported media type {ext or '(no extension)'}: {path}")
+
+
+def _confined(media: str | Sequence[str], roots: Sequence[Path] | None) -> str | list[str]:
+    """``media`` with every path as it will be opened (``check_allowed``); done on every
+    call, cache hit or not, so a policy set after a file was cached still applies."""
+    if isinstance(media, str):
+        return str(check_allowed(media, roots))
+    if not isinstance(media, Sequence) or not all(isinstance(p, (str, os.PathLike)) for p in media):
+        raise MediaError("media must be a path or a list of paths")
+    return [str(check_allowed(p, roots)) for p in media]
 
 
 _CACHE: OrderedDict[tuple, Media] = OrderedDict()
@@ -629,11 +704,10 @@ def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] |
         media = os.fspath(media)
     if isinstance(media, str) and not media.strip():  # Path("") would be the current directory
         raise MediaError("empty media path")
+    media = _confined(media, roots)
     max_pixels = working_max_pixels()
     key = _cache_key(media, max_pixels)
     if key is not None:
-        for p in [media] if isinstance(media, str) else media:
-            check_allowed(Path(p), roots)
         with _CACHE_LOCK:
             hit = _CACHE.get(key)
             if hit is not None:

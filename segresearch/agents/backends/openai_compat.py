@@ -235,13 +235,24 @@ def _is_hosted_openai(base_url: str) -> bool:
     return host.lower() in _HOSTED_OPENAI_HOSTS
 
 
+def _env_key_allowed(base_url: str | None) -> bool:
+    """Whether the key in the environment (the operator's) may go to ``base_url``. When
+    the graph is served a client names the model endpoint, so the key goes only where the
+    operator's own settings point (see ``path_policy.api_key_allowed``); locally, always."""
+    from segresearch.agents.path_policy import api_key_allowed
+
+    return api_key_allowed(base_url)
+
+
 def _resolve_api_key(api_key: str | None, base_url: str | None) -> str:
     if api_key:
         return api_key
     for var in API_KEY_ENV_VARS:
         value = os.environ.get(var)
         if value:
-            return value
+            # Another endpoint gets the placeholder: the request still goes out (a server
+            # without --api-key answers it), the secret does not.
+            return value if _env_key_allowed(base_url) else PLACEHOLDER_API_KEY
     if base_url:
         return PLACEHOLDER_API_KEY
     raise ValueError(
