@@ -576,6 +576,7 @@ function onCustom(ev) {
       break;
     }
     case "final": S.finalSeen = true; finishRun(ev); break;
+    case "review": if (ev.decision === "refused") setStatus(`The reply was refused: ${ev.problem}`); break;
     default: break;
   }
 }
@@ -1023,6 +1024,7 @@ async function resume(value) {
   $("review-problem").textContent = "";
   setRunning(true);
   setStatus("Continuing the run…");
+  const pause = S.review, editor = S.editor;
   S.review = null;
   try {
     if (!S.ctx) {  // a thread opened from the history: resume with its last run's settings
@@ -1033,11 +1035,25 @@ async function resume(value) {
     await streamRun({ assistant_id: S.assistantId || GRAPH, command: { resume: value }, context: S.ctx,
                       stream_mode: STREAM_MODES });
   } catch (e) {
-    failed(e);
+    // 422: the server refused the reply before running anything; the thread still waits
+    // for one, so the editor comes back as it was, with the server's reason.
+    if (e.status === 422 && pause) replyRefused(pause, editor, e.message);
+    else failed(e);
   } finally {
     setRunning(false);
     loadHistory().catch(() => {});
   }
+}
+
+function replyRefused(pause, editor, message) {
+  showReview(pause);
+  if (editor) {  // the reviewer's box and point, not the answer's again
+    Object.assign(S.editor, { box: editor.box.slice(), point: editor.point.slice(), sel: editor.sel, img: editor.img || S.editor.img });
+    syncInputs();
+    drawEditor();
+  }
+  $("review-problem").textContent = `The server refused this reply: ${message}`;
+  setStatus("The reply was refused; the run is still waiting for review.");
 }
 
 $("review-form").addEventListener("submit", (ev) => {
@@ -1047,6 +1063,8 @@ $("review-form").addEventListener("submit", (ev) => {
   normaliseBox();
   clampEditor();
   if (ed.box[2] - ed.box[0] < 1 || ed.box[3] - ed.box[1] < 1) { $("review-problem").textContent = "The box is empty: drag it larger."; return; }
+  const [px, py] = ed.point;
+  if (px < ed.box[0] || px > ed.box[2] || py < ed.box[1] || py > ed.box[3]) { $("review-problem").textContent = "The point must be inside the box: move it in (select it with P)."; return; }
   const r1 = (v) => Math.round(v * 10) / 10;
   resume({ keyframe: ed.fid, bbox_2d: ed.box.map(r1), point_2d: ed.point.map(r1) });
 });
