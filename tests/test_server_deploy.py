@@ -167,7 +167,7 @@ def test_media_route(open_server, files):
     r = httpx.post(open_server + "/runs/wait", json=_run_body(files), timeout=60)
     assert r.status_code == 200, r.text
     digests = sorted(set(re.findall(r"media-ref:([0-9a-f]{64})", r.text)))
-    assert digests, "the run's messages carry no media references"
+    assert digests, "the run's messages carry no media references: " + r.text[:500]
     img = httpx.get(f"{open_server}/segresearch/media/{digests[0]}")
     assert img.status_code == 200
     assert img.headers["content-type"] == "image/png"
@@ -610,3 +610,46 @@ const tries = [
     assert len(httpx.post(open_server + "/threads/search", json={"limit": 1000}).json()) == threads_before
     time.sleep(1)
     assert not (out_root / "attack").exists()  # no run of the page's ever started
+
+
+def test_guard_gives_runs_the_servers_durability(monkeypatch):
+    """On the durable engine a run that does not choose is checkpointed synchronously; a
+    run's own choice, crons and everything else pass unchanged."""
+    seen: list[tuple[str, bytes, int]] = []
+
+    async def echo(scope, receive, send):
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        length = int(dict(scope["headers"]).get(b"content-length", b"-1"))
+        seen.append((scope["path"], body, length))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    monkeypatch.setattr(graph_app, "_validate", lambda kind, body: None)
+    client = TestClient(graph_app.RunPayloadGuard(echo))
+    run = {"assistant_id": "seg_research", "input": {"query": "q"}}
+    monkeypatch.delenv("SEGRESEARCH_DEFAULT_DURABILITY", raising=False)
+    client.post("/runs/wait", json=run)
+    assert "durability" not in json.loads(seen[-1][1])  # the in-memory engine: as sent
+    monkeypatch.setenv("SEGRESEARCH_DEFAULT_DURABILITY", "sync")
+    for path in ("/threads/t1/runs", "/threads/t1/runs/wait", "/threads/t1/runs/stream"):
+        client.post(path, json=run)
+        got = json.loads(seen[-1][1])
+        assert got == {**run, "durability": "sync"} and seen[-1][2] == len(seen[-1][1]), path
+    # a stateless run has no checkpoints unless it is kept
+    for path in ("/runs", "/runs/wait", "/runs/stream"):
+        client.post(path, json=run)
+        assert json.loads(seen[-1][1]) == run, path
+        client.post(path, json={**run, "on_completion": "keep"})
+        assert json.loads(seen[-1][1])["durability"] == "sync", path
+    for own in ({"durability": "exit"}, {"checkpoint_during": False}):
+        client.post("/runs/wait", json={**run, **own})
+        assert json.loads(seen[-1][1]) == {**run, **own}
+    client.post("/runs/batch", json=[{**run, "on_completion": "keep"}, {**run, "durability": "async"}, run])
+    assert [r.get("durability") for r in json.loads(seen[-1][1])] == ["sync", "async", None]
+    client.post("/runs/crons", json={**run, "schedule": "* * * * *"})
+    assert "durability" not in json.loads(seen[-1][1])

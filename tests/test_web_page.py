@@ -8,6 +8,7 @@ Screenshots of every state are saved under the test's folder (and copied to
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -66,10 +67,13 @@ def test_upload_is_validated_capped_and_kept_by_content(app_env):
     assert ok.status_code == 201, ok.text
     body = ok.json()
     kept = Path(body["path"])
-    assert kept.parent == uploads.resolve() and kept.name.endswith("-evil_name.png")
+    # kept by content: <sha256><ext of the format>, the client's name only as a label
+    assert kept.parent == uploads.resolve() and kept.name == hashlib.sha256(_png_bytes()).hexdigest() + ".png"
+    assert body["label"] == "evil_name.png" and body["reused"] is False
     assert body["kind"] == "image" and (body["width"], body["height"]) == (64, 48)
     again = client.put("/segresearch/uploads?name=other.png", content=_png_bytes())
-    assert again.status_code == 201 and len(list(uploads.iterdir())) == 2  # same bytes, another name
+    assert again.status_code == 201 and again.json()["path"] == body["path"] and again.json()["reused"]
+    assert [p.name for p in uploads.iterdir() if not p.name.startswith(".")] == [kept.name]  # one file
 
     big = client.put("/segresearch/uploads?name=big.mp4", content=b"\0" * (300 * 1024))
     assert big.status_code == 413 and "upload limit of 0.25 MB" in big.json()["detail"]

@@ -26,16 +26,27 @@ from langchain_core.messages import (
 )
 from langgraph.config import get_config
 from langgraph.constants import CONFIG_KEY_CHECKPOINTER
+from langgraph.errors import GraphInterrupt
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from PIL import Image
 
+from segresearch.agents import review as review_rules
 from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
 from segresearch.agents.context import Context, ContextError
+from segresearch.agents.media_store import FrameRecipe
 from segresearch.agents.models import model_loaded, resolve_model
-from segresearch.agents.path_policy import check_context_paths, media_paths, resolve_output
+from segresearch.agents.path_policy import (
+    PathRefused,
+    media_paths,
+    policy_active,
+    resolve_output,
+    resolved_context,
+    resolved_field,
+    served_output,
+)
 from segresearch.agents.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
 from segresearch.agents.protocol import (
     STOP_STRINGS,
@@ -128,16 +139,18 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
 _FRAME_BLOCKS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=512)
 
 
-def _frame_recipe(spec: Any, fid: int, size: int) -> Callable[[], Image.Image]:
-    """How to remake a shown frame from its source if the media store has dropped it."""
-    return lambda: resize_square(open_media(spec).frame(fid), size)
+def _frame_recipe(media: Any, spec: Any, fid: int, size: int) -> Callable[[], Image.Image]:
+    """How to remake a shown frame from its source if the media store has dropped it: a
+    ``FrameRecipe``, which the store also writes beside the PNG so that any process can
+    remake an evicted frame (SEGRESEARCH_MEDIA_MAX_GB)."""
+    return FrameRecipe.for_frame(media, spec, fid, size)
 
 
 def _frame_block(media: Any, spec: Any, fid: int, size: int) -> dict[str, Any]:
     """The image block of a sampled frame (the same reference also keeps prompts cacheable)."""
     return _FRAME_BLOCKS.get(
         (*media.frame_key(fid), size),
-        lambda: media_block(resize_square(media.frame(fid), size), _frame_recipe(spec, fid, size)),
+        lambda: media_block(resize_square(media.frame(fid), size), _frame_recipe(media, spec, fid, size)),
     )
 
 
@@ -171,8 +184,8 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     query = query.strip()
     try:
         media_paths(state.get("media"))  # its type; open_media below checks the roots
-        check_context_paths(ctx)
-        sys_text = system_prompt(ctx.use_search, ctx.coord_style, ctx.system_prompt_file)
+        used = resolved_context(ctx)  # every file a client named, as checked and as opened
+        sys_text = system_prompt(ctx.use_search, ctx.coord_style, used.system_prompt_file)
     except ContextError as e:
         kind = "media" if str(e).startswith("media") else "config"
         return _fresh_run(_error(kind, e))
@@ -203,7 +216,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         info["note"] = media.note  # e.g. a truncated video: how many frames really decode
     seconds = round(time.perf_counter() - t0, 4)
     _emit(runtime, {"type": "media", **info, "frame_ids": shown, "seconds": seconds})
-    problem = preflight(ctx, bool(ctx.output_dir),
+    problem = preflight(used, bool(ctx.output_dir),
                         lambda m: _emit(runtime, {"type": "status", "message": m}))
     if problem:
         return _fresh_run(_error("config", problem))
@@ -381,18 +394,22 @@ def _search_tools(ctx: Context) -> dict[str, Any]:
     """Tools bound to the run's backend; cached, since every run of a server shares them.
     An unconfigured backend is not cached, so fixing the configuration takes effect."""
     size, timeout = ctx.search_image_size, ctx.search_timeout
+    try:  # the knowledge base and cache file where the serving policy checked them
+        kb, cache = resolved_field(ctx, "kb"), resolved_field(ctx, "search_cache")
+    except ContextError as e:
+        return make_search_tools(None, unavailable=str(e))
     if isinstance(ctx.search, SearchBackend):
         backend = ctx.search
     else:
         try:
             backend = get_backend(
-                ctx.search, ctx.kb, retriever_url=ctx.retriever_url, timeout=timeout,
+                ctx.search, kb, retriever_url=ctx.retriever_url, timeout=timeout,
                 allow_private_urls=ctx.allow_private_urls,
             )
         except SearchUnavailable as e:
             return make_search_tools(None, unavailable=str(e))
-    if ctx.search_cache and ctx.search_cache.lower() != "off":
-        backend = cached_backend(backend, ctx.search_cache, ctx.search_cache_ttl)
+    if cache and cache.lower() != "off":
+        backend = cached_backend(backend, cache, ctx.search_cache_ttl)
     return _bound_tools(backend, ctx.text_topk, ctx.image_topk, size, timeout)
 
 
@@ -493,12 +510,21 @@ def feedback(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _run_dir(state: State, ctx: Context) -> Path | None:
-    """Where this run writes, or None: with no ``output_dir`` nothing is written at all."""
+    """Where this run writes, or None: with no ``output_dir`` nothing is written at all.
+
+    A folder a client named is the one the serving policy checked (``resolved_field``). A
+    thread's state can be written by clients too, so when served a ``run_dir`` found there
+    is used only if it is this run's own folder or lies under the output root (else
+    ``PathRefused``)."""
+    own = resolve_output(resolved_field(ctx, "output_dir")) if ctx.output_dir else None
     if state.get("run_dir"):
-        return Path(state["run_dir"])
-    if ctx.output_dir:
-        return resolve_output(ctx.output_dir)
-    return None
+        if not policy_active() or (own is not None and str(own) == state["run_dir"]):
+            return Path(state["run_dir"])
+        inside = served_output(state["run_dir"])
+        if inside is None:
+            raise PathRefused("run_dir: the folder in the thread's state is outside the output root")
+        return inside
+    return own
 
 
 ENDS_WITHOUT_ANSWER = ("no_action", "max_turns", "max_tokens")
@@ -542,7 +568,7 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         skip = "segmenter is 'none'"
     elif not answered and not (ctx.output_dir or state.get("run_dir")):
         skip = _no_prompt_reason(state)
-    elif _run_dir(state, ctx) is None:
+    elif not (ctx.output_dir or state.get("run_dir")):
         skip = "no output_dir to write masks to"
     if skip:
         return {"events": [{"type": "segment", "skipped": skip}]} if answered else {}
@@ -550,7 +576,8 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     ans = state.get("answer") or {}
     try:
         segmenter = get_segmenter(
-            ctx.segmenter, sam2_checkpoint=ctx.sam2_checkpoint, sam2_config=ctx.sam2_config,
+            ctx.segmenter, sam2_checkpoint=resolved_field(ctx, "sam2_checkpoint"),
+            sam2_config=ctx.sam2_config,
             sam2_image_size=ctx.sam2_image_size or None,
         )
         media = open_media(state["media"])
@@ -593,35 +620,45 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             "events": [event]}
 
 
-REVIEW_HELP = ("resume with 'accept', 'reject', or an edit {\"keyframe\": id, \"bbox_2d\": "
-               "[x1, y1, x2, y2], \"point_2d\": [x, y]} in original-frame pixels (any of the keys)")
+REVIEW_HELP = review_rules.HELP
 
 
-def _review_edit(value: Any, px: dict[str, Any], media: Any) -> tuple[dict[str, Any] | None, str]:
-    """(new answer_px, problem): a reviewer's edit checked against the frame it names."""
-    if not isinstance(value, dict) or not set(value) <= {"keyframe", "bbox_2d", "point_2d"} or not value:
-        return None, "unrecognised review reply; " + REVIEW_HELP
-    out = {**px, **value}
-    if out.get("keyframe") not in media.frame_ids:
-        return None, f"keyframe {out.get('keyframe')!r} is not a frame of this media"
-    box, pt = out.get("bbox_2d"), out.get("point_2d")
-    nums = (int, float)
-    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, nums) for v in box)):
-        return None, "bbox_2d must be four numbers [x1, y1, x2, y2]"
-    if not (isinstance(pt, list) and len(pt) == 2 and all(isinstance(v, nums) for v in pt)):
-        return None, "point_2d must be two numbers [x, y]"
-    w, h = media.width, media.height
-    x1, y1, x2, y2 = (min(max(float(v), 0.0), float(lim - 1)) for v, lim in zip(box, (w, h, w, h), strict=True))
-    if x2 <= x1 or y2 <= y1:
-        return None, "the box is empty inside the frame"
-    px_pt = [min(max(float(pt[0]), 0.0), w - 1.0), min(max(float(pt[1]), 0.0), h - 1.0)]
-    return {"keyframe": out["keyframe"], "bbox_2d": [x1, y1, x2, y2], "point_2d": px_pt}, ""
+def _ask_reviewer(runtime: Runtime[Context], payload: dict[str, Any]) -> Any:
+    """``interrupt`` that also tells a streaming client why it asks again. LangGraph replays
+    the node from its start on every resume, so earlier refusals come back through here too;
+    only the pause that really happens (the one that raises) is announced, once."""
+    try:
+        return interrupt(payload)
+    except GraphInterrupt:
+        if payload.get("problem"):
+            _emit(runtime, {"type": "review", "decision": "refused", "problem": payload["problem"],
+                            "how": REVIEW_HELP})
+        raise
+
+
+def _model_coords(state: State, ctx: Context, edited: dict[str, Any], w: int, h: int) -> dict[str, Any]:
+    """An edit back in the coordinates the model answered in (the answer a report shows)."""
+    if ctx.coord_style == "qwen3":
+        lim_w = lim_h = 1000
+    else:
+        lim_w = lim_h = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
+    b, p = edited["bbox_2d"], edited["point_2d"]
+    return {
+        "keyframe": edited["keyframe"],
+        "bbox_2d": [round(b[0] * lim_w / w), round(b[1] * lim_h / h),
+                    round(b[2] * lim_w / w), round(b[3] * lim_h / h)],
+        "point_2d": [round(p[0] * lim_w / w), round(p[1] * lim_h / h)],
+    }
 
 
 def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Pause before segmentation (``Context.review``) so that a person accepts, edits or
     rejects the answer; the reply arrives through ``Command(resume=...)``. The payload says
-    what the model answered, in both coordinate systems, with a picture of it."""
+    what the model answered, in both coordinate systems, with a picture of it, and the frame
+    size and ids a reply is checked against. A reply that is refused (see
+    ``segresearch.agents.review``) pauses again with a ``problem`` saying why, and a
+    ``custom`` stream event ``{"type": "review", "decision": "refused"}``: the thread keeps
+    waiting, and nothing is segmented from a guess at what the reviewer meant."""
     px = state.get("answer_px") or {}
     try:
         media = open_media(state["media"])
@@ -633,38 +670,30 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         image_ref = media_block(picture)["image_url"]["url"]
     except (MediaError, KeyError, TypeError):
         return {"reviewed": {"decision": "accept", "note": "nothing to review"}}
+    frames = review_rules.describe_frames(media.frame_ids)
+    has_frame = set(media.frame_ids).__contains__  # the node always checks the keyframe
+    size = (media.width, media.height)
     problem = ""
     while True:
         payload = {"type": "review", "query": state.get("query"), "answer": state.get("answer"),
                    "answer_px": px, "image": image_ref, "frame_size": [media.width, media.height],
                    "how": REVIEW_HELP}
+        if frames is not None:
+            payload["frame_ids"] = frames
         if problem:
             payload["problem"] = problem
-        reply = interrupt(payload)
-        if isinstance(reply, str) and reply.strip().lower() in ("accept", "ok", "yes", "y", ""):
-            return {"reviewed": {"decision": "accept"},
-                    "events": [{"type": "review", "decision": "accept"}]}
-        if isinstance(reply, str) and reply.strip().lower() in ("reject", "no", "n"):
-            return {"reviewed": {"decision": "reject"},
-                    "events": [{"type": "review", "decision": "reject"}]}
-        edited, problem = _review_edit(reply, px, media)
-        if edited is not None:
-            ctx = runtime.context
-            if ctx.coord_style == "qwen3":
-                lim_w = lim_h = 1000
-            else:
-                lim_w = lim_h = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
-            w, h = media.width, media.height
-            b, p = edited["bbox_2d"], edited["point_2d"]
-            model_coords = {
-                "keyframe": edited["keyframe"],
-                "bbox_2d": [round(b[0] * lim_w / w), round(b[1] * lim_h / h),
-                            round(b[2] * lim_w / w), round(b[3] * lim_h / h)],
-                "point_2d": [round(p[0] * lim_w / w), round(p[1] * lim_h / h)],
-            }
-            return {"answer_px": edited, "answer": model_coords,
+        # the same rules the server's guard applies (segresearch.agents.review)
+        got = review_rules.read_reply(_ask_reviewer(runtime, payload), px, size, has_frame)
+        if got.decision in ("accept", "reject"):
+            return {"reviewed": {"decision": got.decision},
+                    "events": [{"type": "review", "decision": got.decision}]}
+        if got.decision == "edit" and got.answer_px is not None:
+            edited = got.answer_px
+            return {"answer_px": edited,
+                    "answer": _model_coords(state, runtime.context, edited, media.width, media.height),
                     "reviewed": {"decision": "edit", "original": px},
                     "events": [{"type": "review", "decision": "edit", "answer_px": edited}]}
+        problem = "; ".join(got.problems)
 
 
 def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -675,13 +704,13 @@ def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         update["stop_reason"] = "no_action"
     if state.get("turns") is None:
         update["turns"] = 0
-    run_dir = _run_dir(state, ctx)
-    if run_dir is not None:
-        try:
+    try:
+        run_dir = _run_dir(state, ctx)
+        if run_dir is not None:
             write_outputs(run_dir, {**state, **update}, ctx)
             update["run_dir"] = str(run_dir)
-        except OSError as e:
-            update["events"] = [{"type": "error", "kind": "output", "message": str(e)}]
+    except (OSError, ValueError) as e:  # ValueError: a folder the policy refused (PathRefused)
+        update["events"] = [{"type": "error", "kind": "output", "message": str(e)}]
     final = {**state, **update}
     _emit(runtime, {"type": "final", "stop_reason": final.get("stop_reason"),
                     "answer": final.get("answer"), "answer_px": final.get("answer_px"),

@@ -6,11 +6,18 @@ million or a knowledge base under ``/etc`` would surface as a failed run after q
 not at all. ``RunPayloadGuard`` checks run and assistant payloads when they arrive and answers
 at once: 422 with one line per problem for a malformed context or input, 403 for a path
 outside ``SEGRESEARCH_MEDIA_ROOTS``. The graph still checks for itself; this is the early,
-explicit answer an API client deserves.
+explicit answer an API client deserves. A run that resumes the review pause
+(``command.resume``) is checked against the thread's pending interrupt too
+(``review_check``): 422 for a reply the node would refuse, 409 when nothing is pending.
 
-langgraph-api takes the middleware registered on this app and, with ``"middleware_order":
-"auth_first"`` in ``langgraph.json``, runs it after authentication on every route (its own
-and ours), so a client without the token learns nothing about which paths exist.
+langgraph-api runs the middleware registered on this app on every route (its own and ours);
+the gateway in front of the whole server (``gateway.py``) has checked the token before, so a
+client without it learns nothing about which paths exist.
+
+On the durable engine a run that does not choose its checkpoint durability gets ``"sync"``
+(``SEGRESEARCH_DEFAULT_DURABILITY``, set by ``serve graph --database``): every finished step
+is committed before the next starts, so a crash redoes at most the step in flight, where
+langgraph-api's default (``"async"``) may also lose the step before it.
 
 The routes under ``/segresearch/`` serve what a UI needs besides the graph's state: the
 images the model saw (content-addressed PNGs) and how the server is configured; the web page
@@ -140,6 +147,51 @@ def _validate(kind: str, body: Any) -> tuple[int, list[str]] | None:
     return (403 if refused else 422), problems
 
 
+async def _review_reply_refusal(kind: str, scope: Scope, payload: Any) -> tuple[int, dict[str, Any]] | None:
+    """(status, body) for a ``command.resume`` the paused review node would not take (422) or
+    a resume to a thread with nothing pending (409); see ``review_check``. A separate step
+    after ``_validate``: it awaits the thread's state through the in-process client rather
+    than blocking a worker thread on it."""
+    if kind != "run" or scope.get("method") != "POST":
+        return None
+    from segresearch.servers import review_check
+
+    if not review_check.resume_of(payload)[0]:
+        return None
+    return await review_check.resume_verdict(_route_path(scope), payload, web._client())
+
+
+_RUN_CREATION = re.compile(rf"(/threads/{_ID})?/runs(/stream|/wait)?")
+DURABILITY_ENV = "SEGRESEARCH_DEFAULT_DURABILITY"
+
+
+def _with_durability(kind: str, scope: Scope, payload: Any) -> Any:
+    """``payload`` with the server's default durability where a run payload chose none, or
+    None when there is nothing to add (the body is then forwarded byte for byte)."""
+    default = os.environ.get(DURABILITY_ENV, "").strip()
+    if not default:
+        return None
+    if kind == "batch" and isinstance(payload, list):
+        items = [_default_durability(p, default, thread=False) for p in payload]
+        return items if any(new is not old for new, old in zip(items, payload, strict=True)) else None
+    match = _RUN_CREATION.fullmatch(_route_path(scope)) if kind == "run" else None
+    if match:
+        new = _default_durability(payload, default, thread=match.group(1) is not None)
+        return new if new is not payload else None
+    return None
+
+
+def _default_durability(run: Any, default: str, *, thread: bool) -> Any:
+    """A stateless run (no thread) is deleted when it ends unless it asks to be kept, and
+    then has no checkpointer, so there is nothing to make durable (and langgraph fails a
+    "sync" run without a checkpointer)."""
+    if not isinstance(run, dict) or "durability" in run or "checkpoint_during" in run:
+        return run
+    if not thread and run.get("on_completion", "delete") != "keep":
+        return run
+    return {**run, "durability": default}
+
+
 async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
     """Buffered whole: the checks need the complete JSON before any of it reaches the server.
     A disconnect is returned so it can be handed on and the server sees the client leave."""
@@ -151,6 +203,12 @@ async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), None
+
+
+def _with_length(scope: Scope, length: int) -> Scope:
+    """The scope with a Content-Length that matches a rewritten body."""
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
 class RunPayloadGuard:
@@ -176,6 +234,13 @@ class RunPayloadGuard:
                 status, problems = verdict
                 await JSONResponse({"detail": problems}, status_code=status)(scope, receive, send)
                 return
+            refusal = await _review_reply_refusal(kind, scope, payload)
+            if refusal is not None:
+                await JSONResponse(refusal[1], status_code=refusal[0])(scope, receive, send)
+                return
+            if payload is not None and (changed := _with_durability(kind, scope, payload)) is not None:
+                body = orjson.dumps(changed)
+                scope = _with_length(scope, len(body))
 
         replayed = False
 
@@ -234,6 +299,8 @@ def _split_roots(raw: str) -> list[str]:
 def info() -> dict[str, Any]:
     """What a client needs to form valid requests: which folders it may name. Whether auth
     is on is a bool; the token itself never leaves the server's environment."""
+    from segresearch.agents import media_store
+
     roots = _split_roots(os.environ.get(MEDIA_ROOTS_ENV, ""))
     return {
         "version": __version__,
@@ -249,6 +316,9 @@ def info() -> dict[str, Any]:
         "upload_limit_mb": web.max_upload_bytes() / (1 << 20),
         "page": web.PAGE_PREFIX + "/",
         "defaults": _defaults(),
+        # Bytes the media store and uploads hold against SEGRESEARCH_MEDIA_MAX_GB (a scan
+        # at most a minute old): used, budget, evictable, pinned (see agents/media_store.py).
+        "storage": media_store.storage_info(),
     }
 
 

@@ -7,7 +7,9 @@ and the same path policy as the API:
 
 - ``PUT /segresearch/uploads?name=clip.mp4``: a raw request body (no multipart parser is
   needed), written under the upload root with a byte cap, opened with the project's own media
-  reader before it is kept, then renamed into place; the answer is a path the run input may name.
+  reader before it is kept, then renamed into place as ``<sha256><ext>`` (one file per
+  content, whatever its name); the answer is a path the run input may name. Uploads count
+  against the storage budget (``SEGRESEARCH_MEDIA_MAX_GB``, see ``agents/media_store.py``).
 - ``GET /segresearch/library``: media under the configured roots a person may pick.
 - ``GET /segresearch/threads/{id}/result``, ``/files/{name}``, ``/masks.zip``,
   ``/frames/{fid}.jpg``: what a run left in its folder, found from the thread's stored state
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import uuid
@@ -48,6 +51,7 @@ DEFAULT_MAX_UPLOAD_MB = 200.0
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _UPLOAD_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _LIBRARY_LIMIT = 200
+_UPLOAD_NAMES = 8
 _LIBRARY_DEPTH = 3
 _FRAME_SIDE = 960
 
@@ -142,31 +146,139 @@ def _too_big(limit: int) -> HTTPException:
                                                  f"limit of {limit / (1 << 20):g} MB ({MAX_UPLOAD_MB_ENV})")
 
 
-def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict[str, Any]:
-    """Open the received file as media (what a run would do) and keep it under a name made
-    of its content hash: the same file uploaded twice is one file."""
+# Leading bytes of every format the media reader takes (IMAGE_EXTS | VIDEO_EXTS), each
+# mapped to one canonical extension: the stored name follows the content, not the client's
+# name, so the same bytes are one file whatever they were called.
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", ".png"),
+    (0, b"\xff\xd8\xff", ".jpg"),
+    (0, b"GIF87a", ".gif"),
+    (0, b"GIF89a", ".gif"),
+    (0, b"II*\x00", ".tif"),
+    (0, b"MM\x00*", ".tif"),
+    (0, b"BM", ".bmp"),
+    (0, b"\x00\x00\x01\xba", ".mpg"),
+    (0, b"\x00\x00\x01\xb3", ".mpg"),
+)
+_QUICKTIME_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def _content_ext(head: bytes) -> str | None:
+    """The canonical extension of the format ``head`` (a file's first bytes) starts like,
+    or None when it is none the server knows (the client's extension is used then)."""
+    if head[:4] == b"RIFF" and head[8:12] in (b"WEBP", b"AVI "):
+        return ".webp" if head[8:12] == b"WEBP" else ".avi"
+    if head[4:8] == b"ftyp":
+        return ".mov" if head[8:12] == b"qt  " else ".mp4"
+    if head[4:8] in _QUICKTIME_ATOMS:
+        return ".mov"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska, or its WebM profile
+        return ".webm" if b"webm" in head[:64] else ".mkv"
+    return next((ext for at, magic, ext in _MAGIC if head[at:at + len(magic)] == magic), None)
+
+
+def _stored_upload(root: Path, digest: str, ext: str, sniffed: bool) -> Path | None:
+    """The upload already holding these bytes, if any. A sniffed format has one name; an
+    unrecognised one may have been kept under any extension the reader takes."""
+    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+
+    for e in [ext] if sniffed else [ext, *sorted(IMAGE_EXTS | VIDEO_EXTS)]:
+        p = root / f"{digest}{e}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _record_name(dest: Path, label: str) -> None:
+    """Remember the names a file was uploaded under (newest first, a few), for the library:
+    a hidden sidecar, rewritten atomically; losing a name to a race only loses a label."""
+    from segresearch.agents.media_store import upload_meta
+
+    meta = upload_meta(dest, "names.json")
+    try:
+        names = json.loads(meta.read_text()).get("names", [])
+    except (OSError, ValueError, AttributeError):
+        names = []
+    names = [label, *(n for n in names if isinstance(n, str) and n != label)][:_UPLOAD_NAMES]
+    tmp = meta.with_name(f".{meta.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"names": names}))
+        os.replace(tmp, meta)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _upload_label(path: Path) -> str | None:
+    from segresearch.agents.media_store import upload_meta
+
+    try:
+        names = json.loads(upload_meta(path, "names.json").read_text()).get("names") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return names[0] if names and isinstance(names[0], str) else None
+
+
+def _media_info(path: Path, name: str) -> dict[str, Any]:
+    """Open the received file as media (what a run would do): a header is not enough, a
+    frame must decode. The reader's message names its path; the client knows the file by
+    its own name, not by the server's temporary one."""
     from segresearch.tools.media import MediaError, open_media
 
     try:
-        media = open_media(tmp, roots=None)
+        media = open_media(path, roots=None)
         try:
-            media.frame(media.frame_ids[0])  # a header is not enough: a frame must decode
-            info = {"kind": media.kind, "frames": len(media), "width": media.width,
+            media.frame(media.frame_ids[0])
+            return {"kind": media.kind, "frames": len(media), "width": media.width,
                     "height": media.height, "note": media.note}
         finally:
             media.close()
     except (MediaError, IndexError, OSError) as e:
-        # The reader names the file it opened: the client knows it by its own name, not by
-        # the server's temporary path.
-        reason = str(e).replace(f"'{tmp}'", "it").replace(str(tmp), "it")
+        reason = str(e).replace(f"'{path}'", "it").replace(str(path), "it")
         raise HTTPException(status_code=422, detail=f"{name} is not usable as media: {reason}") from None
-    dest = tmp.parent / f"{digest[:16]}-{stem}{ext}"
-    if dest.exists():
-        tmp.unlink()
-    else:
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    return {"path": str(dest), "name": dest.name, **info}
+
+
+def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict[str, Any]:
+    """Keep the received file once per content: ``<sha256><ext>``, the extension that of
+    the format its bytes are (``_content_ext``; the client's when unrecognised). The same
+    bytes under any name are one file; a repeat answers with the existing path
+    (``reused``). Only a file that opens as media is kept, renamed into place atomically;
+    the names it was uploaded under go to a hidden sidecar (``label``: the newest). A new
+    file counts against the storage budget (SEGRESEARCH_MEDIA_MAX_GB), which may evict
+    older uploads and images."""
+    from segresearch.agents.media_store import note_upload, stamp_upload
+
+    with tmp.open("rb") as f:
+        sniffed = _content_ext(f.read(64))
+    ext = sniffed or ext
+    work = tmp if tmp.suffix == ext else tmp.with_name(f"{tmp.stem}{ext}")
+    label = f"{stem}{Path(name).suffix.lower()}"
+    try:
+        if work != tmp:
+            os.replace(tmp, work)  # the reader picks its decoder by the extension
+        info = _media_info(work, name)
+        dest = _stored_upload(tmp.parent, digest, ext, sniffed is not None)
+        reused = dest is not None
+        if dest is not None:
+            stamp_upload(dest)  # used now: the evictor re-checks this stamp before deleting
+        else:
+            dest = tmp.parent / f"{digest}{ext}"
+            os.chmod(work, 0o644)
+            os.replace(work, dest)
+    finally:
+        with contextlib.suppress(OSError):
+            work.unlink(missing_ok=True)
+    _record_name(dest, label)
+    note_upload(dest, _file_bytes(dest), new=not reused)
+    return {"path": str(dest), "name": dest.name, "label": label, "reused": reused, **info}
 
 
 @router.put("/segresearch/uploads")
@@ -250,7 +362,8 @@ def _library() -> dict[str, Any]:
     if up is not None and up.is_dir():
         ups = sorted((p for p in up.iterdir() if p.is_file() and not p.name.startswith(".")),
                      key=lambda p: p.stat().st_mtime, reverse=True)
-        items += [{"path": str(p), "kind": _media_kind(p) or "file", "root": "uploads"} for p in ups[:50]]
+        items += [{"path": str(p), "kind": _media_kind(p) or "file", "root": "uploads",
+                   **({"label": lab} if (lab := _upload_label(p)) else {})} for p in ups[:50]]
     for root in resolved_roots(os.environ.get(MEDIA_ROOTS_ENV, "")):
         if up is not None and (root == up or root.is_relative_to(up)):
             continue
