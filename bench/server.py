@@ -284,7 +284,9 @@ def main() -> None:
         ["... finished model turns sent again", "—", *[str(crashes[e]["redone"]) for e in engines]],
         ["... the turn in flight sent again", "—", *["yes" if crashes[e]["in_flight_again"] else "no"
                                                     for e in engines]],
-        ["... restart to run finished", "—", *[f"{crashes[e]['seconds']:.1f} s" for e in engines]],
+        ["... restart to run finished", "—", *[f"{crashes[e]['seconds']:.1f} s"
+                                              if crashes[e]["status"] == "success" else "—"
+                                              for e in engines]],
     ]
     print(markdown(["", *cols], rows))
     for e in engines:

@@ -224,7 +224,7 @@ def test_pinned_images_are_never_evicted(tmp_path, caplog):
     frames = [_put_frame(store, str(p), 0) for p in src]
     for d in pinned + frames:
         _age(_png_path(media, d), 3600)
-    with caplog.at_level(logging.WARNING, logger="segresearch.agents.media_store"):
+    with caplog.at_level(logging.WARNING, logger="segresearch.agents.media_budget"):
         store.budget.enforce()
     assert all(_png_path(media, d).exists() for d in pinned)
     assert not any(_png_path(media, d).exists() for d in frames)  # all evictable ones went

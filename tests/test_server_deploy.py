@@ -653,3 +653,39 @@ def test_guard_gives_runs_the_servers_durability(monkeypatch):
     assert [r.get("durability") for r in json.loads(seen[-1][1])] == ["sync", "async", None]
     client.post("/runs/crons", json={**run, "schedule": "* * * * *"})
     assert "durability" not in json.loads(seen[-1][1])
+
+
+def test_startup_says_who_can_use_an_open_server(tmp_path):
+    """A loopback server without a token is usable by every local process: it says so."""
+    from segresearch.servers.langgraph_server import ServeOptions, server_environment, startup_lines
+
+    opts = ServeOptions(port=2024)
+    open_env = server_environment(opts, {}, tmp_path)
+    lines = startup_lines(opts, open_env)
+    assert any("warning" in line and "any program on this machine" in line for line in lines)
+    token = "s3cret-startup-token"
+    locked = startup_lines(opts, server_environment(opts, {"SEGRESEARCH_API_TOKEN": token}, tmp_path))
+    assert not any("warning" in line for line in locked) and token not in "\n".join(locked)
+    # no roots named: the uploads and the shipped data only, never the launch folder
+    assert open_env["SEGRESEARCH_MEDIA_ROOTS"] == str(Path(graph_app.__file__).resolve().parents[1] / "assets")
+    assert os.getcwd() not in open_env["SEGRESEARCH_MEDIA_ROOTS"].split(":")
+    pg = ServeOptions(port=2024, database="postgresql://u:pw@db/x", redis="redis://r:6379/0")
+    text = "\n".join(startup_lines(pg, server_environment(pg, {}, tmp_path)))
+    assert "pw" not in text and "u:***@db" in text
+
+
+def test_a_client_named_model_endpoint_gets_nothing(open_server, files):
+    """The operator's key (OPENAI_API_KEY in the server's environment) never leaves for an
+    endpoint a client named: the run is refused before anything is sent there."""
+    from segresearch.testing.counting_model import CountingModelServer
+
+    model = CountingModelServer(["<answer>{}</answer>"])
+    try:
+        for url in (model.base_url, f"http://gpu-box@127.0.0.1:{model.port}/v1",
+                    f"http://127.0.0.1:{model.port}/v1#http://gpu-box/v1"):
+            r = _post(open_server, "/runs/wait", _run_body(files, context=_ctx(files, model=f"openai:m@{url}")))
+            assert r.status_code == 403, (url, r.text)
+        time.sleep(0.5)
+        assert not model.started, model.started
+    finally:
+        model.close()

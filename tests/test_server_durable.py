@@ -214,6 +214,8 @@ def test_durable_engine_needs_redis_and_a_postgres_url(tmp_path):
         (["--database", "mysql://u@h/x", "--redis", "redis://h:1/0"], "PostgreSQL URL"),
         (["--redis", "redis://h:1/0"], "--redis needs --database"),
         (["--cors-origin", "not an origin"], "--cors-origin"),
+        (["--database", "postgresql://u:pw@127.0.0.1:1/x", "--redis", "redis://127.0.0.1:1/0"],
+         "cannot use the PostgreSQL database postgresql://u:***@127.0.0.1:1/x"),
     ]
     for extra, needle in cases:
         out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60)

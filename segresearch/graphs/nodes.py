@@ -36,7 +36,7 @@ from segresearch.agents import review as review_rules
 from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
 from segresearch.agents.context import Context, ContextError
-from segresearch.agents.media_store import FrameRecipe
+from segresearch.agents.media_recipes import FrameRecipe
 from segresearch.agents.models import model_loaded, resolve_model
 from segresearch.agents.path_policy import (
     PathRefused,

@@ -315,6 +315,8 @@ def info() -> dict[str, Any]:
         "uploads": bool(os.environ.get(UPLOAD_ROOT_ENV, "").strip()),
         "upload_limit_mb": web.max_upload_bytes() / (1 << 20),
         "page": web.PAGE_PREFIX + "/",
+        # "postgres": runs survive a crash and several replicas share threads; "memory": one process.
+        "engine": "postgres" if os.environ.get("LANGGRAPH_RUNTIME_EDITION") == "pg" else "memory",
         "defaults": _defaults(),
         # Bytes the media store and uploads hold against SEGRESEARCH_MEDIA_MAX_GB (a scan
         # at most a minute old): used, budget, evictable, pinned (see agents/media_store.py).

@@ -286,6 +286,31 @@ def _check_installed(durable: bool) -> None:
                          "pip install 'segresearch[server]')")
 
 
+def check_services(opts: ServeOptions, timeout: float = 5.0) -> None:
+    """Reach PostgreSQL and Redis before the server starts, so a wrong URL or a server that is
+    down is one line naming it (the runtime would fail its startup with a long traceback)."""
+    if not opts.durable:
+        return
+    import psycopg
+    import redis
+
+    try:
+        with psycopg.connect(opts.database, connect_timeout=max(1, int(timeout))) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ServeError(f"cannot use the PostgreSQL database {redact(opts.database)}: "
+                         f"{reason.replace(opts.database, redact(opts.database))}") from None
+    try:
+        client = redis.Redis.from_url(opts.redis, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, ValueError, OSError) as e:
+        raise ServeError(f"cannot use Redis at {redact(opts.redis)}: {' '.join(str(e).split())}") from None
+
+
 def serve_graph(
     host: str = "127.0.0.1",
     port: int = 2024,
@@ -319,6 +344,7 @@ def serve_graph(
             "or pass --insecure"
         )
     _check_installed(opts.durable)
+    check_services(opts)
     if not port_free(host, opts.port):
         raise ServeError(f"port {opts.port} on {host} is already in use (another server?); "
                          "choose another with --port")
@@ -351,7 +377,15 @@ def _run_uvicorn(opts: ServeOptions) -> int:
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits on a failed startup
+        if server.started:
+            raise
+        code = e.code if isinstance(e.code, int) else 1
+        print(f"segresearch: error: the server did not start (exit {code}; see the lines above)",
+              file=sys.stderr)
+        return code or 1
     if not server.started:
         print("segresearch: error: the server did not start (see the lines above)", file=sys.stderr)
         return 1

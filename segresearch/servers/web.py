@@ -9,7 +9,7 @@ and the same path policy as the API:
   needed), written under the upload root with a byte cap, opened with the project's own media
   reader before it is kept, then renamed into place as ``<sha256><ext>`` (one file per
   content, whatever its name); the answer is a path the run input may name. Uploads count
-  against the storage budget (``SEGRESEARCH_MEDIA_MAX_GB``, see ``agents/media_store.py``).
+  against the storage budget (``SEGRESEARCH_MEDIA_MAX_GB``, see ``agents/media_budget.py``).
 - ``GET /segresearch/library``: media under the configured roots a person may pick.
 - ``GET /segresearch/threads/{id}/result``, ``/files/{name}``, ``/masks.zip``,
   ``/frames/{fid}.jpg``: what a run left in its folder, found from the thread's stored state
@@ -192,7 +192,7 @@ def _stored_upload(root: Path, digest: str, ext: str, sniffed: bool) -> Path | N
 def _record_name(dest: Path, label: str) -> None:
     """Remember the names a file was uploaded under (newest first, a few), for the library:
     a hidden sidecar, rewritten atomically; losing a name to a race only loses a label."""
-    from segresearch.agents.media_store import upload_meta
+    from segresearch.agents.media_budget import upload_meta
 
     meta = upload_meta(dest, "names.json")
     try:
@@ -218,7 +218,7 @@ def _file_bytes(path: Path) -> int:
 
 
 def _upload_label(path: Path) -> str | None:
-    from segresearch.agents.media_store import upload_meta
+    from segresearch.agents.media_budget import upload_meta
 
     try:
         names = json.loads(upload_meta(path, "names.json").read_text()).get("names") or []
@@ -254,7 +254,8 @@ def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict
     the names it was uploaded under go to a hidden sidecar (``label``: the newest). A new
     file counts against the storage budget (SEGRESEARCH_MEDIA_MAX_GB), which may evict
     older uploads and images."""
-    from segresearch.agents.media_store import note_upload, stamp_upload
+    from segresearch.agents.media_budget import stamp_upload
+    from segresearch.agents.media_store import note_upload
 
     with tmp.open("rb") as f:
         sniffed = _content_ext(f.read(64))
