@@ -646,7 +646,7 @@ def cmd_serve_graph(args: argparse.Namespace) -> int:
                            state_dir=args.state_dir, insecure=args.insecure,
                            database=args.database or "", redis=args.redis or "",
                            cors_origins=args.cors_origin or (), media_max_gb=args.media_max_gb,
-                           heartbeat_s=args.heartbeat)
+                           heartbeat_s=args.heartbeat, allowed_hosts=args.allowed_host or ())
     except ServeError as e:
         return _die(str(e))
 
@@ -836,6 +836,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="redis://HOST:PORT/DB, needed with --database; env SEGRESEARCH_REDIS_URL")
     gr.add_argument("--cors-origin", dest="cors_origin", action="append", metavar="ORIGIN",
                     help="let pages from this origin call the API (repeatable; default: none)")
+    gr.add_argument("--allowed-host", dest="allowed_host", action="append", metavar="NAME",
+                    help="on loopback, also answer to this Host name (a reverse proxy on the "
+                         "same machine that forwards the public name; repeatable)")
     gr.add_argument("--media-max-gb", dest="media_max_gb", type=float, metavar="GB",
                     help="disk budget of the media store and uploads (least recently used "
                          "images that can be remade are evicted; default: unlimited)")

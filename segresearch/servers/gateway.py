@@ -49,6 +49,9 @@ from segresearch.servers.auth import expected_token, is_public, token_matches
 CORS_ORIGINS_ENV = "SEGRESEARCH_CORS_ORIGINS"
 # Set by ``serve graph`` from --host: whether Host headers must be loopback names.
 LOOPBACK_ONLY_ENV = "SEGRESEARCH_LOOPBACK_ONLY"
+# More names a loopback server answers to (``--allowed-host``): a reverse proxy on the same
+# machine that forwards the public Host header.
+ALLOWED_HOSTS_ENV = "SEGRESEARCH_ALLOWED_HOSTS"
 
 _ID = r"[^/]+"
 _ANY = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -144,15 +147,20 @@ def _has_body(scope: Scope) -> bool:
         return True  # malformed: treat as a body, so the type rule applies
 
 
+def _host_name(host_header: bytes | str) -> str:
+    """The name part of a Host header (no port, no IPv6 brackets), lower case."""
+    host = host_header.decode("latin-1") if isinstance(host_header, bytes) else host_header
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.split(":", 1)[0] if host.count(":") == 1 else host
+
+
 def is_loopback_host(host_header: bytes | None) -> bool:
     """Whether a Host header names this machine's loopback interface (any port)."""
     if not host_header:
         return False
-    host = host_header.decode("latin-1").strip().lower()
-    if host.startswith("["):
-        host = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
+    host = _host_name(host_header)
     if host in ("localhost", "localhost."):
         return True
     try:
@@ -161,11 +169,22 @@ def is_loopback_host(host_header: bytes | None) -> bool:
         return False
 
 
-def _own_origin(scope: Scope) -> str | None:
+def host_allowed(host_header: bytes | None) -> bool:
+    """A loopback name, or one the operator listed (``--allowed-host``, any port)."""
+    if is_loopback_host(host_header):
+        return True
+    listed = {_host_name(h) for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()}
+    return bool(host_header) and _host_name(host_header or b"") in listed
+
+
+def _own_origins(scope: Scope) -> set[str]:
+    """The origins a page served by this server has: its Host over http or https (behind a
+    TLS-terminating proxy the server itself sees plain http)."""
     host = _header(scope, b"host")
     if not host:
-        return None
-    return normalise_origin(f"{scope.get('scheme', 'http')}://{host.decode('latin-1')}")
+        return set()
+    name = host.decode("latin-1")
+    return {o for o in (normalise_origin(f"{scheme}://{name}") for scheme in ("http", "https")) if o}
 
 
 async def _answer(send: Send, status: int, detail: str | list[str],
@@ -219,12 +238,12 @@ class Gateway:
         without the token learns nothing the token would have hidden; the token comes
         before the body rules, so an unauthenticated client learns nothing about them."""
         method, path = scope["method"].upper(), scope.get("path", "")
-        if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and not is_loopback_host(_header(scope, b"host")):
-            return 421, "this server answers only to requests for its loopback address", []
+        if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and not host_allowed(_header(scope, b"host")):
+            return 421, "this server answers only to requests for its loopback address (see --allowed-host)", []
         raw_origin = _header(scope, b"origin")
         if raw_origin is not None:
             origin = normalise_origin(raw_origin.decode("latin-1"))
-            if origin is None or (origin != _own_origin(scope) and origin not in allowed_origins()):
+            if origin is None or (origin not in _own_origins(scope) and origin not in allowed_origins()):
                 return 403, "cross-origin requests are not allowed from this origin (see --cors-origin)", []
         if not route_allowed(method, path):
             return 404, "Not Found", []
@@ -248,7 +267,7 @@ class Gateway:
         due); None for same-origin and origin-less requests (refusals happened before)."""
         raw = _header(scope, b"origin")
         origin = normalise_origin(raw.decode("latin-1")) if raw else None
-        if origin is None or origin == _own_origin(scope):
+        if origin is None or origin in _own_origins(scope):
             return None
         return origin
 

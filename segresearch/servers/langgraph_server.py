@@ -33,7 +33,12 @@ from urllib.parse import urlsplit
 from segresearch.agents.media_store import STORE_ENV as MEDIA_STORE_ENV
 from segresearch.agents.path_policy import OUTPUT_ROOT_ENV
 from segresearch.servers.auth import TOKEN_ENV
-from segresearch.servers.gateway import CORS_ORIGINS_ENV, LOOPBACK_ONLY_ENV, normalise_origin
+from segresearch.servers.gateway import (
+    ALLOWED_HOSTS_ENV,
+    CORS_ORIGINS_ENV,
+    LOOPBACK_ONLY_ENV,
+    normalise_origin,
+)
 from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -146,6 +151,7 @@ class ServeOptions:
     database: str = ""
     redis: str = ""
     cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
     media_max_gb: float | None = None
     heartbeat_s: float = DEFAULT_HEARTBEAT_S
     allow_blocking: bool = False
@@ -183,9 +189,15 @@ def resolve_options(opts: ServeOptions, env: Mapping[str, str]) -> ServeOptions:
         if origin is None:
             raise ServeError(f"--cors-origin must be an origin like https://app.example.org; got {raw!r}")
         origins.append(origin)
+    hosts = []
+    for raw in opts.allowed_hosts:
+        name = raw.strip().lower()
+        if not name or any(c in name for c in "/@ ,") or name.startswith(("http:", "https:")):
+            raise ServeError(f"--allowed-host must be a host name like api.example.org; got {raw!r}")
+        hosts.append(name)
     return ServeOptions(host=opts.host, port=int(opts.port), jobs=int(opts.jobs),
                         state_dir=opts.state_dir, database=database, redis=redis,
-                        cors_origins=origins, media_max_gb=opts.media_max_gb,
+                        cors_origins=origins, allowed_hosts=hosts, media_max_gb=opts.media_max_gb,
                         heartbeat_s=float(opts.heartbeat_s), allow_blocking=opts.allow_blocking,
                         insecure=opts.insecure)
 
@@ -221,6 +233,7 @@ def server_environment(opts: ServeOptions, env: Mapping[str, str], state: Path) 
     if opts.media_max_gb is not None:
         out[MEDIA_MAX_GB_ENV] = repr(float(opts.media_max_gb))
     out[CORS_ORIGINS_ENV] = ",".join(opts.cors_origins)
+    out[ALLOWED_HOSTS_ENV] = ",".join(opts.allowed_hosts)
     out[LOOPBACK_ONLY_ENV] = "1" if is_loopback(opts.host) else "0"
     out.update({
         "LANGGRAPH_RUNTIME_EDITION": "pg" if opts.durable else "inmem",
@@ -324,6 +337,7 @@ def serve_graph(
     cors_origins: Iterable[str] = (),
     media_max_gb: float | None = None,
     heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+    allowed_hosts: Iterable[str] = (),
 ) -> int:
     """Serve until signalled; return the exit status.
 
@@ -335,7 +349,8 @@ def serve_graph(
     env = {**os.environ, **(extra_env or {})}
     opts = resolve_options(ServeOptions(
         host=host, port=port, jobs=jobs, state_dir=state_dir, database=database, redis=redis,
-        cors_origins=list(cors_origins), media_max_gb=media_max_gb, heartbeat_s=heartbeat_s,
+        cors_origins=list(cors_origins), allowed_hosts=list(allowed_hosts),
+        media_max_gb=media_max_gb, heartbeat_s=heartbeat_s,
         allow_blocking=allow_blocking, insecure=insecure), env)
     if not env.get(TOKEN_ENV, "").strip() and not is_loopback(host) and not insecure:
         raise ServeError(
