@@ -670,7 +670,10 @@ def test_startup_says_who_can_use_an_open_server(tmp_path):
     assert open_env["SEGRESEARCH_MEDIA_ROOTS"] == str(Path(graph_app.__file__).resolve().parents[1] / "assets")
     assert os.getcwd() not in open_env["SEGRESEARCH_MEDIA_ROOTS"].split(":")
     pg = ServeOptions(port=2024, database="postgresql://u:pw@db/x", redis="redis://r:6379/0")
-    text = "\n".join(startup_lines(pg, server_environment(pg, {}, tmp_path)))
+    pg_env = server_environment(pg, {"BG_JOB_ISOLATED_LOOPS": "true"}, tmp_path)
+    assert pg_env["BG_JOB_ISOLATED_LOOPS"] == "false" and pg_env["LANGGRAPH_RUNTIME_EDITION"] == "pg"
+    assert pg_env["SEGRESEARCH_DEFAULT_DURABILITY"] == "sync"
+    text = "\n".join(startup_lines(pg, pg_env))
     assert "pw" not in text and "u:***@db" in text
 
 

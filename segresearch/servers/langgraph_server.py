@@ -256,6 +256,9 @@ def server_environment(opts: ServeOptions, env: Mapping[str, str], state: Path) 
         out.pop(stale, None)
     if opts.durable:
         out["LG_BG_JOB_HEARTBEAT"] = f"{opts.heartbeat_s:g}"
+        # One event loop per job breaks langgraph-runtime-pg ("Future attached to a different
+        # loop"): whatever the environment says, jobs share the server's loop.
+        out["BG_JOB_ISOLATED_LOOPS"] = "false"
         # A finished step is committed before the next starts, so a crash redoes at most
         # the step in flight (the default, "async", may lose the step before it too).
         out.setdefault(DURABILITY_ENV, "sync")
