@@ -669,6 +669,11 @@ def test_startup_says_who_can_use_an_open_server(tmp_path):
     # no roots named: the uploads and the shipped data only, never the launch folder
     assert open_env["SEGRESEARCH_MEDIA_ROOTS"] == str(Path(graph_app.__file__).resolve().parents[1] / "assets")
     assert os.getcwd() not in open_env["SEGRESEARCH_MEDIA_ROOTS"].split(":")
+    # the operator's relative paths mean what they meant where the command was typed
+    rel = server_environment(opts, {"SEGRESEARCH_KB": "kb", "SEGRESEARCH_MODEL": "replay:c.json",
+                                    "SEGRESEARCH_SEARCH_CACHE": "off"}, tmp_path)
+    assert rel["SEGRESEARCH_KB"] == str(Path.cwd() / "kb") and rel["SEGRESEARCH_SEARCH_CACHE"] == "off"
+    assert rel["SEGRESEARCH_MODEL"] == f"replay:{Path.cwd() / 'c.json'}"
     pg = ServeOptions(port=2024, database="postgresql://u:pw@db/x", redis="redis://r:6379/0")
     pg_env = server_environment(pg, {"BG_JOB_ISOLATED_LOOPS": "true"}, tmp_path)
     assert pg_env["BG_JOB_ISOLATED_LOOPS"] == "false" and pg_env["LANGGRAPH_RUNTIME_EDITION"] == "pg"

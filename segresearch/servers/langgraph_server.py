@@ -214,11 +214,29 @@ def _absolute_roots(raw: str) -> str:
     return ":".join(str(Path(p).expanduser().resolve()) for p in raw.split(":") if p.strip())
 
 
+# The operator's settings that name files: made absolute against the launch folder, because
+# the server runs in its state folder (the in-memory runtime keeps its files in ./.langgraph_api).
+_OPERATOR_PATHS = ("SEGRESEARCH_KB", "SEGRESEARCH_SYSTEM_PROMPT_FILE", "SEGRESEARCH_SAM2_CHECKPOINT",
+                   "SEGRESEARCH_SEARCH_CACHE")
+
+
+def _absolute_operator_paths(out: dict[str, str]) -> None:
+    for name in _OPERATOR_PATHS:
+        value = out.get(name, "").strip()
+        if value and value.lower() != "off" and not Path(value).expanduser().is_absolute():
+            out[name] = str(Path(value).expanduser().resolve())
+    kind, sep, rest = out.get("SEGRESEARCH_MODEL", "").partition(":")
+    if sep and kind.strip().lower() in ("replay", "hf") and rest.strip() \
+            and not Path(rest.strip()).expanduser().is_absolute():
+        out["SEGRESEARCH_MODEL"] = f"{kind}:{Path(rest.strip()).expanduser().resolve()}"
+
+
 def server_environment(opts: ServeOptions, env: Mapping[str, str], state: Path) -> dict[str, str]:
     """The variables the server process runs with: ours (roots, stores) and langgraph-api's
     (read once, when it is imported)."""
     cfg = server_config()
     out = dict(env)
+    _absolute_operator_paths(out)
     out.setdefault(MEDIA_STORE_ENV, str(state / "media"))
     # Served, the path policy is always on. Without roots named, clients read only their
     # uploads and the shipped data: never the folder the server happened to start in.
