@@ -58,5 +58,10 @@ serve: $(VENV)/.dev
 gpu-smoke:
 	bash bench/gpu_smoke.sh
 
+# Torch-only GPU check (SAM 2, frame prefetch, transformers backend; no vLLM, verl or Ray), on
+# .venv's Python or GPU_PYTHON=...; e.g. make gpu-check GPU_CHECK_ARGS="--device cpu --quick"
+gpu-check:
+	$(or $(GPU_PYTHON),$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .langgraph_api runs

@@ -7,8 +7,9 @@
 #
 #   bash bench/gpu_smoke.sh                 # or: make gpu-smoke
 #
-# Needs one CUDA GPU and a Python with segresearch, vllm, verl and a CUDA torch (PYTHON=...,
-# default .venv/bin/python, else python3). Nothing is downloaded. Environment knobs:
+# Needs one CUDA GPU and a Python with segresearch[hf,rl,gpu] (vllm, verl, TransferQueue and a
+# CUDA torch; README "GPU environment"; PYTHON=..., default .venv/bin/python, else python3).
+# flash-attn is optional (sdpa without it). Nothing is downloaded. Environment knobs:
 #   SMOKE_DIR (default runs/gpu-smoke, replaced), SMOKE_PORT (8765), SMOKE_FAMILY (qwen2_5_vl),
 #   SMOKE_TRAIN=0 to stop after the run, SMOKE_VLLM_ARGS (extra `vllm serve` arguments).
 set -euo pipefail
@@ -47,6 +48,24 @@ if missing:
     print("\n".join(missing), file=sys.stderr)
     sys.exit(1)
 EOF
+
+# verl loads the policy with flash_attention_2 unless told otherwise; flash-attn is a source
+# build, so where it does not import with CUDA the smoke trains with sdpa (remove-padding off).
+read -r -a ATTN <<<"$("$PYTHON" -c 'from segresearch.rl.environment import attention_overrides; print(" ".join(attention_overrides()))')"
+echo "attention    ${ATTN[*]}"
+if [ "${SMOKE_TRAIN:-1}" = 1 ]; then
+    # What `segresearch train` needs here (rollout engine, TransferQueue, CUDA, version pins,
+    # attention), all reported at once before minutes go into starting vLLM.
+    "$PYTHON" - "${ATTN[@]}" <<'EOF' || fail "this machine cannot run segresearch train (see above)"
+import sys
+from segresearch.rl.environment import check_trainer_environment
+from segresearch.rl.train import compose_config
+problems = check_trainer_environment(compose_config("grpo", ["trainer.n_gpus_per_node=1", *sys.argv[1:]]))
+for p in problems:
+    print(p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+EOF
+fi
 
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -122,7 +141,7 @@ if [ "${SMOKE_TRAIN:-1}" = 1 ]; then
         trainer.n_gpus_per_node=1 trainer.total_training_steps=2 trainer.save_freq=-1 trainer.test_freq=-1 \
         trainer.val_before_train=false trainer.experiment_name=gpu_smoke \
         trainer.default_local_dir="$ROOT/$WORK/checkpoints" trainer.rollout_data_dir="$ROOT/$WORK/rollouts" \
-        2>&1 | tee "$WORK/train.log"
+        "${ATTN[@]}" 2>&1 | tee "$WORK/train.log"
     grep -Eq "step:2( |$|-)" "$WORK/train.log" || fail "training did not log step 2 (see $WORK/train.log)"
     ls "$WORK/rollouts" >/dev/null 2>&1 || fail "no rollout records in $WORK/rollouts"
 fi

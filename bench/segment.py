@@ -1,7 +1,28 @@
 """The segment step against the bare SAM 2 predictor driven the published way.
 
-Both sides segment the same JPEG folder from the same prompt (box, then point, on a middle
-keyframe; propagation forward, then backward) and write one PNG per frame:
+Two scenarios (``--scenario``):
+
+``queries`` (default): what an evaluation does, several queries on one video. A 20-frame
+1280×720 video (``--video-frames``, ``--size``; ``--source DIR`` takes real frames from a
+folder, resized) and 10 queries (``--queries``) with different keyframes and boxes, each side in a fresh process:
+
+- published: ``post_segmentation/sam2_okvos.py``'s flow, restated: SAM 2's own
+  ``init_state`` once for the video (its loader prepares every frame up front), then per
+  query ``reset_state``, the box call, the point call, forward and backward propagation,
+  PNGs written after;
+- ours: one ``SAM2Segmenter`` session for the video, frames prepared once and kept for all
+  its queries (the evaluation's budget), prefetch threads by device (``--prefetch-threads``),
+  ``write_mask_set`` per query;
+- ours without reuse: the same with a frame budget of 0, every frame prepared again for
+  each query (what the earlier 32 MB cache amounted to at 1024 px).
+
+It prints frames/s per process (queries × frames / seconds, model already loaded), the
+frames each side prepared, peak RSS, the ratio to the published flow, and whether every
+mask file equals the published one.
+
+``lengths``: one query on videos of several lengths (``--frames``), for time and memory per
+frame. Both sides segment the same JPEG folder from the same prompt (box, then point, on a
+middle keyframe; propagation forward, then backward) and write one PNG per frame:
 
 - bare: ``post_segmentation/sam2_okvos.py``'s flow, restated: ``init_state`` on the folder
   (SAM 2 loads every frame as a float32 tensor up front), two ``add_new_points_or_box``
@@ -15,9 +36,10 @@ the segmentation minus the size just before it (the model is loaded already), so
 what the video costs. The masks of both sides are compared file by file.
 
 No SAM 2 checkpoint ships in any package: by default a random-weight SAM 2.1 tiny model is
-built (the cost of a frame is the same for any weights); pass --checkpoint for real ones.
-On a CPU, 1024-pixel inputs take seconds per frame: --image-size 256 keeps the sweep to
-minutes and shows the same per-frame growth (frames scale with the input size squared).
+built from its config, as the tests do (the cost of a frame is the same for any weights);
+pass --checkpoint for real ones. On a CPU, 1024-pixel inputs take seconds per frame:
+--image-size 256 keeps a run to minutes (frames scale with the input size squared); the
+default is 1024 on CUDA, 256 on CPU.
 """
 
 from __future__ import annotations
@@ -91,16 +113,99 @@ def tensor_mb(obj: object) -> float:
     return total / 2**20
 
 
+class OneStatePerVideo:
+    """The predictor as the published script uses it across a video's queries: SAM 2's own
+    ``init_state`` once (here, when made), then every ``init_state`` the reference flow asks
+    for returns that state, which the flow resets per query."""
+
+    def __init__(self, predictor: object, folder: Path) -> None:
+        import torch
+
+        self._predictor = predictor
+        with torch.inference_mode():
+            self._state = predictor.init_state(video_path=str(folder))  # type: ignore[attr-defined]
+
+    def init_state(self, video_path: str) -> dict:
+        return self._state
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._predictor, name)
+
+
+def write_pngs(masks: np.ndarray, names: list[str], out: Path) -> None:
+    """One 0/255 PNG per frame, named after it, with PIL as the published script does."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for t, name in enumerate(names):
+        Image.fromarray(masks[t].astype(np.uint8) * 255).save(out / f"{Path(name).stem}.png")
+
+
+def _prompts(raw: str) -> list:
+    from segresearch.tools.segmenters import Prompt
+
+    return [Prompt(p["frame"], tuple(p["box"]), tuple(p["point"])) for p in json.loads(raw)]
+
+
+def warm_up(predictor: object, folder: Path) -> None:
+    """One short untimed run, so that lazy initialisation in torch and SAM 2 (first-call
+    allocations, kernel selection) is not counted against whichever side runs it first."""
+    from segresearch.testing.sam2_reference import bare_published
+    from segresearch.tools.segmenters import Prompt
+
+    bare_published(predictor, folder, Prompt(0, (4.0, 4.0, 40.0, 30.0), (20.0, 16.0)))
+
+
+def child_queries(args: argparse.Namespace, predictor: object, seg: object) -> dict:
+    """Every query of ``args.prompt`` (a list) on one video, the published way or ours."""
+    from segresearch.testing.sam2_reference import bare_published
+    from segresearch.tools.media import open_media
+    from segresearch.tools.segmenters import write_mask_set
+
+    prompts = _prompts(args.prompt)
+    folder, out = Path(args.folder), Path(args.out)
+    if args.child == "published":
+        names = sorted(os.listdir(folder))
+        flow = OneStatePerVideo(predictor, folder)
+        for i, prompt in enumerate(prompts):
+            _, masks = bare_published(flow, folder, prompt)
+            write_pngs(masks, names, out / f"q{i}")
+        return {"prepared": len(names)}  # SAM 2's loader prepares each frame once, up front
+    media = open_media(folder)
+    with seg.open(media) as session:  # type: ignore[attr-defined]
+        for i, prompt in enumerate(prompts):
+            write_mask_set(out / f"q{i}", media, session.masks(prompt))
+        return {"prepared": session.frames.decoded, "prefetch_threads": session.frames.threads}
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this process: prints a JSON line."""
     import torch
 
     from segresearch.tools.media import open_media
-    from segresearch.tools.segmenters import Prompt, SAM2Segmenter, write_mask_set
+    from segresearch.tools.segmenters import (
+        EVAL_FRAME_CACHE_MB,
+        Prompt,
+        SAM2Segmenter,
+        write_mask_set,
+    )
 
     torch.set_num_threads(args.threads)
-    seg = SAM2Segmenter(args.checkpoint, device=args.device, image_size=args.image_size)
+    # the evaluation's budget, none, or (one query, as the graph runs it) the default
+    cache = {"ours-eval": EVAL_FRAME_CACHE_MB, "ours-no-reuse": 0.0}.get(args.child)
+    seg = SAM2Segmenter(args.checkpoint, device=args.device, image_size=args.image_size,
+                        frame_cache_mb=cache, prefetch_threads=args.prefetch_threads)
     predictor, _ = seg.predictor()
+    if args.child in QUERY_SIDES:
+        warm_up(predictor, Path(args.folder).parent / "warmup")
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            info = child_queries(args, predictor, seg)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+        print(json.dumps({"seconds": seconds, "peak_mb": mem.peak - mem.base, **info}), flush=True)
+        return
     p = json.loads(args.prompt)
     prompt = Prompt(p["frame"], tuple(p["box"]), tuple(p["point"]))
     folder, out = Path(args.folder), Path(args.out)
@@ -119,17 +224,13 @@ def child(args: argparse.Namespace) -> None:
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         if args.child == "bare":
-            from PIL import Image
-
             from segresearch.testing.sam2_reference import bare_published
 
             names = sorted(os.listdir(folder))
             state, masks = bare_published(predictor, folder, prompt)
             held["state"] = tensor_mb(state["output_dict_per_obj"])
             held["frames"] = tensor_mb(state["images"])
-            out.mkdir(parents=True, exist_ok=True)
-            for t, name in enumerate(names):
-                Image.fromarray(masks[t].astype(np.uint8) * 255).save(out / f"{Path(name).stem}.png")
+            write_pngs(masks, names, out)
         else:
             media = open_media(folder)
             with seg.open(media) as session:
@@ -140,10 +241,19 @@ def child(args: argparse.Namespace) -> None:
           flush=True)
 
 
-def run_child(mode: str, folder: Path, out: Path, args: argparse.Namespace, prompt: dict) -> dict:
+QUERY_SIDES = {
+    "published": "published: SAM 2 init_state once, reset_state per query",
+    "ours-eval": "ours: frames kept for the video, prefetch by device",
+    "ours-no-reuse": "ours without reuse: frame budget 0",
+}
+
+
+def run_child(mode: str, folder: Path, out: Path, args: argparse.Namespace, prompt: object) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--folder", str(folder), "--out", str(out),
            "--checkpoint", args.checkpoint, "--image-size", str(args.image_size),
            "--device", args.device, "--threads", str(args.threads), "--prompt", json.dumps(prompt)]
+    if args.prefetch_threads is not None:
+        cmd += ["--prefetch-threads", str(args.prefetch_threads)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise SystemExit(f"{mode} failed:\n{r.stderr[-3000:]}")
@@ -159,40 +269,102 @@ def same_masks(a: Path, b: Path) -> bool:
     return all(np.array_equal(cv2.imread(str(a / n), 0), cv2.imread(str(b / n), 0)) for n in names)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", default="50,100,200", help="video lengths to measure")
-    ap.add_argument("--image-size", type=int, default=256, help="SAM 2 input side (the model's own: 1024)")
-    ap.add_argument("--size", default="854x480", help="frame size of the synthetic video")
-    ap.add_argument("--checkpoint", default="", help="a SAM 2 checkpoint (default: random tiny)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2)))
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per side and length, alternating; the fastest is kept (shared "
-                         "machines are noisy)")
-    ap.add_argument("--child", choices=["bare", "ours"], help=argparse.SUPPRESS)
-    ap.add_argument("--folder", help=argparse.SUPPRESS)
-    ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--prompt", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        child(args)
+def same_mask_sets(a: Path, b: Path, n: int) -> bool:
+    return all(same_masks(a / f"q{i}", b / f"q{i}") for i in range(n))
+
+
+def query_prompts(n: int, frames: int, w: int, h: int) -> list[dict]:
+    """``n`` prompts with keyframes spread over the video and boxes of varied place and size
+    (the cost of a query does not depend on what the box holds)."""
+    out = []
+    for i in range(n):
+        key = round(i * (frames - 1) / max(1, n - 1))
+        cx, cy = w * (0.25 + 0.5 * ((i * 0.37) % 1)), h * (0.25 + 0.5 * ((i * 0.61) % 1))
+        bw, bh = w * (0.1 + 0.05 * (i % 4)), h * (0.1 + 0.05 * (i % 3))
+        out.append({"frame": key, "box": [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2],
+                    "point": [cx, cy]})
+    return out
+
+
+def make_video(args: argparse.Namespace, folder: Path, n: int, w: int, h: int) -> None:
+    """``n`` frames at w×h: from ``--source`` (real footage, resized) or synthetic shapes."""
+    from PIL import Image
+
+    from segresearch.testing.scenes import render_scene, write_frames
+
+    if not args.source:
+        frames, _ = render_scene(n_frames=n, size=(w, h))
+        write_frames(frames, folder)
         return
+    files = sorted(p for p in Path(args.source).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if len(files) < n:
+        raise SystemExit(f"--source {args.source} has {len(files)} frames, fewer than {n}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(files[:n]):
+        with Image.open(f) as im:
+            im.convert("RGB").resize((w, h), Image.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
 
-    import torch
-    from sam2.build_sam import build_sam2_video_predictor
 
+def prep_ms(folder: Path, size: int) -> float:
+    """Median milliseconds to prepare one frame of ``folder`` for SAM 2 at ``size`` (decode,
+    resize, normalise), in this process, with nothing kept: what each query pays per frame
+    when a video's frames are not kept between its queries."""
+    from segresearch.tools.media import open_media
+    from segresearch.tools.segmenters.sam2 import FrameStore
+
+    store = FrameStore(open_media(folder), size, cache_mb=0, prefetch=0, threads=0)
+    times = []
+    for pos in range(len(store)):
+        t0 = time.perf_counter()
+        store.tensor(pos)
+        times.append(1000 * (time.perf_counter() - t0))
+    store.close()
+    return float(np.median(times))
+
+
+def bench_queries(args: argparse.Namespace, tmp: Path) -> None:
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    n, q = args.video_frames, args.queries
+    folder = tmp / "video"
+    make_video(args, folder, n, w, h)
+    from segresearch.testing.scenes import render_scene, write_frames
+
+    write_frames(render_scene(n_frames=3, size=(96, 64))[0], tmp / "warmup")
+    prompts = query_prompts(q, n, w, h)
+    res: dict[str, dict] = {}
+    for _ in range(max(1, args.repeat)):
+        for mode in QUERY_SIDES:
+            print(f"  {q} queries on {n} frames, {mode} ...", file=sys.stderr, flush=True)
+            got = run_child(mode, folder, tmp / mode, args, prompts)
+            print(f"    {got}", file=sys.stderr, flush=True)
+            if mode not in res or got["seconds"] < res[mode]["seconds"]:
+                res[mode] = got
+    base = q * n / res["published"]["seconds"]
+    print(f"\nSAM 2 segment step, {q} queries on one {n}-frame {w}x{h} video at input size "
+          f"{args.image_size} on {args.device} ({args.threads} torch threads); checkpoint: "
+          f"{Path(args.checkpoint).name}; source: {args.source or 'synthetic'}\n")
+    print("| path | seconds | frames/s per process | vs published | frames prepared | "
+          "prefetch threads | peak RSS MB | masks = published |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for mode, label in QUERY_SIDES.items():
+        r = res[mode]
+        fps = q * n / r["seconds"]
+        same = "—" if mode == "published" else (
+            "yes" if same_mask_sets(tmp / "published", tmp / mode, q) else "NO")
+        print(f"| {label} | {r['seconds']:.1f} | {fps:.2f} | {fps / base:.2f}x | {r['prepared']} | "
+              f"{r.get('prefetch_threads', '—')} | {r['peak_mb']:.0f} | {same} |")
+    print("\nframes/s: queries x frames / seconds, model already loaded (each query propagates "
+          "over every frame); peak RSS: the process's peak during the step minus its size before")
+    sizes = sorted({args.image_size, 1024})
+    print("frame preparation alone (decode, resize, normalise; median per frame, one thread): "
+          + ", ".join(f"{prep_ms(folder, s):.0f} ms at {s}" for s in sizes))
+
+
+def bench_lengths(args: argparse.Namespace, tmp: Path) -> None:
     from segresearch.testing.scenes import inner_point, mask_box, render_scene, write_frames
 
     w, h = (int(v) for v in args.size.lower().split("x"))
     lengths = [int(n) for n in args.frames.split(",")]
-    tmp = Path(tempfile.mkdtemp(prefix="bench-segment-"))
-    if not args.checkpoint:
-        torch.manual_seed(0)
-        pred = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
-        args.checkpoint = str(tmp / "sam2.1_hiera_tiny.pt")
-        torch.save({"model": pred.state_dict()}, args.checkpoint)
-        del pred
     rows = []
     for n in lengths:
         frames, masks = render_scene(n_frames=n, size=(w, h))
@@ -229,6 +401,55 @@ def main() -> None:
             so = (o1[key] - o0[key]) / (n1 - n0)
             ratio = f"{sb / so:.1f}x lower" if so > 0 else "ours does not grow"
             print(f"{what} per extra frame: bare {sb:.2f} MB, ours {so:.2f} MB ({ratio})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=["queries", "lengths"], default="queries")
+    ap.add_argument("--queries", type=int, default=10, help="queries on the video (queries scenario)")
+    ap.add_argument("--video-frames", dest="video_frames", type=int, default=20,
+                    help="frames of the video (queries scenario)")
+    ap.add_argument("--source", help="a folder of real frames to take the video from (queries scenario)")
+    ap.add_argument("--prefetch-threads", dest="prefetch_threads", type=int, default=None,
+                    help="ours: frame-preparing threads (default by device: 0 on CPU)")
+    ap.add_argument("--frames", default="50,100,200", help="video lengths to measure (lengths scenario)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="SAM 2 input side (default 1024 on CUDA, 256 on CPU)")
+    ap.add_argument("--size", default=None,
+                    help="frame size of the video (default 1280x720; lengths: 854x480)")
+    ap.add_argument("--checkpoint", default="", help="a SAM 2 checkpoint (default: random tiny)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2)))
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per side and length, alternating; the fastest is kept (shared "
+                         "machines are noisy)")
+    ap.add_argument("--child", choices=["bare", "ours", *QUERY_SIDES], help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--prompt", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.image_size is None:
+        args.image_size = 1024 if args.device.startswith("cuda") else 256
+    if args.child:
+        child(args)
+        return
+    if args.size is None:
+        args.size = "1280x720" if args.scenario == "queries" else "854x480"
+
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-segment-"))
+    if not args.checkpoint:
+        torch.manual_seed(0)
+        pred = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
+        args.checkpoint = str(tmp / "sam2.1_hiera_tiny.pt")
+        torch.save({"model": pred.state_dict()}, args.checkpoint)
+        del pred
+    if args.scenario == "queries":
+        bench_queries(args, tmp)
+    else:
+        bench_lengths(args, tmp)
 
 
 if __name__ == "__main__":

@@ -355,12 +355,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_RUN_ERROR
+    if final.get("answer_note"):
+        print(f"note: the model found nothing to segment ({final['answer_note']}); "
+              "its answer stands and the masks are empty", file=sys.stderr)
     return EXIT_OK
 
 
 def _unfinished(final: dict[str, Any], ctx: Any) -> str | None:
     """Why the run did not do what was asked (None when it did): no answer, or an answer
-    whose masks were asked for and not made. The summary has already shown the details."""
+    whose masks were asked for and not made. The summary has already shown the details.
+
+    An answer whose box outlines nothing (``answer_note``, e.g. ``[0, 0, 0, 0]``) is the
+    model saying it found nothing: a result, so its empty masks are what was asked for."""
     stop = str(final.get("stop_reason") or "")
     if stop.startswith("error"):
         return f"the run stopped with {stop}: {final.get('error') or 'see above'}"
@@ -371,6 +377,8 @@ def _unfinished(final: dict[str, Any], ctx: Any) -> str | None:
         return None
     seg = [e for e in final.get("events") or [] if e.get("type") == "segment"]
     last = seg[-1] if seg else {}
+    if last.get("empty") and final.get("answer_note") and final.get("masks_dir"):
+        return None
     if last.get("skipped") or last.get("empty"):
         return f"no masks were made: {last.get('skipped') or last.get('empty')}"
     if not final.get("masks_dir"):
@@ -472,15 +480,20 @@ def cmd_data(args: argparse.Namespace) -> int:
     info = conversion_info(path)
     print(f"wrote {path} ({info['rows']} rows from {info['source_rows']}; "
           f"{info['skipped_no_target']} skipped without a target in the sampled frames)")
-    from segresearch.eval.datasets import DatasetError, load_okvos, write_meta_mapping
+    from segresearch.eval.datasets import (
+        DatasetError,
+        load_okvos,
+        meta_mapping_path,
+        write_meta_mapping,
+    )
 
     try:
         queries = load_okvos(args.root, args.split, args.limit)
-    except DatasetError as e:
+        meta = write_meta_mapping(queries, meta_mapping_path(args.root, args.split))
+    except (DatasetError, OSError) as e:
         return _die(str(e))
-    name = "meta_mapping.json" if args.split == "test" else f"meta_mapping_{args.split}.json"
-    meta = write_meta_mapping(queries, path.parent / name)
-    print(f"wrote {meta} ({len(queries)} [id, mask folder, ability] entries for the published evaluator)")
+    print(f"wrote {meta} ({len(queries)} [id, mask folder, ability] entries, absolute paths, "
+          "for the published evaluator's --meta_path)")
     return EXIT_OK
 
 
@@ -497,9 +510,37 @@ def _eval_context(args: argparse.Namespace) -> Any:
 
 
 def _segmenter_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Segmenter settings of ``eval`` and ``segment``: both serve every query of a video
+    from one session, so SAM 2 keeps a whole video's frames by default."""
+    from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB
+
+    cache = EVAL_FRAME_CACHE_MB if args.frame_cache_mb is None else args.frame_cache_mb
     return {"segmenter": args.segmenter, "sam2_checkpoint": args.sam2_checkpoint or "",
             "sam2_config": args.sam2_config or "", "sam2_image_size": args.sam2_image_size,
-            "device": args.device}
+            "device": args.device, "frame_cache_mb": cache, "prefetch_threads": args.prefetch_threads}
+
+
+def _frame_option_problem(args: argparse.Namespace) -> str | None:
+    """A bad frame setting as one line before anything is loaded (None when fine)."""
+    if args.frame_cache_mb is not None and args.frame_cache_mb < 0:
+        return f"--frame-cache-mb must be at least 0; got {args.frame_cache_mb}"
+    if args.prefetch_threads is not None and args.prefetch_threads < 0:
+        return f"--prefetch-threads must be at least 0; got {args.prefetch_threads}"
+    return None
+
+
+def _score_problem(results: dict[str, Any]) -> str | None:
+    """Why an evaluation's numbers cannot stand: no query scored at all (the published
+    evaluator then prints ``nan`` and exits 0), or some queries not scored (they would be
+    left out of the means, where every query must count)."""
+    failed = [q for q in results["queries"] if q.get("score_error")]
+    if results.get("overall") is None:
+        why = f" (e.g. {failed[0]['id']}: {failed[0]['score_error']})" if failed else ""
+        return f"no query could be scored{why}"
+    if failed:
+        return (f"{len(failed)} of {len(results['queries'])} queries could not be scored and are "
+                f"left out of the means (e.g. {failed[0]['id']}: {failed[0]['score_error']})")
+    return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -510,6 +551,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name in ("concurrency", "workers"):
         if getattr(args, name) < 1:
             return _die(f"--{name} must be at least 1")
+    problem = _frame_option_problem(args)
+    if problem:
+        return _die(problem)
     if not os.path.isdir(os.path.expanduser(args.root)):
         kind = "data set" if args.eval_command == "okvos" else "image set"
         return _die(f"{kind} folder not found: {args.root}")
@@ -531,7 +575,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, limit=args.limit, workers=args.workers, ray=args.ray,
         ray_address=args.ray_address, trajectories=not args.no_trajectories,
         overlays=args.overlays, html=not args.no_html, progress=not args.no_progress,
-        retry_errors=args.retry_errors, force=args.force, **_segmenter_args(args),
+        retry_errors=args.retry_errors, force=args.force,
+        meta_mapping=getattr(args, "meta_mapping", None), **_segmenter_args(args),
     )
     from segresearch.tools.segmenters import resolve_segmenter_name
 
@@ -553,10 +598,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     c = results["counts"]
     print(f"\n{c['predicted']} of {c['queries']} queries predicted, {c['missing_predictions']} missing "
           f"(scored as empty), {c['no_usable_answer']} without a usable answer, "
-          f"{c['rule_differs']} where the first-keyframe rule differs from the graph's answer")
+          f"{c['rule_differs']} where the first-keyframe rule differs from the graph's answer, "
+          f"{c.get('nonfinite_coordinates', 0)} with NaN/inf coordinates (finite part used; "
+          "the published script would prompt with the NaN)")
     out = spec.out_dir
     print(f"results: {out / 'results.json'}, {out / 'results.md'}"
           + (f", {out / 'report.html'}" if spec.html else ""))
+    problem = _score_problem(results)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_RUN_ERROR
     return EXIT_OK
 
 
@@ -571,20 +622,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     path = Path(args.predictions).expanduser()
     if not path.is_file():
         return _die(f"predictions file not found: {path}")
+    problem = _frame_option_problem(args)
+    if problem:
+        return _die(problem)
     try:
         found = read_predictions(path)
-        seg = get_segmenter(args.segmenter, sam2_checkpoint=args.sam2_checkpoint or "",
-                            sam2_config=args.sam2_config or "",
-                            sam2_image_size=args.sam2_image_size, device=args.device)
+        opts = _segmenter_args(args)
+        seg = get_segmenter(opts.pop("segmenter"), **opts)
     except (PredictionsError, ValueError) as e:
         return _die(str(e))
     if seg is None:
         return _die("--segmenter none makes no masks; use sam2, grabcut or auto")
     if not found.rows:
         return _die(f"{path} holds no prediction rows (JSON objects with an id)")
-    rows = list(found.rows.values())
-    if args.data_source:
-        rows = [r for r in rows if args.data_source in str(r.get("data_source", ""))]
+    rows, filtered = _rows_to_segment(list(found.rows.values()), None if args.all else args.data_source)
+    if not rows:
+        return _die(f"none of the {filtered} rows has a data_source containing {args.data_source!r} "
+                    "(--all segments every row)")
     jobs, problems = jobs_from_rows(rows, args.root)
     for qid, why in problems[:5]:
         print(f"warning: {qid}: {why}", file=sys.stderr)
@@ -598,9 +652,22 @@ def cmd_segment(args: argparse.Namespace) -> int:
                            progress=not args.no_progress)
     ids = {j.id for j in jobs}
     empty = sum(1 for i in ids if records.get(i, {}).get("prompt") is None)
+    nonfinite = sum(1 for i in ids if records.get(i, {}).get("nonfinite"))
+    why_skipped = f"data_source without {args.data_source!r}; --all keeps them" if not args.all else "--all"
     print(f"masks for {len(ids)} queries in {args.out} ({seg.name}); {empty} without a usable "
-          f"answer (empty masks); {len(problems)} rows skipped without media")
+          f"answer (empty masks); {nonfinite} with NaN/inf coordinates (finite part used; the "
+          f"published script would prompt with the NaN); {len(problems)} rows skipped without "
+          f"media; {filtered} rows skipped ({why_skipped})")
     return EXIT_OK if not problems else EXIT_RUN_ERROR
+
+
+def _rows_to_segment(rows: list[dict[str, Any]], data_source: str | None) -> tuple[list[dict[str, Any]], int]:
+    """The rows the published post-segmentation segments (``data_source`` containing
+    ``data_source``; all with None), and how many it skips."""
+    if data_source is None:
+        return rows, 0
+    kept = [r for r in rows if data_source in str(r.get("data_source") or "")]
+    return kept, len(rows) - len(kept)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -889,6 +956,12 @@ def _add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sam2-image-size", dest="sam2_image_size", type=int, default=None,
                    help="SAM 2 input size (default: the model's own, 1024)")
     p.add_argument("--device", default="auto", help="cuda | cpu | auto")
+    p.add_argument("--frame-cache-mb", dest="frame_cache_mb", type=float, default=None,
+                   metavar="MB", help="SAM 2 frames kept prepared per video for all its queries "
+                   "(default 3072: 256 frames at 1024 px, 12 MiB each)")
+    p.add_argument("--prefetch-threads", dest="prefetch_threads", type=int, default=None, metavar="N",
+                   help="threads preparing SAM 2 frames ahead of propagation (default: 0 on CPU, "
+                   "2-4 on a GPU)")
     p.add_argument("--no-progress", dest="no_progress", action="store_true")
 
 
@@ -903,6 +976,10 @@ def _add_eval_parsers(sub: Any) -> None:
                        else "image set folder (queries.jsonl, or ReasonSeg <name>.jpg + .json)")
         if name == "okvos":
             e.add_argument("--split", required=True, help="e.g. test")
+            e.add_argument("--meta-mapping", dest="meta_mapping", metavar="FILE",
+                           help="score against this meta_mapping.json ([id, mask folder, ability], "
+                           "as the published eval_okvos.py reads it; relative folders resolve "
+                           "from the current folder) instead of the split's own folders")
         e.add_argument("--out", required=True, help="output folder (resumed when it exists)")
         e.add_argument("--model", action="append", metavar="SPEC",
                        help="openai:NAME@URL | hf:/path | replay:file.json; repeat for several "
@@ -944,8 +1021,11 @@ def _add_eval_parsers(sub: Any) -> None:
     sg.add_argument("--coord-style", dest="coord_style", choices=["qwen3", "qwen25"], default="qwen3")
     sg.add_argument("--coord-size", dest="coord_size", type=int,
                     help="qwen25: side of the image the model answered on (default 864)")
-    sg.add_argument("--data-source", dest="data_source",
-                    help="only rows whose data_source contains this (e.g. Search_RVOS)")
+    which = sg.add_mutually_exclusive_group()
+    which.add_argument("--data-source", dest="data_source", default="Search_RVOS",
+                       help="segment only rows whose data_source contains this, as the published "
+                       "post-segmentation does (default Search_RVOS)")
+    which.add_argument("--all", action="store_true", help="segment every row, whatever its data_source")
     _add_segmenter_arguments(sg)
     sg.set_defaults(func=cmd_segment)
 

@@ -447,9 +447,9 @@ def test_a_new_clips_frames_are_made_side_by_side_and_once(tmp_path, monkeypatch
     made: list[str] = []
     real = nodes.resize_square
 
-    def counting(img, side):
+    def counting(img, side, *resample):
         made.append(threading.current_thread().name)
-        return real(img, side)
+        return real(img, side, *resample)
 
     monkeypatch.setattr(nodes, "resize_square", counting)
     media = open_media(paths)

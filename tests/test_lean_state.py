@@ -19,6 +19,7 @@ from segresearch.agents.context import Context, ContextError, validate_context
 from segresearch.agents.media_store import MediaStore, get_store
 from segresearch.agents.path_policy import PathRefused, check_input
 from segresearch.graphs.seg_research import build_graph, graph
+from segresearch.tools.keyframe import KEYFRAME_RESIZE
 from segresearch.tools.media import open_media, resize_square
 
 T = "<thinking>ok</thinking>\n"
@@ -40,8 +41,9 @@ def test_state_holds_references_and_backends_get_the_exact_pixels(scene_dir):
     blocks = _images(out["messages"])
     assert len(blocks) == 7 and all(block_url(b).startswith("media-ref:") for b in blocks)
     media = open_media(frames)
-    # the sampled frames and the keyframe, bit for bit as resized (no JPEG step)
-    want = [resize_square(media.frame(f), 448) for f in out["frame_ids"]] + [resize_square(media.frame(6), 864)]
+    # the sampled frames and the keyframe, bit for bit as resized (no JPEG step), each with
+    # its tool's filter (frames BICUBIC, the keyframe LANCZOS)
+    want = [resize_square(media.frame(f), 448) for f in out["frame_ids"]] + [KEYFRAME_RESIZE(media.frame(6), 864)]
     for b, w in zip(blocks, want, strict=True):
         assert np.array_equal(np.asarray(block_image(b)), np.asarray(w.convert("RGB")))
     state_bytes = len(json.dumps(dumpd(g.get_state(cfg).values), default=str))

@@ -296,6 +296,20 @@ def test_mask_overlong_loss_keeps_finished_trajectories(tiny, scene_dir):
     assert sum(out.response_mask) > 0 and out.extra_fields["loss_masked"] is False
 
 
+def test_nothing_found_is_the_models_choice_to_finish(tiny, scene_dir):
+    """[0, 0, 0, 0] ends the rollout as an answer (the published loop's "model chose to
+    finish"), trained on like any answer; only an unreadable answer is no_action."""
+    nothing = '<thinking>not here</thinking>\n<answer>{"bbox_2d": [0, 0, 0, 0], "point_2d": [0, 0]}</answer>'
+    out, _ = run_one(tiny, scene_dir, [KEYFRAME, nothing])
+    ex = out.extra_fields
+    assert ex["stop_reason"] == "answer" and ex["loss_masked"] is False and sum(out.response_mask) > 0
+    assert ex["answer"] == {"keyframe": 6, "bbox_2d": [0, 0, 0, 0], "point_2d": [0, 0]}
+    assert "all zeros" in ex["answer_note"]
+    bad = '<thinking>hm</thinking>\n<answer>{"bbox_2d": [0, 0]}</answer>'
+    out, _ = run_one(tiny, scene_dir, [KEYFRAME, bad])
+    assert out.extra_fields["stop_reason"] == "no_action" and out.extra_fields["answer_note"] == ""
+
+
 def test_observation_budget_truncates_text_not_images(tiny, scene_dir, kb_dir):
     out, _ = run_one(tiny, scene_dir, [SEARCH, KEYFRAME, ANSWER], kb=kb_dir, max_observation_tokens=40)
     assert out.extra_fields["stop_reason"] == "answer"
@@ -446,3 +460,87 @@ def test_images_are_read_in_a_thread_only_when_not_in_memory(tiny):
     assert loop.hops == 1
     assert [p["type"] for p in msg_a["content"]] == [p["type"] for p in msg_b["content"]] == ["text", "image"]
     assert np.array_equal(np.asarray(imgs_a[0]), np.asarray(imgs_b[0]))
+
+
+# ------------------------------------------------------------------ the published budget
+# verl-tool's loop (which trained the published model): every generate call may produce at
+# most min(max_action_length, max_response_length − len(prompt + response so far)) tokens,
+# the response counting observation tokens and their image placeholders. Each server call
+# receives exactly the stream so far as its prompt_ids, so the rule is checkable per call.
+
+LONG_SEARCH = "<thinking>" + "hmm " * 60 + '</thinking><search>{"name": "text_search", "query": "x"}</search>'
+
+
+def _published(tiny, scene_dir, scripts, response_length, **settings):
+    settings.setdefault("max_action_tokens", 4096)
+    return run_one(tiny, scene_dir, scripts, response_length=response_length,
+                   response_budget="published", **settings)
+
+
+def test_published_budget_counts_the_prompt_and_every_response_token(tiny, scene_dir, kb_dir):
+    R = 4096
+    out, server = _published(tiny, scene_dir, [SEARCH, KEYFRAME, ANSWER], R, kb=kb_dir)
+    assert out.extra_fields["stop_reason"] == "answer", out.extra_fields
+    P = len(out.prompt_ids)
+    stream = out.prompt_ids + out.response_ids
+    for call in server.calls:
+        so_far = len(call["prompt_ids"])  # prompt + response so far, observations included
+        assert call["prompt_ids"] == stream[:so_far]
+        assert call["params"]["max_tokens"] == min(4096, R - so_far)
+    # the first call may generate R − prompt tokens, not R: the prompt eats into the budget
+    assert server.calls[0]["params"]["max_tokens"] == R - P
+    # the later calls' budgets shrank by the observations too (search text, keyframe pads)
+    obs = [r.tokens for r in _LAST["records"] if r.kind == "observation"]
+    gen = [len(ids) for ids in next(iter(server.returned.values()))]
+    assert server.calls[1]["params"]["max_tokens"] == R - P - gen[0] - obs[0]
+    assert obs[1] > PUBLISHED_TOKENS[tiny.family][KEYFRAME_PX]
+
+
+def test_full_budget_counts_the_response_only(tiny, scene_dir):
+    R = 4096
+    out, server = run_one(tiny, scene_dir, [KEYFRAME, ANSWER], response_length=R)
+    P = len(out.prompt_ids)
+    assert [c["params"]["max_tokens"] for c in server.calls] == [R - (len(c["prompt_ids"]) - P)
+                                                                  for c in server.calls]
+
+
+def test_published_budget_ends_with_max_tokens_within_prompt_plus_response(tiny, scene_dir):
+    R = 2300  # the Qwen3-VL prompt is about 1.4k tokens, the Qwen2.5-VL one about 2k
+    out, server = _published(tiny, scene_dir, [LONG_SEARCH] * 7, R)
+    assert out.extra_fields["stop_reason"] == "max_tokens", out.extra_fields
+    assert len(out.prompt_ids) + len(out.response_ids) <= R
+    assert all(c["params"]["max_tokens"] == min(4096, R - len(c["prompt_ids"])) for c in server.calls)
+    # under the full budget the same trajectory gets further before the budget ends it
+    full, _ = run_one(tiny, scene_dir, [LONG_SEARCH] * 7, response_length=R)
+    assert len(full.response_ids) > len(out.response_ids)
+
+
+def test_max_action_tokens_caps_every_turn_and_a_capped_turn_ends_the_run(tiny, scene_dir):
+    out, server = _published(tiny, scene_dir, [KEYFRAME, ANSWER], 4096, max_action_tokens=8)
+    assert [c["params"]["max_tokens"] for c in server.calls] == [8]
+    assert server.returned and len(next(iter(server.returned.values()))[0]) == 8
+    # the cut turn has no action: the run ends as verl-tool ends it (finish reason length)
+    assert out.extra_fields["stop_reason"] == "max_tokens"
+    assert sum(out.response_mask) == 8
+
+
+def test_budget_settings_are_checked(tiny):
+    with pytest.raises(ValueError, match="response_budget"):
+        make_loop(tiny, FakeServer(tiny.tok, []), response_budget="everything")
+    with pytest.raises(ValueError, match="max_action_tokens"):
+        make_loop(tiny, FakeServer(tiny.tok, []), max_action_tokens=0)
+
+
+@pytest.mark.parametrize("search", ["none", "local"])
+def test_prompt_counter_equals_the_rollout_prompt(tiny, scene_dir, kb_dir, search):
+    """The preflight's count of a row's prompt (rl/data.py, images counted from their
+    geometry, no pixel decoded) is the length of the prompt the rollout renders."""
+    from segresearch.rl.data import PromptCounter
+
+    kb = kb_dir if search == "local" else None
+    out, _ = run_one(tiny, scene_dir, [KEYFRAME, ANSWER], kb=kb)
+    counter = PromptCounter.from_pretrained(str(tiny.path), use_search=search != "none")
+    assert counter.count("the blue square", SHOWN, tiny.frame_size, "qwen3") == len(out.prompt_ids)
+    # one more frame is one more label and one more image's placeholders
+    more = counter.count("the blue square", [*SHOWN, 12], tiny.frame_size, "qwen3")
+    assert more - len(out.prompt_ids) > PUBLISHED_TOKENS[tiny.family][FRAME_PX]

@@ -59,6 +59,12 @@ def dapo():
     return code, yaml.safe_load(out), err
 
 
+@pytest.fixture(scope="module")
+def dapo_full():
+    code, out, err = dry("--preset", "dapo-full")
+    return code, yaml.safe_load(out), err
+
+
 def check_recipe(c: dict) -> None:
     arr = c["actor_rollout_ref"]
     assert c["algorithm"]["adv_estimator"] == "grpo"
@@ -101,20 +107,43 @@ def test_grpo_dry_run_passes_with_the_published_recipe(grpo):
 
 
 @NEEDS_AGENT_LOOP
-def test_dapo_dry_run_is_the_same_recipe_plus_group_filtering(dapo):
+def test_dapo_dry_run_is_the_same_recipe_plus_clip_higher(dapo):
+    """The published DAPO run as its trainer ran it: no group filtering, no overlong masking."""
     code, c, err = dapo
+    assert code == 0, err
+    check_recipe(c)
+    assert c["algorithm"]["filter_groups"]["enable"] is False
+    actor = c["actor_rollout_ref"]["actor"]
+    assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (0.2, 0.3)
+    assert actor["loss_agg_mode"] == "token-mean"
+    assert c["trainer"]["experiment_name"] != "qwen3vl_4b_grpo"
+    assert c["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == "seg_research_agent"
+    assert "published_unused" not in c  # notes, not verl settings
+
+
+@NEEDS_AGENT_LOOP
+def test_dapo_full_dry_run_adds_group_filtering_and_overlong_masking(dapo_full):
+    code, c, err = dapo_full
     assert code == 0, err
     check_recipe(c)
     fg = c["algorithm"]["filter_groups"]
     assert fg["enable"] is True and fg["metric"] == "reward"
-    actor = c["actor_rollout_ref"]["actor"]
-    assert (actor["clip_ratio_low"], actor["clip_ratio_high"]) == (0.2, 0.3)
-    assert actor["loss_agg_mode"] == "token-mean"
+    assert c["actor_rollout_ref"]["actor"]["clip_ratio_high"] == 0.3
     assert c["trainer"]["use_v1"] is True  # filter_groups exists only in V1
-    assert c["trainer"]["experiment_name"] != "qwen3vl_4b_grpo"
     # overlong masking: the agent-loop entry that has it on
     assert c["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == \
         "seg_research_agent_mask_overlong"
+
+
+def test_show_preset_prints_the_config_and_what_the_script_set_unread():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert train.main(["--preset", "dapo", "--show-preset"]) == train.EXIT_OK
+    doc = yaml.safe_load(out.getvalue())
+    assert doc["algorithm"]["filter_groups"]["enable"] is False
+    unused = {e["key"]: e["script"] for e in doc["published_unused"]}
+    assert unused["+algorithm.filter_groups.enable"] is True
+    assert unused["actor_rollout_ref.agent.mask_overlong_loss"] is True
 
 
 @NEEDS_AGENT_LOOP
@@ -180,9 +209,12 @@ def test_preset_keys_all_exist_in_verl():
             else:
                 yield key
 
-    for name in ("seg_research_recipe", "seg_research_grpo", "seg_research_dapo"):
+    names = sorted(p.stem for p in train.CONFIG_DIR.glob("seg_research_*.yaml"))
+    names.remove("seg_research_agent")  # the agent-loop list, not a verl config
+    assert {"seg_research_recipe", "seg_research_dapo_recipe", *train.PRESETS.values()} <= set(names)
+    for name in names:
         doc = yaml.safe_load((train.CONFIG_DIR / f"{name}.yaml").read_text())
-        keys = [k for k in leaves(doc) if k.split(".")[0] not in ("hydra", "defaults")]
+        keys = [k for k in leaves(doc) if k.split(".")[0] not in ("hydra", "defaults", train.UNUSED_KEY)]
         assert keys
         for key in keys:
             if key.startswith("actor_rollout_ref.rollout.engine_kwargs.vllm."):
@@ -207,8 +239,8 @@ def test_agent_loop_yaml_lists_the_loop_with_its_defaults():
         "name": "seg_research_agent", "_target_": "segresearch.rl.agent_loop.SegResearchAgentLoop",
         "search": "local", "kb": "", "max_turns": 6, "coord_style": "qwen3", "frame_size": 448,
         "keyframe_size": 864, "search_image_size": 256, "max_observation_tokens": 4096,
-        "mask_overlong_loss": False}
-    # the DAPO entry is the same loop with overlong masking on, nothing else
+        "response_budget": "published", "max_action_tokens": 4096, "mask_overlong_loss": False}
+    # the dapo-full entry is the same loop with overlong masking on, nothing else
     assert dapo == {**grpo, "name": "seg_research_agent_mask_overlong", "mask_overlong_loss": True}
 
 
@@ -233,12 +265,17 @@ def test_launch_hands_the_composed_config_to_verl(monkeypatch):
 
     got = []
     monkeypatch.setattr(main_ppo.main, "__wrapped__", got.append)
+    # This CPU machine has no vLLM or CUDA: the real environment check stops the launch
+    # before verl is called, with exit 2 and one line per problem.
+    assert train.main(["trainer.total_training_steps=2"]) == train.EXIT_USAGE
+    assert got == []
+    monkeypatch.setattr(train, "check_trainer_environment", lambda cfg: [])
     assert train.main(["trainer.total_training_steps=2"]) == 0
     (cfg,) = got
     assert cfg.trainer.total_training_steps == 2
     assert Path(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path) == train.AGENT_LOOP_CONFIG
     # DAPO on the legacy trainer would silently drop the filtering: refused before verl runs
-    assert train.main(["--preset", "dapo", "trainer.use_v1=false"]) == train.EXIT_CHECK_FAILED
+    assert train.main(["--preset", "dapo-full", "trainer.use_v1=false"]) == train.EXIT_CHECK_FAILED
     assert len(got) == 1
 
 

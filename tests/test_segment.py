@@ -400,3 +400,88 @@ def test_saved_outputs_of_one_video_share_one_sam2_session(tiny_sam2_checkpoint,
     calls.clear()
     segment_jobs(jobs, tmp_path / "seg", seg, progress=False)
     assert calls == []
+
+
+# ------------------------------------------------- SAM 2 frames: once per video
+
+
+@needs_sam2
+def test_frames_are_prepared_once_per_video_for_all_its_queries(tiny_sam2_checkpoint, sam2_clip,
+                                                                tmp_path, monkeypatch):
+    """An evaluation's budget keeps a video's prepared frames for all its queries; a
+    budget of nothing prepares them again for each query. The masks are the same."""
+    from segresearch.eval.postseg import SegJob, segment_jobs
+    from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB, SAM2Segmenter
+    from segresearch.tools.segmenters.sam2 import FrameStore
+
+    root, frames, _ = sam2_clip
+    h, w = frames[0].shape[:2]
+    prepared: list[int] = []
+    real = FrameStore.tensor
+    monkeypatch.setattr(FrameStore, "tensor", lambda self, pos: prepared.append(pos) or real(self, pos))
+    texts = [f'<keyframe>{k}</keyframe><answer>{{"bbox_2d": [100, 150, {400 + 50 * k}, 700], '
+             f'"point_2d": [250, 400]}}</answer>' for k in (0, 3, 5)]
+    jobs = [SegJob(id=f"q{i}", media=str(root / "frames"), output=t) for i, t in enumerate(texts)]
+    counts = {}
+    for name, mb in (("kept", EVAL_FRAME_CACHE_MB), ("none", 0)):
+        prepared.clear()
+        seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", image_size=256, frame_cache_mb=mb)
+        segment_jobs(jobs, tmp_path / name, seg, progress=False)
+        counts[name] = len(prepared)
+    assert counts["kept"] == len(frames)  # each frame once, for three queries
+    assert counts["none"] >= 3 * len(frames)
+    for j in jobs:
+        for p in sorted((tmp_path / "kept" / j.id).glob("*.png")):
+            assert p.read_bytes() == (tmp_path / "none" / j.id / p.name).read_bytes()
+    assert (w, h) == (96, 64)
+
+
+@needs_sam2
+def test_frame_store_budget_and_prefetch_threads(sam2_clip, tmp_path):
+    """Kept frames never exceed the byte budget; once it is full the frames kept stay (a
+    sweep of another query reuses them); several prefetch threads give the same tensors."""
+    import torch
+    from sam2.utils.misc import load_video_frames_from_jpg_images
+
+    from segresearch.tools.segmenters.sam2 import FrameStore
+
+    root, frames, _ = sam2_clip
+    ref, _, _ = load_video_frames_from_jpg_images(str(root / "frames"), 64, True)
+    per_frame = 3 * 64 * 64 * 4
+    store = FrameStore(open_media(root / "frames"), 64, cache_mb=3 * per_frame / 2**20, prefetch=4, threads=3)
+    assert store.threads == 3 and store.frame_bytes == per_frame
+    try:
+        sweeps = [0] + [k for key in (2, 4, 1) for k in [key, *range(key + 1, 6), *range(key - 1, -1, -1)]]
+        for i in sweeps:
+            assert torch.equal(store[i], ref[i])
+            assert store.held_bytes <= 3 * per_frame and len(store._ready) <= 4
+        kept = list(store._cache)
+        assert len(kept) == 3 and store.hits >= 3 * 2  # the kept frames served later sweeps
+        assert store.decoded < len(sweeps)
+    finally:
+        store.close()
+    assert not store._cache and store._pool is None
+    frames_, _ = render_scene(n_frames=4, size=(64, 48))
+    video = write_video(frames_, tmp_path / "v.mp4")
+    one = FrameStore(open_media(video), 64, prefetch=4, threads=4)
+    assert one.threads == 1  # a video file decodes in order: one thread
+    one.close()
+
+
+@needs_sam2
+def test_prefetch_threads_follow_the_device(tiny_sam2_checkpoint):
+    from segresearch.tools.segmenters import DEFAULT_FRAME_CACHE_MB, SAM2Segmenter
+    from segresearch.tools.segmenters.sam2 import default_prefetch_threads
+
+    assert default_prefetch_threads("cpu") == 0
+    assert 2 <= default_prefetch_threads("cuda") <= 4 and 2 <= default_prefetch_threads("cuda:1") <= 4
+    seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu")
+    assert seg.prefetch_threads == 0 and seg.frame_cache_mb == DEFAULT_FRAME_CACHE_MB
+    seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", prefetch_threads=3, frame_cache_mb=10)
+    assert seg.prefetch_threads == 3 and seg.frame_cache_mb == 10
+    assert "frame_cache_mb" not in seg.describe()  # not a setting that changes masks
+    with pytest.raises(ValueError, match="prefetch_threads"):
+        SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", prefetch_threads=-1)
+    got = get_segmenter("sam2", sam2_checkpoint=str(tiny_sam2_checkpoint), device="cpu",
+                        frame_cache_mb=5, prefetch_threads=2)
+    assert got.frame_cache_mb == 5 and got.prefetch_threads == 2

@@ -25,12 +25,16 @@ from typing import Any
 
 from PIL import Image
 
-from segresearch.tools.media import MediaError
+from segresearch.tools.media import FRAME_RESIZE, MediaError, resize_method
 from segresearch.tools.segmenters.writers import created_mode
 
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+# The sidecar's layout is unchanged since version 1: each recipe has always named its resize
+# in "resize", and a reader that does not know a method treats the image as having no recipe
+# (so an older process never remakes a LANCZOS keyframe with BICUBIC).
 RECIPE_VERSION = 1
-RESIZE_METHOD = "square-bicubic"  # resize_square: squashed to side², PIL BICUBIC
+# The sampled frames' method (resize_square's default): squashed to side², PIL BICUBIC.
+RESIZE_METHOD = FRAME_RESIZE.method
 
 
 class ImageUnavailable(KeyError):
@@ -54,7 +58,8 @@ def digest_of(img: Image.Image) -> str:
 @dataclass(frozen=True)
 class FrameRecipe:
     """How to remake a shown frame (sampled or keyframe): decode ``frame`` of ``source`` and
-    squash it to ``size``². Persisted as JSON beside the PNG, so that a PNG can be evicted
+    squash it to ``size``² with ``resample`` (the filter of the tool that showed it: frames
+    and keyframes differ). Persisted as JSON beside the PNG, so that a PNG can be evicted
     and remade in any process. ``spec`` (the run's media spec) stays in memory only: in the
     process that made the frame the remake goes through the same cached media handle."""
 
@@ -65,26 +70,33 @@ class FrameRecipe:
     source_mtime_ns: int
     source_bytes: int
     max_pixels: int
+    resample: Image.Resampling = FRAME_RESIZE.resample
     spec: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def for_frame(cls, media: Any, spec: Any, fid: int, size: int) -> FrameRecipe:
+    def for_frame(cls, media: Any, spec: Any, fid: int, size: int,
+                  resample: Image.Resampling = FRAME_RESIZE.resample) -> FrameRecipe:
         """The recipe of frame ``fid`` of ``media`` (opened from ``spec``) at ``size``."""
         path, mtime_ns, nbytes, _ = media.frame_key(fid)
         return cls(os.path.realpath(path), media.kind == "video", fid, size, mtime_ns, nbytes,
-                   int(getattr(media, "max_pixels", 0) or 0), spec)
+                   int(getattr(media, "max_pixels", 0) or 0), Image.Resampling(resample), spec=spec)
 
     def __call__(self) -> Image.Image:
         from segresearch.tools.media import open_media, resize_square
 
         if self.spec is not None:
-            return resize_square(open_media(self.spec).frame(self.frame), self.size)
+            return resize_square(open_media(self.spec).frame(self.frame), self.size, self.resample)
         media = open_media(self.source)  # the media roots apply, as for any run
         fid = self.frame if self.video else media.frame_ids[0]
-        return resize_square(media.frame(fid), self.size)
+        return resize_square(media.frame(fid), self.size, self.resample)
+
+    @property
+    def resize(self) -> str:
+        """The recorded method name, e.g. ``square-bicubic``."""
+        return resize_method(self.resample)
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": RECIPE_VERSION, "recipe": "frame", "resize": RESIZE_METHOD,
+        return {"v": RECIPE_VERSION, "recipe": "frame", "resize": self.resize,
                 "source": self.source, "video": self.video, "frame": self.frame,
                 "size": self.size, "source_mtime_ns": self.source_mtime_ns,
                 "source_bytes": self.source_bytes, "max_pixels": self.max_pixels}
@@ -94,12 +106,12 @@ class FrameRecipe:
         """None for anything this version cannot remake exactly (another resize, a newer
         format, a damaged file): such an image is then treated as having no recipe."""
         try:
-            if (data.get("v") != RECIPE_VERSION or data.get("recipe") != "frame"
-                    or data.get("resize") != RESIZE_METHOD):
+            resample = _RESAMPLE_BY_METHOD.get(data.get("resize"))
+            if data.get("v") != RECIPE_VERSION or data.get("recipe") != "frame" or resample is None:
                 return None
             return cls(str(data["source"]), bool(data["video"]), int(data["frame"]),
                        int(data["size"]), int(data["source_mtime_ns"]), int(data["source_bytes"]),
-                       int(data.get("max_pixels") or 0))
+                       int(data.get("max_pixels") or 0), resample)
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
 
@@ -112,6 +124,10 @@ class FrameRecipe:
         if (st.st_mtime_ns, st.st_size) != (self.source_mtime_ns, self.source_bytes):
             return f"its source {self.source} changed since the image was made"
         return None
+
+
+# Every PIL filter by its recorded name ("square-lanczos" → LANCZOS).
+_RESAMPLE_BY_METHOD = {resize_method(r): r for r in Image.Resampling}
 
 
 def _read_recipe(path: Path) -> FrameRecipe | None:

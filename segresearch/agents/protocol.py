@@ -61,7 +61,17 @@ Action = SearchAction | KeyframeAction | AnswerAction | NoAction
 
 def loads_lenient(text: str) -> Any:
     """Parse JSON as a model may write it: code fences, single quotes, trailing commas,
-    text around the object. Raises ValueError when nothing sensible is there."""
+    text around the object. Raises ValueError when nothing sensible is there. Strings in the
+    result are cleaned (``clean_value``): a ``"\\ud800"`` or ``"\\u0000"`` escape is plain
+    ASCII in the model's text and becomes a lone surrogate or a NUL only here."""
+    value = _loads_lenient(text)
+    try:
+        return clean_value(value)
+    except RecursionError:  # json.loads nests as deep as the stack allows; the walk may not
+        raise ValueError("nested too deeply") from None
+
+
+def _loads_lenient(text: str) -> Any:
     s = _FENCE_RE.sub("", text.strip())
     if len(s) > MAX_JSON_CHARS:
         raise ValueError(f"longer than {MAX_JSON_CHARS} characters")
@@ -199,10 +209,33 @@ def clean_text(text: str) -> str:
     return text
 
 
+def clean_value(value: Any) -> Any:
+    """``clean_text`` applied to every string of a parsed value, dict keys included, so
+    that what a model wrote as JSON escapes can be kept wherever its raw text can (state,
+    events, trajectory.json, report.md, a search backend's request). Lists and dicts are
+    rebuilt only when something in them changed; other values pass through."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        items = [(clean_value(k), clean_value(v)) for k, v in value.items()]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        cleaned = [clean_value(v) for v in value]
+        if all(c is v for c, v in zip(cleaned, value, strict=True)):
+            return value
+        return type(value)(cleaned) if isinstance(value, tuple) else cleaned
+    return value
+
+
 def parse_action(text: str) -> Action:
-    """The first complete ``<search>``, ``<keyframe>`` or ``<answer>`` element of a turn."""
+    """The first complete ``<search>``, ``<keyframe>`` or ``<answer>`` element of a turn.
+    The text is cleaned first (``clean_text``; free when it is clean already), and parsed
+    JSON too (``loads_lenient``): no action carries a lone surrogate or a NUL."""
     if not isinstance(text, str) or not text.strip():
         return NoAction(reason="empty response")
+    text = clean_text(text)
     found = _first_element(text)
     if found is None:
         for tag in _TAGS:
@@ -235,6 +268,32 @@ def clamp_answer(
     if box != raw_box or point != raw_pt:
         notes.append("coordinates were clamped to the frame")
     return box, point, notes
+
+
+def degenerate_box(action: AnswerAction, box: list[int]) -> str | None:
+    """Why a well-formed answer outlines nothing (None when its box has an area).
+
+    ``box`` is the answer's box as ``clamp_answer`` made it: rounded and inside the frame.
+    Such an answer is still an answer: ``[0, 0, 0, 0]`` is how the trained models say they
+    found nothing, and the published loop ends the rollout as the model's choice to finish.
+    The graph keeps it (stop reason ``answer``, empty masks) with this text as its note;
+    only an answer that cannot be read (bad JSON, wrong keys or types) is ``no_action``."""
+    if box[2] > box[0] and box[3] > box[1]:
+        return None
+    raw = action.bbox_2d
+    x1, y1, x2, y2 = (round(v) for v in raw)
+    if not any(raw):
+        why = "all zeros (the model found nothing)"
+    elif x2 <= x1 or y2 <= y1:
+        why = "no width or height (x2 <= x1 or y2 <= y1)"
+    else:
+        why = "no area inside the frame"
+    return f"degenerate box [{', '.join(_short(v) for v in raw)}]: {why}"
+
+
+def _short(v: float) -> str:
+    """A coordinate as the model most likely wrote it: 12, not 12.0; 1e+308 stays short."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
 
 
 def cut_at_stop(text: str, stop: list[str] | tuple[str, ...] | None) -> tuple[str, bool]:

@@ -146,8 +146,23 @@ def load_okvos(root: str | os.PathLike[str], split: str, limit: int | None = Non
 
 
 def meta_mapping(queries: Sequence[Query]) -> list[list[str]]:
-    """The published evaluator's ``meta_mapping.json``: ``[id, mask folder, ability]``."""
-    return [[q.id, q.gt, q.ability] for q in queries if q.kind == "video"]
+    """The published evaluator's ``meta_mapping.json``: ``[id, mask folder, ability]``.
+
+    Mask folders are absolute: ``eval_okvos.py`` lists them as given, i.e. relative to
+    wherever it is started, so a relative path works only from the folder it was written
+    in (elsewhere every query is "not found", the means are of nothing, it prints ``nan``
+    and exits 0)."""
+    return [[q.id, str(Path(q.gt).expanduser().resolve()), q.ability]
+            for q in queries if q.kind == "video"]
+
+
+def meta_mapping_path(root: str | os.PathLike[str], split: str) -> Path:
+    """Where ``segresearch data okvos`` writes the mapping: in the data set's root, as the
+    published preprocessing does and its evaluator's ``--meta_path`` expects
+    (``ROOT/meta_mapping.json`` for the test split, ``ROOT/meta_mapping_<split>.json`` for
+    others)."""
+    name = "meta_mapping.json" if split == "test" else f"meta_mapping_{split}.json"
+    return Path(root).expanduser() / name
 
 
 def write_meta_mapping(queries: Sequence[Query], path: str | os.PathLike[str]) -> Path:
@@ -156,6 +171,40 @@ def write_meta_mapping(queries: Sequence[Query], path: str | os.PathLike[str]) -
     path = Path(path)
     write_atomic(path, json.dumps(meta_mapping(queries)).encode())
     return path
+
+
+def read_meta_mapping(path: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """``{id: (mask folder, ability)}`` from a ``meta_mapping.json`` (ours or the published
+    preprocessing's); folders as written, so relative ones resolve from the current folder
+    exactly as the published evaluator resolves them."""
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DatasetError(f"cannot read meta mapping {path}: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not JSON ({e.msg})") from None
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of [id, mask folder, ability]")
+    out: dict[str, tuple[str, str]] = {}
+    for n, item in enumerate(data):
+        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(v, str) for v in item)):
+            raise DatasetError(f"{path} item {n}: expected [id, mask folder, ability] strings")
+        out[item[0]] = (item[1], item[2])
+    return out
+
+
+def apply_meta_mapping(queries: Sequence[Query], mapping: dict[str, tuple[str, str]],
+                       source: str = "meta mapping") -> list[Query]:
+    """The queries with ground-truth folder and ability taken from ``mapping``, which must
+    name every video query."""
+    from dataclasses import replace
+
+    missing = [q.id for q in queries if q.kind == "video" and q.id not in mapping]
+    if missing:
+        raise DatasetError(f"{source} lacks {len(missing)} of the split's queries (e.g. {missing[0]!r})")
+    return [replace(q, gt=mapping[q.id][0], ability=mapping[q.id][1]) if q.kind == "video" else q
+            for q in queries]
 
 
 # ---------------------------------------------------------------------- images

@@ -1,11 +1,13 @@
 """Sharding an evaluation over Ray: one worker process per shard, one segmenter each.
 
 Work is dealt out by video, so a video's queries run and are segmented in one worker and
-its frames are decoded once there. Workers compute; the driver alone writes the
+its frames are prepared once there. Workers compute; the driver alone writes the
 predictions and segmentation logs (appends from many processes to one file are not safe
-on every file system), while mask folders, each written by one worker and renamed into
-place, go straight to the shared output folder. With the same settings a sharded run
-writes the same predictions, masks and scores as a single process.
+on every file system), and ``evaluate`` removes what killed runs left half written before
+any worker starts; mask folders, each written by one worker and renamed into place, go
+straight to the shared output folder. With the same settings a sharded run writes the
+same predictions, masks and scores as a single process: queries are seeded by their ids,
+not by the order a worker meets them in.
 
 ``ray.init`` starts a local cluster of ``workers`` CPUs (offline), or joins one at
 ``ray_address`` (then the output folder must be on storage every node sees).
@@ -61,7 +63,7 @@ class EvalWorker:
         return sink.rows
 
     def segment(self, jobs: list[SegJob], redo: list[str]) -> list[dict[str, Any]]:
-        from segresearch.eval.runner import SEG
+        from segresearch.eval.runner import OVERLAYS, SEG
 
         spec = self.spec
         if self._segmenter is None:
@@ -70,8 +72,9 @@ class EvalWorker:
         coord_style, coord_size = spec.coord()
         segment_jobs(jobs, spec.out_dir / SEG, self._segmenter, coord_style=coord_style,
                      coord_size=coord_size,
-                     overlays_dir=spec.out_dir / "overlays" if spec.overlays else None,
-                     progress=False, write_log=False, redo=redo, on_query=done.append)
+                     overlays_dir=spec.out_dir / OVERLAYS if spec.overlays else None,
+                     progress=False, write_log=False, redo=redo, clean=False,
+                     on_query=done.append)
         return done
 
 

@@ -4,8 +4,11 @@ Rows are grouped by video so each video is opened once and its segmenter session
 inference state) serves all its queries, reset between them. Each query's prompt comes
 from its output text by the published rule (first ``<keyframe>``, strict JSON answer);
 without a usable one it gets empty masks for every frame. A query whose mask folder exists
-is complete (folders appear by rename only when every frame is written) and is skipped, so
-a killed run resumes where it stopped. What was done per query goes to ``segment.jsonl``.
+and is recorded in ``segment.jsonl`` is complete (folders appear by rename only when every
+frame is written) and is skipped, so a killed run resumes where it stopped; what a killed
+writer left half done is removed first. Each query's prompt carries a seed made from its
+id, so a segmenter that draws random numbers cuts the same masks in a clean, a resumed and
+a sharded run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,8 @@ from segresearch.tools.segmenters import (
     Segmenter,
     VideoSession,
     prompt_from_output,
+    remove_partial_outputs,
+    stable_seed,
     write_mask_set,
     write_overlay_video,
 )
@@ -75,6 +80,11 @@ def _segment_log_rows(seg_root: Path) -> dict[str, dict[str, Any]]:
     return read_predictions(seg_root / SEGMENT_LOG).rows
 
 
+def query_seed(qid: str) -> int:
+    """The seed of a query's prompt: its id's, the same in every run and process."""
+    return stable_seed("query", str(qid))
+
+
 def output_hash(output: str) -> str:
     return hashlib.sha1((output or "").encode("utf-8", "replace")).hexdigest()
 
@@ -87,15 +97,19 @@ def pending_jobs(
     jobs: Sequence[SegJob], seg_root: Path, key: str, redo: Iterable[str] = (),
     records: dict[str, dict[str, Any]] | None = None,
 ) -> list[SegJob]:
-    """The jobs without a finished folder made from the same output by the same segmenter."""
+    """The jobs without a finished folder made from the same output by the same segmenter.
+
+    A folder the log does not know is redone: a run killed between writing it and logging
+    it (or a sharded run killed before its driver logged a worker's queries) has no record
+    of its prompt, and the results need one."""
     done = complete_ids(seg_root)
     records = _segment_log_rows(seg_root) if records is None else records
     redo = set(redo)
     out = []
     for j in jobs:
         rec = records.get(j.id)
-        stale = j.id in redo or (rec is not None and (
-            rec.get("output_sha1") != output_hash(j.output) or rec.get("segmenter_key") != key))
+        stale = j.id in redo or rec is None or (
+            rec.get("output_sha1") != output_hash(j.output) or rec.get("segmenter_key") != key)
         if safe_name(j.id) not in done or stale:
             out.append(j)
     return out
@@ -113,18 +127,22 @@ def segment_jobs(
     on_query: Callable[[dict[str, Any]], None] | None = None,
     write_log: bool = True,
     redo: Iterable[str] = (),
+    clean: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Write ``seg_root/<id>/<frame>.png`` for every job not done yet; returns the
     ``segment.jsonl`` records of all jobs (earlier runs' included).
 
-    Done means: the folder exists and, when the log knows it, it was made from the same
-    output text by the same segmenter (a re-run prediction or another segmenter redoes
-    it). Workers of a sharded run pass ``write_log=False`` and leave the log to the process
-    that collects their records."""
+    Done means: the folder exists and the log says it was made from the same output text by
+    the same segmenter (a re-run prediction or another segmenter redoes it). Workers of a
+    sharded run pass ``write_log=False`` and leave the log to the process that collects
+    their records, and ``clean=False``: partial outputs of killed runs are removed by the
+    one process that starts the work (``clean``), never beside live writers."""
     from tqdm import tqdm
 
     seg_root = Path(seg_root)
     seg_root.mkdir(parents=True, exist_ok=True)
+    if clean:
+        remove_stale_outputs(seg_root, overlays_dir)
     records = _segment_log_rows(seg_root)
     key = segmenter_key(segmenter)
     pending = pending_jobs(jobs, seg_root, key, redo, records)
@@ -146,6 +164,17 @@ def segment_jobs(
                 bar.set_postfix_str(Path(media_path).name, refresh=False)
                 bar.update(1)
     return records
+
+
+def remove_stale_outputs(
+    seg_root: Path, overlays_dir: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Partial mask sets and overlays of killed runs under the mask root and the overlays
+    folder (only the names our writers give them)."""
+    removed = remove_partial_outputs(seg_root)
+    if overlays_dir is not None:
+        removed += remove_partial_outputs(overlays_dir)
+    return removed
 
 
 def _segment_video(
@@ -185,13 +214,15 @@ def _segment_video(
             else:
                 if session is None:
                     session = segmenter.open(media)
-                info = write_mask_set(dest, media, session.masks(parsed.prompt))
+                prompt = replace(parsed.prompt, seed=query_seed(job.id))
+                info = write_mask_set(dest, media, session.masks(prompt))
             if overlays_dir is not None and len(media) > 1:
                 write_overlay_video(media, dest, Path(overlays_dir) / f"{safe_name(job.id)}.mp4",
                                     parsed.prompt, label=segmenter.name)
             rec.update(
                 prompt=None if parsed.prompt is None else parsed.prompt.as_dict(),
                 problem=parsed.problem, first_keyframe=parsed.keyframe,
+                nonfinite=list(parsed.nonfinite),
                 frames=info.frames, reached=info.reached,
                 nonempty=sum(1 for a in info.area.values() if a),
                 seconds=round(time.perf_counter() - t0, 3),

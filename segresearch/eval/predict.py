@@ -54,8 +54,10 @@ def _row(q: Query, spec: ModelSpec, seconds: float, **fields: Any) -> dict[str, 
 
 
 def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: float,
-                   media_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The prediction row of one finished graph run (no image bytes)."""
+                   media_size: tuple[int, int] | None = None,
+                   video_frame_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    """The prediction row of one finished graph run (no image bytes). ``video_frame_ids``:
+    every frame of the segmented video, which the saved output's keyframe number indexes."""
     output = output_text(final.get("messages") or [])
     answer = final.get("answer")
     graph_key = None if not answer else answer.get("keyframe")
@@ -70,9 +72,11 @@ def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: fl
     )
     if answer is not None and q.kind == "video" and media_size is not None:
         w, h = media_size
-        parsed = prompt_from_output(output, final.get("frame_ids") or [], w, h)
-        # The saved output is segmented by the FIRST keyframe tag; the graph answered on the
-        # LAST keyframe it showed. Count where that (or strict JSON) changes the prompt.
+        ids = video_frame_ids if video_frame_ids is not None else final.get("frame_ids") or []
+        parsed = prompt_from_output(output, ids, w, h)
+        # The saved output is segmented by the FIRST keyframe tag, read as a frame position;
+        # the graph answered on the LAST keyframe it showed, a frame name. Count where that
+        # (or strict JSON) changes the prompt.
         row["rule_differs"] = parsed.prompt is None or parsed.prompt.frame != graph_key
     return row
 
@@ -121,13 +125,13 @@ async def predict_queries(
             try:
                 ctx = query_context(base, q, spec, runs_dir)
                 final = await graph.ainvoke({"query": q.question, "media": q.media}, context=ctx)
-                size = None
+                size, ids = None, None
                 try:
                     m = open_media(q.segment_media)
-                    size = (m.width, m.height)
+                    size, ids = (m.width, m.height), m.frame_ids
                 except MediaError:
                     pass
-                row = row_from_state(q, final, spec, time.perf_counter() - t0, size)
+                row = row_from_state(q, final, spec, time.perf_counter() - t0, size, ids)
             except Exception as e:  # noqa: BLE001 - one broken query must not stop the set
                 row = error_row(q, spec, e, time.perf_counter() - t0)
         await asyncio.to_thread(log.append, row)

@@ -39,6 +39,9 @@ def counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "no_usable_answer": sum(1 for e in entries
                                 if e.get("prompt") is None and not e.get("missing_prediction")),
         "rule_differs": sum(1 for e in entries if e.get("rule_differs")),
+        # answers with NaN/inf coordinates: prompted with their finite part here, with the
+        # NaN itself by the published script (a difference from its rule, so counted)
+        "nonfinite_coordinates": sum(1 for e in entries if e.get("nonfinite")),
         "score_errors": sum(1 for e in entries if e.get("score_error")),
     }
 
@@ -76,6 +79,8 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"- mask folders missing: {c['missing_masks']}; missing mask frames: {c['missing_frames']}",
             f"- no usable answer (empty masks): {c['no_usable_answer']}",
             f"- first-keyframe rule differs from the graph's answer: {c['rule_differs']}",
+            f"- answers with NaN/inf coordinates (prompted with their finite part; the "
+            f"published script would pass the NaN to SAM 2): {c.get('nonfinite_coordinates', 0)}",
             "- stop reasons: " + (", ".join(f"{k} {v}" for k, v in c["stop_reasons"].items()) or "—")]
     if c.get("score_errors"):
         out.append(f"- queries that could not be scored: {c['score_errors']} (see results.json)")

@@ -5,7 +5,9 @@ to ``predictions.jsonl`` as they finish), segmentation (masks from the saved out
 published rule, grouped by video, into ``seg/<id>/``), scoring (every query of the split;
 a missing prediction, folder or frame is an empty mask), then ``results.json``,
 ``results.md``, plots and ``report.html``. A folder remembers the settings it was made
-with (``eval_config.json``) and refuses to mix in results of other settings.
+with (``eval_config.json``) and refuses to mix in results of other settings. A resumed run
+first removes what a killed one left half written (temporary files and folders of our own
+writers, recognised by their exact names).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +26,16 @@ from segresearch.eval.datasets import (
     ABILITIES,
     DatasetError,
     Query,
+    apply_meta_mapping,
     load_image_set,
     load_okvos,
+    read_meta_mapping,
     safe_name,
 )
 from segresearch.eval.predict import ModelSpec, model_label
 from segresearch.eval.predictions import PredictionLog, ability_of, read_predictions
 from segresearch.graphs.outputs import write_atomic
-from segresearch.tools.segmenters import Segmenter, get_segmenter
+from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB, Segmenter, get_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,12 @@ PREDICTIONS = "predictions.jsonl"
 CONFIG = "eval_config.json"
 SEG = "seg"
 RUNS = "runs"
+OVERLAYS = "overlays"
+# Files of an evaluation folder written with ``write_atomic`` (a temporary sibling
+# ``.<name>.XXXXXXXX.tmp`` renamed into place), by folder; a kill leaves the temporary.
+_ATOMIC_FILES = {"": (CONFIG, PREDICTIONS, "results.json", "results.md", "report.html"),
+                 "plots": ("by_category.png", "score_vs_searches.png")}
+_ATOMIC_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 # Settings that change what a prediction or a mask is: a folder is never resumed with others.
 _PINNED = ("dataset", "root", "split", "models", "search", "kb", "retriever_url", "num_frames",
            "max_turns", "frame_size", "keyframe_size", "coord_style", "prompt_variant",
@@ -77,6 +88,13 @@ class EvalSpec:
     retry_errors: bool = False
     force: bool = False
     score_workers: int | None = None
+    # SAM 2 frame preparation: frames kept per video for all its queries (MiB), and threads
+    # preparing them ahead (None: by device). Neither changes a mask.
+    frame_cache_mb: float = EVAL_FRAME_CACHE_MB
+    prefetch_threads: int | None = None
+    # score against the published evaluator's [id, mask folder, ability] list instead of
+    # the parquet's folders (its relative paths resolve from the current folder, as there)
+    meta_mapping: str | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -86,7 +104,8 @@ class EvalSpec:
         try:
             seg = get_segmenter(self.segmenter, sam2_checkpoint=self.sam2_checkpoint,
                                 sam2_config=self.sam2_config, sam2_image_size=self.sam2_image_size,
-                                device=self.device)
+                                device=self.device, frame_cache_mb=self.frame_cache_mb,
+                                prefetch_threads=self.prefetch_threads)
         except ValueError as e:
             raise EvalError(str(e)) from None
         if seg is None:
@@ -104,7 +123,11 @@ def load_queries(spec: EvalSpec) -> list[Query]:
     if spec.dataset == "okvos":
         if not spec.split:
             raise EvalError("OK-VOS evaluation needs --split")
-        return load_okvos(spec.root, spec.split, spec.limit)
+        queries = load_okvos(spec.root, spec.split, spec.limit)
+        if spec.meta_mapping:
+            queries = apply_meta_mapping(queries, read_meta_mapping(spec.meta_mapping),
+                                         str(spec.meta_mapping))
+        return queries
     if spec.dataset == "images":
         return load_image_set(spec.root, spec.limit)
     raise EvalError(f"unknown dataset {spec.dataset!r} (okvos, images)")
@@ -124,6 +147,7 @@ def settings(spec: EvalSpec, segmenter: Segmenter) -> dict[str, Any]:
         "temperature": c.temperature, "text_topk": c.text_topk, "image_topk": c.image_topk,
         "segmenter": segmenter.describe(), "concurrency": spec.concurrency,
         "workers": spec.workers if spec.ray else 1, "limit": spec.limit,
+        "meta_mapping": str(Path(spec.meta_mapping).expanduser().resolve()) if spec.meta_mapping else None,
     }
 
 
@@ -146,6 +170,29 @@ def check_config(out: Path, current: dict[str, Any], force: bool) -> None:
     write_atomic(path, json.dumps(current, indent=1, default=str).encode())
 
 
+def remove_stale_outputs(out: Path) -> list[str]:
+    """What killed runs left half written in an evaluation folder: temporaries of the files
+    named in ``_ATOMIC_FILES`` and partial mask sets and overlays (paths relative to
+    ``out``). Run before any writer starts, so none of it can be live."""
+    from segresearch.eval.postseg import remove_stale_outputs as remove_seg_partials
+
+    removed = []
+    for sub, names in _ATOMIC_FILES.items():
+        folder = out / sub if sub else out
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            m = _ATOMIC_TEMP.fullmatch(entry.name)
+            if m and m["name"] in names and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+                removed.append(str(entry.relative_to(out)))
+    removed += [f"{SEG}/{n}" for n in remove_seg_partials(out / SEG)]
+    removed += [f"{OVERLAYS}/{n}" for n in remove_seg_partials(out / OVERLAYS)]
+    if removed:
+        log.info("%s: removed %d partial output(s) of an interrupted run", out, len(removed))
+    return removed
+
+
 def evaluate(spec: EvalSpec) -> dict[str, Any]:
     """Run (or resume) one evaluation and write its results; returns results.json's data."""
     from segresearch.eval import results as res
@@ -165,6 +212,7 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     current = settings(spec, segmenter)
     check_config(out, current, spec.force)
+    remove_stale_outputs(out)
     shards = None
     if spec.ray:
         from segresearch.eval.distributed import RayShards
@@ -266,7 +314,7 @@ def _segment(
     jobs = [SegJob(id=q.id, media=q.segment_media, output=str(rows[q.id].get("output") or ""),
                    kind=q.kind) for q in queries if q.id in rows]
     coord_style, coord_size = spec.coord()
-    overlays = spec.out_dir / "overlays" if spec.overlays else None
+    overlays = spec.out_dir / OVERLAYS if spec.overlays else None
     if shards is not None:
         shards.segment(jobs, segmenter, spec.progress)
     else:
@@ -300,6 +348,7 @@ def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
         "graph_keyframe": row.get("graph_keyframe"),
         "first_keyframe": seg.get("first_keyframe", row.get("first_keyframe")),
         "rule_differs": bool(row.get("rule_differs")),
+        "nonfinite": list(seg.get("nonfinite") or []),
         "missing_prediction": not row,
         "missing_masks": bool(score.get("missing_masks")),
         "missing_frames": int(score.get("missing_frames") or 0),

@@ -56,6 +56,7 @@ from segresearch.agents.protocol import (
     SearchAction,
     clamp_answer,
     clean_text,
+    degenerate_box,
     parse_action,
     render_search_error,
 )
@@ -63,8 +64,15 @@ from segresearch.graphs.outputs import write_outputs
 from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
 from segresearch.shared_cache import LoadOnce
-from segresearch.tools.keyframe import make_keyframe_tool
-from segresearch.tools.media import MediaError, open_media, resize_square, sample_frame_ids
+from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
+from segresearch.tools.media import (
+    FRAME_RESIZE,
+    MediaError,
+    SquareResize,
+    open_media,
+    resize_square,
+    sample_frame_ids,
+)
 from segresearch.tools.search import (
     SearchBackend,
     SearchUnavailable,
@@ -123,8 +131,8 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
     server) may be invoked again, and nothing of an earlier run may leak into this one."""
     out: dict[str, Any] = {
         "stop_reason": None, "error": None, "pending": None, "run_dir": None,
-        "answer": None, "answer_px": None, "masks_dir": None, "keyframe": None, "segmenter": None,
-        "reviewed": None,
+        "answer": None, "answer_px": None, "answer_note": None, "masks_dir": None, "keyframe": None,
+        "segmenter": None, "reviewed": None,
         "turns": 0, "tool_calls": 0, "tokens_used": 0, "feedback_used": 0, "frame_ids": [],
         **update,
     }
@@ -139,18 +147,22 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
 _FRAME_BLOCKS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=512)
 
 
-def _frame_recipe(media: Any, spec: Any, fid: int, size: int) -> Callable[[], Image.Image]:
+def _frame_recipe(media: Any, spec: Any, fid: int, size: int,
+                  resize: SquareResize = FRAME_RESIZE) -> Callable[[], Image.Image]:
     """How to remake a shown frame from its source if the media store has dropped it: a
     ``FrameRecipe``, which the store also writes beside the PNG so that any process can
     remake an evicted frame (SEGRESEARCH_MEDIA_MAX_GB)."""
-    return FrameRecipe.for_frame(media, spec, fid, size)
+    return FrameRecipe.for_frame(media, spec, fid, size, resize.resample)
 
 
-def _frame_block(media: Any, spec: Any, fid: int, size: int) -> dict[str, Any]:
-    """The image block of a sampled frame (the same reference also keeps prompts cacheable)."""
+def _frame_block(media: Any, spec: Any, fid: int, size: int,
+                 resize: SquareResize = FRAME_RESIZE) -> dict[str, Any]:
+    """The image block of a shown frame, made with the showing tool's filter (sampled frames
+    and keyframes differ); the same reference also keeps prompts cacheable."""
     return _FRAME_BLOCKS.get(
-        (*media.frame_key(fid), size),
-        lambda: media_block(resize_square(media.frame(fid), size), _frame_recipe(media, spec, fid, size)),
+        (*media.frame_key(fid), size, resize.method),
+        lambda: media_block(resize_square(media.frame(fid), size, resize.resample),
+                            _frame_recipe(media, spec, fid, size, resize)),
     )
 
 
@@ -162,7 +174,7 @@ _DECODE_POOL = cf.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
 
 
 def _frame_blocks(media: Any, spec: Any, fids: list[int], size: int) -> list[dict[str, Any]]:
-    missing = [f for f in fids if not _FRAME_BLOCKS.has((*media.frame_key(f), size))]
+    missing = [f for f in fids if not _FRAME_BLOCKS.has((*media.frame_key(f), size, FRAME_RESIZE.method))]
     if len(missing) > 1 and media.kind != "video":  # a video decoder reads one frame at a time
         for _ in _DECODE_POOL.map(lambda f: _frame_block(media, spec, f, size), missing):
             pass
@@ -271,6 +283,20 @@ def _answer(state: State, ctx: Context, action: AnswerAction) -> tuple[dict, dic
     return answer, answer_px, list(action.warnings) + notes
 
 
+def _answered(state: State, ctx: Context, action: AnswerAction, event: dict[str, Any]) -> dict[str, Any]:
+    """The update for a well-formed answer. A zero or degenerate box is still the model's
+    answer (DESIGN: the published loop ends it as the model's choice to finish): it is kept
+    with ``answer_note`` saying why it outlines nothing, and segmentation writes empty masks."""
+    answer, answer_px, notes = _answer(state, ctx, action)
+    note = degenerate_box(action, answer["bbox_2d"])
+    if notes:
+        event["notes"] = notes
+    if note:
+        event["answer_note"] = note
+    return {"answer": answer, "answer_px": answer_px, "answer_note": note, "stop_reason": "answer",
+            "pending": {"type": "answer"}}
+
+
 def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -> dict[str, Any]:
     raw = content_text(msg.content)
     text = clean_text(raw)
@@ -291,21 +317,8 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
     out_of_tokens = ctx.max_response_tokens is not None and used >= ctx.max_response_tokens
     tools_left = state.get("tool_calls", 0) < ctx.max_turns
 
-    answered = None
     if isinstance(action, AnswerAction):
-        answered = _answer(state, ctx, action)
-        box = answered[0]["bbox_2d"]
-        if box[2] <= box[0] or box[3] <= box[1]:
-            # A box outside the frame clamps to nothing: not an answer anyone can use.
-            action = NoAction(reason=f"the answer's box {_action_dict(action)['bbox_2d']} has no "
-                                     "area inside the frame")
-            event["action"] = _action_dict(action)
-            answered = None
-    if answered is not None:
-        answer, answer_px, notes = answered
-        if notes:
-            event["notes"] = notes
-        update.update(answer=answer, answer_px=answer_px, stop_reason="answer", pending={"type": "answer"})
+        update.update(_answered(state, ctx, action, event))
     elif isinstance(action, (SearchAction, KeyframeAction)):
         if not tools_left:
             update["stop_reason"] = "max_turns"
@@ -333,7 +346,8 @@ def _action_dict(action: Any) -> dict[str, Any]:
         return {"type": "keyframe", "frame": action.frame, "raw": action.raw}
     if isinstance(action, AnswerAction):
         def tidy(vs: list[float]) -> list[float | int]:
-            return [int(v) if float(v).is_integer() else v for v in vs]
+            # ints as written; a huge float stays a float (no 300-digit int in the state)
+            return [int(v) if float(v).is_integer() and abs(v) < 2**53 else v for v in vs]
 
         return {"type": "answer", "bbox_2d": tidy(action.bbox_2d), "point_2d": tidy(action.point_2d)}
     assert isinstance(action, NoAction)
@@ -474,7 +488,7 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         # The block is cached like the sampled frames': every sample of an RL group, and
         # every run on the same video, asks for the same keyframes.
         tool = make_keyframe_tool(media, state["frame_ids"], size,
-                                  render=lambda f: _frame_block(media, spec, f, size))
+                                  render=lambda f: _frame_block(media, spec, f, size, KEYFRAME_RESIZE))
         args = {"frame": frame if frame is not None else -1}
         result = tool.invoke(_tool_call("keyframe", args))
     except MediaError as e:
@@ -548,6 +562,8 @@ def _progress(runtime: Runtime[Context], step: str, label: str) -> Callable[[int
 def _no_prompt_reason(state: State) -> str:
     if state.get("stop_reason") != "answer":
         return f"the run ended without an answer ({state.get('stop_reason')})"
+    if state.get("answer_note"):
+        return str(state["answer_note"])
     if (state.get("answer") or {}).get("keyframe") is None:
         return "the answer came without a keyframe, so its frame is unknown"
     return "the answer has no usable box or point"
@@ -587,7 +603,7 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             px = state["answer_px"]
             prompt = Prompt(px["keyframe"], tuple(float(v) for v in px["bbox_2d"]),  # type: ignore[arg-type]
                             tuple(float(v) for v in px["point_2d"]))  # type: ignore[arg-type]
-        elif answered and ans:
+        elif answered and ans and not state.get("answer_note"):  # a note: nothing outlined
             size = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
             prompt = prompt_from_answer(ans, media.width, media.height, ctx.coord_style, size)
         run_dir = _run_dir(state, ctx)
@@ -714,6 +730,7 @@ def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     final = {**state, **update}
     _emit(runtime, {"type": "final", "stop_reason": final.get("stop_reason"),
                     "answer": final.get("answer"), "answer_px": final.get("answer_px"),
+                    "answer_note": final.get("answer_note"),
                     "masks_dir": final.get("masks_dir"), "turns": final.get("turns"),
                     "error": final.get("error")})
     return update

@@ -21,6 +21,7 @@ from PIL import Image
 from segresearch.agents.content import content_text, count_images
 from segresearch.agents.context import Context
 from segresearch.agents.path_policy import policy_active
+from segresearch.agents.protocol import clean_text
 from segresearch.tools.media import MediaError, open_media
 from segresearch.tools.segmenters.writers import created_mode
 from segresearch.tools.visualize import draw_answer
@@ -78,6 +79,7 @@ def trajectory(state: dict[str, Any], ctx: Context) -> dict[str, Any]:
         "frame_ids": state.get("frame_ids"),
         "answer": state.get("answer"),
         "answer_px": state.get("answer_px"),
+        "answer_note": state.get("answer_note"),
         "masks_dir": state.get("masks_dir"),
         "segmenter": state.get("segmenter"),
         "searches": state.get("searches", []),
@@ -125,7 +127,10 @@ def report(traj: dict[str, Any], files: list[str]) -> str:
             out += [f"**error ({ev.get('kind')})**: {ev.get('message')}", ""]
     if traj.get("answer"):
         out += ["## Answer", "", f"- model coordinates: `{traj['answer']}`",
-                f"- pixels: `{traj['answer_px']}`", ""]
+                f"- pixels: `{traj['answer_px']}`"]
+        if traj.get("answer_note"):
+            out.append(f"- note: {traj['answer_note']}; the masks are empty")
+        out.append("")
     for name in files:
         out.append(f"![{name}]({name})" if name.endswith(".jpg") else f"- [{name}]({name})")
     return "\n".join(out) + "\n"
@@ -191,7 +196,7 @@ def _save_jpeg(img: Image.Image, path: Path) -> None:
 def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     traj = trajectory(state, ctx)
-    write_atomic(run_dir / TRAJECTORY, json.dumps(traj, indent=2, ensure_ascii=False, default=str).encode())
+    write_atomic(run_dir / TRAJECTORY, _utf8(json.dumps(traj, indent=2, ensure_ascii=False, default=str)))
     files = []
     sheet = _frames_sheet(state)
     if sheet is not None:
@@ -200,7 +205,14 @@ def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> None:
     files += _write_annotated(run_dir, state)
     if (run_dir / "overlay.mp4").is_file():
         files.append("overlay.mp4")
-    write_atomic(run_dir / REPORT, report(traj, files).encode())
+    write_atomic(run_dir / REPORT, _utf8(report(traj, files)))
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 that cannot fail. Model text is cleaned where it is parsed, but a trajectory
+    also holds text from elsewhere (a query given on the command line with undecodable
+    bytes, a web search result): a stray lone surrogate must not cost the run its record."""
+    return clean_text(text).encode("utf-8")
 
 
 def _own_masks(run_dir: Path, masks_dir: Any) -> str | None:
@@ -225,5 +237,9 @@ def _write_annotated(run_dir: Path, state: dict[str, Any]) -> list[str]:
         return []
     mask = mask_for(_own_masks(run_dir, state.get("masks_dir")), name)
     label = f"frame {ans['keyframe']}" + (" + mask" if mask is not None else "")
-    _save_jpeg(draw_answer(frame, ans["bbox_2d"], ans["point_2d"], mask, label), run_dir / ANNOTATED)
+    box, point = ans["bbox_2d"], ans["point_2d"]
+    edited = (state.get("reviewed") or {}).get("decision") == "edit"
+    if state.get("answer_note") and not edited:  # a degenerate box: nothing to draw, say so
+        box, point, label = None, None, label + ": no box"
+    _save_jpeg(draw_answer(frame, box, point, mask, label), run_dir / ANNOTATED)
     return [ANNOTATED]

@@ -36,6 +36,10 @@ class InputState(TypedDict):
 class OutputState(TypedDict, total=False):
     answer: dict[str, Any] | None  # {"keyframe", "bbox_2d", "point_2d"}, model coordinates
     answer_px: dict[str, Any] | None  # the same in original-frame pixels
+    # Why a well-formed answer outlines nothing, e.g. "degenerate box [0, 0, 0, 0]: all zeros
+    # (the model found nothing)"; None otherwise. Such a run still ends "answer" (the published
+    # loop's "model chose to finish") and gets empty masks; the one key added to DESIGN's list.
+    answer_note: str | None
     masks_dir: str | None
     stop_reason: str  # answer | no_action | max_turns | max_tokens | error:<kind>
     error: str | None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, get_args
 
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopBase,
@@ -24,7 +24,10 @@ from verl.experimental.agent_loop.agent_loop import (
 from segresearch.agents.context import Context
 from segresearch.graphs.seg_research import graph as GRAPH
 from segresearch.rl.placeholders import install as install_geometry
-from segresearch.rl.verl_model import VerlChatModel
+from segresearch.rl.verl_model import ResponseBudget, VerlChatModel
+from segresearch.tools.keyframe import KEYFRAME_RESIZE
+from segresearch.tools.media import FRAME_RESIZE
+from segresearch.tools.search.tools import SEARCH_IMAGE_RESIZE
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ except Exception:  # noqa: BLE001 - never block the worker over an optional shim
     logger.debug("video processor shim not installed", exc_info=True)
 
 AGENT_NAME = "seg_research_agent"
-EXTRA_KEYS = ("stop_reason", "error", "turns", "num_search", "answer", "interactions",
+EXTRA_KEYS = ("stop_reason", "error", "turns", "num_search", "answer", "answer_note", "interactions",
               "observations_truncated", "min_global_steps", "max_global_steps", "loss_masked")
 # The graph's stop reason for a trajectory cut by the response budget (rollout.response_length).
 OVERLONG_STOP_REASON = "max_tokens"
@@ -75,12 +78,14 @@ class SegResearchAgentLoop(AgentLoopBase):
         kb: str = "",
         max_turns: int = 6,
         coord_style: str = "qwen3",
-        frame_size: int = 448,
-        keyframe_size: int = 864,
-        search_image_size: int = 256,
+        frame_size: int = FRAME_RESIZE.side,
+        keyframe_size: int = KEYFRAME_RESIZE.side,
+        search_image_size: int = SEARCH_IMAGE_RESIZE.side,
         max_observation_tokens: int | None = None,
         mask_overlong_loss: bool = False,
         placeholder_counts: str = "geometry",
+        response_budget: str = "full",
+        max_action_tokens: int | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("name", None)
@@ -96,6 +101,15 @@ class SegResearchAgentLoop(AgentLoopBase):
             max_observation_tokens or multi_turn.get("max_tool_response_length") or 4096
         )
         self.response_length = int(self.rollout_config.response_length)
+        # How much each model call may generate (rl/verl_model.py): "published" is verl-tool's
+        # rule, min(max_action_tokens, response_length − len(prompt + response so far));
+        # "full" lets the response alone fill response_length. The presets set the former.
+        if response_budget not in get_args(ResponseBudget):
+            raise ValueError(f"response_budget must be one of {get_args(ResponseBudget)}, got {response_budget!r}")
+        if max_action_tokens is not None and int(max_action_tokens) < 1:
+            raise ValueError(f"max_action_tokens must be at least 1 (or null), got {max_action_tokens!r}")
+        self.response_budget = response_budget
+        self.max_action_tokens = None if max_action_tokens is None else int(max_action_tokens)
         # DAPO's overlong filtering (the published DAPO script's agent.mask_overlong_loss): a
         # trajectory the response budget cut off has an unknown outcome, so it gets an all-zero
         # response mask and contributes no loss. It still gets its reward, counts in its GRPO
@@ -113,6 +127,7 @@ class SegResearchAgentLoop(AgentLoopBase):
             agent_loop=self, sampling_params=dict(sampling_params),
             request_id=uuid.uuid4().hex, response_length=self.response_length,
             max_observation_tokens=self.max_observation_tokens,
+            response_budget=self.response_budget, max_action_tokens=self.max_action_tokens,
         )
         t0 = time.perf_counter()
         try:
@@ -159,6 +174,9 @@ class SegResearchAgentLoop(AgentLoopBase):
             "turns": int(final.get("turns") or 0),
             "num_search": len(final.get("searches") or []),
             "answer": final.get("answer") or {},
+            # "" or why the answer outlines nothing (a zero or degenerate box). Such a rollout
+            # ends "answer" as the published loop's "model chose to finish" and is trained on.
+            "answer_note": str(final.get("answer_note") or ""),
             "interactions": _interactions(events),
             "observations_truncated": sum(1 for r in t.records if r.truncated or r.images_dropped),
             "min_global_steps": int(t.extra.get("min_global_steps", 0) or 0),

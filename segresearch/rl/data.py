@@ -18,6 +18,7 @@ frames any other row gets.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -377,3 +378,118 @@ def conversion_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         raise ValueError(f"{path} was not written by convert_okvos (no {METADATA_KEY.decode()} metadata)")
     return json.loads(raw)
+
+
+# ----------------------------------------------------------------------------- prompt lengths
+#
+# The rows are text-only, so verl's data.filter_overlong_prompts counts the question alone and
+# never drops a row whose real prompt (system prompt, frames and question) is longer than
+# data.max_prompt_length; the rollout then fails on such a row every time it is drawn, as a
+# masked zero-reward sample. `segresearch train` counts every row's real prompt before
+# training starts and refuses to start when one does not fit (rl/train.py).
+
+
+@dataclass(frozen=True)
+class Overrun:
+    """One row whose prompt does not fit."""
+
+    row: int  # position in the file
+    id: str | None
+    tokens: int
+
+
+@dataclass
+class PromptLengths:
+    """A file's prompt lengths against a limit."""
+
+    path: str
+    rows: int
+    limit: int
+    longest: int
+    over: list[Overrun]
+
+
+class PromptCounter:
+    """Prompt tokens of dataset rows exactly as the rollout renders them: the graph's first
+    two messages (the system prompt; then ``frame {id} `` and the frame for every sampled
+    frame, and the question) through verl's continuous-token builder with the model's own
+    tokenizer and chat template. Frames are always shown at ``frame_size``², so each is
+    counted from that geometry by the processor's own rule (``rl/placeholders.py``) and no
+    pixel is decoded. tests/test_rl_prompt_lengths.py compares counts with the rollout's
+    prompt ids, token for token."""
+
+    def __init__(self, tokenizer: Any, processor: Any, hf_model_type: str | None, *,
+                 use_search: bool = True, system_prompt_file: str = "",
+                 chat_template_kwargs: dict[str, Any] | None = None,
+                 mm_processor_kwargs: dict[str, Any] | None = None) -> None:
+        from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+        from segresearch.rl.placeholders import GeometryProcessor
+
+        geometry = GeometryProcessor(processor)
+        if not geometry.supported:
+            raise ValueError(f"cannot count image tokens by geometry for {type(processor).__name__}")
+        self.builder = create_continuous_token_builder(
+            tokenizer, hf_model_type=hf_model_type, chat_template_kwargs=chat_template_kwargs or {},
+            mm_processor_kwargs=mm_processor_kwargs or {}, processor=geometry)
+        self.use_search = use_search
+        self.system_prompt_file = system_prompt_file
+
+    @classmethod
+    def from_pretrained(cls, model: str, *, trust_remote_code: bool = False, **kwargs: Any) -> PromptCounter:
+        """The counter for a model folder or hub id, loaded the way verl's workers load it."""
+        from verl.utils import hf_processor, hf_tokenizer
+
+        from segresearch.agents.backends.hf_compat import install_video_processor_stub
+
+        install_video_processor_stub()  # image-only Qwen-VL processors load without torchvision
+        tokenizer = hf_tokenizer(model, trust_remote_code=trust_remote_code)
+        processor = hf_processor(model, trust_remote_code=trust_remote_code)
+        if processor is None:
+            raise ValueError(f"{model} has no multimodal processor")
+        model_type = getattr(getattr(processor, "config", None), "model_type", None)
+        return cls(tokenizer, processor, model_type, **kwargs)
+
+    def count(self, question: str, frame_ids: Sequence[int], frame_size: int, coord_style: str) -> int:
+        """Prompt tokens of one row."""
+        from segresearch.agents.prompts import frame_label, system_prompt
+
+        frame = _blank_frame(int(frame_size))
+        content: list[dict[str, Any]] = []
+        for i, fid in enumerate(frame_ids):  # laid out as graphs/nodes.py load_media lays it out
+            content.append({"type": "text", "text": ("\n" if i else "") + frame_label(int(fid))})
+            content.append({"type": "image", "image": frame})
+        content.append({"type": "text", "text": "\n\n" + question.strip()})
+        messages = [
+            {"role": "system", "content": system_prompt(self.use_search, coord_style, self.system_prompt_file)},
+            {"role": "user", "content": content},
+        ]
+        return len(self.builder.build_initial_tokens(messages, images=[frame] * len(frame_ids)))
+
+
+@functools.lru_cache(maxsize=8)
+def _blank_frame(side: int) -> Image.Image:
+    """A stand-in frame: only its size matters to a geometry count."""
+    return Image.new("RGB", (side, side))
+
+
+def prompt_lengths(path: str | os.PathLike[str], counter: PromptCounter, limit: int) -> PromptLengths:
+    """Every row's prompt tokens in a file written by :func:`convert_okvos`, against
+    ``limit`` (data.max_prompt_length). Raises ``ValueError`` for a file in another layout."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["extra_info"])
+    infos = table.column("extra_info").to_pylist()
+    needed = ("question", "frame_ids", "frame_size", "coord_style")
+    over: list[Overrun] = []
+    longest = 0
+    for row, info in enumerate(infos):
+        if not isinstance(info, dict) or any(info.get(k) is None for k in needed):
+            raise ValueError(f"{path} row {row}: extra_info lacks {', '.join(needed)} "
+                             "(not written by `segresearch data okvos`)")
+        tokens = counter.count(str(info["question"]), info["frame_ids"], int(info["frame_size"]),
+                               str(info["coord_style"]))
+        longest = max(longest, tokens)
+        if tokens > limit:
+            over.append(Overrun(row, info.get("id"), tokens))
+    return PromptLengths(str(path), len(infos), int(limit), longest, over)

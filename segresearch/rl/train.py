@@ -5,6 +5,12 @@ where the package is installed (the agent-loop YAML, the reward file) are filled
 than written into the YAML, so the same presets work from a checkout, a wheel or a container.
 ``--dry-run`` is the CPU-side check before spending GPU time: it prints the exact config verl
 would receive and imports everything the config names, reporting every failure at once.
+``--show-preset`` prints a preset and what its published script set that the published trainer
+never read (each preset's ``published_unused`` section, which verl never sees).
+
+Before training starts (dry run and launch alike), every row of the data files is checked to
+fit ``data.max_prompt_length`` with its real prompt: the rows are text-only, so verl's own
+``filter_overlong_prompts`` cannot see the frames (rl/data.py, "prompt lengths").
 
 Heavy imports (hydra, verl, ray) happen inside the functions, so ``segresearch --help`` and the
 other subcommands stay fast.
@@ -21,15 +27,25 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from segresearch.rl.environment import (
+    ROLLOUT_ENGINES,
+    apply_attention_implementation,
+    check_trainer_environment,
+)
+
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 AGENT_LOOP_CONFIG = CONFIG_DIR / "seg_research_agent.yaml"
 REWARD_FILE = Path(__file__).resolve().with_name("reward.py")
-PRESETS = {"grpo": "seg_research_grpo", "dapo": "seg_research_dapo"}
+# grpo and dapo reproduce the published runs as their trainer ran them; dapo-full is real DAPO.
+PRESETS = {"grpo": "seg_research_grpo", "dapo": "seg_research_dapo",
+           "dapo-full": "seg_research_dapo_full"}
+# A preset's list of published settings that had no effect; removed before verl sees the config.
+UNUSED_KEY = "published_unused"
 
 # Rollout engines by verl's ``rollout.name``; they are installed only where the GPUs are.
-ROLLOUT_ENGINE_MODULES = {"vllm": "vllm", "sglang": "sglang", "trtllm": "tensorrt_llm"}
+ROLLOUT_ENGINE_MODULES = {name: need.module for name, need in ROLLOUT_ENGINES.items()}
 # Modules whose absence on this machine is expected (CPU checkout) and only matters on the
 # training machine: a dry run warns about them instead of failing.
 RUNTIME_ONLY_MODULES = frozenset({*ROLLOUT_ENGINE_MODULES.values(), "transfer_queue"})
@@ -43,10 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Shared by ``python -m segresearch.rl.train`` and the ``segresearch train`` subcommand,
     so both accept exactly the same command line."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default="grpo",
-                        help="grpo (default) or dapo (GRPO plus group filtering and clip-higher)")
+                        help="grpo (default; the published GRPO run), dapo (the published DAPO "
+                             "run as it trained: GRPO with clip-higher 0.3) or dapo-full (real "
+                             "DAPO: dapo plus group filtering and overlong masking)")
     parser.add_argument("--dry-run", dest="dry_run", action="store_true",
                         help="print the resolved config and check that everything it names "
                              "imports, then exit without training")
+    parser.add_argument("--show-preset", dest="show_preset", action="store_true",
+                        help="print the resolved preset and the published settings it leaves "
+                             "out because the published trainer never read them, then exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="verl/Hydra overrides, handed to Hydra as given, e.g. "
                              "trainer.n_gpus_per_node=4 data.train_files=/data/train.parquet")
@@ -123,11 +144,43 @@ def compose_config(preset: str = "grpo", overrides: Sequence[str] = ()) -> Any:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None,
                                    job_name="segresearch_train"):
             cfg = compose(config_name=PRESETS[preset], overrides=list(overrides))
-        return apply_runtime_paths(cfg)
+        return apply_runtime_paths(_without_notes(cfg))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(_hydra_message(e)) from e
     finally:
         restore_gh_from_backup(saved)
+
+
+def _without_notes(cfg: Any) -> Any:
+    """``cfg`` without the preset's ``published_unused`` notes, which are not verl settings."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.pop(UNUSED_KEY, None)
+    return cfg
+
+
+def published_unused(preset: str) -> list[dict[str, Any]]:
+    """What the preset's published script sets that its trainer never read: entries
+    ``{key, script, why}`` from the preset file's ``published_unused`` section."""
+    import yaml
+
+    doc = yaml.safe_load((CONFIG_DIR / f"{PRESETS[preset]}.yaml").read_text(encoding="utf-8"))
+    return list(doc.get(UNUSED_KEY) or [])
+
+
+def show_preset(preset: str, cfg: Any, out=None) -> int:
+    """The resolved preset as YAML, then its ``published_unused`` section."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    out = out or sys.stdout
+    out.write(OmegaConf.to_yaml(cfg, resolve=True))
+    out.write(f"# {PRESETS[preset]}.yaml: set by the published script, never read by its trainer\n")
+    out.write(yaml.safe_dump({UNUSED_KEY: published_unused(preset)}, sort_keys=False,
+                             allow_unicode=True, width=100))
+    out.flush()
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,6 +350,100 @@ def _check_runtime_modules(cfg: Any, report: Report) -> None:
                                "it at launch")
 
 
+def _local_data_files(cfg: Any) -> list[Path]:
+    """The data files that exist on this machine as local parquet files."""
+    found = []
+    for key in ("train_files", "val_files"):
+        files = cfg.data.get(key)
+        for f in [files] if isinstance(files, str) else list(files or []):
+            path = Path(str(f))
+            if "://" not in str(f) and path.suffix == ".parquet" and path.is_file():
+                found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def _prompt_settings(cfg: Any) -> dict[str, Any]:
+    """What besides a row decides its prompt, as the rollout worker will see it: the system
+    prompt variant (the default agent loop's ``search``, and the SEGRESEARCH_ environment the
+    graph's Context reads) and verl's chat-template and processor kwargs."""
+    from omegaconf import OmegaConf
+
+    from segresearch.agents.context import Context
+
+    rollout = cfg.actor_rollout_ref.rollout
+    search = "local"
+    path = Path(str(rollout.agent.agent_loop_config_path))
+    if path.is_file():
+        for entry in OmegaConf.to_container(OmegaConf.load(path), resolve=True) or []:
+            if isinstance(entry, dict) and entry.get("name") == rollout.agent.default_agent_loop:
+                search = str(entry.get("search", search))
+    ctx = Context(search=search)
+
+    def plain(key: str) -> dict[str, Any]:
+        value = cfg.data.get(key)
+        return dict(OmegaConf.to_container(value, resolve=True)) if OmegaConf.is_config(value) else dict(value or {})
+
+    return {"use_search": ctx.use_search, "system_prompt_file": ctx.system_prompt_file,
+            "chat_template_kwargs": plain("apply_chat_template_kwargs"),
+            "mm_processor_kwargs": plain("mm_processor_kwargs")}
+
+
+def _prompt_limit(cfg: Any) -> tuple[int, str]:
+    """The prompt length the rollout enforces (verl's agent loop refuses a longer multimodal
+    prompt) and the key to raise: rollout.prompt_length follows data.max_prompt_length unless
+    it was overridden on its own."""
+    data, rollout = int(cfg.data.max_prompt_length), int(cfg.actor_rollout_ref.rollout.prompt_length)
+    if rollout < data:
+        return rollout, "actor_rollout_ref.rollout.prompt_length"
+    return data, "data.max_prompt_length"
+
+
+def _overrun_message(result: Any, key: str) -> str:
+    rows = ", ".join(f"row {o.row}" + (f" (id {o.id})" if o.id else "") + f": {o.tokens}"
+                     for o in result.over[:5])
+    more = ", …" if len(result.over) > 5 else ""
+    return (f"{len(result.over)} of {result.rows} rows of {result.path} need more than "
+            f"{key}={result.limit} prompt tokens ({rows}{more}); each would "
+            f"fail in the rollout as a masked zero-reward sample every time it is drawn. Raise "
+            f"{key} to {result.longest} (and "
+            f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu with it), or show fewer or "
+            f"smaller frames (`segresearch data okvos --num-frames/--frame-size`). The "
+            f"published data carried its frames, so its filter_overlong_prompts dropped such rows")
+
+
+def check_prompt_lengths(cfg: Any, report: Report) -> None:
+    """Every row of the local data files must fit ``data.max_prompt_length`` with its real
+    prompt (system prompt, frames, question), counted with the model's tokenizer and image
+    geometry (``segresearch.rl.data.PromptCounter``). The rows are text-only, so verl's
+    ``filter_overlong_prompts`` counts the question alone; a row it lets through but the
+    rollout cannot fit would be a masked zero-reward sample on every draw. Rows that do not
+    fit are errors, so training does not start with them."""
+    files = _local_data_files(cfg)
+    if not files:
+        return
+    model = str(cfg.actor_rollout_ref.model.path)
+    try:
+        from segresearch.rl.data import PromptCounter, prompt_lengths
+
+        counter = PromptCounter.from_pretrained(
+            model, trust_remote_code=bool(cfg.actor_rollout_ref.model.get("trust_remote_code")),
+            **_prompt_settings(cfg))
+    except Exception as e:  # noqa: BLE001 - no model here (CPU checkout): say what was not checked
+        report.warnings.append(f"prompt lengths not checked: cannot count prompt tokens with the "
+                               f"tokenizer and processor of {model} ({type(e).__name__}: {e})")
+        return
+    limit, key = _prompt_limit(cfg)
+    for path in files:
+        try:
+            result = prompt_lengths(path, counter, limit)
+        except ValueError as e:
+            report.warnings.append(f"prompt lengths not checked: {e}")
+            continue
+        report.checked.append(f"prompt lengths of {path} (longest {result.longest} tokens)")
+        if result.over:
+            report.errors.append(_overrun_message(result, key))
+
+
 def recipe_errors(cfg: Any) -> list[str]:
     """Settings verl accepts but silently ignores, which would train something other than
     what the preset says."""
@@ -358,6 +505,7 @@ def check_config(cfg: Any) -> Report:
             report.try_import(target, f"_target_ of {where}")
     _check_runtime_modules(cfg, report)
     _check_with_verl(cfg, report)
+    check_prompt_lengths(cfg, report)
     for key in ("train_files", "val_files"):
         files = cfg.data.get(key)
         for f in [files] if isinstance(files, str) else list(files or []):
@@ -416,13 +564,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: invalid training config ({PRESETS.get(args.preset, args.preset)} with "
               f"overrides {list(args.overrides)}):\n{e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.show_preset:
+        return show_preset(args.preset, cfg)
     if args.dry_run:
         return dry_run(cfg)
-    errors = recipe_errors(cfg)
-    if errors:
-        for e in errors:
+    report = Report()
+    report.errors.extend(recipe_errors(cfg))
+    check_prompt_lengths(cfg, report)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if report.errors:
+        for e in report.errors:
             print(f"error: {e}", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    # The machine itself, before verl starts Ray and the rollout servers: every import the
+    # trainer needs, the pinned pairings, CUDA, and an attention kernel that exists here.
+    for line in apply_attention_implementation(cfg):
+        print(f"note: {line}", file=sys.stderr)
+    problems = check_trainer_environment(cfg)
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        return EXIT_USAGE
     launch(cfg)
     return EXIT_OK
 

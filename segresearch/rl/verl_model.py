@@ -15,6 +15,24 @@ and observation tokens (an observation that does not fit is not committed and th
 call reports ``length``, so the graph stops with ``max_tokens``); one observation may use at
 most ``max_observation_tokens`` (longer text is cut, never through an image's placeholder
 tokens: images are dropped first, and the observation says so).
+
+Two response budgets (``response_budget``), both over ``response_length`` (verl's
+``rollout.response_length`` = ``data.max_response_length``):
+
+- ``full``: the response (model + observation tokens) may fill all of it; each call may
+  generate ``response_length − len(response so far)`` tokens.
+- ``published``: verl-tool's loop, which trained the published model: each call may generate
+  ``min(max_action_length, max_response_length − len(prompt + response so far))`` tokens,
+  where the prompt is the initial prompt ids (system, frames and query, images expanded to
+  their placeholders) and the response so far counts every token after it: generated tokens,
+  the ``<|im_end|>`` and newline that close a turn, and observation tokens with their image
+  placeholders. (verl-tool takes ``min(max_response_length, max_model_len)``; its
+  ``max_model_len`` defaults to prompt + response length, so that is ``max_response_length``.)
+  The prompt thus eats into the response: about 6.2–6.8k of 8192 tokens are left for it.
+
+``max_action_tokens`` caps every call in either budget (published: 4096); a call that
+reaches the cap without ending its turn reports ``length``, and the graph stops with
+``max_tokens``, as verl-tool's loop ends such a trajectory.
 """
 
 from __future__ import annotations
@@ -24,7 +42,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -43,6 +61,7 @@ from segresearch.agents.content import (
 from segresearch.agents.media_store import get_store
 from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop
 
+ResponseBudget = Literal["full", "published"]
 TRUNCATION_NOTE = " …[truncated]"
 IMAGE_DROPPED_NOTE = "[image omitted: the observation exceeded its token budget]"
 
@@ -121,6 +140,8 @@ class VerlChatModel(BaseChatModel):
     request_id: str
     response_length: int
     max_observation_tokens: int = 4096
+    response_budget: ResponseBudget = "full"  # module docstring
+    max_action_tokens: int | None = None  # per generate call; None: no cap of its own
 
     _traj: Trajectory = PrivateAttr(default_factory=Trajectory)
     _seen: int = PrivateAttr(default=0)  # LangChain messages already in the stream
@@ -155,7 +176,7 @@ class VerlChatModel(BaseChatModel):
         else:
             await self._append_observations(messages)
         self._seen = len(messages)
-        if traj.exhausted or len(traj.mask) >= self.response_length:
+        if traj.exhausted or self.budget_left(len(traj.mask)) <= 0:
             traj.exhausted = True
             return self._result("", "length", 0)
         return await self._generate_turn(stop or STOP_STRINGS, kwargs.get("max_tokens"))
@@ -214,7 +235,7 @@ class VerlChatModel(BaseChatModel):
             raise ValueError("observation could not be fitted into max_observation_tokens")
         record.tokens = len(new_mask) - len(t.mask)
         record.seconds = time.perf_counter() - t0
-        if len(new_mask) >= self.response_length:
+        if self.budget_left(len(new_mask)) <= 0:
             # No room to generate after it: stop here, keeping tokens and images consistent.
             record.committed = False
             t.records.append(record)
@@ -253,13 +274,29 @@ class VerlChatModel(BaseChatModel):
             content = text
         return {"role": msg["role"], "content": content}, images
 
+    # --------------------------------------------------------------- budgets
+
+    def budget_left(self, response_tokens: int) -> int:
+        """Tokens the trajectory may still add once its response holds ``response_tokens``
+        (module docstring: ``full`` counts the response only, ``published`` the prompt too)."""
+        used = response_tokens
+        if self.response_budget == "published":
+            used += len(self._traj.prompt_ids)
+        return self.response_length - used
+
+    def turn_limit(self, requested: int | None) -> int:
+        """``max_tokens`` for the next generate call: what is left of the budget, within the
+        per-action cap and the caller's own limit (at least 1; the caller checked that some
+        budget is left)."""
+        caps = [self.budget_left(len(self._traj.mask)), self.max_action_tokens, requested]
+        return max(1, min(int(c) for c in caps if c is not None))
+
     # --------------------------------------------------------------- generate
 
     async def _generate_turn(self, stop: list[str], max_tokens: int | None) -> ChatResult:
         t = self._traj
         loop = self.agent_loop
-        remaining = self.response_length - len(t.mask)
-        limit = remaining if max_tokens is None else max(1, min(remaining, int(max_tokens)))
+        limit = self.turn_limit(max_tokens)
         params = {**self.sampling_params, "stop": list(stop), "include_stop_str_in_output": True,
                   "max_tokens": limit}
         t0 = time.perf_counter()
@@ -294,7 +331,7 @@ class VerlChatModel(BaseChatModel):
         finish = "stop" if ended or len(ids) < limit else "length"
         t.messages.append({"role": "assistant", "content": text})
         t.records.append(TurnRecord(kind="generate", tokens=len(ids), seconds=seconds, finish_reason=finish))
-        if len(t.mask) >= self.response_length:
+        if self.budget_left(len(t.mask)) <= 0:
             t.exhausted = True
         return self._result(text, finish, len(ids))
 

@@ -736,11 +736,45 @@ def sample_frame_ids(frame_ids: Sequence[int], n: int) -> list[int]:
     return out
 
 
-def resize_square(img: Image.Image, side: int) -> Image.Image:
-    """Resize to ``side``×``side`` (the published preprocessing squashes, not pads)."""
+@dataclass(frozen=True)
+class SquareResize:
+    """How one tool makes the images it shows: squashed to ``side``² with ``resample``.
+
+    The published tools differ in their resampling filter, and the pixels a policy was trained
+    on are the pixels it should see, so each tool names one of these next to its default size
+    (``FRAME_RESIZE`` here; ``KEYFRAME_RESIZE`` in ``tools/keyframe.py``;
+    ``SEARCH_IMAGE_RESIZE`` in ``tools/search/tools.py``): one place says both. ``method``
+    names it wherever made images are keyed or persisted, so images made one way are never
+    taken for images made another way."""
+
+    side: int
+    resample: Image.Resampling
+
+    @property
+    def method(self) -> str:
+        return resize_method(self.resample)
+
+    def __call__(self, img: Image.Image, side: int | None = None) -> Image.Image:
+        """``img`` at ``side``² (default: this tool's size) with this tool's filter."""
+        return resize_square(img, self.side if side is None else side, self.resample)
+
+
+def resize_method(resample: Image.Resampling) -> str:
+    """The name a square resize with ``resample`` is recorded under, e.g. ``square-lanczos``."""
+    return f"square-{Image.Resampling(resample).name.lower()}"
+
+
+# Sampled frames: the published data go through qwen_vl_utils.fetch_image, whose
+# ``image.resize((w, h))`` takes PIL's default filter for RGB images, BICUBIC.
+FRAME_RESIZE = SquareResize(448, Image.Resampling.BICUBIC)
+
+
+def resize_square(img: Image.Image, side: int, resample: Image.Resampling | None = None) -> Image.Image:
+    """Resize to ``side``×``side`` (the published preprocessing squashes, not pads) with
+    ``resample`` (default: the sampled frames' filter, ``FRAME_RESIZE``)."""
     if img.size == (side, side):
         return img
-    return img.resize((side, side), Image.BICUBIC)
+    return img.resize((side, side), FRAME_RESIZE.resample if resample is None else resample)
 
 
 def as_uint8_rgb(img: Image.Image) -> np.ndarray:

@@ -21,17 +21,23 @@ from segresearch.agents.protocol import (
     render_text_results,
 )
 from segresearch.shared_cache import LoadOnce
+from segresearch.tools.media import SquareResize
 from segresearch.tools.search.base import SearchBackend, SearchUnavailable
 
 _POOL = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="segresearch-search")
+# The published image search (verl_tool/servers/tools/local_retrieval.py) resizes each hit
+# to 256×256 with LANCZOS.
+SEARCH_IMAGE_RESIZE = SquareResize(256, Image.Resampling.LANCZOS)
 # Hit images at the observation size, by source object: a knowledge base hands out one
 # object per file, so the samples of a GRPO group resize it once. The entry holds the
-# source, so its id cannot be reused by another image while the entry lives.
+# source, so its id cannot be reused by another image while the entry lives; the filter is
+# part of the key.
 _RESIZED: LoadOnce[tuple[Image.Image, Image.Image]] = LoadOnce(maxsize=256)
 
 
 def _resized(img: Image.Image, size: int) -> Image.Image:
-    return _RESIZED.get((id(img), size), lambda: (img, img.resize((size, size), Image.BICUBIC)))[1]
+    key = (id(img), size, SEARCH_IMAGE_RESIZE.method)
+    return _RESIZED.get(key, lambda: (img, SEARCH_IMAGE_RESIZE(img, size)))[1]
 
 
 class TextSearchArgs(BaseModel):
@@ -61,7 +67,7 @@ def make_search_tools(
     *,
     text_topk: int = 3,
     image_topk: int = 1,
-    image_size: int = 256,
+    image_size: int = SEARCH_IMAGE_RESIZE.side,
     timeout: float = 10.0,
     unavailable: str = "",
 ) -> dict[str, BaseTool]:

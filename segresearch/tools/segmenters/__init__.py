@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
+from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession, stable_seed
 from segresearch.tools.segmenters.prompting import (
     ParsedOutput,
     prompt_from_answer,
     prompt_from_output,
 )
 from segresearch.tools.segmenters.sam2 import (
+    DEFAULT_FRAME_CACHE_MB,
     DEFAULT_SAM2_CONFIG,
+    EVAL_FRAME_CACHE_MB,
     SAM2_CONFIGS,
     SAM2Segmenter,
     sam2_available,
@@ -25,6 +27,7 @@ from segresearch.tools.segmenters.sam2 import (
 from segresearch.tools.segmenters.writers import (
     OVERLAY_VIDEO,
     MaskSet,
+    remove_partial_outputs,
     write_empty_mask_set,
     write_mask_set,
     write_overlay_video,
@@ -33,10 +36,11 @@ from segresearch.tools.segmenters.writers import (
 SEGMENTER_NAMES = ("sam2", "grabcut", "none", "auto")
 
 __all__ = [
-    "DEFAULT_SAM2_CONFIG", "OVERLAY_VIDEO", "SAM2_CONFIGS", "SEGMENTER_NAMES", "MaskSet",
-    "ParsedOutput", "Prompt", "SAM2Segmenter", "Segmenter", "VideoSession", "get_segmenter",
-    "prompt_from_answer", "prompt_from_output", "resolve_segmenter_name", "sam2_available",
-    "sam2_config_for", "write_empty_mask_set", "write_mask_set", "write_overlay_video",
+    "DEFAULT_FRAME_CACHE_MB", "DEFAULT_SAM2_CONFIG", "EVAL_FRAME_CACHE_MB", "OVERLAY_VIDEO",
+    "SAM2_CONFIGS", "SEGMENTER_NAMES", "MaskSet", "ParsedOutput", "Prompt", "SAM2Segmenter",
+    "Segmenter", "VideoSession", "get_segmenter", "prompt_from_answer", "prompt_from_output",
+    "remove_partial_outputs", "resolve_segmenter_name", "sam2_available", "sam2_config_for",
+    "stable_seed", "write_empty_mask_set", "write_mask_set", "write_overlay_video",
 ]
 
 
@@ -58,8 +62,11 @@ def get_segmenter(
     sam2_config: str = "",
     sam2_image_size: int | None = None,
     device: str = "auto",
+    frame_cache_mb: float | None = None,
+    prefetch_threads: int | None = None,
 ) -> Segmenter | None:
-    """The segmenter for a Context value; None for 'none'."""
+    """The segmenter for a Context value; None for 'none'. ``frame_cache_mb`` and
+    ``prefetch_threads`` tune SAM 2's frame preparation (None: its defaults for one query)."""
     if isinstance(name, Segmenter):
         return name
     resolved = resolve_segmenter_name(name, sam2_checkpoint)
@@ -69,4 +76,5 @@ def get_segmenter(
         from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
 
         return GrabCutSegmenter()
-    return SAM2Segmenter(sam2_checkpoint, sam2_config, device=device, image_size=sam2_image_size)
+    return SAM2Segmenter(sam2_checkpoint, sam2_config, device=device, image_size=sam2_image_size,
+                         frame_cache_mb=frame_cache_mb, prefetch_threads=prefetch_threads)

@@ -5,10 +5,16 @@ the published post-segmentation passes ``coordinate × (size / 1000)`` to SAM 2 
 and rounding first would change its masks. A session holds whatever is costly to set up for
 one video (decoded frames, SAM 2's inference state), so an evaluation that asks several
 questions about one video loads it once and resets between queries.
+
+Masks depend on the prompt and the frames only: a segmenter that draws random numbers
+(GrabCut's colour-model initialisation) seeds them from ``Prompt.seed`` (an evaluation sets
+it from the query id) or, without one, from the prompt itself, so a resumed, sharded or
+threaded run writes the same masks as a clean one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,18 +25,35 @@ import numpy as np
 from segresearch.tools.media import Media
 
 
+def stable_seed(*parts: object) -> int:
+    """A non-negative 31-bit seed from ``parts`` (their ``repr``), the same in every process,
+    run and machine: Python's ``hash`` of a string is salted per process, so a seed made
+    with it would differ between a run and its resumption or a Ray worker."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A box ``(x1, y1, x2, y2)`` and/or a positive point ``(x, y)`` on frame id ``frame``,
-    in original-frame pixels. At least one of the two is set."""
+    in original-frame pixels. At least one of the two is set. ``seed``: where the segmenter
+    draws random numbers, they come from this (an evaluation derives it from the query id);
+    None derives it from the prompt's own values."""
 
     frame: int
     box: tuple[float, float, float, float] | None = None
     point: tuple[float, float] | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.box is None and self.point is None:
             raise ValueError("a prompt needs a box, a point or both")
+
+    def base_seed(self) -> int:
+        """The seed every random draw for this prompt starts from."""
+        if self.seed is not None:
+            return int(self.seed) & 0x7FFFFFFF
+        return stable_seed(self.frame, self.box, self.point)
 
     def as_dict(self) -> dict[str, Any]:
         return {"frame": self.frame, "box": None if self.box is None else list(self.box),

@@ -14,6 +14,11 @@ warp's. A shot cut (the flow explains nothing), or a warped mask whose pixels no
 have the object's colours (it left the view or was covered), ends the track in that
 direction: later masks are empty. There is no re-detection.
 
+Deterministic: GrabCut initialises its colour models with k-means++ centres drawn from
+OpenCV's random generator, which is per thread and otherwise continues from whatever ran
+before in that thread (a resumed run, a Ray worker or another thread would then cut
+differently). Every GrabCut call seeds it first, from the prompt's seed and the frame.
+
 Cost per frame is bounded whatever the video length and frame size: frames are decoded one
 at a time (only the keyframe is kept, for the backward pass) and no larger than the media's
 working size, everything runs at a capped resolution (at most about 1 MP, the keyframe's
@@ -31,7 +36,7 @@ import cv2
 import numpy as np
 
 from segresearch.tools.media import Media, as_uint8_rgb
-from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
+from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession, stable_seed
 
 __all__ = ["FLOW_METHODS", "GrabCutSegmenter", "GrabCutSession"]
 
@@ -139,13 +144,14 @@ class GrabCutSession(VideoSession):
         the two frames of the current step are held."""
         ids = self.media.frame_ids
         pos = self.media.index_of(prompt.frame)
+        seed = prompt.base_seed()
         key_img = as_uint8_rgb(self.media.frame(prompt.frame))
         h, w = key_img.shape[:2]
         scale = min(1.0, self.seg.max_side / max(w, h), math.sqrt(_MAX_PROC_PIXELS / (w * h)))
         proc = (max(1, round(w * scale)), max(1, round(h * scale)))
         key = _prepare(key_img, proc)
         del key_img
-        key_mask, key_exact = self._keyframe_mask(key, prompt)
+        key_mask, key_exact = self._keyframe_mask(key, prompt, stable_seed(seed, "keyframe"))
         # The object's colours as the prompt defined them: later frames learn their
         # foreground model from these, so it cannot drift towards whatever leaked in.
         memory = _thin(key.rgb[key_mask], _MAX_SAMPLES)
@@ -155,7 +161,7 @@ class GrabCutSession(VideoSession):
             prev, prev_mask = key, key_mask
             for i in range(pos + step, len(ids) if step > 0 else -1, step):
                 cur = _prepare(as_uint8_rgb(self.media.frame(ids[i])), proc)
-                prev_mask = self._propagate(prev, prev_mask, cur, memory)
+                prev_mask = self._propagate(prev, prev_mask, cur, memory, stable_seed(seed, i))
                 prev = cur
                 yield ids[i], _to_original(prev_mask, cur)
 
@@ -165,7 +171,7 @@ class GrabCutSession(VideoSession):
     # -- keyframe -------------------------------------------------------------------------
 
     def _keyframe_mask(
-        self, frame: _Frame, prompt: Prompt
+        self, frame: _Frame, prompt: Prompt, seed: int
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """The keyframe mask at processing resolution, plus the exact original-size mask when
         it is simply the box (so a tiny box comes back as itself, not a resampled blur).
@@ -192,7 +198,7 @@ class GrabCutSession(VideoSession):
             assert box is not None
             if box[2] - box[0] + 1 < _MIN_BOX_SIDE or box[3] - box[1] + 1 < _MIN_BOX_SIDE:
                 return _box_mask(box, pw, ph), _box_mask(box_o, ow, oh)
-        mask = _grabcut_box(frame.rgb, box, point, self.seg.iterations)
+        mask = _grabcut_box(frame.rgb, box, point, self.seg.iterations, seed)
         if mask is None:  # nothing separable: the box is the best mask there is
             exact = _box_mask(box_o, ow, oh) if box_o is not None else None
             return _box_mask(box, pw, ph), exact
@@ -201,12 +207,12 @@ class GrabCutSession(VideoSession):
     # -- propagation ----------------------------------------------------------------------
 
     def _propagate(
-        self, prev: _Frame, prev_mask: np.ndarray, cur: _Frame, memory: np.ndarray
+        self, prev: _Frame, prev_mask: np.ndarray, cur: _Frame, memory: np.ndarray, seed: int
     ) -> np.ndarray:
         """The previous mask carried to ``cur`` (``memory``: the object's colours at the
-        keyframe). An empty mask stays empty: a target that left the view, or was lost at a
-        cut, is not re-acquired (flow has nothing to carry, and searching the frame for it
-        would be a detector, not propagation)."""
+        keyframe; ``seed``: this frame's, for GrabCut). An empty mask stays empty: a target
+        that left the view, or was lost at a cut, is not re-acquired (flow has nothing to
+        carry, and searching the frame for it would be a detector, not propagation)."""
         if not prev_mask.any():
             return prev_mask
         flow = self._flow(cur.gray, prev.gray)
@@ -222,7 +228,7 @@ class GrabCutSession(VideoSession):
         area = int(warped.sum())
         if area < _MIN_REFINE_AREA:
             return warped
-        refined = _grabcut_refine(cur.rgb, warped, memory, self.seg.refine_iterations)
+        refined = _grabcut_refine(cur.rgb, warped, memory, self.seg.refine_iterations, seed)
         if refined is None:
             return warped
         if not refined.any():  # the object's colours are no longer where the flow puts it
@@ -315,11 +321,21 @@ def _thin(samples: np.ndarray, n: int) -> np.ndarray:
     return samples[:: max(1, len(samples) // n)]
 
 
+def _grabcut(seed: int, img: np.ndarray, tri: np.ndarray, bgd: np.ndarray, fgd: np.ndarray,
+             iterations: int, mode: int) -> None:
+    """``cv2.grabCut`` with OpenCV's generator seeded just before, in the calling thread
+    (``cv2.setRNGSeed`` reaches only the thread that calls it), so nothing that ran earlier
+    in this thread, or concurrently in another, changes the cut."""
+    cv2.setRNGSeed(seed)
+    cv2.grabCut(img, tri, None, bgd, fgd, iterations, mode)
+
+
 def _grabcut_box(
     rgb: np.ndarray,
     box: tuple[int, int, int, int],
     point: tuple[float, float] | None,
     iterations: int,
+    rng_seed: int,
 ) -> np.ndarray | None:
     """GrabCut with the box as probable foreground and a disk at the point as sure
     foreground, inside the box plus a margin: the background model is learnt from what
@@ -340,8 +356,8 @@ def _grabcut_box(
         return None
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(np.ascontiguousarray(rgb[ry1:ry2, rx1:rx2]), tri, None, bgd, fgd,
-                    iterations, cv2.GC_INIT_WITH_MASK)
+        _grabcut(rng_seed, np.ascontiguousarray(rgb[ry1:ry2, rx1:rx2]), tri, bgd, fgd, iterations,
+                 cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # too few pixels of one kind to fit a colour model
         return None
     fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
@@ -389,7 +405,9 @@ def _fit_span(lo: int, hi: int, centre: int, extent: int) -> tuple[int, int]:
     return max(0, lo + shift), min(extent - 1, hi + shift)
 
 
-def _learn_models(fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _learn_models(
+    fg: np.ndarray, bg: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """GrabCut's colour mixtures (background, foreground) fitted to the given colour samples
     only (N×3 uint8 each), or None with too few samples (5 per mixture). OpenCV learns models
     only from a labelled image, so the samples are laid out as a one-pixel-wide image marked
@@ -403,14 +421,14 @@ def _learn_models(fg: np.ndarray, bg: np.ndarray) -> tuple[np.ndarray, np.ndarra
                           np.full(len(bg), cv2.GC_BGD, np.uint8)])[:, None]
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
-        cv2.grabCut(np.ascontiguousarray(img), tri, None, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK)
+        _grabcut(seed, np.ascontiguousarray(img), tri, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK)
     except cv2.error:
         return None
     return bgd, fgd
 
 
 def _grabcut_refine(
-    rgb: np.ndarray, warped: np.ndarray, memory: np.ndarray, iterations: int
+    rgb: np.ndarray, warped: np.ndarray, memory: np.ndarray, iterations: int, seed: int
 ) -> np.ndarray | None:
     """GrabCut on a new frame from the mask the flow carried there; an empty mask when the
     object is not there any more; None when GrabCut cannot run.
@@ -450,7 +468,8 @@ def _grabcut_refine(
     m8 = in_mask.astype(np.uint8)
     in_ring = cv2.dilate(m8, _disk(ring)) > 0
     in_core = cv2.erode(m8, _disk(core), borderValue=1) > 0
-    models = _learn_models(memory if len(memory) >= 5 else crop[in_mask], crop[~in_ring])
+    models = _learn_models(memory if len(memory) >= 5 else crop[in_mask], crop[~in_ring],
+                           stable_seed(seed, "models"))
     if models is None:
         return None
     tri = np.full(crop.shape[:2], cv2.GC_BGD, np.uint8)
@@ -462,9 +481,9 @@ def _grabcut_refine(
     if (_gmm_loglik(fgd, colours) > _gmm_loglik(bgd, colours)).mean() < _MIN_PRESENCE:
         return np.zeros_like(warped)
     try:
-        cv2.grabCut(crop, tri, None, bgd, fgd, 1, cv2.GC_EVAL_FREEZE_MODEL)
+        _grabcut(stable_seed(seed, "cut"), crop, tri, bgd, fgd, 1, cv2.GC_EVAL_FREEZE_MODEL)
         if iterations > 0:
-            cv2.grabCut(crop, tri, None, bgd, fgd, iterations, cv2.GC_EVAL)
+            _grabcut(stable_seed(seed, "refine"), crop, tri, bgd, fgd, iterations, cv2.GC_EVAL)
     except cv2.error:
         return None
     fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)

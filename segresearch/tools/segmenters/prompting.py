@@ -6,6 +6,15 @@ Two readers of an answer exist and they can disagree on the frame:
 - a saved output text (an evaluation dump, ours or the published one) is read like the
   reward and ``post_segmentation/sam2_okvos.py`` read it: the FIRST ``<keyframe>`` tag of
   the whole text, the first ``<answer>`` on one line parsed with strict JSON.
+
+The two also read the keyframe's number differently. The model is shown ``frame {fid}``
+with the frame's NAME (``int`` of the file stem), and the graph keeps that meaning. The
+published post-segmentation hands the number to SAM 2 as ``frame_idx`` and checks
+``0 <= fid < len(video)``: it is a POSITION in the video's sorted frames. A saved output is
+read the published way (so masks and scores equal the published pipeline's); the two agree
+while frames are named 0…N-1, as in OK-VOS, and an evaluation counts where they do not
+(``rule_differs``).
+
 Both scale model coordinates to pixels in float32 exactly as the published script does
 (``value × width / 1000`` for Qwen3-VL's 0–1000 grid), without rounding.
 """
@@ -71,6 +80,15 @@ class ParsedOutput:
     prompt: Prompt | None
     keyframe: int | None  # the first <keyframe> tag's number (None when absent)
     problem: str | None  # why there is no usable prompt
+    # answer parts holding NaN or ±inf ("bbox_2d", "point_2d"): the published script would
+    # prompt SAM 2 with them (NaN is truthy for its ``.any()`` test); here such a part is
+    # dropped and the rest used, a difference from the published rule that is counted.
+    nonfinite: tuple[str, ...] = ()
+
+
+def _nonfinite(**parts: np.ndarray | None) -> tuple[str, ...]:
+    """Names of the scaled coordinate arrays that hold NaN or ±inf (float32 overflow too)."""
+    return tuple(k for k, v in parts.items() if v is not None and not np.all(np.isfinite(v)))
 
 
 def prompt_from_output(
@@ -86,9 +104,10 @@ def prompt_from_output(
     """The published post-segmentation reading of a whole output text.
 
     Sequential like the published ``try`` block: a box that parses keeps its prompt even if
-    the point does not. The keyframe must be a frame of the video (the published script
-    checks ``0 <= keyframe < len(video)`` on frames named 00000…, where ids and positions
-    agree). For a single image the frame is 0 and no tag is needed."""
+    the point does not. ``frame_ids``: every frame of the video in order; the keyframe tag's
+    number is a position in it (``0 <= keyframe < len(video)``, as the published script
+    checks and SAM 2 indexes), and the prompt's ``frame`` is the id of the frame there. For a
+    single image the frame is its only one and no tag is needed."""
     if not isinstance(output, str):
         return ParsedOutput(None, None, "no output text")
     m = KEYFRAME_RE.search(output)
@@ -96,11 +115,12 @@ def prompt_from_output(
     if single_image:
         frame: int | None = frame_ids[0] if frame_ids else None
     else:
-        frame = keyframe
         if keyframe is None:
             return ParsedOutput(None, None, "no <keyframe> tag")
-        if keyframe not in set(frame_ids):
-            return ParsedOutput(None, keyframe, f"keyframe {keyframe} is not a frame of the video")
+        if not 0 <= keyframe < len(frame_ids):
+            return ParsedOutput(None, keyframe, f"keyframe {keyframe} is not a frame position of "
+                                f"the video (0…{len(frame_ids) - 1})")
+        frame = frame_ids[keyframe]
     a = ANSWER_RE.search(output)
     if a is None:
         return ParsedOutput(None, keyframe, "no <answer>…</answer> on one line")
@@ -111,14 +131,17 @@ def prompt_from_output(
     except RecursionError:
         return ParsedOutput(None, keyframe, "answer is not valid JSON (nested too deeply)")
     s = scales(width, height, coord_style, coord_size)
-    box = point = None
+    box_px = point_px = None
     problem = None
     try:
-        box = _usable(np.array(pred["bbox_2d"], dtype=np.float32) * np.tile(s, 2), 4)
-        point = _usable(np.array([pred["point_2d"]], dtype=np.float32) * s, 2)
+        box_px = np.array(pred["bbox_2d"], dtype=np.float32) * np.tile(s, 2)
+        point_px = np.array([pred["point_2d"]], dtype=np.float32) * s
     except (KeyError, TypeError, ValueError, IndexError) as e:
         problem = f"answer lacks a usable bbox_2d/point_2d ({type(e).__name__})"
+    bad = _nonfinite(bbox_2d=box_px, point_2d=point_px)
+    box = None if box_px is None else _usable(box_px, 4)
+    point = None if point_px is None else _usable(point_px, 2)
     if box is None and point is None:
-        return ParsedOutput(None, keyframe, problem or "answer has no usable box or point")
+        return ParsedOutput(None, keyframe, problem or "answer has no usable box or point", bad)
     assert frame is not None
-    return ParsedOutput(Prompt(int(frame), box, point), keyframe, None)  # type: ignore[arg-type]
+    return ParsedOutput(Prompt(int(frame), box, point), keyframe, None, bad)  # type: ignore[arg-type]

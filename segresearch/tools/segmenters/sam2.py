@@ -6,22 +6,26 @@ object (the second call clears the box and refines from the first call's mask), 
 propagation forward and then backward from the keyframe; the session is reset between
 queries so one video is set up once for all its queries.
 
-Frames differ from SAM 2's own loader only in where they live. Its loader turns every frame
-into a 1024² float32 tensor up front (12.6 MB a frame; 2.5 GB for 200 frames); here frames
-are decoded when the model asks for them, resized exactly as SAM 2 resizes them, kept as
-uint8 in a small cache and normalised on access with the same float operations, so the
-model sees bit-identical inputs. A background thread prepares the next frames in the
-direction propagation is going, so decoding overlaps the model.
+Frames differ from SAM 2's own loader only in when they are made and how long they live.
+Its loader turns every frame into a 1024² float32 tensor up front (12.6 MB a frame; 2.5 GB
+for 200 frames), whatever the memory. Here a frame is prepared (decoded, resized exactly as
+SAM 2 resizes it, normalised with the same float operations, so the model sees bit-identical
+inputs) when the model first asks for it or just before, by prefetch threads working in the
+direction propagation is going, and kept for the video's later queries within a byte budget
+(``frame_cache_mb``). An evaluation gives the budget a whole video's frames
+(``EVAL_FRAME_CACHE_MB``), so each frame is prepared once for all the queries of its video;
+a single query reads each frame about once, so the graph keeps a small budget.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,23 @@ _STD = (0.229, 0.224, 0.225)
 _NORMALISED = (
     (np.arange(256) / 255.0).astype(np.float32)[None, :] - np.asarray(_MEAN, np.float32)[:, None]
 ) / np.asarray(_STD, np.float32)[:, None]
+
+# Prepared frames a session may keep, in MiB (a frame is 3 × side² float32: 12 MiB at 1024).
+# One query reads each frame about once (frame 0 twice), so a session that serves one
+# query (the graph) needs little; an evaluation serves every query of a video from one
+# session and keeps the whole video: 3 GiB holds 256 frames at 1024², any source resolution
+# (a 720p video is resized to the model's square input like any other).
+DEFAULT_FRAME_CACHE_MB = 64.0
+EVAL_FRAME_CACHE_MB = 3072.0
+
+
+def default_prefetch_threads(device: str) -> int:
+    """Threads preparing frames ahead of propagation: none on a CPU (they would compete with
+    the model's own threads for the same cores), several on an accelerator, where one
+    thread (about 25-120 ms a 720p frame) cannot keep up with the model."""
+    if str(device).startswith("cpu"):
+        return 0
+    return max(2, min(4, (os.cpu_count() or 2) // 2))
 
 
 def sam2_config_for(checkpoint: str, config: str = "") -> str:
@@ -104,44 +125,48 @@ def load_predictor(
 
 class FrameStore:
     """What SAM 2 reads as ``inference_state["images"]``: frame ``i`` as the normalised
-    float32 tensor its JPEG loader would have made, computed on demand.
+    float32 tensor its JPEG loader would have made, prepared on demand or ahead.
 
-    Memory is bounded by ``cache_mb`` of uint8 frames (reused when several queries run on a
-    short video; propagation itself reads each frame once) plus ``prefetch`` ready tensors,
+    Prepared frames are kept for the session (one video, every query of it) while they fit
+    in ``cache_mb``; once the budget is full, frames already kept stay and the others are
+    prepared again when asked for. Propagation sweeps the video forward and backward from a
+    different keyframe per query, and an LRU would evict each frame just before the next
+    sweep comes back to it (no reuse at all once a video is larger than the budget); keeping
+    a fixed set reuses the share that fits. ``prefetch`` frames ahead of the last one read,
+    in its direction, are prepared by ``threads`` threads (one for a video file, whose
+    decoder reads in order). Memory: at most ``cache_mb`` plus ``prefetch`` frames in flight,
     whatever the video's length."""
 
-    def __init__(self, media: Media, image_size: int, cache_mb: float = 32, prefetch: int = 4) -> None:
+    def __init__(self, media: Media, image_size: int, cache_mb: float = DEFAULT_FRAME_CACHE_MB,
+                 prefetch: int = 4, threads: int = 1) -> None:
         self.media = media
         self.size = int(image_size)
-        self.cache_frames = max(0, int(cache_mb * 2**20 // (3 * self.size * self.size)))
-        self.prefetch = max(0, int(prefetch))
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.frame_bytes = 3 * self.size * self.size * np.dtype(np.float32).itemsize
+        self.cache_bytes = max(0, int(cache_mb * 2**20))
+        threads = min(threads, 1) if media.kind == "video" else threads
+        self.threads = max(0, int(threads)) if prefetch > 0 else 0
+        self.prefetch = max(0, int(prefetch)) if self.threads else 0
+        self._cache: dict[int, Any] = {}  # kept frames; never evicted while the session lives
         self._ready: dict[int, Future] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sam2-frames") if self.prefetch else None
+        self._pool = (ThreadPoolExecutor(self.threads, thread_name_prefix="sam2-frames")
+                      if self.threads else None)
         self._last: int | None = None
-        self.decoded = 0  # frames decoded so far (tests and benchmarks read it)
+        self.decoded = 0  # frames prepared so far (tests and benchmarks read it)
+        self.hits = 0  # reads served from kept frames
 
     def __len__(self) -> int:
         return len(self.media)
 
+    @property
+    def held_bytes(self) -> int:
+        return len(self._cache) * self.frame_bytes
+
     def resized(self, pos: int) -> np.ndarray:
         """Frame ``pos`` resized to the model's square input, as SAM 2 resizes a JPEG
         (PIL's default filter), uint8 H×W×3."""
-        with self._lock:
-            hit = self._cache.get(pos)
-            if hit is not None:
-                self._cache.move_to_end(pos)
-                return hit
         img = self.media.frame(self.media.frame_ids[pos])
-        arr = np.array(img.convert("RGB").resize((self.size, self.size)))
-        with self._lock:
-            self.decoded += 1
-            if self.cache_frames:
-                self._cache[pos] = arr
-                while len(self._cache) > self.cache_frames:
-                    self._cache.popitem(last=False)
-        return arr
+        return np.array(img.convert("RGB").resize((self.size, self.size)))
 
     def tensor(self, pos: int) -> Any:
         """Normalised like sam2.utils.misc (``x / 255`` in float64, stored as float32, then
@@ -156,19 +181,43 @@ class FrameStore:
             np.take(_NORMALISED[c], arr[..., c], out=out[c])
         return torch.from_numpy(out)
 
+    def _prepare(self, pos: int) -> Any:
+        """Decode, resize and normalise frame ``pos``, and keep it if the budget allows."""
+        t = self.tensor(pos)
+        with self._lock:
+            self.decoded += 1
+            if pos not in self._cache and self.held_bytes + self.frame_bytes <= self.cache_bytes:
+                self._cache[pos] = t
+        return t
+
+    def _take(self, pos: int) -> Any | None:
+        """A kept frame, or the result of its prefetch; None when neither exists."""
+        with self._lock:
+            hit = self._cache.get(pos)
+            if hit is not None:
+                self.hits += 1
+                return hit
+            fut = self._ready.pop(pos, None)
+        if fut is None:
+            return None
+        try:
+            return fut.result()
+        except CancelledError:
+            return None
+
     def __getitem__(self, pos: int) -> Any:
         pos = int(pos)
         if not 0 <= pos < len(self.media):
             raise IndexError(pos)
-        with self._lock:
-            fut = self._ready.pop(pos, None)
-        t = fut.result() if fut is not None else self.tensor(pos)
+        t = self._take(pos)
+        if t is None:
+            t = self._prepare(pos)
         self._schedule(pos)
         return t
 
     def _schedule(self, pos: int) -> None:
         """Prepare the frames propagation will ask for next (it walks one frame at a time,
-        forward or backward)."""
+        forward or backward), except those kept already, and drop plans behind it."""
         last, self._last = self._last, pos
         if self._pool is None:
             return
@@ -176,8 +225,8 @@ class FrameStore:
         with self._lock:
             for k in range(1, self.prefetch + 1):
                 nxt = pos + k * step
-                if 0 <= nxt < len(self.media) and nxt not in self._ready:
-                    self._ready[nxt] = self._pool.submit(self.tensor, nxt)
+                if 0 <= nxt < len(self.media) and nxt not in self._ready and nxt not in self._cache:
+                    self._ready[nxt] = self._pool.submit(self._prepare, nxt)
             for stale in [p for p in self._ready if (p - pos) * step <= 0 or abs(p - pos) > self.prefetch]:
                 self._ready.pop(stale).cancel()
 
@@ -186,10 +235,11 @@ class FrameStore:
             for fut in self._ready.values():
                 fut.cancel()
             self._ready.clear()
-            self._cache.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        with self._lock:
+            self._cache.clear()
 
 
 # The keys sam2 1.1.0's SAM2VideoPredictor.init_state creates; a test compares them with a
@@ -251,8 +301,9 @@ class SAM2Session(VideoSession):
         self.media = media
         self.segmenter = segmenter
         self.predictor, self._lock = segmenter.predictor()
-        self.frames = FrameStore(media, self.predictor.image_size, segmenter.cache_mb,
-                                 segmenter.prefetch)
+        threads = segmenter.prefetch_threads
+        self.frames = FrameStore(media, self.predictor.image_size, segmenter.frame_cache_mb,
+                                 prefetch=2 * threads, threads=threads)
         with self._lock, _quiet():
             self.state = init_state(self.predictor, self.frames, segmenter.device == "cpu")
 
@@ -289,7 +340,12 @@ class _quiet(warnings.catch_warnings):
 
 
 class SAM2Segmenter(Segmenter):
-    """SAM 2 video predictor: the keyframe's box and point, propagated through every frame."""
+    """SAM 2 video predictor: the keyframe's box and point, propagated through every frame.
+
+    ``frame_cache_mb``: prepared frames a session keeps for its later queries (see
+    :class:`FrameStore`); ``prefetch_threads``: threads preparing frames ahead of
+    propagation (default: :func:`default_prefetch_threads` for the device). Neither changes
+    a mask, so neither is part of :meth:`describe`."""
 
     name = "sam2"
 
@@ -299,8 +355,8 @@ class SAM2Segmenter(Segmenter):
         config: str = "",
         device: str = "auto",
         image_size: int | None = None,
-        cache_mb: float = 32,
-        prefetch: int | None = None,
+        frame_cache_mb: float | None = None,
+        prefetch_threads: int | None = None,
     ) -> None:
         if not sam2_available():
             raise ValueError(
@@ -321,10 +377,13 @@ class SAM2Segmenter(Segmenter):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.image_size = image_size or None
-        self.cache_mb = cache_mb
-        # Decoding ahead pays off when the model runs on an accelerator and the CPU idles;
-        # on a CPU it would only compete with the model's own threads.
-        self.prefetch = (0 if device == "cpu" else 4) if prefetch is None else prefetch
+        self.frame_cache_mb = DEFAULT_FRAME_CACHE_MB if frame_cache_mb is None else float(frame_cache_mb)
+        if self.frame_cache_mb < 0:
+            raise ValueError(f"frame_cache_mb must be at least 0, got {frame_cache_mb}")
+        if prefetch_threads is not None and prefetch_threads < 0:
+            raise ValueError(f"prefetch_threads must be at least 0, got {prefetch_threads}")
+        self.prefetch_threads = (default_prefetch_threads(device) if prefetch_threads is None
+                                 else int(prefetch_threads))
 
     def predictor(self) -> tuple[Any, threading.Lock]:
         return load_predictor(self.config, self.checkpoint, self.device, self.image_size)

@@ -6,6 +6,11 @@ restarted redoes only what has no folder) and a rerun never leaves an earlier ru
 beside the new ones. Frames a segmenter did not reach get an empty mask, as do all frames
 of a query without a usable answer: the published evaluation scores those as misses, and a
 missing file would make it drop the query instead.
+
+A run killed mid-write leaves its temporary folder (``.<id>.tmp-XXXXXXXX``), or the
+replaced set on its way out (``.<id>.old-XXXXXXXX``), or a half-written overlay
+(``.<id>.tmp-XXXXXXXX.mp4``); :func:`remove_partial_outputs` removes exactly those names
+when the run is resumed, and nothing else.
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +35,11 @@ from segresearch.tools.segmenters.base import Prompt
 log = logging.getLogger(__name__)
 
 OVERLAY_VIDEO = "overlay.mp4"
+
+# The names of this module's partial outputs. Random parts: 8 characters of
+# ``[a-z0-9_]`` (``tempfile``'s alphabet, which earlier versions used) or hex (``uuid``).
+_PARTIAL_SET = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[a-z0-9_]{8}")
+_PARTIAL_OVERLAY = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{8}\.mp4")
 
 
 @dataclass
@@ -64,6 +74,42 @@ def created_mode(base: int = 0o666) -> int:
     return base & ~_umask()
 
 
+def _partial_dir(dest: Path, kind: str) -> Path:
+    """A new sibling folder ``.<name>.<kind>-XXXXXXXX`` (``kind``: tmp or old), created here
+    for a temporary folder; the name :func:`remove_partial_outputs` recognises."""
+    while True:
+        path = dest.with_name(f".{dest.name}.{kind}-{uuid.uuid4().hex[:8]}")
+        if kind != "tmp":
+            return path
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path  # mkdir's mode: what the finished folder keeps (umask applied)
+
+
+def remove_partial_outputs(folder: str | os.PathLike[str]) -> list[str]:
+    """Remove what killed writers left directly in ``folder`` (a mask root or an overlays
+    folder): temporary and outgoing mask sets and half-written overlays, recognised by the
+    exact names the writers here give them. Returns the names removed. Only for a folder
+    no other writer is using at the moment: a live writer's temporary folder looks the same."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and _PARTIAL_SET.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file() and _PARTIAL_OVERLAY.fullmatch(entry.name):
+            entry.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(entry.name)
+    if removed:
+        log.info("%s: removed %d partial output(s) of an interrupted run", folder, len(removed))
+    return removed
+
+
 def _imwrite(path: Path, mask: np.ndarray) -> None:
     if not cv2.imwrite(str(path), mask):
         raise OSError(f"cannot write {path}")
@@ -73,7 +119,7 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     """Move a finished folder into place, replacing an older one without a moment where
     ``dest`` holds a mix of both."""
     if dest.exists():
-        trash = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        trash = _partial_dir(dest, "old")
         os.replace(dest, trash)
         os.replace(tmp, dest)
         shutil.rmtree(trash, ignore_errors=True)
@@ -96,8 +142,7 @@ def write_mask_set(
     segmenter producing the next mask; nothing but the masks in flight is held in memory."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    os.chmod(tmp, created_mode(0o777))
+    tmp = _partial_dir(dest, "tmp")
     names = {fid: media.frame_name(fid) + ".png" for fid in media.frame_ids}
     h, w = media.height, media.width
     area: dict[int, int] = {}
