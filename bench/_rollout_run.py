@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import segresearch.rl.agent_loop as al
+from bench._rollout_post import postprocess
 from bench._rollout_setup import TURNS, FakeServer, Harness
 from segresearch.agents.protocol import AnswerAction, parse_action
 
@@ -29,6 +30,8 @@ class Batch:
     calls: int
     trajectories: list[dict[str, Any]]
     ideal: float = 0.0  # the longest trajectory's total model time: the wall time with free CPU
+    post_cpu: float = 0.0  # verl's post-processing, when run after the batch (post="after")
+    first_call: float = 0.0  # seconds from the start to the first model call
 
     @property
     def cpu_per_turn(self) -> float:
@@ -62,8 +65,9 @@ def _model_segments(out: Any) -> list[list[int]]:
     return segs
 
 
-def describe(which: str, out: Any, tok: Any) -> dict[str, Any]:
-    """Per trajectory: model calls, images, whether it answered, its actions, token counts."""
+def describe(which: str, out: Any, tok: Any, post: Any = None) -> dict[str, Any]:
+    """Per trajectory: model calls, images, whether it answered, its actions, token counts
+    (and with verl's post-processed ``post``, the images its pixel inputs hold)."""
     images = len((out.multi_modal_data or {}).get("images") or [])
     segs = _model_segments(out)
     if which == "ours":
@@ -75,33 +79,59 @@ def describe(which: str, out: Any, tok: Any) -> dict[str, Any]:
         answered = isinstance(last, AnswerAction)
         if answered:
             actions.append(("answer", None))
+    grid = None if post is None else post.multi_modal_inputs.get("image_grid_thw")
     return {"model_calls": len(segs), "images": images, "answered": answered, "actions": actions,
             "error": (out.extra_fields or {}).get("error") or "",
-            "prompt_tokens": len(out.prompt_ids), "response_tokens": len(out.response_ids)}
+            "prompt_tokens": len(out.prompt_ids), "response_tokens": len(out.response_ids),
+            "post_images": None if grid is None else int(grid.shape[0])}
 
 
 async def run_batch(h: Harness, which: str, rows: list[dict[str, Any]], latency: float,
-                    response_length: int = 8192, jitter: float = 0.0) -> Batch:
+                    response_length: int = 8192, jitter: float = 0.0, *, post: str | None = None,
+                    cache: bool | None = None) -> Batch:
     """All ``rows`` concurrently in this event loop, a fresh agent loop each (as verl's
-    worker makes them); CPU is this process's (all threads) over the batch."""
+    worker makes them); CPU is this process's (all threads) over the batch.
+
+    ``post``: verl's post-processing of each trajectory (bench/_rollout_post.py): "inline"
+    right after its loop, in its coroutine, as verl's worker runs it (counted in ``cpu``);
+    "after": the same calls on the same outputs once the batch is done, one by one, so that
+    their CPU is told apart (``post_cpu``). ``cache``: the post-processing cache on or off
+    (default: each loop's default, ours on, verl's off)."""
     server = FakeServer(h.tok, latency, jitter=jitter)
+    kw = {} if cache is None else {"cache": cache}
     make = h.ours if which == "ours" else h.verl
 
-    async def one(row: dict[str, Any]) -> Any:
-        return await make(server, response_length).run({"temperature": 1.0}, **row)
+    async def one(row: dict[str, Any]) -> tuple[Any, Any]:
+        out = await make(server, response_length, **kw).run({"temperature": 1.0}, **row)
+        return out, (await postprocess(h.post, out, row) if post == "inline" else None)
 
     t0, c0 = time.perf_counter(), time.process_time()
-    outs = await asyncio.gather(*(one(r) for r in rows))
+    done = await asyncio.gather(*(one(r) for r in rows))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    trajs = [describe(which, o, h.tok) for o in outs]
+    post_cpu = 0.0
+    if post == "after":
+        kept = []  # verl's worker keeps every result until its batch is done
+        for (o, _), r in zip(done, rows, strict=True):
+            c1 = time.process_time()
+            kept.append(await postprocess(h.post, o, r))
+            post_cpu += time.process_time() - c1
+        trajs = [describe(which, o, h.tok, p) for (o, _), p in zip(done, kept, strict=True)]
+        del kept
+    else:
+        trajs = [describe(which, o, h.tok, p) for o, p in done]
     for t, seen in zip(trajs, sorted(server.images.values()), strict=False):
         t["server_images"] = seen  # images sent with the last call (order-free check below)
     return Batch(which, len(rows), wall, cpu, sum(server.calls.values()), trajs,
-                 ideal=max(server.slept.values(), default=0.0))
+                 ideal=max(server.slept.values(), default=0.0), post_cpu=post_cpu,
+                 first_call=(server.first_call or t0) - t0)
 
 
-def rows_for(h: Harness, which: str, prompts: int, samples: int) -> list[dict[str, Any]]:
-    return [getattr(h.prompts[p], which)() for p in range(prompts) for _ in range(samples)]
+def rows_for(h: Harness, which: str, prompts: int, samples: int, presized: bool = False,
+             first: int = 0) -> list[dict[str, Any]]:
+    """``samples`` rows of each of ``prompts`` prompts (from prompt ``first`` on); ours read
+    pre-sized frames with ``presized``."""
+    kw = {"presized": True} if presized and which == "ours" else {}
+    return [getattr(h.prompts[p], which)(**kw) for p in range(first, first + prompts) for _ in range(samples)]
 
 
 # ------------------------------------------------------------------ long trajectory
@@ -160,10 +190,12 @@ BUCKETS = [  # (label, substring of the code's file path); first match wins
     ("our media / frames", "segresearch/tools/media"),
     ("our graph nodes", "segresearch/graphs"),
     ("our model (VerlChatModel)", "segresearch/rl/verl_model"),
+    ("our post-processing cache", "segresearch/rl/postprocess_cache"),
     ("our other code", "segresearch/"),
     ("LangGraph", "langgraph/"),
     ("LangChain core", "langchain_core/"),
     ("pydantic", "pydantic"),
+    ("verl post-processing", "verl/experimental/agent_loop/agent_loop.py"),
     ("verl", "verl/"),
     ("numpy", "numpy/"),
     ("torch", "torch/"),
@@ -172,12 +204,13 @@ BUCKETS = [  # (label, substring of the code's file path); first match wins
 
 
 def profile_batch(h: Harness, which: str, rows: list[dict[str, Any]], top: int = 25) -> tuple[str, list[tuple[str, float]]]:
-    """cProfile of one batch at zero latency with executor work inlined: the top
-    cumulative entries, and self time per bucket (ms per trajectory)."""
+    """cProfile of one batch at zero latency with executor work inlined and verl's
+    post-processing inline: the top cumulative entries, and self time per bucket (ms per
+    trajectory)."""
 
     async def go() -> None:
         asyncio.get_running_loop().set_default_executor(_Inline())
-        await run_batch(h, which, rows, 0.0)
+        await run_batch(h, which, rows, 0.0, post="inline")
 
     prof = cProfile.Profile()
     prof.enable()

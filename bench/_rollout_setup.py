@@ -5,7 +5,10 @@ Both loops get the same trajectory: 7 frames at 448 px, a text search, an image 
 (one 256 px hit), the keyframe at 864 px, an answer: 4 model calls and 9 images, on a tiny
 Qwen3-VL whose image processor has the published pixel limits (patch 16: 196, 64 and 729
 image tokens). verl's dataset would store the frames already resized, so its prompt holds
-them as lazily decoded 448 px PNGs; ours reads and resizes the source frames itself.
+them as lazily decoded 448 px PNGs; ours reads and resizes the source frames itself, or,
+with ``presized``, reads the 448 px files ``segresearch data okvos --presize-frames`` writes
+(the same pixels as verl's PNGs). Every trajectory can end in verl's own
+post-processing (``Harness.post``, bench/_rollout_post.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import random
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +34,14 @@ from verl.utils import hf_processor, hf_tokenizer
 from verl.workers.rollout.replica import TokenOutput
 
 import segresearch.rl.agent_loop as al
+from bench._rollout_post import postprocess_worker
 from bench._rollout_verl import PARSER_NAME, BenchDataset, make_tools
 from segresearch.agents.prompts import frame_label, system_prompt
+from segresearch.rl import postprocess_cache
+from segresearch.rl.data import presize_frames
 from segresearch.testing.scenes import render_scene, write_frames
 from segresearch.testing.tiny_vlm import build_tiny_qwen_vl, install_video_processor_stub
-from segresearch.tools.media import open_media, resize_square
+from segresearch.tools.media import FRAME_RESIZE, frame_ids_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "qwen3_vl"
@@ -106,10 +113,10 @@ def build_model(out: Path) -> tuple[Path, str]:
     return build_tiny_qwen_vl(out, FAMILY, pixels="published"), "tiny (ours)"
 
 
-def clear_caches() -> None:
+def clear_caches(processor: Any = None) -> None:
     """Empty our process-wide caches (frame blocks, rendered prompts, media store and
-    handles, query vectors, knowledge-base hit images); the search index and the tokenizer
-    stay loaded."""
+    handles, query vectors, knowledge-base hit images) and ``processor``'s post-processing
+    cache; the search index and the tokenizer stay loaded."""
     from segresearch.agents import media_store
     from segresearch.graphs import nodes
     from segresearch.rl import verl_model
@@ -126,6 +133,9 @@ def clear_caches() -> None:
     for kb in list(index._KBS._items.values()):  # both loops search the same loaded index
         kb._query_vecs.clear()
     media_store._STORE = None
+    cache = postprocess_cache.installed(processor) if processor is not None else None
+    if cache is not None:
+        cache.clear()
 
 
 class FakeServer:
@@ -144,9 +154,12 @@ class FakeServer:
         self.calls: dict[str, int] = {}
         self.images: dict[str, int] = {}
         self.slept: dict[str, float] = {}
+        self.first_call: float | None = None  # perf_counter of the batch's first model call
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
                        image_data: list | None = None, **kwargs: Any) -> TokenOutput:
+        if self.first_call is None:
+            self.first_call = time.perf_counter()
         i = self.calls.get(request_id, 0)
         self.calls[request_id] = i + 1
         self.images[request_id] = len(image_data or ())
@@ -159,10 +172,16 @@ class FakeServer:
         return TokenOutput(token_ids=ids, log_probs=[-0.1] * len(ids), stop_reason="completed")
 
 
+# verl pads every prompt to rollout.prompt_length in post-processing. The recipe's is 2048
+# (data.max_prompt_length); the tiny tokenizer spells text in more tokens than Qwen's, so the
+# bench's prompts (about 2250 tokens ours, 2800 verl's with its tool schemas) need 4096.
+PROMPT_LENGTH = 4096
+
+
 def trainer_config(response_length: int) -> Any:
     return OmegaConf.create({
         "actor_rollout_ref": {"rollout": {
-            "prompt_length": 16384, "response_length": response_length, "full_determinism": False,
+            "prompt_length": PROMPT_LENGTH, "response_length": response_length, "full_determinism": False,
             "multi_turn": {"max_tool_response_length": 4096, "max_user_turns": 16, "max_assistant_turns": 16,
                            "max_parallel_calls": 1, "tool_response_truncate_side": "right",
                            "format": PARSER_NAME}}},
@@ -177,9 +196,13 @@ class Prompt:
     frame_paths: list[str]
     frame_ids: list[int]
     frames_448: list[bytes]  # PNG, as a verl dataset would store them
+    presized: list[str] = field(default_factory=list)  # the same pixels as files (data --presize-frames)
 
-    def ours(self) -> dict[str, Any]:
-        return {"raw_prompt": [], "extra_info": {"question": QUESTION, "frames": list(self.frame_paths)}}
+    def ours(self, presized: bool = False) -> dict[str, Any]:
+        info: dict[str, Any] = {"question": QUESTION, "frames": list(self.frame_paths)}
+        if presized:
+            info.update(shown_frames=list(self.presized), frame_size=FRAME_SIZE, frame_resize=FRAME_RESIZE.method)
+        return {"raw_prompt": [], "extra_info": info}
 
     def verl(self) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
@@ -192,6 +215,13 @@ class Prompt:
                                {"role": "user", "content": content}],
                 "tools_kwargs": {"keyframe": {"create_kwargs": {"frames": frames}}},
                 "extra_info": {"question": QUESTION}}
+
+
+def _png(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with Image.open(path) as im:
+        im.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
 
 
 @dataclass
@@ -211,6 +241,8 @@ class Harness:
         self.proc = hf_processor(str(self.model_dir))
         self.tools = make_tools(SEARCH, str(self.kb), keyframe_size=KEYFRAME_SIZE, image_size=SEARCH_IMAGE_SIZE)
         self._configs: dict[int, Any] = {}
+        # verl's post-processing, with the processor the loops get (as in a rollout worker)
+        self.post = postprocess_worker(self.tok, self.proc, self._cfg(8192))
 
     def _cfg(self, response_length: int) -> Any:
         if response_length not in self._configs:
@@ -222,13 +254,21 @@ class Harness:
         return {"trainer_config": DictConfigWrap(cfg), "server_manager": server, "tokenizer": self.tok,
                 "processor": self.proc, "data_config": DictConfigWrap(cfg.data), "hf_model_type": FAMILY}
 
-    def ours(self, server: Any, response_length: int = 8192) -> al.SegResearchAgentLoop:
+    def ours(self, server: Any, response_length: int = 8192, cache: bool = True) -> al.SegResearchAgentLoop:
+        """Our loop; ``cache``: its ``postprocess_cache`` option (installs or removes the
+        post-processing cache on the shared processor)."""
         return al.SegResearchAgentLoop(
             **self._common(server, response_length), dataset_cls=BenchDataset, search=SEARCH, kb=str(self.kb),
             frame_size=FRAME_SIZE, keyframe_size=KEYFRAME_SIZE, search_image_size=SEARCH_IMAGE_SIZE,
-            max_observation_tokens=4096)
+            max_observation_tokens=4096, postprocess_cache=cache)
 
-    def verl(self, server: Any, response_length: int = 8192) -> ToolAgentLoop:
+    def verl(self, server: Any, response_length: int = 8192, cache: bool = False) -> ToolAgentLoop:
+        """verl's loop; ``cache``: our post-processing cache on the shared processor (verl as
+        shipped has none)."""
+        if cache:
+            postprocess_cache.install(self.proc)
+        else:
+            postprocess_cache.uninstall(self.proc)
         return ToolAgentLoop(**self._common(server, response_length), dataset_cls=BenchDataset,
                              tools=ToolListWrap(self.tools))
 
@@ -236,15 +276,11 @@ class Harness:
         """Prompts with their own frames (a rendered scene per prompt)."""
         for i in range(len(self.prompts), n):
             frames, _ = render_scene(n_frames=N_FRAMES, size=SOURCE_SIZE, seed=i)
-            paths = [str(p) for p in write_frames(frames, self.work / f"frames{i}")]
-            media = open_media(paths)
-            ids = list(media.frame_ids)
-            pngs = []
-            for fid in ids:
-                buf = io.BytesIO()
-                resize_square(media.frame(fid), FRAME_SIZE).save(buf, format="PNG", compress_level=1)
-                pngs.append(buf.getvalue())
-            self.prompts.append(Prompt(paths, ids, pngs))
+            paths = write_frames(frames, self.work / f"frames{i}")
+            presized = presize_frames(paths, FRAME_SIZE, self.work / "presized")
+            ids = frame_ids_for(paths)
+            self.prompts.append(Prompt([str(p) for p in paths], ids, [_png(p) for p in presized],
+                                       [str(p) for p in presized]))
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)

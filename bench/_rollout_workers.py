@@ -27,21 +27,26 @@ class _Worker:
     def warm(self, which: str) -> bool:
         from bench._rollout_run import rows_for, run_batch
 
-        b = asyncio.run(run_batch(self.h, which, rows_for(self.h, which, 1, 1), 0.0))
+        b = asyncio.run(run_batch(self.h, which, rows_for(self.h, which, 1, 1), 0.0, post="inline"))
         return all(t["answered"] for t in b.trajectories)
 
     def run(self, which: str, start_at: float, latency: float, prompt_ids: list[int], samples: int,
-            cold: bool = True, jitter: float = 0.0) -> dict[str, Any]:
-        """One batch; ``cold`` empties the caches first, as a training step's new prompts find them."""
+            cold: bool = True, jitter: float = 0.0, cache: bool | None = None,
+            presized: bool = False) -> dict[str, Any]:
+        """One batch, each trajectory post-processed by verl's code as it ends; ``cold``
+        empties the caches first, as a training step's new prompts find them; ``cache``: the
+        post-processing cache (None: each loop's default); ``presized``: ours reads pre-sized
+        frames."""
         from bench._rollout_run import run_batch
         from bench._rollout_setup import clear_caches
 
         if cold:
-            clear_caches()
-        rows = [getattr(self.h.prompts[p], which)() for p in prompt_ids for _ in range(samples)]
+            clear_caches(self.h.proc)
+        kw = {"presized": True} if presized and which == "ours" else {}
+        rows = [getattr(self.h.prompts[p], which)(**kw) for p in prompt_ids for _ in range(samples)]
         time.sleep(max(0.0, start_at - time.time()))
         t0 = time.time()
-        b = asyncio.run(run_batch(self.h, which, rows, latency, jitter=jitter))
+        b = asyncio.run(run_batch(self.h, which, rows, latency, jitter=jitter, post="inline", cache=cache))
         return {"start": t0, "end": time.time(), "cpu": b.cpu, "calls": b.calls, "ideal": b.ideal,
                 "answered": sum(t["answered"] for t in b.trajectories), "n": b.n}
 
@@ -114,15 +119,16 @@ def start_pool(n: int, init: tuple[Any, ...], use_ray: bool = True) -> Pool:
 
 
 def run_spread(pool: Pool, which: str, latency: float, prompts: int, samples: int,
-               cold: bool = True, jitter: float = 0.0) -> dict[str, Any]:
+               cold: bool = True, jitter: float = 0.0, cache: bool | None = None,
+               presized: bool = False) -> dict[str, Any]:
     """``prompts`` × ``samples`` trajectories, whole GRPO groups per worker, started together;
     ``cold``: from empty caches (a training step's prompts are new to the worker); ``jitter``:
-    see FakeServer."""
+    see FakeServer; ``cache``, ``presized``: see ``_Worker.run``."""
     n = len(pool.handles)
     share = [[p for p in range(prompts) if p % n == w] for w in range(n)]
     start_at = time.time() + 1.0
     res = pool.call("run", [which] * n, [start_at] * n, [latency] * n, share, [samples] * n, [cold] * n,
-                    [jitter] * n)
+                    [jitter] * n, [cache] * n, [presized] * n)
     wall = max(r["end"] for r in res) - min(r["start"] for r in res)
     calls = sum(r["calls"] for r in res)
     return {"wall": wall, "cpu": sum(r["cpu"] for r in res), "calls": calls,

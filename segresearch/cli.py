@@ -474,12 +474,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     try:
         path = convert_okvos(args.root, args.split, args.out, num_frames=args.num_frames,
                              coord_style=args.coord_style, frame_size=args.frame_size,
-                             seed=args.seed, limit=args.limit, progress=sys.stderr.isatty())
+                             seed=args.seed, limit=args.limit, progress=sys.stderr.isatty(),
+                             presize=args.presize_frames)
     except (ValueError, OSError) as e:
         return _die(str(e))
     info = conversion_info(path)
     print(f"wrote {path} ({info['rows']} rows from {info['source_rows']}; "
           f"{info['skipped_no_target']} skipped without a target in the sampled frames)")
+    if info.get("presized_frames"):
+        print(f"pre-sized frames in {info['presized_frames']}")
     from segresearch.eval.datasets import (
         DatasetError,
         load_okvos,
@@ -861,6 +864,10 @@ def build_parser() -> argparse.ArgumentParser:
     ok.add_argument("--frame-size", dest="frame_size", type=int, default=448)
     ok.add_argument("--seed", type=int, default=0)
     ok.add_argument("--limit", type=int, help="only the first N rows (smoke runs)")
+    ok.add_argument("--presize-frames", dest="presize_frames", action="store_true",
+                    help="also store each row's shown frames as the rollout shows them (FRAME-SIZE² "
+                         "bicubic, lossless BMP, beside the output parquet), so rollouts read them "
+                         "instead of decoding and resizing the source frames")
     ok.set_defaults(func=cmd_data)
     sy = dsub.add_parser("synthetic", help="a small synthetic set in the OK-VOS layout")
     sy.add_argument("--out", required=True, help="dataset root to write")

@@ -336,13 +336,19 @@ def test_cli_synthetic_then_okvos_then_missing_root(tmp_path):
     assert str(root / "train.parquet") in r.stdout and f"({ROWS_PER_VIDEO} rows)" in r.stdout
     out = tmp_path / "verl.parquet"
     r = _cli("data", "okvos", "--root", str(root), "--split", "train", "--out", str(out),
-             "--num-frames", "4", "--coord-style", "qwen25", "--frame-size", "256", "--limit", "5")
+             "--num-frames", "4", "--coord-style", "qwen25", "--frame-size", "256", "--limit", "5",
+             "--presize-frames")
     assert r.returncode == 0, r.stderr
     assert str(out) in r.stdout and "5 rows from 5" in r.stdout
     df = _load(out)
     assert len(df) == 5 and all(len(i["frames"]) == 4 for i in df["extra_info"])
     assert conversion_info(out)["coord_style"] == "qwen25"
     assert all(i["frame_size"] == 256 for i in df["extra_info"])
+    presized = conversion_info(out)["presized_frames"]
+    assert f"pre-sized frames in {presized}" in r.stdout
+    for info in df["extra_info"]:
+        assert [Path(p).parent.parent for p in info["shown_frames"]] == [Path(presized)] * 4
+        assert all(Image.open(p).size == (256, 256) for p in info["shown_frames"])
 
     r = _cli("data", "okvos", "--root", str(tmp_path / "missing"), "--split", "test")
     assert r.returncode == 2

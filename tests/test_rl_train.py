@@ -239,7 +239,8 @@ def test_agent_loop_yaml_lists_the_loop_with_its_defaults():
         "name": "seg_research_agent", "_target_": "segresearch.rl.agent_loop.SegResearchAgentLoop",
         "search": "local", "kb": "", "max_turns": 6, "coord_style": "qwen3", "frame_size": 448,
         "keyframe_size": 864, "search_image_size": 256, "max_observation_tokens": 4096,
-        "response_budget": "published", "max_action_tokens": 4096, "mask_overlong_loss": False}
+        "response_budget": "published", "max_action_tokens": 4096, "mask_overlong_loss": False,
+        "postprocess_cache": True, "postprocess_cache_mb": 512}
     # the dapo-full entry is the same loop with overlong masking on, nothing else
     assert dapo == {**grpo, "name": "seg_research_agent_mask_overlong", "mask_overlong_loss": True}
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
+import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +86,8 @@ from segresearch.tools.segment import get_segmenter, make_segment_tool
 from segresearch.tools.segmenters import Prompt, prompt_from_answer
 from segresearch.tools.visualize import draw_answer
 
+logger = logging.getLogger(__name__)
+
 
 def _error(kind: str, exc: BaseException | str) -> dict[str, Any]:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -142,6 +146,44 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A dataset may ship the shown frames already made (``segresearch data okvos
+# --presize-frames``: lossless files). A run's config names them under this key, aligned
+# with its list of frame paths and with the size and filter they were made at:
+# ``{"frames": [...], "size": 448, "method": "square-bicubic"}``. Where size and filter
+# are the run's, ``load_media`` reads them instead of decoding and resizing the sources
+# (the keyframe is still made from the source). The files go through the media roots
+# like any frame.
+PRESIZED_FRAMES = "segresearch_presized_frames"
+
+
+@dataclass(frozen=True)
+class PresizedFrames:
+    """A run's pre-sized frames: their paths (aligned with the run's frame list) and media."""
+
+    spec: list[str]
+    media: Any
+
+
+def _presized_frames(spec: Any, size: int) -> PresizedFrames | None:
+    """The run's pre-sized frames when they fit ``spec`` at ``size`` with the frame filter."""
+    try:
+        conf = (get_config().get("configurable") or {}).get(PRESIZED_FRAMES)
+    except RuntimeError:  # called outside a graph run
+        return None
+    if not isinstance(conf, dict) or not isinstance(spec, list):
+        return None
+    frames = conf.get("frames")
+    if (conf.get("size") != size or conf.get("method") != FRAME_RESIZE.method
+            or not isinstance(frames, list) or len(frames) != len(spec)):
+        return None
+    try:
+        media = open_media([str(f) for f in frames])
+    except MediaError as e:  # the sources are still there: show those, as without the option
+        logger.warning("pre-sized frames not used: %s", e)
+        return None
+    return PresizedFrames([str(f) for f in frames], media) if len(media) == len(spec) else None
+
+
 # The samples of an RL group (and repeated queries on a video) show the same frames: each is
 # decoded and resized once, also when the samples all start at the same moment.
 _FRAME_BLOCKS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=512)
@@ -156,14 +198,32 @@ def _frame_recipe(media: Any, spec: Any, fid: int, size: int,
 
 
 def _frame_block(media: Any, spec: Any, fid: int, size: int,
-                 resize: SquareResize = FRAME_RESIZE) -> dict[str, Any]:
+                 resize: SquareResize = FRAME_RESIZE, pre: PresizedFrames | None = None) -> dict[str, Any]:
     """The image block of a shown frame, made with the showing tool's filter (sampled frames
-    and keyframes differ); the same reference also keeps prompts cacheable."""
-    return _FRAME_BLOCKS.get(
-        (*media.frame_key(fid), size, resize.method),
-        lambda: media_block(resize_square(media.frame(fid), size, resize.resample),
-                            _frame_recipe(media, spec, fid, size, resize)),
-    )
+    and keyframes differ); the same reference also keeps prompts cacheable. With ``pre``,
+    the frame's pre-sized file is read instead of the source when it already has the shown
+    size (it was made at data time exactly as below; nothing is resized again)."""
+    return _FRAME_BLOCKS.get(_block_key(media, fid, size, resize, pre),
+                             lambda: _make_frame_block(media, spec, fid, size, resize, pre))
+
+
+def _make_frame_block(media: Any, spec: Any, fid: int, size: int, resize: SquareResize,
+                      pre: PresizedFrames | None) -> dict[str, Any]:
+    if pre is not None:
+        pfid = pre.media.frame_ids[media.index_of(fid)]
+        img = pre.media.frame(pfid)
+        if img.size == (size, size):  # the recipe remakes it from the same file
+            return media_block(img, _frame_recipe(pre.media, pre.spec, pfid, size, resize))
+    return media_block(resize_square(media.frame(fid), size, resize.resample),
+                       _frame_recipe(media, spec, fid, size, resize))
+
+
+def _block_key(media: Any, fid: int, size: int, resize: SquareResize,
+               pre: PresizedFrames | None) -> tuple[Any, ...]:
+    key = (*media.frame_key(fid), size, resize.method)
+    if pre is None:
+        return key
+    return (*key, *pre.media.frame_key(pre.media.frame_ids[media.index_of(fid)]))
 
 
 # Decoding and resizing release the GIL: the frames a run has not seen yet are made side by
@@ -173,12 +233,13 @@ _DECODE_POOL = cf.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
                                      thread_name_prefix="segresearch-frames")
 
 
-def _frame_blocks(media: Any, spec: Any, fids: list[int], size: int) -> list[dict[str, Any]]:
-    missing = [f for f in fids if not _FRAME_BLOCKS.has((*media.frame_key(f), size, FRAME_RESIZE.method))]
+def _frame_blocks(media: Any, spec: Any, fids: list[int], size: int,
+                  pre: PresizedFrames | None = None) -> list[dict[str, Any]]:
+    missing = [f for f in fids if not _FRAME_BLOCKS.has(_block_key(media, f, size, FRAME_RESIZE, pre))]
     if len(missing) > 1 and media.kind != "video":  # a video decoder reads one frame at a time
-        for _ in _DECODE_POOL.map(lambda f: _frame_block(media, spec, f, size), missing):
+        for _ in _DECODE_POOL.map(lambda f: _frame_block(media, spec, f, size, pre=pre), missing):
             pass
-    return [_frame_block(media, spec, f, size) for f in fids]
+    return [_frame_block(media, spec, f, size, pre=pre) for f in fids]
 
 
 def _emit(runtime: Runtime[Context], event: dict[str, Any]) -> None:
@@ -211,7 +272,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         spec = state["media"]
         media = open_media(spec)
         shown = sample_frame_ids(media.frame_ids, ctx.num_frames)
-        blocks = _frame_blocks(media, spec, shown, ctx.frame_size)
+        blocks = _frame_blocks(media, spec, shown, ctx.frame_size, _presized_frames(spec, ctx.frame_size))
     except (MediaError, KeyError) as e:
         return _fresh_run(_error("media", e if not isinstance(e, KeyError) else "no media given"))
     info = {

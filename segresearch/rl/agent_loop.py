@@ -22,8 +22,12 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 
 from segresearch.agents.context import Context
+from segresearch.graphs.nodes import PRESIZED_FRAMES
 from segresearch.graphs.seg_research import graph as GRAPH
 from segresearch.rl.placeholders import install as install_geometry
+from segresearch.rl.postprocess_cache import DEFAULT_MAX_MB
+from segresearch.rl.postprocess_cache import install as install_postprocess_cache
+from segresearch.rl.postprocess_cache import uninstall as uninstall_postprocess_cache
 from segresearch.rl.verl_model import ResponseBudget, VerlChatModel
 from segresearch.tools.keyframe import KEYFRAME_RESIZE
 from segresearch.tools.media import FRAME_RESIZE
@@ -56,6 +60,17 @@ def _query_from(kwargs: dict[str, Any]) -> str:
     raise ValueError("the dataset row has neither extra_info.question nor a user prompt")
 
 
+def _presized_config(info: dict[str, Any], frames: list[str], frame_size: int) -> dict[str, Any] | None:
+    """The graph's run config naming the row's pre-sized frames (``segresearch data okvos
+    --presize-frames``), or None: the graph then decodes and resizes the source frames."""
+    shown = info.get("shown_frames")
+    if shown is None or len(shown) == 0:
+        return None
+    conf = {"frames": [str(p) for p in shown], "size": int(info.get("frame_size") or frame_size),
+            "method": info.get("frame_resize")}
+    return {"configurable": {PRESIZED_FRAMES: conf}}
+
+
 def _interactions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-turn actions and observations, without image bytes."""
     out = []
@@ -86,6 +101,8 @@ class SegResearchAgentLoop(AgentLoopBase):
         placeholder_counts: str = "geometry",
         response_budget: str = "full",
         max_action_tokens: int | None = None,
+        postprocess_cache: bool = True,
+        postprocess_cache_mb: int = DEFAULT_MAX_MB,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("name", None)
@@ -120,6 +137,18 @@ class SegResearchAgentLoop(AgentLoopBase):
         if placeholder_counts not in ("geometry", "processor"):
             raise ValueError(f"placeholder_counts must be 'geometry' or 'processor', got {placeholder_counts!r}")
         self.geometry = install_geometry(self) if placeholder_counts == "geometry" else None
+        # verl's worker post-processes every trajectory with the processor it hands us: its
+        # image processor gets a per-image cache, so the frames a GRPO group shares are
+        # normalised and patchified once per worker (rl/postprocess_cache.py; exact, bounded).
+        # The first loop of a worker installs it and later ones find it (its size stays the
+        # first's); false gives the processor its real image processor back.
+        if int(postprocess_cache_mb) < 1:
+            raise ValueError(f"postprocess_cache_mb must be at least 1, got {postprocess_cache_mb!r}")
+        self.postprocess_cache = None
+        if postprocess_cache:
+            self.postprocess_cache = install_postprocess_cache(self.processor, int(postprocess_cache_mb) << 20)
+        else:
+            uninstall_postprocess_cache(self.processor)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         info = kwargs.get("extra_info") or {}
@@ -141,7 +170,8 @@ class SegResearchAgentLoop(AgentLoopBase):
                 frame_size=int(info.get("frame_size", self.settings["frame_size"])),
                 **{k: v for k, v in self.settings.items() if k not in ("coord_style", "frame_size")},
             )
-            final = await GRAPH.ainvoke({"query": _query_from(kwargs), "media": frames}, context=ctx)
+            final = await GRAPH.ainvoke({"query": _query_from(kwargs), "media": frames}, context=ctx,
+                                        config=_presized_config(info, frames, ctx.frame_size))
         except Exception as e:  # noqa: BLE001 - a broken row is a masked sample, not a crash
             logger.warning("seg_research_agent: trajectory failed: %s", e)
             final = {"stop_reason": f"error:{type(e).__name__}", "error": str(e)}

@@ -14,6 +14,14 @@ every frame just to hand it to a loop that does not use it.
 A conversion is deterministic for a given seed: the training swap draws from a generator
 seeded by ``(seed, source row index)``, so ``limit`` and skipped rows do not shift the
 frames any other row gets.
+
+With ``presize_frames`` the shown frames are also made here, once per video frame, exactly as
+the rollout shows them (decoded by ``open_media`` and squashed to ``frame_size``² with
+``FRAME_RESIZE``'s filter) and stored losslessly, uncompressed (BMP: a JPEG, even at the exact
+size and quality 95, decodes to other pixels, and a 448-px PNG takes about as long to
+decode as the source JPEG takes to decode and resize): ``extra_info["shown_frames"]``,
+aligned with ``frames``. The agent loop hands them to the graph, which then reads them instead of decoding
+and resizing the sources; the keyframe is still made from the source frame, at its own size.
 """
 
 from __future__ import annotations
@@ -31,8 +39,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from segresearch.agents.media_recipes import _atomic_write
 from segresearch.rl.ground_truth import build_ground_truth
-from segresearch.tools.media import IMAGE_EXTS, frame_ids_for, sample_frame_ids
+from segresearch.tools.media import (
+    FRAME_RESIZE,
+    IMAGE_EXTS,
+    frame_ids_for,
+    open_media,
+    sample_frame_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +56,10 @@ DATA_SOURCE_PREFIX = "Search_RVOS_"
 COORD_STYLES = ("qwen3", "qwen25")
 FRAME_EXT = ".jpg"
 MASK_EXT = ".png"
+# Lossless (the rollout must see the pixels it would have made) and uncompressed (reading
+# one is a copy: about 0.2 ms for 448 px, against 4 ms for a PNG).
+PRESIZED_EXT = ".bmp"
+PRESIZED_FORMAT = "BMP"
 METADATA_KEY = b"segresearch"
 
 
@@ -75,6 +94,8 @@ def _schema() -> Any:
             ("height", pa.int64()),
             ("coord_style", pa.string()),
             ("frame_size", pa.int64()),
+            ("shown_frames", pa.list_(pa.string())),
+            ("frame_resize", pa.string()),
         ])),
     ])
 
@@ -114,6 +135,37 @@ def _target(path: Path) -> np.ndarray:
     if arr.ndim == 3:
         return (arr[..., :3] == 255).all(axis=-1)
     return arr == 255
+
+
+def presized_folder(out: Path, frame_size: int) -> Path:
+    """Where a conversion writing ``out`` keeps its pre-sized frames (one folder per size
+    and filter, beside the parquet)."""
+    return out.parent / f"frames_{int(frame_size)}_{FRAME_RESIZE.method}"
+
+
+def presize_frames(paths: Sequence[Path], frame_size: int, folder: Path, done: set[Path] | None = None) -> list[Path]:
+    """The frames of ``paths`` as the rollout shows them, written once each to
+    ``folder/<video>/<stem>.bmp`` (a file newer than its source is kept). ``paths`` is one
+    row's frame list, opened as the rollout opens it, so decoding and resizing are the
+    graph's own."""
+    media = open_media([str(p) for p in paths])
+    out = []
+    for fid, src in zip(media.frame_ids, paths, strict=True):
+        dest = folder / src.parent.name / f"{src.stem}{PRESIZED_EXT}"
+        out.append(dest)
+        if done is not None and dest in done:
+            continue
+        try:
+            fresh = dest.stat().st_mtime_ns >= src.stat().st_mtime_ns
+        except FileNotFoundError:
+            fresh = False
+        if not fresh:
+            img = FRAME_RESIZE(media.frame(fid), frame_size)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(dest, lambda f, img=img: img.save(f, format=PRESIZED_FORMAT))
+        if done is not None:
+            done.add(dest)
+    return out
 
 
 class _Layout:
@@ -190,10 +242,12 @@ def _rows(
     seed: int,
     stats: _Stats,
     progress: bool,
+    presized: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
     from tqdm import tqdm
 
     layout = _Layout(root, split)
+    made: set[Path] = set()
     train = split == "train"
     has_id = "id" in df.columns
     has_steps = "steps" in df.columns
@@ -250,6 +304,7 @@ def _rows(
         steps = None if _missing_list(raw_steps) else [str(s) for s in raw_steps if not _missing(s)]
         ability = str(rec["ability"])
         question = str(rec["question"])
+        shown = None if presized is None else [str(p) for p in presize_frames(paths, frame_size, presized, made)]
         stats.rows += 1
         yield {
             "data_source": data_source_for(ability),
@@ -271,6 +326,8 @@ def _rows(
                 "height": int(sizes[0][1]),
                 "coord_style": coord_style,
                 "frame_size": int(frame_size),
+                "shown_frames": shown,
+                "frame_resize": None if shown is None else FRAME_RESIZE.method,
             },
         }
 
@@ -311,6 +368,7 @@ def convert_okvos(
     seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
+    presize: bool = False,
 ) -> Path:
     """Write the verl parquet for ``{root}/{split}.parquet`` (default
     ``{root}/verl/{split}.parquet``) and return its path.
@@ -318,7 +376,8 @@ def convert_okvos(
     Training rows whose sampled frames show no target are dropped (the outcome reward
     would be 0 for every rollout, a group with no signal); test rows are all kept, since
     evaluation must cover the whole split. The counts are logged and stored in the file's
-    metadata (:func:`conversion_info`)."""
+    metadata (:func:`conversion_info`). With ``presize`` the shown frames are also written,
+    resized as the rollout shows them, to :func:`presized_folder` (see the module docstring)."""
     import pyarrow as pa
 
     root = Path(root).expanduser()
@@ -336,9 +395,12 @@ def convert_okvos(
     if limit is not None:
         df = df.iloc[:limit]
 
+    dest = Path(out).expanduser() if out is not None else root / "verl" / f"{split}.parquet"
+    presized = presized_folder(dest.resolve(), frame_size) if presize else None
     stats = _Stats()
     rows = list(_rows(df, root, split, num_frames=num_frames, coord_style=coord_style,
-                      frame_size=frame_size, seed=seed, stats=stats, progress=progress))
+                      frame_size=frame_size, seed=seed, stats=stats, progress=progress,
+                      presized=presized))
     info = {
         "source": str(src.resolve()),
         "split": split,
@@ -352,10 +414,11 @@ def convert_okvos(
         "skipped_no_target": len(stats.skipped_no_target),
         "kept_no_target": stats.kept_no_target,
         "swapped": stats.swapped,
+        "presized_frames": None if presized is None else str(presized),
+        "frame_resize": FRAME_RESIZE.method,
     }
     schema = _schema().with_metadata({METADATA_KEY: json.dumps(info).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
-    dest = Path(out).expanduser() if out is not None else root / "verl" / f"{split}.parquet"
     _write_atomic(table, dest)
     if stats.skipped_no_target:
         shown = ", ".join(map(str, stats.skipped_no_target[:10]))
