@@ -69,7 +69,7 @@ _SIMPLE = (str, int, float, bool, type(None))
 @dataclass
 class CacheStats:
     hits: int = 0  # images answered from the cache
-    misses: int = 0  # images computed (one-image calls) and kept
+    misses: int = 0  # distinct images computed (in one call per request) and kept
     delegated: int = 0  # calls passed whole to the real image processor
     evicted: int = 0
     bytes: int = 0
@@ -190,20 +190,30 @@ class CachingImageProcessor:
         if settings is None:
             self._cache.stats.delegated += 1
             return self._inner(images, *args, **kwargs)
-        per_image = []
-        for img in images:
-            key = (digest_of(img), settings)
+        keys = [(digest_of(img), settings) for img in images]
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        todo: dict[tuple[str, str], Image.Image] = {}  # missing, each once (first image of its key)
+        for key, img in zip(keys, images, strict=True):
+            if key in found or key in todo:
+                continue
             out = self._cache.get(key)
             if out is None:
-                out = self._one(img, kwargs)
-                if out is None:  # not the layout this cache knows: the real call, whole
-                    self._cache.stats.delegated += 1
-                    return self._inner(images, *args, **kwargs)
-                self._cache.put(key, out, sum(_nbytes(v) for v in out.values()))
-                self._cache.stats.misses += 1
+                todo[key] = img
             else:
-                self._cache.stats.hits += 1
-            per_image.append(out)
+                found[key] = out
+        if todo:
+            # One call for all the missing images, split per image: a miss then costs what
+            # the uncached call costs (one-image calls each pay the processor's per-call work).
+            made = self._many(list(todo.values()), kwargs)
+            if made is None:  # not the layout this cache knows: the real call, whole
+                self._cache.stats.delegated += 1
+                return self._inner(images, *args, **kwargs)
+            for key, out in zip(todo, made, strict=True):
+                self._cache.put(key, out, sum(_nbytes(v) for v in out.values()))
+                found[key] = out
+        self._cache.stats.misses += len(todo)
+        self._cache.stats.hits += len(images) - len(todo)
+        per_image = [found[key] for key in keys]
         from transformers.image_processing_utils import BatchFeature
         from transformers.utils import TensorType
 
@@ -214,17 +224,25 @@ class CachingImageProcessor:
         data = {k: _join([o[k] for o in per_image], torch_out) for k in _OUTPUT_KEYS}
         return BatchFeature(data=data, tensor_type=tensors)
 
-    def _one(self, img: Image.Image, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """One image through the real image processor, before any tensor conversion: its
-        two outputs, or None when the output has another layout (other keys, or values that
-        are not arrays)."""
-        out = self._inner([img], **{**kwargs, "return_tensors": None})
+    def _many(self, imgs: list[Image.Image], kwargs: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """``imgs`` through the real image processor in one call, before any tensor
+        conversion, cut into each image's two outputs (its ``image_grid_thw`` row and the
+        t·h·w ``pixel_values`` rows it names; each a copy, so an entry never holds the whole
+        batch); None when the output has another layout."""
+        out = self._inner(imgs, **{**kwargs, "return_tensors": None})
         if set(out.keys()) != set(_OUTPUT_KEYS):
             return None
-        values = {k: out[k] for k in _OUTPUT_KEYS}
-        if not all(isinstance(v, np.ndarray) or hasattr(v, "element_size") for v in values.values()):
+        pixels, grid = out["pixel_values"], out["image_grid_thw"]
+        if not all(isinstance(v, np.ndarray) or hasattr(v, "element_size") for v in (pixels, grid)):
             return None
-        return values
+        rows = np.asarray(grid).reshape(-1, 3).prod(axis=1) if len(grid) == len(imgs) else None
+        if rows is None or int(rows.sum()) != pixels.shape[0]:
+            return None
+        copy = (lambda a: a.copy()) if isinstance(pixels, np.ndarray) else (lambda a: a.clone())
+        ends = np.cumsum(rows).tolist()
+        starts = [0, *ends[:-1]]
+        return [{"pixel_values": copy(pixels[a:b]), "image_grid_thw": copy(grid[i:i + 1])}
+                for i, (a, b) in enumerate(zip(starts, ends, strict=True))]
 
     def _settings_key(self, images: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
         """What besides its pixels decides an image's output, as a key; None when the call
