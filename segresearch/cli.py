@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+PORT_MAX = 65535
 
 
 def _die(msg: str, code: int = EXIT_USAGE) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    from segresearch.console import terminal_safe
+
+    # a message may quote model or search text, or a file name: no escape reaches the terminal
+    print(f"error: {terminal_safe(msg)}", file=sys.stderr)
     return code
 
 
@@ -43,25 +47,56 @@ def _new_run_dir(parent: Path = Path("runs")) -> Path:
 
 
 def _lock_run_dir(path: Path) -> int:
-    """Hold ``path/.lock`` for the life of this process, so two runs never write masks and
-    reports into one folder; the kernel drops the lock when the process ends, however it
-    ends, so a killed run never leaves a stale lock behind."""
-    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    """Hold ``path/.lock`` (with this pid in it) while this process writes the folder, so
+    two runs never write masks and reports into one folder. The kernel drops the lock when
+    the process ends, however it ends, so a killed run's lock file stops nobody; a run that
+    ends normally removes it (``_release_run_dir``). A lock file removed by its previous
+    holder just as we locked it is not ours: we lock the one now at the path instead."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): the folder checks still stand, unlocked
-        return fd
+        return os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    for _ in range(100):
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirError(f"another segresearch run{who} is writing to {path}; wait for it "
+                              "to finish or give another --out") from None
+        if _same_file(fd, path / LOCK_NAME):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)  # unlinked by the run that held it: try the current file
+    raise RunDirError(f"cannot lock {path / LOCK_NAME}: it keeps being replaced")
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _release_run_dir(path: Path, fd: int, *, remove_empty: bool = False) -> None:
+    """Give up the folder's lock: remove ``.lock`` (while still holding it, and only if it
+    is the file we locked) and close it, so a finished folder holds the run's files and
+    nothing else. ``remove_empty``: the folder was made for this run and nothing was
+    written into it (the run failed first); leave no empty folder behind."""
+    try:
+        if _same_file(fd, path / LOCK_NAME):
+            (path / LOCK_NAME).unlink(missing_ok=True)
+        if remove_empty:
+            try:
+                path.rmdir()  # only succeeds when empty
+            except OSError:
+                pass
+    finally:
         os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise RunDirError(f"another segresearch run{who} is writing to {path}; wait for it to "
-                          "finish or give another --out") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
 
 
 def _keep_paths(out: Path, paths: list[str]) -> set[str]:
@@ -113,7 +148,7 @@ def _claim_run_dir(out: Path, *, overwrite: bool, reuse: bool, needed: list[str]
                 e.unlink()
         return fd
     except BaseException:
-        os.close(fd)
+        _release_run_dir(out, fd)  # a refused folder keeps no lock file of ours
         raise
 
 
@@ -122,10 +157,15 @@ def _check_model(spec: str, timeout: float) -> str | None:
     kind, _, rest = spec.partition(":")
     kind = kind.lower()
     if kind == "openai":
-        from segresearch.agents.backends.openai_compat import parse_openai_spec
+        from segresearch.agents.backends.openai_compat import make_openai_model, parse_openai_spec
         from segresearch.graphs.preflight import probe_endpoint
 
-        _, url = parse_openai_spec(rest)
+        try:
+            name, url = parse_openai_spec(rest)
+            if not url:  # the hosted API: its key must be there (nothing is sent yet)
+                make_openai_model(name, None)
+        except ValueError as e:
+            return f"--model {spec}: {e}"
         return probe_endpoint(url, timeout) if url else None
     if kind == "hf":
         if not Path(rest).expanduser().exists():
@@ -204,8 +244,11 @@ def _ask_review(out_dir: Path) -> Any:
               "(optionally 'frame N' first):", file=sys.stderr)
         try:
             line = input("> ").strip()
-        except EOFError:
-            line = ""
+        except EOFError:  # no one to answer: an empty line accepts, the end of input must not
+            raise ReviewUnanswered(
+                "--review got no reply: stdin ended (EOF), so nobody accepted, edited or "
+                "rejected the answer and nothing was segmented; run it in a terminal, or pipe "
+                "the reply (an empty line accepts, 'r' rejects)") from None
         if not line:
             return "accept"
         if line.lower() in ("r", "reject", "n", "no"):
@@ -226,18 +269,15 @@ def _ask_review(out_dir: Path) -> Any:
 
 def _thread_state(db: str, thread: str) -> tuple[Any, Any, dict[str, Any]]:
     """(graph with a SQLite checkpointer, config, saved run settings) for ``--db``."""
-    import sqlite3
-
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from segresearch.agents.media_store import configure_store
     from segresearch.graphs.seg_research import build_graph
 
     path = Path(db).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = _open_db(path)
     # Images the model saw are kept beside the database, so a resumed run finds them.
     configure_store(path.with_name(path.name + ".media"))
-    conn = sqlite3.connect(str(path), check_same_thread=False)
     graph = build_graph(checkpointer=SqliteSaver(conn))
     config: dict[str, Any] = {"configurable": {"thread_id": thread}}
     snap = graph.get_state(config)
@@ -246,6 +286,40 @@ def _thread_state(db: str, thread: str) -> tuple[Any, Any, dict[str, Any]]:
         row = conn.execute("SELECT settings FROM segresearch_runs WHERE thread_id = ?", (thread,)).fetchone()
     saved = json.loads(row[0]) if row else {}
     return graph, (config, snap), saved
+
+
+def _open_db(path: Path) -> Any:
+    """A connection to the checkpoint database ``--db`` names, proven readable and
+    writable now: otherwise the first checkpoint of the run would fail inside the graph
+    with a bare ``sqlite3`` error (a JSON file given by mistake, a folder, a read-only
+    place). Raises RunDirError with the reason and what to give instead."""
+    import sqlite3
+
+    if path.is_dir():
+        raise RunDirError(f"--db {path} is a folder; give a file name, e.g. {path / 'runs.db'}")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RunDirError(f"--db {path}: {blocker} is a file, not a folder; give a path in a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"--db {path}: cannot make its folder {path.parent} "
+                          f"({e.strerror or e}); give a path in a writable folder") from None
+    conn = None
+    try:
+        conn = sqlite3.connect(str(path), check_same_thread=False)
+        with conn:  # reads the header (not a database?) and writes (read-only?)
+            conn.execute(_RUNS_TABLE)
+    except sqlite3.Error as e:
+        if conn is not None:
+            conn.close()
+        why = str(e)
+        if "not a database" in why:
+            raise RunDirError(f"--db {path} is not a SQLite database ({why}); give a new file "
+                              "name, or the database an earlier `segresearch run --db` made") from None
+        raise RunDirError(f"--db {path} cannot be opened for writing ({why}); give a file in a "
+                          "folder you can write to") from None
+    return conn
 
 
 # The settings of each CLI run beside LangGraph's own tables in the same database, so that
@@ -260,7 +334,47 @@ def _save_run_settings(graph: Any, thread: str, settings: dict[str, Any]) -> Non
         conn.execute("INSERT OR REPLACE INTO segresearch_runs VALUES (?, ?)", (thread, json.dumps(settings)))
 
 
+class _Farewell:
+    """The line Ctrl-C leaves, said once by whoever gets there first: the main thread, or
+    the watchdog of ``segresearch.cancel`` when a step does not stop in time. ``text`` is
+    made when it is said, so it reports what the folder holds at that moment."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.text: Any = lambda: "interrupted"
+        self._said = False
+        # re-entrant: a second Ctrl-C runs the handler in the main thread, maybe mid-say
+        self._lock = threading.RLock()
+
+    def say(self) -> None:
+        with self._lock:
+            if self._said:
+                return
+            self._said = True
+            print(f"{_fresh_line()}{self.text()}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """``run``, with Ctrl-C acting within about two seconds in every phase (model turn,
+    search, index build, segmentation) and the thread left resumable: see
+    ``segresearch.cancel``."""
+    from segresearch import cancel
+
+    farewell = _Farewell()
+    with cancel.stop_on_sigint(farewell.say):
+        try:
+            return _run(args, farewell)
+        except KeyboardInterrupt:  # before the run folder was claimed
+            farewell.say()
+            return EXIT_INTERRUPTED
+
+
+class ReviewUnanswered(Exception):
+    """``--review`` met the end of stdin: nobody is there to accept, edit or reject."""
+
+
+def _run(args: argparse.Namespace, farewell: _Farewell) -> int:
     from segresearch.agents.context import Context
     from segresearch.console import RunPrinter
     from segresearch.tools.media import MediaError, open_media
@@ -270,26 +384,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     resuming = False
     if args.thread and not args.db:
         return _die("--thread needs --db FILE (the checkpoint database the thread lives in)")
-    if args.db:
+    if args.db and (args.thread or args.media or args.query):
         import uuid
 
         thread = args.thread or uuid.uuid4().hex[:12]
-        graph, (config, snap), saved = _thread_state(args.db, thread)
-        if snap.values and not snap.next:
+        starting = bool(args.media or args.query)
+        if args.thread and not starting and not Path(args.db).expanduser().exists():
+            return _die(f"--db {args.db} does not exist, so it holds no thread {args.thread}; give "
+                        "the database the run was started with (or --media and --query to start "
+                        "a new run)")
+        try:
+            graph, (config, snap), saved = _thread_state(args.db, thread)
+        except RunDirError as e:
+            return _die(str(e))
+        if args.thread and not starting and not snap.values:
+            return _die(_no_such_thread(graph, args.db, args.thread, bool(saved)))
+        # A step that finished after Ctrl-C leaves its result saved but not yet applied: the
+        # snapshot then has no ``next`` node, yet the thread has not finished (``tasks``).
+        steps = list(snap.next) or [t.name for t in snap.tasks]
+        if snap.values and not steps:
             if args.media or args.query:
                 return _die(f"thread {thread} in {args.db} has finished; use a new --thread")
-            RunPrinter().summary(snap.values)
-            return EXIT_RUN_ERROR if str(snap.values.get("stop_reason", "")).startswith("error") else EXIT_OK
-        resuming = bool(snap.next)
+            return _finished_thread(snap.values, saved)
+        resuming = bool(steps)
         if resuming:
-            print(f"resuming thread {thread} from {args.db} at {', '.join(snap.next)}", file=sys.stderr)
-        else:
+            print(f"resuming thread {thread} from {args.db} at {', '.join(steps)}", file=sys.stderr)
+        elif starting:
             print(f"thread {thread} (resume with: segresearch run --db {args.db} --thread {thread})",
                   file=sys.stderr)
-    if not resuming and (not args.media or not args.query):
+    if not resuming and (not args.media or args.query is None):
         return _die("--media and --query are required (except to resume a --thread)")
     media: Any = None
     if not resuming:
+        problem = _query_problem(args.query) or _media_args_problem(args.media)
+        if problem:
+            return _die(problem)
         media = args.media if len(args.media) > 1 else args.media[0]
         try:
             m = open_media(media)
@@ -314,6 +443,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         problem = _check_model(ctx.model, ctx.request_timeout)
         if problem:
             return _die(problem)
+    if ctx.system_prompt_file:  # a file the user named: refused before a folder is made
+        from segresearch.agents.prompts import system_prompt
+
+        try:
+            system_prompt(ctx.use_search, ctx.coord_style, ctx.system_prompt_file)
+        except ValueError as e:
+            return _die(f"--system-prompt-file: {e}")
     from segresearch.agents.path_policy import resolve_output
 
     try:
@@ -322,9 +458,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             reuse = resuming and bool(saved_out) and (
                 not args.out or resolve_output(saved_out).resolve() == out.resolve())
             needed = list(args.media or []) + ([args.db] if args.db else [])
+            created = not out.exists()
             lock = _claim_run_dir(out, overwrite=args.overwrite, reuse=reuse, needed=needed, db=args.db)
         else:
             out = _new_run_dir(resolve_output("runs"))
+            created = True
             lock = _lock_run_dir(out)
     except (RunDirError, OSError) as e:
         return _die(str(e))
@@ -341,24 +479,92 @@ def cmd_run(args: argparse.Namespace) -> int:
         _save_run_settings(graph, config["configurable"]["thread_id"], {"context": public})
     printer = RunPrinter()
     review = _ask_review(out) if ctx.review else None
+    thread_id = config["configurable"]["thread_id"] if args.db else None
+    farewell.text = lambda: _interrupted_line(out, args.db, thread_id)
+    if resuming:  # what a killed step left half-written (we hold the folder's lock)
+        from segresearch.tools.segmenters import remove_partial_outputs
+
+        remove_partial_outputs(out)
+    kept = False  # the folder stays for a resume even when nothing is in it yet
     try:
         final = _stream(ctx, None if resuming else args.query, media, printer, graph, config, review)
     except KeyboardInterrupt:
-        return _interrupted(out, args.db, config["configurable"]["thread_id"] if args.db else None)
+        kept = True
+        farewell.say()
+        return EXIT_INTERRUPTED
+    except ReviewUnanswered as e:
+        kept = True
+        how = (f"; the thread waits at the review: resume with segresearch run --db {args.db} "
+               f"--thread {thread_id}" if args.db
+               else "; start it with --db FILE to keep a review waiting for later")
+        return _die(f"{e}{how}")
     finally:
-        os.close(lock)
-    printer.summary(final)
+        _release_run_dir(out, lock, remove_empty=created and not kept)
+    problem = _unfinished(final, ctx) or _missing_outputs(final, out)
+    printer.summary(final, show_error=problem is None)  # else the error: line below says it
     if args.json:
         keys = ("answer", "answer_px", "masks_dir", "stop_reason", "turns", "searches", "error", "run_dir")
         print(json.dumps({k: final.get(k) for k in keys}))
-    problem = _unfinished(final, ctx)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
+        _die(problem)
         return EXIT_RUN_ERROR
     if final.get("answer_note"):
         print(f"note: the model found nothing to segment ({final['answer_note']}); "
               "its answer stands and the masks are empty", file=sys.stderr)
     return EXIT_OK
+
+
+def _no_such_thread(graph: Any, db: str, thread: str, started: bool) -> str:
+    """Why ``--thread`` cannot be resumed from ``db``, naming the threads that can."""
+    if started:
+        return (f"thread {thread} in {db} stopped before its first step was saved, so there is "
+                "nothing to resume; start it again with --media and --query")
+    rows = graph.checkpointer.conn.execute(
+        "SELECT thread_id FROM segresearch_runs ORDER BY rowid DESC LIMIT 6").fetchall()
+    known = [r[0] for r in rows]
+    listed = (f"its latest threads: {', '.join(known[:5])}" + (", …" if len(known) > 5 else "")
+              if known else "it holds no threads")
+    return (f"thread {thread} is not in {db} ({listed}); give the id that `segresearch run --db` "
+            "printed when the run started")
+
+
+def _query_problem(query: str) -> str | None:
+    """Why ``--query`` cannot be asked, in the user's terms (None when it can). Bytes that
+    are not UTF-8 reach Python as lone surrogates (the terminal or a script sent another
+    encoding); the graph refuses such text too, so the CLI says so before anything runs."""
+    if not query.strip():
+        return "--query is empty; say what to segment, e.g. --query \"the dog on the left\""
+    bad = next((i for i, ch in enumerate(query) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        code = ord(query[bad])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return (f"--query is not valid UTF-8 text ({byte} at character {bad + 1}); set the "
+                "terminal (or the script calling segresearch) to UTF-8 and give the query again")
+    return None
+
+
+def _media_args_problem(media: list[str]) -> str | None:
+    """What ``--media`` cannot be, said before a run folder is made: a URL (only local
+    files are read), or, among several files (the frames of one clip), one that is not an
+    image. Whether each file exists and decodes is for ``open_media``."""
+    import re
+
+    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+
+    for item in media:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", item):
+            return (f"--media {item}: URLs are not read, only local files and folders; "
+                    "download it first (e.g. curl -LO URL) and give the file")
+    if len(media) > 1:
+        for item in media:
+            ext = Path(item).suffix.lower()
+            if ext not in IMAGE_EXTS:
+                what = "a video" if ext in VIDEO_EXTS else "not an image" if Path(item).is_file() \
+                    else "a folder" if Path(item).is_dir() else "not an image file"
+                return (f"--media lists {len(media)} paths, which are read as the frames of one "
+                        f"clip, so each must be an image; {item} is {what} (give a video or a "
+                        "folder of frames as the only --media)")
+    return None
 
 
 def _unfinished(final: dict[str, Any], ctx: Any) -> str | None:
@@ -391,7 +597,7 @@ def _fresh_line() -> str:
     return "\n" if sys.stderr.isatty() else ""
 
 
-def _interrupted(out: Path, db: str | None, thread: str | None) -> int:
+def _interrupted_line(out: Path, db: str | None, thread: str | None) -> str:
     """Ctrl-C: say what survives, so a user neither hunts for the folder nor reruns from
     scratch a run that could resume."""
     done = (out / "trajectory.json").is_file()
@@ -400,8 +606,45 @@ def _interrupted(out: Path, db: str | None, thread: str | None) -> int:
         how = f"; resume with: segresearch run --db {db} --thread {thread}"
     else:
         how = "; start runs with --db FILE to be able to resume them"
-    print(f"{_fresh_line()}interrupted: {kept}{how}", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    return f"interrupted: {kept}{how}"
+
+
+def _missing_outputs(final: dict[str, Any], out: Path) -> str | None:
+    """What the run folder lacks of what a finished run writes (None when complete): a
+    run resumed after Ctrl-C or a crash must not report success over a folder holding
+    only some of it. Says why when the run recorded a reason."""
+    from segresearch.graphs.outputs import missing_outputs
+
+    missing = missing_outputs(Path(final.get("run_dir") or out), final)
+    if not missing:
+        return None
+    why = [e.get("message") for e in final.get("events") or []
+           if e.get("type") == "error" and e.get("kind") == "output"]
+    return (f"the run ended but {final.get('run_dir') or out} lacks {', '.join(missing)}"
+            + (f" ({'; '.join(str(w) for w in why[-3:])})" if why else ""))
+
+
+def _finished_thread(values: dict[str, Any], saved: dict[str, Any]) -> int:
+    """A finished thread given again: its result, and the exit status its run had, so a
+    rerun of the same command tells the same truth (and says what its folder has lost)."""
+    from segresearch.agents.context import Context
+    from segresearch.console import RunPrinter
+
+    RunPrinter().summary(values)
+    settings = {k: v for k, v in (saved.get("context") or {}).items() if k != "output_dir"}
+    try:
+        ctx = Context(output_dir="", **settings)
+    except (ValueError, TypeError):  # settings of another version: judge by the stop reason
+        ctx = None
+    stop = str(values.get("stop_reason") or "")
+    problem = (_unfinished(values, ctx) if ctx is not None
+               else (f"the run stopped with {stop}" if stop.startswith("error") else None))
+    if not problem and values.get("run_dir"):
+        problem = _missing_outputs(values, Path(values["run_dir"]))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    return EXIT_OK
 
 
 DEMO_OUT = "runs/demo"
@@ -426,10 +669,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     printer.line("bold yellow", "SegResearch demo — policy: RECORDED (replay cassette, not a live model);",
                  "media, search, keyframe and segmentation run for real.")
     printer.line("bold", "query:", query)
-    try:
-        final = _stream(ctx, query, str(frames), printer)
-    finally:
-        os.close(lock)
+    from segresearch import cancel
+
+    farewell = _Farewell()
+    farewell.text = lambda: f"interrupted: the demo stopped; {out} holds what it wrote so far"
+    with cancel.stop_on_sigint(farewell.say):  # Ctrl-C acts at once here too (see run)
+        try:
+            final = _stream(ctx, query, str(frames), printer)
+        except KeyboardInterrupt:
+            farewell.say()
+            return EXIT_INTERRUPTED
+        finally:
+            _release_run_dir(out, lock)
     printer.summary(final)
     ans = final.get("answer_px") or {}
     if final.get("masks_dir") and ans.get("keyframe") is not None:
@@ -457,17 +708,35 @@ def cmd_data(args: argparse.Namespace) -> int:
     """Dataset preparation; every data problem is one ``error:`` line, since a traceback
     from deep inside a conversion hides which file or video is at fault."""
     if args.data_command == "synthetic":
+        import re
+
         import pandas as pd
 
-        from segresearch.testing.okvos import make_synthetic_okvos
+        from segresearch.testing.okvos import (
+            MAX_SYNTHETIC_VIDEOS,
+            SYNTHETIC_SPLITS,
+            make_synthetic_okvos,
+            split_seed,
+            write_oracle_predictions,
+        )
 
-        if args.videos < 1:
-            return _die(f"--videos must be at least 1; got {args.videos}")
-        try:
-            path = make_synthetic_okvos(args.out, split=args.split, n_videos=args.videos)
-        except OSError as e:
-            return _die(str(e))
-        print(f"wrote {path} ({len(pd.read_parquet(path))} rows)")
+        if not 1 <= args.videos <= MAX_SYNTHETIC_VIDEOS:
+            return _die(f"--videos must be between 1 and {MAX_SYNTHETIC_VIDEOS} (videos per split); "
+                        f"got {args.videos}")
+        splits = list(dict.fromkeys(args.split or SYNTHETIC_SPLITS))
+        bad = [s for s in splits if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", s)]
+        if bad:
+            return _die(f"--split {bad[0]!r}: a split name is letters, digits, '_' and '-' "
+                        "(e.g. train, test)")
+        for split in splits:
+            try:
+                path = make_synthetic_okvos(args.out, split=split, n_videos=args.videos,
+                                            seed=split_seed(split), progress=True)
+                oracle = write_oracle_predictions(args.out, split)
+            except OSError as e:
+                return _die(str(e))
+            print(f"wrote {path} ({len(pd.read_parquet(path))} rows) and {oracle} "
+                  "(answers from the ground truth, for eval --predictions and segment)")
         return EXIT_OK
     from segresearch.rl.data import conversion_info, convert_okvos
 
@@ -546,6 +815,29 @@ def _score_problem(results: dict[str, Any]) -> str | None:
     return None
 
 
+def _run_failures(results: dict[str, Any], from_file: bool) -> tuple[str | None, str | None]:
+    """(error, warning) about queries whose run failed (stop reason ``error:…``). They are
+    scored as empty masks like a model's misses, so a table where every run failed would
+    read as a result: that is an error; some failed runs are a warning saying how many."""
+    from collections import Counter
+
+    ran = [q for q in results["queries"] if not q.get("missing_prediction")]
+    failed = [q for q in ran if str(q.get("stop_reason") or "").startswith("error")]
+    if not failed:
+        return None, None
+    kinds = ", ".join(f"{k} {n}" for k, n in Counter(q["stop_reason"] for q in failed).most_common(3))
+    first = failed[0]
+    example = " ".join(f"e.g. {first['id']}: {first.get('error') or first['stop_reason']}".split())
+    again = ("the predictions file records them as failed" if from_file
+             else "--retry-errors runs them again once the cause is fixed")
+    total = len(results["queries"])
+    if len(failed) == len(ran):
+        return (f"every query that ran failed ({len(failed)} of {total}: {kinds}; {example}); "
+                f"the scores above count them as empty masks; {again}"), None
+    return None, (f"{len(failed)} of {total} queries failed ({kinds}; {example}) and are scored "
+                  f"as empty masks; {again}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Benchmarks end to end. Problems with the data, the model endpoint or the output
     folder are one ``error:`` line before any query runs."""
@@ -554,9 +846,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name in ("concurrency", "workers"):
         if getattr(args, name) < 1:
             return _die(f"--{name} must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        return _die(f"--limit must be at least 1 (the number of queries to run); got {args.limit}")
     problem = _frame_option_problem(args)
     if problem:
         return _die(problem)
+    if args.paper_table:  # its format now; its groups once the data set is read
+        from segresearch.eval.paper_table import PaperTableError, read_paper_table
+
+        try:
+            read_paper_table(args.paper_table, args.eval_command)
+        except PaperTableError as e:
+            return _die(str(e))
     if not os.path.isdir(os.path.expanduser(args.root)):
         kind = "data set" if args.eval_command == "okvos" else "image set"
         return _die(f"{kind} folder not found: {args.root}")
@@ -579,7 +880,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ray_address=args.ray_address, trajectories=not args.no_trajectories,
         overlays=args.overlays, html=not args.no_html, progress=not args.no_progress,
         retry_errors=args.retry_errors, force=args.force,
-        meta_mapping=getattr(args, "meta_mapping", None), **_segmenter_args(args),
+        meta_mapping=getattr(args, "meta_mapping", None), paper_table=args.paper_table,
+        **_segmenter_args(args),
     )
     from segresearch.tools.segmenters import resolve_segmenter_name
 
@@ -587,11 +889,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         chosen = resolve_segmenter_name(args.segmenter, args.sam2_checkpoint or "")
     except ValueError as e:
         return _die(str(e))
-    if chosen == "grabcut":
-        print("note: segmenting with grabcut (no SAM 2 checkpoint given): the scores are not "
-              "comparable with the paper's SAM 2 numbers", file=sys.stderr)
+
+    def note() -> None:  # once the setup has passed every check, not above a refusal
+        if chosen == "grabcut":
+            print("note: segmenting with grabcut (no SAM 2 checkpoint given): the scores are not "
+                  "comparable with the paper's SAM 2 numbers", file=sys.stderr)
+
     try:
-        results = evaluate(spec)
+        results = evaluate(spec, ready=note)
     except (ValueError, RuntimeError, OSError) as e:  # EvalError, DatasetError, SAM 2 loading
         return _die(" ".join(str(e).split()))
     from segresearch.eval.results import results_markdown
@@ -607,11 +912,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = spec.out_dir
     print(f"results: {out / 'results.json'}, {out / 'results.md'}"
           + (f", {out / 'report.html'}" if spec.html else ""))
-    problem = _score_problem(results)
-    if problem:
+    failed, warning = _run_failures(results, from_file=bool(args.predictions))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    problems = [p for p in (failed, _score_problem(results)) if p]
+    for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    return EXIT_OK
+    return EXIT_RUN_ERROR if problems else EXIT_OK
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -619,25 +926,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from segresearch.eval.postseg import jobs_from_rows, segment_jobs
-    from segresearch.eval.predictions import PredictionsError, read_predictions
+    from segresearch.eval.predictions import PredictionsError, read_usable_predictions
     from segresearch.tools.segmenters import get_segmenter
 
-    path = Path(args.predictions).expanduser()
-    if not path.is_file():
-        return _die(f"predictions file not found: {path}")
+    try:  # the same validator as eval --predictions: one file, one verdict
+        path, found = read_usable_predictions(args.predictions)
+    except PredictionsError as e:
+        return _die(str(e))
     problem = _frame_option_problem(args)
     if problem:
         return _die(problem)
     try:
-        found = read_predictions(path)
         opts = _segmenter_args(args)
         seg = get_segmenter(opts.pop("segmenter"), **opts)
-    except (PredictionsError, ValueError) as e:
+    except ValueError as e:
         return _die(str(e))
     if seg is None:
         return _die("--segmenter none makes no masks; use sam2, grabcut or auto")
-    if not found.rows:
-        return _die(f"{path} holds no prediction rows (JSON objects with an id)")
     rows, filtered = _rows_to_segment(list(found.rows.values()), None if args.all else args.data_source)
     if not rows:
         return _die(f"none of the {filtered} rows has a data_source containing {args.data_source!r} "
@@ -690,11 +995,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from segresearch.servers.retriever import serve
     except ImportError as e:
         return _die(f"{e} (install the server extra: pip install 'segresearch[server]')")
-    kb = args.kb or os.environ.get("SEGRESEARCH_KB", "")
+    from segresearch.envvars import env_str
+
+    kb = args.kb or env_str("SEGRESEARCH_KB")
     if not kb:
         return _die("--kb is required (a folder with text_corpus.jsonl; env SEGRESEARCH_KB)")
     if args.max_batch < 1:
         return _die(f"--max-batch must be at least 1; got {args.max_batch}")
+    if not 0 <= args.port <= PORT_MAX:  # the socket layer would wrap it round to another port
+        return _die(f"--port must be between 0 (any free port) and {PORT_MAX}; got {args.port}")
     try:
         serve(kb, host=args.host, port=args.port, search=args.search,
               batching=not args.no_batching, max_batch=args.max_batch)
@@ -758,6 +1067,7 @@ def _kb_query(args: argparse.Namespace) -> int:
     """Queries go to the index in chunks, so a long --queries file streams its answers and
     costs one embedding call per chunk rather than one per line."""
     from segresearch.agents.protocol import snippet
+    from segresearch.console import terminal_safe
     from segresearch.tools.search.kb import open_kb
 
     if args.k < 1:
@@ -767,10 +1077,12 @@ def _kb_query(args: argparse.Namespace) -> int:
         if args.queries == "-":
             lines = sys.stdin.read().splitlines()
         else:
-            path = Path(args.queries).expanduser()
-            if not path.is_file():
-                return _die(f"queries file not found: {path}")
-            lines = path.read_text(encoding="utf-8").splitlines()
+            from segresearch.jsonl import read_utf8
+
+            try:
+                lines = read_utf8(Path(args.queries).expanduser(), "queries file").splitlines()
+            except ValueError as e:
+                return _die(str(e))
         queries += [ln.strip() for ln in lines if ln.strip()]
     if not queries:
         return _die("give at least one QUERY or --queries FILE (one query per line)")
@@ -784,11 +1096,11 @@ def _kb_query(args: argparse.Namespace) -> int:
                     {"title": h.title, "text": h.text, "score": round(h.score, 6)} for h in hits
                 ]}), flush=True)
                 continue
-            print(f"query: {q}")
+            print(terminal_safe(f"query: {q}"))  # corpus text may hold escape sequences
             if not hits:
                 print("No results found.")
             for n, h in enumerate(hits, 1):
-                print(f"{n}. (Title: {h.title}) {snippet(h.text)}  [score {h.score:.4f}]")
+                print(terminal_safe(f"{n}. (Title: {h.title}) {snippet(h.text)}  [score {h.score:.4f}]"))
             print(flush=True)
     return EXIT_OK
 
@@ -807,8 +1119,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video file, folder of frames, image, or several frame files")
     r.add_argument("--query", help="what to segment, in words (a question or a description)")
     r.add_argument("--model", help="openai:NAME@URL | hf:/path | replay:file.json (env SEGRESEARCH_MODEL)")
-    r.add_argument("--search", help="search backend: local | bm25 | retriever | ddg | tavily | serper | none "
-                        "(env SEGRESEARCH_SEARCH)")
+    r.add_argument("--search", help="search backend: local | bm25 | hybrid | retriever | ddg | tavily | "
+                        "serper | none (default local; env SEGRESEARCH_SEARCH)")
     r.add_argument("--kb", help="local knowledge-base folder (env SEGRESEARCH_KB)")
     r.add_argument("--retriever-url", dest="retriever_url",
                    help="retrieval server for --search retriever (env SEGRESEARCH_RETRIEVER_URL)")
@@ -869,10 +1181,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "bicubic, lossless BMP, beside the output parquet), so rollouts read them "
                          "instead of decoding and resizing the source frames")
     ok.set_defaults(func=cmd_data)
-    sy = dsub.add_parser("synthetic", help="a small synthetic set in the OK-VOS layout")
+    sy = dsub.add_parser(
+        "synthetic", help="a small synthetic set in the OK-VOS layout",
+        description="Write a small OK-VOS-format set of moving shapes with exact masks: "
+                    "OUT/SPLIT.parquet, OUT/SPLIT/JPEGImages/, OUT/SPLIT/Annotations/ and "
+                    "OUT/SPLIT_oracle_predictions.jsonl (predictions answered from the ground "
+                    "truth, to try eval --predictions and segment without a model).")
     sy.add_argument("--out", required=True, help="dataset root to write")
-    sy.add_argument("--split", default="train")
-    sy.add_argument("--videos", type=int, default=3)
+    sy.add_argument("--split", action="append", metavar="NAME",
+                    help="split to write, repeatable (default: train and test, as OK-VOS "
+                         "has; each split gets its own videos)")
+    sy.add_argument("--videos", type=int, default=3, metavar="N",
+                    help="videos per split (default 3, at most 1000; a split is written whole "
+                         "or not at all); each video has 12 frames and 4 shapes "
+                         "with 4 questions each (one-hop, multi-hop, relational, in-video), "
+                         "so 16 queries per video")
     sy.set_defaults(func=cmd_data)
     _add_eval_parsers(sub)
     from segresearch.rl.train import add_arguments as add_train_arguments
@@ -953,10 +1276,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
+    from segresearch.envvars import env_str
+
     p.add_argument("--segmenter", default="auto",
-                   help="sam2 | grabcut | auto (sam2 when installed with a checkpoint; default)")
+                   help="sam2 | grabcut | auto (default: sam2 when installed with a checkpoint, "
+                        "else grabcut) | none (refused here: scores and masks need a segmenter)")
     p.add_argument("--sam2-checkpoint", dest="sam2_checkpoint",
-                   default=os.environ.get("SEGRESEARCH_SAM2_CHECKPOINT", ""),
+                   default=env_str("SEGRESEARCH_SAM2_CHECKPOINT"),
                    help="SAM 2 checkpoint, e.g. sam2.1_hiera_large.pt (env SEGRESEARCH_SAM2_CHECKPOINT)")
     p.add_argument("--sam2-config", dest="sam2_config", default="",
                    help="SAM 2 config (default: inferred from the checkpoint name)")
@@ -993,7 +1319,9 @@ def _add_eval_parsers(sub: Any) -> None:
                             "endpoints (queries go round-robin)")
         e.add_argument("--predictions", metavar="FILE",
                        help="score a saved predictions file (ours or the published dump) instead")
-        e.add_argument("--search", help="search backend (default local; in-video questions never search)")
+        e.add_argument("--search", help="search backend: local | bm25 | hybrid | retriever | ddg | "
+                       "tavily | serper | none (default local"
+                       + ("; in-video questions never search)" if name == "okvos" else ")"))
         e.add_argument("--kb", help="local knowledge-base folder")
         e.add_argument("--retriever-url", dest="retriever_url")
         e.add_argument("--search-cache", dest="search_cache", help="SQLite search cache file")
@@ -1007,13 +1335,23 @@ def _add_eval_parsers(sub: Any) -> None:
         e.add_argument("--concurrency", type=int, default=8, help="queries in flight per process")
         e.add_argument("--limit", type=int, help="only the first N queries (smoke runs)")
         e.add_argument("--workers", type=int, default=1, help="Ray workers (with --ray)")
-        e.add_argument("--ray", action="store_true", help="shard videos over Ray workers")
+        e.add_argument("--ray", action="store_true",
+                       help=f"shard {'videos' if name == 'okvos' else 'images'} over Ray workers")
         e.add_argument("--ray-address", dest="ray_address",
                        help="join a running Ray cluster instead of starting a local one")
         e.add_argument("--no-trajectories", dest="no_trajectories", action="store_true",
                        help="do not keep a run folder (trajectory.json, report.md) per query")
         e.add_argument("--overlays", action="store_true", help="also write overlays/<id>.mp4")
         e.add_argument("--no-html", dest="no_html", action="store_true", help="skip report.html")
+        paper_cols = "J&F,J,F" if name == "okvos" else "gIoU,cIoU"
+        paper_groups = ("one-hop, multi-hop, relational, in-video" if name == "okvos"
+                        else "the set's abilities")
+        e.add_argument("--paper-table", dest="paper_table", metavar="FILE",
+                       help="the paper's numbers, shown beside ours with the difference in "
+                       f"results.md and report.html: CSV with the header 'group,{paper_cols}' "
+                       f"and one row per group ({paper_groups}, overall), values in percent "
+                       "as printed (e.g. 55.1; empty cell: not reported; '#' lines: notes), "
+                       f'or JSON {{"overall": {{"{paper_cols.split(",")[0]}": 55.1}}}}')
         e.add_argument("--retry-errors", dest="retry_errors", action="store_true",
                        help="run again the queries whose saved prediction ended in an error")
         e.add_argument("--force", action="store_true",
@@ -1039,6 +1377,12 @@ def _add_eval_parsers(sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from segresearch.envvars import check_environment
+
+    try:  # a malformed SEGRESEARCH_* variable: one line naming it, before any work
+        check_environment()
+    except ValueError as e:
+        return _die(str(e))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

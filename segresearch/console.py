@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from typing import Any
 
 from rich.console import Console
@@ -10,14 +12,37 @@ from rich.text import Text
 
 _THINK_RE = re.compile(r"<thinking>(.*?)(?:</thinking>|$)", re.DOTALL)
 
+# Terminal control sequences (ECMA-48), in 7-bit (ESC ...) and 8-bit (C1) form: CSI
+# (ESC [ ... final; ``ESC[2J`` clears the screen), OSC / DCS / SOS / PM / APC strings up to
+# their terminator (``ESC]0;title BEL`` sets the window title; an unterminated one ends at
+# the line's end), and two-byte escapes. Whatever control character is left after
+# them (C0 but tab and newline, DEL, C1) is dropped on its own.
+_CONTROL_SEQ = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c\n]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+_CONTROL_CHAR = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: object) -> str:
+    """``text`` with every terminal control sequence and control character removed, tab
+    and newline kept. Model output and search results are text from elsewhere: printed as
+    they are, ``ESC[2J`` would clear the user's screen and an OSC string retitle the
+    window or, on some terminals, write to the clipboard. Only what is printed is cleaned;
+    trajectory.json keeps the text as it was."""
+    return _CONTROL_CHAR.sub("", _CONTROL_SEQ.sub("", str(text)))
+
 
 def _short(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(terminal_safe(text).split())
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
 # tqdm's unit for the steps whose count is known to be frames; others count "it"
-_UNITS = {"segment": "frame"}
+_UNITS = {"segment": "frame", "index": "doc"}
+# Seconds between progress lines when stderr is a log, not a terminal.
+PROGRESS_LINE_EVERY_S = 5.0
 
 
 class RunPrinter:
@@ -33,6 +58,8 @@ class RunPrinter:
         self._bar: Any = None
         self._bar_key: tuple[str, str] | None = None
         self._status: Any = None
+        # progress as log lines: (step, label), when it started, when a line was last printed
+        self._lines: tuple[tuple[str, str], float, float] | None = None
 
     def custom(self, ev: Any) -> None:
         """Live signs of long, otherwise silent work (indexing a knowledge base, GrabCut,
@@ -43,14 +70,17 @@ class RunPrinter:
         if ev.get("type") == "progress":
             self._progress(ev)
         elif ev.get("type") == "status":
-            self._show_status(str(ev.get("message") or ""))
+            self._show_status(terminal_safe(ev.get("message") or ""))
 
     def _progress(self, ev: dict[str, Any]) -> None:
         try:
             done, total = int(ev["done"]), int(ev["total"])
         except (KeyError, TypeError, ValueError):
             return
-        step, label = str(ev.get("step") or "working"), str(ev.get("label") or "")
+        step, label = terminal_safe(ev.get("step") or "working"), terminal_safe(ev.get("label") or "")
+        if not self.err.is_terminal:
+            self._progress_line(step, label, done, total)
+            return
         self._stop_status()
         bar = self._bar
         if bar is not None and (self._bar_key != (step, label) or bar.total != total or done < bar.n):
@@ -64,6 +94,25 @@ class RunPrinter:
         self._bar.update(done - self._bar.n)
         if done >= total:
             self._close_bar()
+
+    def _progress_line(self, step: str, label: str, done: int, total: int) -> None:
+        """Progress in a log: a bar's carriage returns would make one unreadable line, so a
+        plain line every ``PROGRESS_LINE_EVERY_S`` seconds (and one at the end of a step
+        that printed any); a step shorter than that prints nothing."""
+        now = time.monotonic()
+        key = (step, label)
+        if self._lines is None or self._lines[0] != key or done == 0:
+            self._lines = (key, now, now)
+        _, t0, last = self._lines
+        if now - last < PROGRESS_LINE_EVERY_S and not (done >= total and last > t0):
+            return
+        self._lines = (key, t0, now)
+        rate = done / (now - t0) if done and now > t0 else 0.0
+        left = f", about {math.ceil((total - done) / rate)} s left" if rate and done < total else ""
+        unit = _UNITS.get(step, "item")
+        name = f"{step} ({label})" if label else step
+        self.err.print(Text(f"… {name}: {done} of {total} {unit}s ({100 * done // max(total, 1)} %)"
+                            f"{left}", style="dim"))
 
     def _show_status(self, message: str) -> None:
         self._close_bar()
@@ -97,9 +146,9 @@ class RunPrinter:
 
     def line(self, style: str, head: str, body: str = "") -> None:
         self.close()
-        t = Text(head, style=style)
+        t = Text(terminal_safe(head), style=style)
         if body:
-            t.append(" " + body)
+            t.append(" " + terminal_safe(body))
         self.console.print(t)
 
     def event(self, ev: dict[str, Any]) -> None:
@@ -126,8 +175,10 @@ class RunPrinter:
         elif kind == "review":
             extra = f" → {ev['answer_px']}" if ev.get("answer_px") else ""
             self.line("bold yellow", "review:", f"{ev.get('decision')}{extra}")
-        elif kind == "error":
-            self.line("bold red", f"error ({ev.get('kind')}):", ev.get("message", ""))
+        elif kind == "error" and ev.get("kind") == "output":  # the run goes on to its end
+            self.line("bold red", "error (output):", ev.get("message", ""))
+        # Any other error ends the run at once: the summary and the caller's ``error:``
+        # line say it, so printing it here too showed one problem three times.
 
     def model_turn(self, ev: dict[str, Any]) -> None:
         text = ev.get("response", "")
@@ -151,9 +202,11 @@ class RunPrinter:
             for ev in (update or {}).get("events", []) or []:
                 self.event(ev)
 
-    def summary(self, state: dict[str, Any]) -> None:
+    def summary(self, state: dict[str, Any], show_error: bool = True) -> None:
+        """The run's outcome. ``show_error=False`` when the caller prints the error itself
+        (the CLI's one ``error:`` line on stderr), so it is said once."""
         self.line("bold", "stop reason:", str(state.get("stop_reason")))
-        if state.get("error"):
+        if show_error and state.get("error"):
             self.line("red", "error:", str(state["error"]))
         if state.get("answer"):
             self.line("bold", "answer (model coords):", str(state["answer"]))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from segresearch.envvars import env_str
 from segresearch.testing.scenes import render_scene, write_frames, write_masks
 
 DEMO_VERSION = "1"
@@ -38,8 +39,8 @@ def demo_query() -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SEGRESEARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "segresearch"
+    root = env_str("SEGRESEARCH_CACHE") or os.path.join(
+        env_str("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "segresearch"
     )
     return Path(root) / f"demo-v{DEMO_VERSION}"
 

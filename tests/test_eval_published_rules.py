@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,12 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from PIL import Image
 
-from segresearch.eval.datasets import Query, load_okvos
+from segresearch.eval.datasets import Query, check_ground_truth, load_okvos
 from segresearch.eval.postseg import SegJob, segment_jobs
 from segresearch.eval.predict import row_from_state
 from segresearch.eval.predictions import read_predictions
 from segresearch.eval.runner import EvalSpec, evaluate
+from segresearch.eval.scoring import score_queries
 from segresearch.testing.okvos import make_synthetic_okvos, oracle_turns
 from segresearch.testing.oracle import GroundTruthSegmenter
 from segresearch.testing.scenes import inner_point, mask_box, render_scene
@@ -234,19 +236,34 @@ def test_meta_mapping_resolves_from_any_working_directory(okvos, tmp_path):
     assert all(frames == N and j is not None for j, _, _, frames in mapped.values())
 
     # a mapping with paths relative to where it was written (as before): from elsewhere
-    # nothing resolves, and the run says so and fails instead of printing nan
+    # nothing resolves, and the run is refused before it starts instead of printing nan
     relative = tmp_path / "relative.json"
     relative.write_text(json.dumps([[i, os.path.relpath(folder, work), a] for i, folder, a in meta]))
     r = cli(*base, "--out", str(tmp_path / "rel"), "--meta-mapping", str(relative), cwd=elsewhere)
-    assert r.returncode == 1 and "no query could be scored" in r.stderr
-    assert not [row for row in r.stdout.splitlines() if row.startswith("|") and "nan" in row.lower()]
+    assert r.returncode == 2 and "ground-truth folder not found" in r.stderr, r.stderr
+    assert f"({len(meta)} of the {len(meta)} queries have ground truth" in r.stderr
+    assert "relative ones resolve from the current folder" in r.stderr
+    assert not r.stdout and not (tmp_path / "rel").exists()
     # the same file from the folder it is relative to works
     r = cli(*base, "--out", str(tmp_path / "rel2"), "--meta-mapping", str(relative), cwd=work)
     assert r.returncode == 0, r.stderr
-    # one folder wrong: the run reports it and fails rather than leaving the query out quietly
+    # one folder wrong: refused, naming it, rather than leaving the query out of the means
     broken = [list(m) for m in meta]
     broken[0][1] = str(tmp_path / "missing")
     one_bad = tmp_path / "one_bad.json"
     one_bad.write_text(json.dumps(broken))
     r = cli(*base, "--out", str(tmp_path / "bad"), "--meta-mapping", str(one_bad), cwd=elsewhere)
-    assert r.returncode == 1 and f"1 of {len(meta)} queries could not be scored" in r.stderr
+    assert r.returncode == 2 and f"query {meta[0][0]}: ground-truth folder not found: {tmp_path / 'missing'}" in r.stderr
+    # a mask whose header opens but whose pixels do not passes the check; scoring then
+    # marks the query (the CLI exits 1) instead of leaving it out quietly
+    q = next(q for q in load_okvos(root, "test") if q.id == meta[0][0])
+    gt = tmp_path / "gt_copy"
+    gt.mkdir()
+    first, *rest = sorted(Path(q.gt).glob("*.png"))
+    data = first.read_bytes()
+    (gt / first.name).write_bytes(data[: len(data) // 2])
+    for f in rest:
+        (gt / f.name).write_bytes(f.read_bytes())
+    check_ground_truth([replace(q, gt=str(gt))])
+    scored = score_queries([replace(q, gt=str(gt))], tmp_path / "no_seg", progress=False)[q.id]
+    assert scored["J"] is None and "cannot read ground-truth mask" in scored["score_error"]

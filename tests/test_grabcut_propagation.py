@@ -20,7 +20,7 @@ from segresearch.testing.scenes import (
     write_frames,
     write_video,
 )
-from segresearch.tools.media import Media, open_media
+from segresearch.tools.media import Media, MediaError, open_media
 from segresearch.tools.segmenters.base import Prompt
 from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
 
@@ -221,19 +221,26 @@ def test_options_are_checked_and_described():
     assert d["name"] == "grabcut" and d["max_side"] == 320 and d["flow"] == "dis_medium"
 
 
-def test_frames_of_mixed_sizes_get_masks_of_their_own_size(tmp_path):
+def test_frames_of_mixed_sizes_are_refused_and_one_size_is_tracked(tmp_path):
+    """Frames of different sizes are not one video: SAM 2 tracks at one frame size, and the
+    masks were all written at the first frame's size. The folder is refused when opened,
+    naming both sizes; the same frames at one size are tracked."""
     frames, masks = render_scene(n_frames=6, size=(160, 120))
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, f in enumerate(frames):
         img = Image.fromarray(f)
         (img.resize((320, 240), Image.NEAREST) if i % 2 else img).save(folder / f"{i:05d}.png")
+    with pytest.raises(MediaError, match="160×120.*320×240"):
+        open_media(folder)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).resize((320, 240), Image.NEAREST).save(folder / f"{i:05d}.png")
     gt = masks["blue square"]
-    out = GrabCutSegmenter().segment(open_media(folder), _prompt(gt, 2))
+    big = np.repeat(np.repeat(gt, 2, axis=1), 2, axis=2)
+    out = GrabCutSegmenter().segment(open_media(folder), _prompt(big, 2))
     for i in range(6):
-        assert out[i].shape == ((240, 320) if i % 2 else (120, 160))
-        small = out[i][::2, ::2] if i % 2 else out[i]
-        assert region_j(gt[i][None], small[None])[0] >= 0.8
+        assert out[i].shape == (240, 320)
+        assert region_j(gt[i][None], out[i][::2, ::2][None])[0] >= 0.8
 
 
 def test_no_step_works_on_more_than_about_a_megapixel(tmp_path, monkeypatch):

@@ -372,7 +372,7 @@ def test_system_prompt_from_a_file(scene_dir, tmp_path):
     sys_text = out["messages"][0].content
     assert sys_text.startswith("My own rules.") and "0 to 1000" in sys_text and '{"a": 1}' in sys_text
     out = run(scene_dir, [T], system_prompt_file=str(tmp_path / "missing.txt"))
-    assert out["stop_reason"] == "error:config" and "cannot read system prompt" in out["error"]
+    assert out["stop_reason"] == "error:config" and "system prompt file not found" in out["error"]
 
 
 def test_a_thread_invoked_again_starts_a_fresh_run(scene_dir, tmp_path):

@@ -190,7 +190,9 @@ def test_grayscale_and_rgba_images_decode_as_rgb(tmp_path):
     Image.new("RGBA", (8, 6), (1, 2, 3, 128)).save(tmp_path / "1.png")
     m = open_media(str(tmp_path))
     assert m.frame(0).mode == "RGB" and m.frame(0).getpixel((0, 0)) == (77, 77, 77)
-    assert m.frame(1).mode == "RGB" and m.frame(1).getpixel((0, 0)) == (1, 2, 3)
+    # half-transparent: laid on white, as qwen_vl_utils prepares RGBA inputs (not the
+    # stored colour with its alpha dropped)
+    assert m.frame(1).mode == "RGB" and m.frame(1).getpixel((0, 0)) == (128, 128, 129)
 
 
 def test_list_of_frame_paths(png_dir, frames):
@@ -439,10 +441,22 @@ def test_corrupt_first_frame_in_folder(tmp_path):
     _one_line_error(str(tmp_path), "cannot read image", "00000.jpg")
 
 
-def test_corrupt_later_frame_fails_when_decoded(tmp_path):
+def test_unreadable_later_frame_is_refused_when_opened(tmp_path):
+    # every frame's header is read when the folder is opened, so a run is refused before
+    # it starts rather than failing when it reaches the frame
     _solid(tmp_path / "00000.jpg", (1, 2, 3))
     (tmp_path / "00001.jpg").write_bytes(b"garbage" * 50)
-    m = open_media(str(tmp_path))  # lazy: only the first frame is looked at
+    with pytest.raises(MediaError) as ei:
+        open_media(str(tmp_path))
+    assert "00001.jpg" in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_damaged_body_of_later_frame_fails_when_decoded(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "00000.jpg")
+    data = (tmp_path / "00000.jpg").read_bytes()
+    (tmp_path / "00001.jpg").write_bytes(data[: len(data) // 2])  # header intact, body cut
+    m = open_media(str(tmp_path))  # only headers are read at open
     assert m.frame_ids == [0, 1]
     m.frame(0)
     with pytest.raises(MediaError) as ei:

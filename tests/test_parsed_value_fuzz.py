@@ -264,10 +264,11 @@ def test_a_raw_lone_surrogate_given_to_the_parser_is_cleaned():
 
 def test_a_query_with_undecodable_bytes_still_gets_its_trajectory(scene_dir, tmp_path):
     """A query from a command line with bytes that are not UTF-8 (Python keeps them as lone
-    surrogates) is not model text, yet the trajectory writer must not fail on it."""
+    surrogates) is refused (``error:input``, as the CLI refuses it before a run), yet the
+    trajectory writer must not fail on it."""
     ctx = Context(model=ReplayChatModel(turns=[T + "<keyframe> 6 </keyframe>", T + "hmm"]),
                   search="none", segmenter="none", output_dir=str(tmp_path / "o"))
     final = graph.invoke({"query": "the \udcff square", "media": str(scene_dir / "frames")}, context=ctx)
     traj = json.loads((tmp_path / "o" / "trajectory.json").read_text(encoding="utf-8"))
-    assert traj["query"] == "the \ufffd square" and final["stop_reason"] == "no_action"
+    assert traj["query"] == "the \ufffd square" and final["stop_reason"] == "error:input"
     assert (tmp_path / "o" / "report.md").read_text(encoding="utf-8").startswith("# the \ufffd square")

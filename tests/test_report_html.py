@@ -3,7 +3,9 @@ and actually rendered by a real browser (headless Chromium), not just well-forme
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 import time
 from html.parser import HTMLParser
@@ -14,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segresearch.eval.datasets import Query
 from segresearch.eval.report_html import ASSETS_DIR, write_html_report
+from segresearch.eval.scoring import score_video_query
 from segresearch.testing.browser import headless_chromium, missing_browser
 from segresearch.testing.scenes import (
     inner_point,
@@ -26,6 +30,7 @@ from segresearch.testing.scenes import (
 
 XSS = "<script>alert(1)</script>"
 ODD_ID = 'clip 5/<b>&"x"'
+LONG_PATH = "/data/knowledge_bases/wikipedia_snapshot/english-2026-11/dense_index_folder"
 
 
 def _query(qid: str, media: Path, **kw) -> dict:
@@ -73,12 +78,25 @@ def build_eval(root: Path) -> tuple[Path, dict]:
     blue, red = masks["blue square"], masks["red circle"]
     Image.fromarray(frames[0]).save(media / "still.jpg", quality=95)
 
-    write_masks(blue, out / "seg" / "q1")
+    drift = blue.copy()
+    drift[5:] = False  # the prediction loses the object after frame 4
+    write_masks(drift, out / "seg" / "q1")
+    write_masks(blue, root / "gt" / "blue")
+    write_masks(red, root / "gt" / "red")
+    Image.fromarray(red[0].astype(np.uint8) * 255).save(root / "gt" / "still.png")
     write_masks(np.zeros_like(blue), out / "seg" / "q2")
     write_masks(red, out / "seg" / ODD_ID)
     Image.fromarray(red[0].astype(np.uint8) * 255).save(_mkdir(out / "seg" / "q6") / "still.png")
     run5 = _mkdir(out / "runs" / "q5")
     (run5 / "trajectory.json").write_text("{}")
+
+    def scored(qid: str, gt: str) -> dict:
+        """J, F and per-frame scores as the evaluation computes them."""
+        q = Query(qid, "", "one-hop", "", str(media / "v1"), str(root / "gt" / gt))
+        seg = out / "seg" / qid
+        s = score_video_query(q, seg if seg.is_dir() else None)
+        keep = ("J", "F", "J&F", "per_frame")
+        return {"gt": str(root / "gt" / gt), **{k: s[k] for k in keep}}
 
     queries = [
         _query(
@@ -87,6 +105,7 @@ def build_eval(root: Path) -> tuple[Path, dict]:
             prompt=_prompt(blue[3], 3),
             num_search=1,
             searches=[{"name": "web", "query": "Zephyr Prize 2030 winner"}],
+            **scored("q1", "blue"),
         ),
         _query(
             "q2",
@@ -94,9 +113,7 @@ def build_eval(root: Path) -> tuple[Path, dict]:
             stop_reason="max_turns",
             graph_keyframe=5,
             problem="the box was outside the frame",
-            J=0.0,
-            F=0.0,
-            **{"J&F": 0.0},
+            **scored("q2", "blue"),
         ),
         _query(
             "q3",
@@ -104,9 +121,7 @@ def build_eval(root: Path) -> tuple[Path, dict]:
             missing_prediction=True,
             missing_frames=8,
             stop_reason=None,
-            J=0.0,
-            F=0.0,
-            **{"J&F": 0.0},
+            **scored("q3", "blue"),
         ),
         _query("q4", media / "gone", prompt={"frame": 0, "box": [1, 2, 30, 40], "point": None}),
         _query(
@@ -120,6 +135,7 @@ def build_eval(root: Path) -> tuple[Path, dict]:
             num_search=2,
             run_dir=str(run5),
             searches=[{"name": "kb", "query": f"red {XSS}"}, {"name": "web", "query": "a&b"}],
+            **scored(ODD_ID, "red"),
         ),
         {
             k: v
@@ -128,6 +144,7 @@ def build_eval(root: Path) -> tuple[Path, dict]:
                 media / "still.jpg",
                 kind="image",
                 prompt=_prompt(red[0], 0),
+                gt=str(root / "gt" / "still.png"),
                 **{"IoU": 0.9012},
             ).items()
             if k not in ("J", "F", "J&F")
@@ -142,7 +159,7 @@ def build_eval(root: Path) -> tuple[Path, dict]:
         "settings": {
             "models": ["qwen-vl-7b"],
             "search": "kb+web",
-            "kb": "wiki-mini",
+            "kb": LONG_PATH,
             "segmenter": {"name": "sam2", "size": "tiny"},
             "num_frames": 8,
             "max_turns": 4,
@@ -161,6 +178,10 @@ def build_eval(root: Path) -> tuple[Path, dict]:
             "no_usable_answer": 2,
         },
         "queries": queries,
+        "paper": {
+            "file": "/papers/okvos table.csv",
+            "rows": {"one-hop": {"J&F": 0.421, "J": 0.40}, "overall": {"J&F": 0.38}},
+        },
     }
     return out, results
 
@@ -225,11 +246,10 @@ def test_rows_escaping_and_content(report):
     text = " ".join(" ".join(page.texts).split())
     assert f"Is this {XSS} the <b>red</b> one?" in text  # shown literally, not executed
     for needle in (
-        "0.812",
-        "0.746",
-        "0.779",
-        "0.901",
-        "IoU",
+        "J&F 77.9 %",  # q4's scores as percent with one decimal, like results.md
+        "J 81.2 %",
+        "F 74.6 %",
+        "IoU 90.1 %",
         "no search",
         "no usable answer: the box was outside the frame",
         "missing prediction (scored as empty masks)",
@@ -243,6 +263,8 @@ def test_rows_escaping_and_content(report):
         "jf histogram",
     ):
         assert needle in text, needle
+    for fraction in ("0.812", "0.746", "0.779", "0.901", "0.395", "0.41"):
+        assert fraction not in text, fraction  # one unit everywhere
     # every script is inline, no stylesheet or font is fetched
     assert all("src" not in s and "href" not in s for s in page.scripts)
     assert "@import" not in raw and "url(" not in raw
@@ -255,9 +277,11 @@ def test_assets_are_small_jpegs_with_relative_links(report):
     assert "file://" not in raw and "http" not in raw.lower()
     page = _parse(path)
     srcs = [i["src"] for i in page.imgs]
-    # q1, q2 (graph keyframe), ODD_ID and q6 get a keyframe; every readable media a strip
+    # q1, q2 (graph keyframe), ODD_ID and q6 get a keyframe; every readable media a strip,
+    # and the ground truth on the same frames
     assert len([s for s in srcs if s.endswith("_key.jpg")]) == 4
     assert len([s for s in srcs if s.endswith("_strip.jpg")]) == 5
+    assert len([s for s in srcs if s.endswith("_gt.jpg")]) == 5
     for url in page.urls:
         parts = urlsplit(url)
         assert not parts.scheme and not parts.netloc and not url.startswith("/"), url
@@ -302,7 +326,7 @@ def test_rerun_limits_rows_and_drops_stale_assets(report, tmp_path):
     page = _parse(path)
     assert page.rows == ["q-q1", "q-q2"]
     assert "showing the first 2 of 6 queries" in path.read_text("utf-8")
-    assert len(list((copy / ASSETS_DIR).glob("*.jpg"))) == 4
+    assert len(list((copy / ASSETS_DIR).glob("*.jpg"))) == 6  # keyframe, prediction, truth
 
 
 def test_bad_rows_never_stop_the_report(tmp_path):
@@ -341,8 +365,153 @@ def test_image_dataset_headline(tmp_path):
         "queries": [],
     }
     raw = write_html_report(tmp_path, results).read_text("utf-8")
-    assert "0.651" in raw and "cIoU" in raw and "attribute" in raw
+    assert '65.1<span class="u">%</span>' in raw and "0.651" not in raw
+    assert "cIoU" in raw and "attribute" in raw and "25.0" in raw
     assert "no queries in the results" in raw and _parse(tmp_path / "report.html").rows == []
+
+
+def _row_html(raw: str, qid: str) -> str:
+    """The HTML of one query's row (ids are escaped in the id attribute)."""
+    start = raw.index(f'id="q-{html.escape(qid, quote=True)}"')
+    end = raw.find('<tr class="row', start)
+    return raw[start : end if end > 0 else len(raw)]
+
+
+def _captions(row: str) -> list[str]:
+    return [html.unescape(c) for c in re.findall(r"<figcaption>(.*?)</figcaption>", row)]
+
+
+def test_ground_truth_and_per_frame_scores_beside_the_prediction(report):
+    out, results, path = report
+    raw = path.read_text("utf-8")
+    by_id = {q["id"]: q for q in results["queries"]}
+
+    # q1 loses the object after frame 4: the strips show the same frames, including the
+    # worst one, the prediction without the object there and the truth with it
+    row = _row_html(raw, "q1")
+    srcs = re.findall(r'<img src="([^"]+)"', row)
+    assert [s.rsplit("_", 1)[1] for s in srcs] == ["key.jpg", "strip.jpg", "gt.jpg"]
+    strip, gt = _captions(row)[1:3]
+    frames = "frames 00000, 00002, 00005 (lowest J), 00007 of 8"
+    assert strip == f"prediction · {frames} · mask visible in 2 of 4"
+    assert gt == f"ground truth · {frames} · object in 4 of 4"
+    with Image.open(out / unquote(srcs[1])) as a, Image.open(out / unquote(srcs[2])) as b:
+        assert a.size == b.size
+        assert np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() > 1.0
+
+    # the per-frame plot is the scored J and F of every annotated frame, in order
+    pf = by_id["q1"]["per_frame"]
+    assert pf["J"] == [1.0] * 5 + [0.0] * 3
+    for cls, values in (("j", pf["J"]), ("f", pf["F"])):
+        points = re.search(rf'<polyline class="{cls}" points="([^"]+)"', row)[1].split()
+        ys = [float(p.split(",")[1]) for p in points]
+        assert ys == pytest.approx([100 - 100 * v for v in values])
+    titles = [html.unescape(t) for t in re.findall(r"<title>(.*?)</title>", row)]
+    assert len(titles) == 8 and titles[5] == "frame 00005: J 0.0%, F 0.0%"
+    assert "lowest J 0.0% at frame 00005" in html.unescape(row)
+    assert row.count('class="mark') == 4 and row.count('class="mark worst"') == 1
+
+    # the same for the query with an awkward id; a perfect query has no "lowest" frame
+    odd = _row_html(raw, ODD_ID)
+    assert "_gt.jpg" in odd and "J 100.0% on every frame" in html.unescape(odd)
+    assert "(lowest J)" not in html.unescape(odd)
+    # an image: prediction and truth side by side, no per-frame plot
+    still = _row_html(raw, "q6")
+    assert '<div class="pair">' in still and "<svg" not in still
+    assert [c.split(" · ")[:2] for c in _captions(still)[1:]] == [
+        ["prediction", "the image"],
+        ["ground truth", "the image"],
+    ]
+    # no media: no pictures, and the plot still shows where the score came from
+    gone = _row_html(raw, "q4")
+    assert "_gt.jpg" not in gone and "per-frame J/F unavailable" in gone
+
+
+def test_ground_truth_that_cannot_be_read_is_said_in_the_row(tmp_path):
+    media = _mkdir(tmp_path / "m")
+    frames, masks = render_scene(n_frames=3, size=(64, 48))
+    write_frames(frames, media / "v")
+    base = {"media": str(media / "v"), "kind": "video", "J&F": 0.5}
+    results = {
+        "queries": [
+            {**base, "id": "no-gt"},
+            {**base, "id": "gone-gt", "gt": str(tmp_path / "nowhere")},
+            {**base, "id": "image", "kind": "image", "media": str(media / "v" / "00000.jpg"),
+             "gt": str(tmp_path / "broken.png")},
+        ]
+    }
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    raw = write_html_report(tmp_path, results).read_text("utf-8")
+    assert "ground truth not shown: no ground truth recorded for this query" in raw
+    assert f"ground truth not shown: ground-truth folder not found: {tmp_path / 'nowhere'}" in raw
+    note = re.search(r"ground truth not shown: ([^<]*broken\.png[^<]*)</p>", raw)
+    assert note and "Error:" not in note[1]  # the data set's own words, no exception name
+    assert "_gt.jpg" not in raw
+
+
+def test_paper_numbers_beside_ours_with_the_difference(report):
+    _, _, path = report
+    raw = path.read_text("utf-8")
+    table = raw[raw.index('<table class="metrics compared">') : raw.index("</table>")]
+    cells = [
+        html.unescape(re.sub(r"<[^>]+>", " ", c)).split()
+        for c in re.findall(r"<td>(.*?)</td>", table)
+    ]
+    # one-hop: J&F 39.5 against 42.1, J 41.0 against 40.0, F not in the paper's table
+    assert cells[0] == ["39.5", "paper", "42.1", "Δ", "\u22122.6"]
+    assert cells[1] == ["41.0", "paper", "40.0", "Δ", "+1.0"]
+    assert cells[2] == ["38.0"]
+    # overall: the paper reports J&F only
+    assert cells[4] == ["39.5", "paper", "38.0", "Δ", "+1.5"]
+    assert cells[5] == ["41.0", "paper", "—", "Δ", "—"]
+    headline = raw[raw.index('<div class="headline"') : raw.index('<p class="units')]
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", headline)).split())
+    assert text.startswith("39.5 % J&F paper 38.0 · +1.5 41.0 % J 38.0 % F 6 queries scored")
+
+
+def test_header_says_where_predictions_came_from(tmp_path):
+    base = {
+        "dataset": {"name": "okvos", "root": "/d", "split": "test", "queries": 0},
+        "metric": "J&F",
+        "overall": {"J": 0.5, "F": 0.5, "J&F": 0.5, "n": 1},
+        "by_ability": {},
+        "queries": [],
+    }
+    rescored = {
+        **base,
+        "settings": {"predictions": "/runs/dump/0.jsonl", "models": None, "search": "serper",
+                     "kb": "", "num_frames": 6, "segmenter": {"name": "grabcut"},
+                     "coord_style": "qwen3", "keyframe_size": 864},
+    }
+    raw = write_html_report(tmp_path / "a", rescored).read_text("utf-8")
+    text = html.unescape(re.sub(r"<[^>]+>", "", raw))
+    assert "Predictions read from /runs/dump/0.jsonl (no model was run and nothing was " \
+        "searched by this evaluation)." in text
+    assert "serper" not in text and "searching" not in text
+    settings = raw[raw.index("<h2>Settings</h2>") : raw.index("<h2>Counts</h2>")]
+    assert "<dt>search</dt>" not in settings and "<dt>num_frames</dt>" not in settings
+    assert "<dt>predictions</dt>" in settings and "<dt>segmenter</dt>" in settings
+
+    ran = {**base, "settings": {"models": ["openai:m@http://h/v1"], "search": "local",
+                                "kb": "/kbs/demo_kb", "predictions": None}}
+    raw = write_html_report(tmp_path / "b", ran).read_text("utf-8")
+    text = html.unescape(re.sub(r"<[^>]+>", "", raw))
+    assert ("Predictions made by openai:m@http://h/v1, searching with local "
+            "(knowledge base /kbs/demo_kb).") in text
+
+
+def test_settings_wrap_at_path_separators(report):
+    _, _, path = report
+    raw = path.read_text("utf-8")
+    settings = raw[raw.index("<h2>Settings</h2>") : raw.index("<h2>Counts</h2>")]
+    kb = re.search(r"<dt>kb</dt><dd>(.*?)</dd>", settings)[1]
+    # every folder name is one unbreakable box ending at its separator
+    segs = re.findall(r'<span class="seg">([^<]*)</span>', kb)
+    assert "".join(segs) == LONG_PATH and re.sub(r'<span class="seg">[^<]*</span>', "", kb) == ""
+    assert all(seg.endswith("/") for seg in segs[:-1]) and segs[-1] == "dense_index_folder"
+    assert ".seg{display:inline-block;max-width:100%" in raw
+    # the paper table's path too, escaped
+    assert '<span class="seg">papers/</span><span class="seg">okvos</span> table.csv' in raw
 
 
 # ------------------------------------------------------------------------------- browser
@@ -404,7 +573,7 @@ def test_browser_renders_every_row_and_picture(report, browser, tmp_path):
     driver.set_window_size(1280, 900)
     driver.get(path.as_uri())
     imgs = _full_height(driver, 1280)
-    assert len(imgs) == 10  # the plot, 4 keyframes, 5 strips
+    assert len(imgs) == 15  # the plot, 4 keyframes, 5 prediction and 5 ground-truth strips
     bad = [i["src"] for i in imgs if not (i["done"] and i["w"] > 0)]
     assert not bad, f"images that did not load: {bad}"
 
@@ -466,3 +635,100 @@ def test_browser_narrow_window_has_no_horizontal_overflow(report, browser, tmp_p
     _artefact(shot)
     with Image.open(shot) as im:
         assert _not_blank(im)
+
+
+def _order(driver) -> list[str]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('tr.row')).map(r => r.dataset.id);"
+    )
+
+
+def test_browser_sorts_rows_by_score(report, browser):
+    _, results, path = report
+    driver = browser
+    driver.set_window_size(1280, 900)
+    driver.get(path.as_uri())
+    ids = [q["id"] for q in results["queries"]]
+    assert _order(driver) == ids
+    from selenium.webdriver.support.ui import Select
+
+    def score(qid: str) -> float:
+        q = next(q for q in results["queries"] if q["id"] == qid)
+        return round(100 * q.get("J&F", q.get("IoU")), 1)
+
+    sort = Select(driver.find_element("id", "sort"))
+    sort.select_by_value("asc")
+    low = _order(driver)
+    assert sorted(low) == sorted(ids)
+    assert [score(i) for i in low] == sorted(score(i) for i in ids)
+    assert low[0] in ("q2", "q3") and low[-1] == ODD_ID  # 0.0 first, 100.0 last
+    sort.select_by_value("desc")
+    high = _order(driver)
+    assert [score(i) for i in high] == sorted((score(i) for i in ids), reverse=True)
+    # equal scores keep the order of the results, in both directions
+    assert high.index("q2") < high.index("q3") and low.index("q2") < low.index("q3")
+    sort.select_by_value("id")
+    assert _order(driver)[:3] == sorted(ids)[:3]
+    sort.select_by_value("order")
+    assert _order(driver) == ids
+    # sorting and filtering work together
+    sort.select_by_value("desc")
+    driver.find_element("id", "flagged").click()
+    shown = driver.execute_script(
+        "return Array.from(document.querySelectorAll('tr.row')).filter(r => !r.hidden)"
+        ".map(r => r.dataset.id);"
+    )
+    assert shown == [i for i in high if i in ("q2", "q3", "q4", ODD_ID)]
+
+
+def test_browser_sort_puts_rows_without_a_score_last(tmp_path, browser):
+    results = {"queries": [{"id": "a", "J&F": 0.5}, {"id": "b"}, {"id": "c", "J&F": 0.2},
+                           {"id": "d", "J&F": "?"}]}
+    path = write_html_report(tmp_path, results)
+    driver = browser
+    driver.get(path.as_uri())
+    from selenium.webdriver.support.ui import Select
+
+    sort = Select(driver.find_element("id", "sort"))
+    sort.select_by_value("asc")
+    assert _order(driver) == ["c", "a", "b", "d"]
+    sort.select_by_value("desc")
+    assert _order(driver) == ["a", "c", "b", "d"]
+
+
+_LINE_BREAKS_JS = """
+const dd = arguments[0], text = dd.textContent, breaks = [];
+const walker = document.createTreeWalker(dd, NodeFilter.SHOW_TEXT);
+let last = null, seen = '';
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  for (let i = 0; i < node.length; i++) {
+    const r = document.createRange(); r.setStart(node, i); r.setEnd(node, i + 1);
+    const top = r.getBoundingClientRect().top;
+    if (last !== null && top > last + 2) breaks.push(seen);
+    last = top; seen += node.data[i];
+  }
+}
+return breaks;
+"""
+
+
+def test_browser_narrow_paths_wrap_at_separators_and_tables_fit(report, browser):
+    _, _, path = report
+    driver = browser
+    driver.set_window_size(420, 900)
+    driver.get(path.as_uri())
+    width = driver.execute_script("return window.innerWidth")
+    kb = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.settings dt'))"
+        ".find(d => d.textContent === 'kb').nextElementSibling"
+    )
+    breaks = driver.execute_script(_LINE_BREAKS_JS, kb)
+    assert breaks, "the long path should need more than one line at 420 px"
+    assert all(b.endswith("/") for b in breaks), breaks
+    # the comparison with the paper fits the card without a scroll bar
+    fits = driver.execute_script(
+        "const s = document.querySelector('table.metrics').parentElement;"
+        "return [s.scrollWidth, s.clientWidth];"
+    )
+    assert fits[0] <= fits[1] + 1, fits
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= width

@@ -85,8 +85,8 @@ def test_refused_replies_bring_the_editor_back_with_the_reason(served, browser):
 
     d, url = browser, served["url"]
     d.get(url + "/segresearch/ui/")
-    _wait(d, "return document.querySelectorAll('#common-fields input, #common-fields select').length >= 6",
-          "the settings form")
+    _wait(d, "return document.getElementById('settings').dataset.ready === '1'"
+             " && document.getElementById('library').dataset.loaded === '1'", "the settings form and the media list")
     d.find_element("css selector", "input[name=source][value=server]").click()
     Select(d.find_element("id", "library")).select_by_value(str(served["frames"]))
     _type(d, "query", demo_query())

@@ -175,9 +175,14 @@ def test_frames_shown_keeps_the_aspect_of_the_media(tmp_path):
     assert 3.8 < w / h < 4.1
 
 
-def test_progress_shows_a_bar_per_step_and_status_lines(capsys):
+def test_progress_shows_a_bar_per_step_on_a_terminal_and_status_lines_in_a_log(capsys):
+    plain = RunPrinter(console=Console(file=io.StringIO()))
+    plain.custom({"type": "status", "message": "loading the model"})
+    plain.close()
+    assert "… loading the model" in capsys.readouterr().err  # not a terminal: a plain line, kept in the log
+
     printer = RunPrinter(console=Console(file=io.StringIO()))
-    printer.custom({"type": "status", "message": "loading the model"})
+    printer.err = Console(file=io.StringIO(), force_terminal=True, width=80)  # bars: a terminal
     printer.custom({"type": "progress", "step": "index", "label": "kb", "done": 3, "total": 10})
     printer.custom({"type": "progress", "step": "segment", "label": "grabcut", "done": 1, "total": 12})
     for ev in ({"type": "final", "stop_reason": "answer"}, {"type": "media"}, {"type": "turn"}, "noise"):
@@ -186,9 +191,9 @@ def test_progress_shows_a_bar_per_step_and_status_lines(capsys):
     printer.custom({"type": "progress", "step": "generate", "label": "tokens", "done": 5, "total": 40})
     printer.close()
     err = capsys.readouterr().err
-    assert "… loading the model" in err  # not a terminal: a plain line, kept in the log
     # one bar per step, each with its own total (tqdm redraws at most every 0.1 s, so the
-    # counts shown in between are not asserted)
+    # counts shown in between are not asserted); progress in a log is tested in
+    # test_newcomer_path.py (a line every few seconds, none for a short step)
     assert "index (kb):" in err and "/10 " in err
     assert "segment (grabcut):" in err and "/12 " in err
     assert "generate (tokens):" in err and "/40 " in err

@@ -9,11 +9,15 @@ Screenshots of every state are saved under the test's folder (and copied to
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 import zipfile
@@ -25,7 +29,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from segresearch.demo import demo_cassette, demo_kb, demo_query
+from segresearch.demo import assets_dir, demo_cassette, demo_kb, demo_query
 from segresearch.testing.browser import headless_chromium, missing_browser
 from segresearch.testing.scenes import mask_box, render_scene, write_frames, write_video
 from segresearch.testing.servers import ServerDidNotStart, start_graph_server
@@ -132,6 +136,96 @@ def test_only_the_page_files_are_public():
     for path in ("/segresearch/info", "/segresearch/ui/index.html", "/segresearch/ui/../info",
                  "/segresearch/ui/app.js/x", "/segresearch/media/ab", "/threads/search", "/"):
         assert not is_public("GET", path), path
+    for path in ("/segresearch/setup", "/segresearch/demo-media"):
+        assert not is_public("GET", path) and not is_public("POST", path), path
+
+
+def test_context_schema_enumerates_search_and_segmenter():
+    """The page builds a choice for every field the schema enumerates; search backends and
+    segmenters are listed from their registries, and the values stay as tolerant as before."""
+    from segresearch.agents.context import ContextError, validate_context
+    from segresearch.graphs.seg_research import graph
+    from segresearch.tools.search import backend_names
+    from segresearch.tools.segmenters import SEGMENTER_NAMES
+
+    props = graph.get_context_jsonschema()["properties"]
+    assert props["search"]["enum"] == [*backend_names(), "none"] and "hybrid" in props["search"]["enum"]
+    assert props["segmenter"]["enum"] == list(SEGMENTER_NAMES)
+    assert props["coord_style"]["enum"] == ["qwen3", "qwen25"]
+    ctx = validate_context({"search": "BM25", "segmenter": "GrabCut"})  # case as before
+    assert ctx.search == "BM25" and ctx.segmenter == "GrabCut"
+    for bad, needle in (({"search": 3}, "search"), ({"segmenter": 3}, "segmenter")):
+        with pytest.raises(ContextError) as e:
+            validate_context(bad)
+        assert any(p.startswith(needle) for p in e.value.problems), e.value.problems
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def models_server():
+    """A stand-in OpenAI-compatible server that answers GET /v1/models."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server hook's name
+            body = b'{"data": []}'
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_setup_says_whether_the_default_model_answers(app_env, monkeypatch, tmp_path, models_server):
+    client, _, _ = app_env
+    for var in ("SEGRESEARCH_OPENAI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    dead = f"http://127.0.0.1:{_closed_port()}/v1"
+    cassette = tmp_path / "c.json"
+    cassette.write_text("[]")
+    cases = [(f"openai:some-model@{dead}", False, "unreachable"), (f"openai:some-model@{models_server}", True, None),
+             ("openai:gpt-4o", False, "no-key"), (f"replay:{tmp_path / 'missing.json'}", False, "missing"),
+             (f"replay:{cassette}", True, None), ("gpt-4o", False, "malformed")]
+    for spec, ok, reason in cases:
+        monkeypatch.setenv("SEGRESEARCH_MODEL", spec)
+        model = client.get("/segresearch/setup").json()["model"]
+        assert (model["spec"], model["ok"], model["reason"]) == (spec, ok, reason)
+    monkeypatch.setenv("SEGRESEARCH_MODEL", f"openai:some-model@{dead}")
+    assert client.get("/segresearch/setup").json()["model"]["address"] == dead
+
+
+def test_the_recorded_demo_is_offered_only_where_the_policy_lets_clients_read_it(app_env, monkeypatch):
+    client, roots, uploads = app_env
+    from segresearch.demo import assets_dir, demo_cassette, demo_kb, demo_query
+    from segresearch.servers.web import temp_upload_files
+
+    assert client.get("/segresearch/setup").json()["demo"] is None  # the shipped data is outside the roots
+    assert client.post("/segresearch/demo-media", json={}).status_code == 404
+    monkeypatch.setenv("SEGRESEARCH_MEDIA_ROOTS", f"{roots}:{assets_dir()}")
+    demo = client.get("/segresearch/setup").json()["demo"]
+    assert demo == {"model": f"replay:{demo_cassette().resolve()}", "search": "local", "kb": str(demo_kb().resolve()),
+                    "query": demo_query(), "media": True}
+    first = client.post("/segresearch/demo-media", json={})
+    assert first.status_code == 201, first.text
+    clip = first.json()
+    assert (clip["kind"], clip["frames"], clip["width"], clip["height"]) == ("video", 24, 480, 320)
+    assert Path(clip["path"]).parent == uploads.resolve() and not clip["reused"]
+    again = client.post("/segresearch/demo-media", json={}).json()
+    assert again["path"] == clip["path"] and again["reused"]  # one file, however often asked
+    assert temp_upload_files(uploads) == []
+    monkeypatch.delenv("SEGRESEARCH_UPLOAD_ROOT")
+    assert client.get("/segresearch/setup").json()["demo"]["media"] is False
 
 
 # ------------------------------------------------------------------ the real server
@@ -194,8 +288,12 @@ def server(tmp_path_factory, demo):
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory, demo):
+    """With a token, and as a fresh install is: the default model's server is not running
+    (nothing listens there) and the shipped demo data is readable."""
     tmp = tmp_path_factory.mktemp("web_locked")
-    proc, url = _serve(tmp, demo, SEGRESEARCH_API_TOKEN=TOKEN)
+    proc, url = _serve(tmp, demo, SEGRESEARCH_API_TOKEN=TOKEN,
+                       SEGRESEARCH_MODEL=f"openai:Qwen/Qwen3-VL-4B-Instruct@http://127.0.0.1:{_closed_port()}/v1",
+                       SEGRESEARCH_MEDIA_ROOTS=f"{demo['root']}:{assets_dir()}")
     yield {"url": url, "state": tmp / "state"}
     _stop(proc)
 
@@ -323,10 +421,16 @@ def _text(driver, element_id: str) -> str:
     return driver.execute_script(f"return document.getElementById('{element_id}').textContent")
 
 
-def _load(driver, url: str) -> None:
+def _load(driver, url: str, keep_settings: bool = False) -> None:
+    """The page with its form ready; settings a previous test left in this browser are
+    forgotten first (unless ``keep_settings``), so each test starts from the defaults."""
     driver.get(url + "/segresearch/ui/")
-    _wait(driver, "return document.querySelectorAll('#common-fields input, #common-fields select').length >= 6",
-          what="the settings form")
+    if not keep_settings and driver.execute_script("const n = localStorage.length; localStorage.clear(); return n"):
+        driver.get(url + "/segresearch/ui/")
+    _wait(driver, "return document.getElementById('settings').dataset.ready === '1'"
+                  " && document.getElementById('library').dataset.loaded === '1'"
+                  " && document.querySelectorAll('#common-fields input, #common-fields select').length >= 6",
+          what="the settings form and the media list")
 
 
 def _type(driver, element_id: str, text: str) -> None:
@@ -344,7 +448,7 @@ def test_browser_upload_run_live_result_and_history(server, demo, browser, shots
     d, url = browser, server["url"]
     _load(d, url)
     labels = d.execute_script("return [...document.querySelectorAll('#common-fields label')].map(l => l.textContent)")
-    assert labels[:4] == ["Model", "Search", "Kb", "Segmenter"] and "Review" in labels
+    assert labels[:4] == ["Model", "Search", "Knowledge base", "Segmenter"] and "Review the answer first" in labels
     assert d.execute_script("return document.querySelectorAll('#more-fields input, #more-fields select').length") > 10
     # every control of the form has a label
     assert d.execute_script(
@@ -482,7 +586,7 @@ def test_browser_review_edit_and_masks_follow_the_box(server, demo, browser, sho
     assert not (mask & demo["masks"]["blue square"][KEYFRAME]).any()  # not the model's answer
 
 
-def test_browser_refusals_are_shown_on_the_page(server, demo, browser, shots):
+def test_browser_refusals_are_shown_on_the_page(server, demo, browser, shots, monkeypatch, tmp_path):
     d, url = browser, server["url"]
     _load(d, url)
     assert "(up to 1 MB)" in _text(d, "upload-limit")
@@ -499,20 +603,155 @@ def test_browser_refusals_are_shown_on_the_page(server, demo, browser, shots):
     _type(d, "media-path", str(demo["outside"]))
     _type(d, "query", "anything")
     d.find_element("id", "run-button").click()
-    _wait(d, "return document.getElementById('form-error').textContent.includes('outside the allowed roots')",
+    _wait(d, "return document.getElementById('form-error').textContent.includes('outside the folders this server lets the page use')",
           what="the path refusal")
     assert "refused" in _text(d, "form-error") and _text(d, "run-badge") == "refused"
+    assert "SEGRESEARCH_" not in _text(d, "form-error")
     assert not _visible(d, "steps-panel")
     _shot(d, shots, "9_path_refused")
+
+    # a setting that cannot work: the search needs a knowledge base and none is given. The
+    # run stops at once, and the page says which field to change, not which flag to pass.
+    _type(d, "media-path", str(demo["frames"]))
+    d.find_element("id", "ctx-kb").clear()
+    d.find_element("id", "run-button").click()
+    _wait(d, "return document.getElementById('announce').textContent.startsWith('Run finished without an answer')",
+          what="the announced failure")
+    banner = _text(d, "run-error")
+    assert "a setting cannot be used" in banner and "fill in “Knowledge base” under Settings" in banner, banner
+    assert "--kb" not in banner and "Context.kb" not in banner and "SEGRESEARCH_" not in banner, banner
+    assert d.execute_script("return document.getElementById('run-head').classList.contains('failed')")
+
+    # the CLI's advice for a model server that does not answer, as the page words it
+    from segresearch.agents.backends.openai_compat import check_openai_endpoint
+
+    cli = check_openai_endpoint(f"http://127.0.0.1:{_closed_port()}/v1", timeout=2)
+    assert cli and "--model" in cli
+    page = d.execute_script("return pageText(arguments[0])", cli)
+    assert page.startswith("No model server answers at http://127.0.0.1:") and "change “Model” under Settings" in page
+    assert "--" not in page and "`" not in page and "vllm" not in page, page
+
+    # the server's refusals of settings, as the API words them, name the form's fields
+    from segresearch.agents.context import ContextError, validate_context
+
+    monkeypatch.setenv("SEGRESEARCH_MEDIA_ROOTS", str(demo["root"]))
+    monkeypatch.setenv("SEGRESEARCH_OUTPUT_ROOT", str(tmp_path))
+    for bad, label in (({"max_turns": 0}, "Most searches and looks"), ({"temperature": "hot"}, "Randomness"),
+                       ({"kb": "/etc"}, "Knowledge base"), ({"output_dir": "/etc"}, "Output folder"),
+                       ({"model": "openai:x@http://10.0.0.1:8000/v1"}, "Model")):
+        with pytest.raises(ContextError) as e:
+            validate_context(bad)
+        # as the server's run-payload check sends them
+        page = d.execute_script("return pageText(arguments[0])", "\n".join(f"context: {p}" for p in e.value.problems))
+        assert page.startswith(label + ": ") and "SEGRESEARCH_" not in page and "roots" not in page, (bad, page)
+    # the browser's own word for a server that went away
+    assert d.execute_script("return pageText('Failed to fetch')").startswith("the page lost its connection to the server")
+
+
+def _schema_props(url: str) -> dict:
+    a = httpx.post(url + "/assistants/search", json={"graph_id": "seg_research", "limit": 20}).json()[0]
+    return httpx.get(f"{url}/assistants/{a['assistant_id']}/schemas").json()["context_schema"]["properties"]
+
+
+def test_browser_form_choices_words_and_remembered_settings(server, browser, shots):
+    d, url = browser, server["url"]
+    _load(d, url)
+    props = _schema_props(url)
+    enums = {n: p["enum"] for n, p in props.items() if "enum" in p}
+    assert {"search", "segmenter", "coord_style", "prompt_variant"} <= set(enums)
+    for name, values in enums.items():  # a choice of exactly the schema's values
+        tag, options = d.execute_script(
+            "const e = document.getElementById('ctx-' + arguments[0]);"
+            "return [e.tagName, [...e.options].map(o => o.value)]", name)
+        assert tag == "SELECT" and set(values) <= set(options) and len(options) <= len(values) + 1, (name, options)
+    # every field has words for a person, and the developer's name in its tooltip
+    fields = d.execute_script(
+        "return [...document.querySelectorAll('#settings [data-field]')].map(w => {"
+        " const l = w.querySelector('label'), h = w.querySelector('.help');"
+        " return [w.dataset.field, l.textContent, l.title, h ? h.textContent : '', w.classList.contains('fallback')]; })")
+    assert sorted(f[0] for f in fields) == sorted(props)
+    for name, label, title, help_text, fallback in fields:
+        assert not fallback, f"{name} has no plain label"
+        assert title.startswith(f"{name} (server setting SEGRESEARCH_{name.upper()})"), title
+        # not the schema's titles ("Kb", "Text Topk", "Search Cache Ttl", "Sam2 Checkpoint")
+        assert not re.search(r"\b(Kb|Topk|Ttl|Dir|Url|Sam2)\b", label), (name, label)
+        for dev in ("LangChain", "checkpointer", "Context.", "SEGRESEARCH_", "`"):
+            assert dev not in label + help_text, (name, label, help_text)
+
+    # settings survive a reload; the reset button brings the server's defaults back
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element("id", "ctx-search")).select_by_value("bm25")
+    Select(d.find_element("id", "ctx-segmenter")).select_by_value("none")
+    _type(d, "ctx-max_turns", "3")
+    d.find_element("id", "ctx-review").click()
+    d.find_element("id", "query").click()  # leave the number field: its change is saved
+    _load(d, url, keep_settings=True)
+    values = d.execute_script(
+        "return ['search', 'segmenter', 'max_turns'].map(n => document.getElementById('ctx-' + n).value)"
+        ".concat([document.getElementById('ctx-review').checked])")
+    assert values == ["bm25", "none", "3", True], values
+    assert _text(d, "settings-saved").startswith("4 settings restored")
+    _shot(d, shots, "12_settings_restored")
+    d.find_element("id", "reset-settings").click()
+    defaults = httpx.get(url + "/segresearch/info").json()["defaults"]
+    values = d.execute_script(
+        "return ['search', 'segmenter', 'max_turns'].map(n => document.getElementById('ctx-' + n).value)"
+        ".concat([document.getElementById('ctx-review').checked, localStorage.getItem('segresearch.settings.v1')])")
+    assert values == [defaults["search"], defaults["segmenter"], str(defaults["max_turns"]), False, None], values
+
+
+def _in_view(driver, element_id: str) -> bool:
+    return driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return r.height > 0 && r.top >= -1 && r.top < window.innerHeight - 40", element_id)
+
+
+@pytest.mark.parametrize("width", [420, 1280])
+def test_browser_run_comes_into_view_and_its_end_is_announced(server, demo, browser, shots, width):
+    d, url = browser, server["url"]
+    d.set_window_size(width, 800)
+    try:
+        _load(d, url)
+        d.find_element("css selector", "input[name=source][value=server]").click()
+        _type(d, "media-path", str(demo["frames"]))
+        _type(d, "query", demo_query())
+        _type(d, "ctx-model", f"replay:{demo['root'] / 'fast_cassette.json'}")
+        d.execute_script("document.getElementById('more').open = true")  # a long form, as after looking at every setting
+        run = d.find_element("id", "run-button")
+        d.execute_script("arguments[0].scrollIntoView({block: 'end'})", run)
+        assert not _in_view(d, "run-view")
+        run.click()
+        _wait(d, "return document.getElementById('run-badge').textContent === 'running'", what="the run to start")
+        _wait(d, "const r = document.getElementById('run-view').getBoundingClientRect();"
+                 " return r.top >= -1 && r.top < window.innerHeight - 40", timeout=5, what="the run view in sight")
+        _wait(d, "return document.getElementById('announce').textContent.startsWith('Run finished. Done: answered')",
+              what="the announced end")
+        # the end shows wherever the person is: in the run's sticky header (in sight), beside
+        # the Run button, and in a live region for screen readers
+        assert d.execute_script("return document.getElementById('announce').getAttribute('aria-live')") == "polite"
+        assert _text(d, "run-badge") == "answer" and _in_view(d, "run-head")
+        assert d.execute_script("return document.getElementById('run-head').classList.contains('done')")
+        assert _visible(d, "form-run-state") and _text(d, "form-run-text").startswith("Run finished")
+        d.execute_script("window.scrollTo(0, 0)")
+        _wait(d, "return !document.getElementById('result-panel').hidden", what="the result")
+        d.find_element("id", "form-run-jump").click()
+        _wait(d, "const r = document.getElementById('result-panel').getBoundingClientRect();"
+                 " return r.top >= -1 && r.top < window.innerHeight", timeout=5, what="the result in sight")
+        _shot(d, shots, f"13_finished_{width}")
+    finally:
+        d.set_window_size(1280, 800)
 
 
 def test_browser_with_auth_on(locked, demo, browser, shots):
     d, url = browser, locked["url"]
     d.get(url + "/segresearch/ui/")
-    d.execute_script("sessionStorage.clear()")
+    d.execute_script("sessionStorage.clear(); localStorage.clear()")
     d.get(url + "/segresearch/ui/")
     _wait(d, "return !document.getElementById('token-box').hidden", what="the token form")
+    # the token box alone: the (still empty) form is not drawn under it
     assert not _visible(d, "app")
+    assert d.execute_script("return getComputedStyle(document.getElementById('app')).display") == "none"
     _shot(d, shots, "10_token")
     _type(d, "token", "wrong-token")
     d.find_element("css selector", "#token-form button").click()
@@ -520,12 +759,23 @@ def test_browser_with_auth_on(locked, demo, browser, shots):
           what="the wrong-token message")
     _type(d, "token", TOKEN)
     d.find_element("css selector", "#token-form button").click()
-    _wait(d, "return !document.getElementById('app').hidden && document.querySelectorAll('#common-fields input').length >= 5",
+    _wait(d, "return !document.getElementById('app').hidden && document.getElementById('settings').dataset.ready === '1'",
           what="the page after the token")
-    assert "auth on" in _text(d, "server-line")
-    d.find_element("id", "file").send_keys(str(demo["clip"]))
-    _wait(d, "return document.getElementById('media-chosen').textContent.startsWith('Uploaded')", what="the upload")
-    _type(d, "query", demo_query())
+    assert "access token needed" in _text(d, "server-line")
+    assert d.execute_script("return getComputedStyle(document.getElementById('token-box')).display") == "none"
+    # the default model's server is not running: the form starts with the recorded demo
+    # instead, and says why
+    model = d.find_element("id", "ctx-model").get_attribute("value")
+    assert model == f"replay:{demo_cassette().resolve()}", model
+    assert d.find_element("id", "ctx-kb").get_attribute("value") == str(demo_kb().resolve())
+    note = _text(d, "settings-note")
+    assert "No model server answers at http://127.0.0.1:" in note and "recorded demo" in note, note
+    assert _visible(d, "demo-offer")
+    _shot(d, shots, "10b_demo_offered")
+    d.find_element("id", "demo-button").click()  # the demo clip and its question, prepared on the server
+    _wait(d, "return document.getElementById('media-chosen').textContent.startsWith('The demo clip: 24 frames')",
+          what="the demo clip")
+    assert d.find_element("id", "query").get_attribute("value") == demo_query()
     d.find_element("id", "run-button").click()
     _wait(d, "return document.getElementById('run-badge').textContent === 'answer'"
              " && document.getElementById('mask-frame').naturalWidth > 0", timeout=60, what="the run with auth")

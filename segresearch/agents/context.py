@@ -10,7 +10,7 @@ which may also be a chat-model object when called from Python.
 from __future__ import annotations
 
 import functools
-import os
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
@@ -35,24 +35,37 @@ class ContextError(ValueError):
 
 
 def _env(name: str, default: Any) -> Any:
-    """Read ``SEGRESEARCH_<NAME>`` coerced to the type of ``default``."""
-    raw = os.environ.get(f"SEGRESEARCH_{name}")
-    if raw is None or raw == "":
-        return default
-    if isinstance(default, bool):
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
+    """``SEGRESEARCH_<NAME>`` as the field's type, checked against the field's own bounds
+    and choices (``segresearch.envvars``: a bad value is an error naming the variable)."""
+    from segresearch.envvars import context_default
+
+    field_name = name.lower()
+    return context_default(field_name, default, bounds=_bounds().get(field_name),
+                           choices=_choices().get(field_name, ()))
 
 
 def _env_opt_int(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(f"SEGRESEARCH_{name}")
-    if raw is None or raw == "":
-        return default
-    return None if raw.lower() in ("none", "0", "off") else int(raw)
+    from segresearch.envvars import context_default
+
+    field_name = name.lower()
+    return context_default(field_name, default, "int", bounds=_bounds().get(field_name),
+                           none_words=("none", "0", "off"))
+
+
+def _search_choices(schema: dict[str, Any]) -> None:
+    """The published schema lists the search backends by name, so a client (the web page)
+    offers a choice instead of a free-text field. Read from the registry when the schema is
+    made: built-in backends and any plugin registered by then, plus 'none'."""
+    from segresearch.tools.search.backends import backend_names
+
+    schema["enum"] = [*backend_names(), "none"]
+
+
+def _segmenter_choices(schema: dict[str, Any]) -> None:
+    """As for ``search``: the names ``get_segmenter`` takes, from the segmenters package."""
+    from segresearch.tools.segmenters import SEGMENTER_NAMES
+
+    schema["enum"] = list(SEGMENTER_NAMES)
 
 
 @dataclass(kw_only=True)
@@ -66,7 +79,7 @@ class Context:
             "'openai:NAME@URL', 'hf:/path/to/checkpoint' or 'replay:cassette.json'."
         },
     )
-    search: Any = field(
+    search: Annotated[Any, Field(json_schema_extra=_search_choices)] = field(
         default_factory=lambda: _env("SEARCH", "local"),
         metadata={
             "description": "Search backend for text_search/image_search: 'local' (dense index "
@@ -115,7 +128,7 @@ class Context:
         default_factory=lambda: _env("IMAGE_TOPK", 1),
         metadata={"description": "Image search results shown to the model."},
     )
-    segmenter: str = field(
+    segmenter: Annotated[str, Field(json_schema_extra=_segmenter_choices)] = field(
         default_factory=lambda: _env("SEGMENTER", "auto"),
         metadata={
             "description": "Mask producer after the answer, for every frame: 'sam2' (the "
@@ -243,6 +256,8 @@ class Context:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"{name} must be a number, not {type(v).__name__}")
+            if not math.isfinite(v):  # NaN passes every comparison below
+                raise ValueError(f"{name} must be a finite number {_describe((lo, lo_open, hi))}; got {v}")
             if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
                 raise ValueError(f"{name} must be {_describe((lo, lo_open, hi))}; got {v}")
 
@@ -297,8 +312,16 @@ def _bounds() -> dict[str, tuple[float | None, bool, float | None]]:
                         lo, lo_open = c.gt, True
                     elif hasattr(c, "le"):
                         hi = c.le
-            out[name] = (lo, lo_open, hi)
+            if lo is not None or hi is not None:  # an annotation may carry only schema extras
+                out[name] = (lo, lo_open, hi)
     return out
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed words of each ``Literal`` field (``coord_style``, ``prompt_variant``)."""
+    return {name: tuple(str(a) for a in get_args(hint))
+            for name, hint in get_type_hints(Context).items() if get_origin(hint) is Literal}
 
 
 @functools.cache

@@ -523,12 +523,7 @@ def _read_refs(path: Path) -> list[str]:
 def max_disk_bytes() -> int | None:
     """``SEGRESEARCH_MEDIA_MAX_GB`` in bytes (GB = 2**30, like the other size settings);
     None when unset, 0, negative or malformed: an unreadable budget deletes nothing."""
-    raw = os.environ.get(MAX_GB_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        gb = float(raw)
-    except ValueError:
-        _log.warning("ignoring %s=%r: not a number; media storage is unlimited", MAX_GB_ENV, raw)
-        return None
+    from segresearch.envvars import setting
+
+    gb = setting(MAX_GB_ENV)  # lenient: a malformed value is logged and reads as unlimited
     return int(gb * (1 << 30)) if gb > 0 else None

@@ -65,6 +65,7 @@ from segresearch.agents.media_recipes import (
     digest_of,
     remake,
 )
+from segresearch.envvars import env_str, setting
 
 MEDIA_SCHEME = "media-ref:"
 STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
@@ -333,10 +334,10 @@ def get_store() -> MediaStore:
         if _STORE is None:
             from segresearch.tools.media import UPLOAD_ROOT_ENV
 
-            mb = float(os.environ.get(CACHE_MB_ENV, "") or 1024)
-            _STORE = MediaStore(os.environ.get(STORE_ENV) or None, max_bytes=int(mb * (1 << 20)),
+            mb = setting(CACHE_MB_ENV)
+            _STORE = MediaStore(env_str(STORE_ENV) or None, max_bytes=int(mb * (1 << 20)),
                                 disk_max_bytes=max_disk_bytes(),
-                                upload_root=os.environ.get(UPLOAD_ROOT_ENV, "").strip() or None)
+                                upload_root=env_str(UPLOAD_ROOT_ENV) or None)
         return _STORE
 
 

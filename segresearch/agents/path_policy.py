@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from segresearch.agents.context import ContextError
+from segresearch.envvars import env_bool, env_str
 from segresearch.tools.media import (
     MEDIA_ROOTS_ENV,
     UPLOAD_ROOT_ENV,
@@ -70,19 +71,19 @@ def policy_active() -> bool:
 
 
 def _roots(env: str) -> list[Path]:
-    specific = list(resolved_roots(os.environ.get(env, "")))
+    specific = list(resolved_roots(env_str(env)))
     return specific or (allowed_roots() or [])
 
 
 def output_root() -> Path | None:
-    raw = os.environ.get(OUTPUT_ROOT_ENV, "").strip()
+    raw = env_str(OUTPUT_ROOT_ENV)
     return Path(raw).expanduser().resolve() if raw else None
 
 
 def upload_root() -> Path | None:
     """Where the server keeps uploaded media (None: it takes no uploads). Reading there is
     allowed through ``allowed_roots``; writing there only through the upload route."""
-    raw = os.environ.get(UPLOAD_ROOT_ENV, "").strip()
+    raw = env_str(UPLOAD_ROOT_ENV)
     return Path(raw).expanduser().resolve() if raw else None
 
 
@@ -173,7 +174,7 @@ def _operator_value(name: str) -> str:
     from segresearch.agents.context import DEFAULT_MODEL
 
     default = DEFAULT_MODEL if name == "model" else ""
-    return os.environ.get(f"SEGRESEARCH_{name.upper()}", default) or default
+    return env_str(f"SEGRESEARCH_{name.upper()}", default)
 
 
 def _is_operator_model(spec: str) -> bool:
@@ -278,7 +279,7 @@ def url_allowed(url: str) -> bool:
     ``SEGRESEARCH_ALLOWED_URLS`` must cover it, compared parsed (``Endpoint.covers``)."""
     target = parse_endpoint(url)
     return target is not None and any(
-        e.covers(target) for e in _allowed_endpoints(os.environ.get(ALLOWED_URLS_ENV, "")))
+        e.covers(target) for e in _allowed_endpoints(env_str(ALLOWED_URLS_ENV)))
 
 
 def _operator_model_url() -> str | None:
@@ -292,7 +293,7 @@ def _operator_model_url() -> str | None:
         _, url = parse_openai_spec(rest)
     except ValueError:
         return None
-    return url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE
+    return url or env_str("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE
 
 
 def api_key_allowed(base_url: str | None) -> bool:
@@ -303,7 +304,7 @@ def api_key_allowed(base_url: str | None) -> bool:
     so a look-alike host cannot collect it."""
     if not policy_active():
         return True
-    url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE
+    url = base_url or env_str("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE
     target = parse_endpoint(url)
     if target is None:
         return False
@@ -372,7 +373,7 @@ def _setting_problems(ctx: Context, given: set[str] | None) -> list[str]:
     if _client_value("retriever_url", ctx.retriever_url, given) and not url_allowed(ctx.retriever_url):
         problems.append(f"retriever_url: only the server's own retriever may be used (or one listed in {ALLOWED_URLS_ENV})")
     if ctx.allow_private_urls and (given is None or "allow_private_urls" in given) \
-            and os.environ.get("SEGRESEARCH_ALLOW_PRIVATE_URLS", "").lower() not in ("1", "true", "yes", "on"):
+            and not env_bool("SEGRESEARCH_ALLOW_PRIVATE_URLS", False):
         problems.append("allow_private_urls: only the operator may allow fetching private addresses")
     return problems
 

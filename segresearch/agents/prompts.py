@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segresearch.jsonl import read_utf8
+
 SEARCH_SYSTEM_PROMPT = """\
 You are a visual search agent. The user shows you frames sampled from a video (or a single \
 image), each introduced by its label "frame <id>", and then describes one target object. \
@@ -76,11 +78,7 @@ KEYFRAME_CAPTION = "frame {fid} at high resolution:"
 def system_prompt(use_search: bool, coord_style: str, prompt_file: str = "") -> str:
     """The system prompt for a run; ``prompt_file`` (if given) replaces the built-in text."""
     if prompt_file:
-        path = Path(prompt_file).expanduser()
-        try:
-            template = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ValueError(f"cannot read system prompt file {path}: {e.strerror}") from None
+        template = read_utf8(Path(prompt_file).expanduser(), "system prompt file")
     else:
         template = SEARCH_SYSTEM_PROMPT if use_search else NO_SEARCH_SYSTEM_PROMPT
     return template.replace("{coord_note}", COORD_NOTES[coord_style])

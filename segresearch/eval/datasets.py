@@ -256,10 +256,11 @@ def load_image_set(root: str | os.PathLike[str], limit: int | None = None) -> li
                 if not isinstance(rec.get(key), str):
                     raise DatasetError(f"{root} query {n}: {key!r} must be a path")
             image, mask = root / rec["image"], root / rec["mask"]
-            if not image.is_file():
-                raise DatasetError(f"{root} query {n}: image not found: {image}")
-            if not mask.is_file():
-                raise DatasetError(f"{root} query {n}: mask not found: {mask}")
+            for what, path in (("image", image), ("mask", mask)):
+                if not path.exists():
+                    raise DatasetError(f"{root} query {n}: {what} not found: {path}")
+                if not path.is_file():
+                    raise DatasetError(f"{root} query {n}: {what} {path} is not a regular file")
             ignore = str(root / rec["ignore"]) if isinstance(rec.get("ignore"), str) else ""
             out.append(Query(
                 id=str(rec.get("id", n - 1)), question=question.strip(),
@@ -312,20 +313,88 @@ def polygon_masks(json_path: str | os.PathLike[str], height: int, width: int) ->
     return label == 1, label == 255
 
 
+def _read_mask(path: str, what: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise DatasetError(f"{what} not found: {path}" if not os.path.exists(path)
+                           else f"{what} {path} is not a regular file")
+    m = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise DatasetError(f"{what} {path} cannot be read as an image (empty, damaged or not "
+                           "an image file)")
+    return m
+
+
 def image_ground_truth(q: Query, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(target, ignore or None) for an image query at the image's size."""
     if q.polygons:
         target, ignore = polygon_masks(q.polygons, height, width)
         return target, ignore if ignore.any() else None
-    gt = cv2.imread(q.gt, cv2.IMREAD_GRAYSCALE)
-    if gt is None:
-        raise DatasetError(f"cannot read mask {q.gt}")
+    gt = _read_mask(q.gt, "ground-truth mask")
     if gt.shape != (height, width):
-        raise DatasetError(f"mask {q.gt} is {gt.shape[1]}x{gt.shape[0]}, its image {width}x{height}")
+        raise DatasetError(f"ground-truth mask {q.gt} is {gt.shape[1]}x{gt.shape[0]} but its image "
+                           f"{q.segment_media} is {width}x{height}; a mask must have its image's size")
     ignore = None
     if q.ignore:
-        ig = cv2.imread(q.ignore, cv2.IMREAD_GRAYSCALE)
-        if ig is None or ig.shape != gt.shape:
-            raise DatasetError(f"cannot use ignore mask {q.ignore}")
+        ig = _read_mask(q.ignore, "ignore mask")
+        if ig.shape != gt.shape:
+            raise DatasetError(f"ignore mask {q.ignore} is {ig.shape[1]}x{ig.shape[0]} but its image "
+                               f"{q.segment_media} is {width}x{height}; a mask must have its image's size")
         ignore = ig > 0
     return gt > 0, ignore
+
+
+def _ground_truth_problem(q: Query) -> str | None:
+    """Why a query's ground truth cannot be scored (None when it can)."""
+    if q.kind == "video":
+        from PIL import Image, UnidentifiedImageError
+
+        folder = Path(q.gt)
+        if not folder.is_dir():
+            return f"ground-truth folder not found: {folder}"
+        masks = sorted(folder.glob("*.png"))
+        if not masks:
+            return f"no ground-truth masks (*.png) in {folder}"
+        for p in masks:  # the header only: enough to find an empty, damaged or foreign file
+            try:
+                with Image.open(p) as im:
+                    im.size  # noqa: B018 - reading the header is the check
+            except (OSError, UnidentifiedImageError, ValueError):
+                return (f"ground-truth mask {p} cannot be read as an image (empty, damaged or "
+                        "not an image file)")
+        return None
+    from segresearch.tools.media import MediaError, open_media
+
+    try:
+        media = open_media(q.segment_media)
+        image_ground_truth(q, media.height, media.width)
+    except (DatasetError, MediaError) as e:
+        return str(e)
+    except (OSError, ValueError, cv2.error) as e:  # a damaged annotation file
+        return f"{q.polygons or q.gt}: {e}"
+    return None
+
+
+def check_ground_truth(queries: Sequence[Query], workers: int | None = None) -> None:
+    """Refuse (``DatasetError``, one line naming the first bad file) a set whose ground
+    truth cannot all be read: scoring would leave those queries out and report the means
+    of the rest as the set's score. Video queries: the mask folder exists and every PNG in
+    it opens as an image (its header; the pixels are decoded when scored); image queries:
+    the masks are decoded and sized against their image, as scoring will."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def key(q: Query) -> tuple[str, ...]:
+        return (q.kind, q.gt, q.polygons, q.ignore, q.segment_media)
+
+    distinct: dict[tuple[str, ...], Query] = {}
+    for q in queries:  # the queries of one object share its ground truth: look once
+        distinct.setdefault(key(q), q)
+    n = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max(1, n)) as pool:
+        problems = dict(zip(distinct, pool.map(_ground_truth_problem, distinct.values()), strict=True))
+    bad = [q for q in queries if problems[key(q)]]
+    if not bad:
+        return
+    more = (f" ({len(bad)} of the {len(queries)} queries have ground truth that cannot be used)"
+            if len(bad) > 1 else "")
+    raise DatasetError(f"query {bad[0].id}: {problems[key(bad[0])]}{more}; fix the ground truth "
+                       "or leave the query out")

@@ -86,13 +86,19 @@ def error_row(q: Query, spec: ModelSpec, exc: BaseException, seconds: float) -> 
     return _row(q, spec, seconds, stop_reason="error:eval", error=msg)
 
 
+def uses_search(q: Query) -> bool:
+    """Whether the query's run may search: the in-video (no-search) questions never do, as
+    in the published evaluation."""
+    return q.ability != "in-video"
+
+
 def query_context(base: Context, q: Query, spec: ModelSpec, runs_dir: Path | None) -> Context:
     """The run's Context: the shared settings, this query's model, no segmentation (masks
     come later from the saved output), no search for the in-video (no-search) questions as
     in the published evaluation, and a run folder per query when trajectories are kept."""
     changes: dict[str, Any] = {"model": spec, "run_segmentation": False,
                                "output_dir": str(runs_dir / safe_name(q.id)) if runs_dir else ""}
-    if q.ability == "in-video":
+    if not uses_search(q):
         changes["search"] = "none"
     return replace(base, **changes)
 

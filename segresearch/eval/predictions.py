@@ -35,12 +35,14 @@ class Predictions:
     torn_tail: bool = False  # the last line was cut off (a killed writer)
     skipped: list[int] = field(default_factory=list)  # line numbers that were not rows
     duplicates: int = 0
+    first_problem: str = ""  # why the first skipped line is not a row ("line 3: not JSON")
 
 
-def read_predictions(path: str | os.PathLike[str], *, strict: bool = False) -> Predictions:
+def read_predictions(path: str | os.PathLike[str], *, strict: bool = False,
+                     warn: bool = True) -> Predictions:
     """Rows by id (a later row for the same id replaces the earlier one). Lines that are not
-    JSON objects with an ``id`` are skipped and counted (``strict``: refused), except a
-    torn last line, which is the expected trace of an interrupted append."""
+    JSON objects with an ``id`` are skipped and counted (``strict``: refused; ``warn``:
+    logged), except a torn last line, which is the expected trace of an interrupted append."""
     path = Path(path)
     out = Predictions()
     if not path.exists():
@@ -55,24 +57,79 @@ def read_predictions(path: str | os.PathLike[str], *, strict: bool = False) -> P
         try:
             row = json.loads(raw)
             if not isinstance(row, dict) or row.get("id") is None:
-                raise ValueError("not an object with an id")
+                raise ValueError(_NOT_A_ROW)
         except (ValueError, UnicodeDecodeError) as e:
             if is_tail:
                 out.torn_tail = True
                 continue
+            why = _line_problem(e)
             if strict:
-                raise PredictionsError(f"{path} line {n}: {e}") from None
+                raise PredictionsError(f"{path} line {n}: {why}") from None
             out.skipped.append(n)
+            out.first_problem = out.first_problem or f"line {n}: {why}"
             continue
         qid = str(row["id"])
         if qid in out.rows:
             out.duplicates += 1
         row["id"] = qid
         out.rows[qid] = row
-    if out.skipped:
-        log.warning("%s: skipped %d line(s) that are not prediction rows (first: line %d)",
-                    path, len(out.skipped), out.skipped[0])
+    if out.skipped and warn:
+        _warn_skipped(path, out)
     return out
+
+
+def _warn_skipped(path: Path, found: Predictions) -> None:
+    log.warning("%s: skipped %d line(s) that are not prediction rows (first: %s)",
+                path, len(found.skipped), found.first_problem)
+
+
+_NOT_A_ROW = 'not a JSON object with an "id"'
+
+
+def _line_problem(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not JSON ({e.msg})"
+    return str(e)
+
+
+def read_usable_predictions(path: str | os.PathLike[str]) -> tuple[Path, Predictions]:
+    """A predictions file a user named, refused (``PredictionsError``, one line naming the
+    file) unless at least one of its rows can be segmented: an object with an ``id`` and an
+    ``output`` text. ``eval --predictions`` and ``segment`` both read through here, so a
+    file one of them refuses the other refuses too, instead of scoring every query as a
+    miss and calling that a result."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PredictionsError(f"predictions file not found: {p}")
+    if not p.is_file():
+        raise PredictionsError(f"predictions file {p} is not a regular file; give the .jsonl "
+                               "file of prediction rows")
+    try:
+        found = read_predictions(p, warn=False)  # said below, in the refusal or a warning
+    except OSError as e:
+        raise PredictionsError(f"cannot read predictions file {p}: {e.strerror or e}") from None
+    fmt = 'one JSON object per line with "id" and "output"'
+    if not found.rows:
+        if found.first_problem:
+            why = found.first_problem
+        elif found.torn_tail:
+            why = "its only line is not a complete JSON row"
+        else:
+            why = "the file is empty"
+        raise PredictionsError(f"{p} holds no prediction rows ({why}); expected {fmt}")
+    if found.skipped:
+        _warn_skipped(p, found)
+    no_output = [i for i, r in found.rows.items() if not isinstance(r.get("output"), str)]
+    if len(no_output) == len(found.rows):
+        raise PredictionsError(
+            f"{p}: none of its {len(found.rows)} rows has an \"output\" text (the model's saved "
+            f"output, e.g. id {no_output[0]!r}); expected {fmt}")
+    if no_output:
+        log.warning("%s: %d row(s) have no \"output\" text and are scored as empty masks (e.g. id %r)",
+                    p, len(no_output), no_output[0])
+    return p, found
 
 
 class PredictionLog:

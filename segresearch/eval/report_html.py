@@ -1,12 +1,19 @@
 """An HTML page of an evaluation that someone can open anywhere, offline.
 
 Numbers alone do not tell why a query failed; the page puts each query's answer (keyframe,
-box, point, mask) next to its score and searches so a reader can scan hundreds of them.
+box, point, mask) next to its score and searches so a reader can scan hundreds of them,
+and beside the prediction the ground truth on the same frames with J and F of every
+annotated frame, so a low score can be traced to the frames where it happened (a wrong
+object, a drift, a mask lost after the keyframe). Every score is a percentage with one
+decimal, as in ``results.md`` and the paper; a ``--paper-table`` puts the paper's numbers
+and the difference beside ours.
+
 It has to survive being zipped and mailed, so everything it needs lives in the evaluation
 folder and is referenced by relative paths: no CDN, fonts or remote scripts, and the little
-JavaScript there is (a row filter) is optional. Pictures are small JPEGs made one query at a
-time, so a long video or a large evaluation never has to fit in memory, and one query whose
-media or masks are broken shows a message in its row instead of stopping the report.
+JavaScript there is (a row filter and sorting) is optional. Pictures are small JPEGs made
+one query at a time, so a long video or a large evaluation never has to fit in memory, and
+one query whose media or masks are broken shows a message in its row instead of stopping
+the report. Every string that comes from a user or a model is escaped.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import html
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from segresearch.eval.datasets import DatasetError, Query, image_ground_truth
+from segresearch.eval.results import (
+    our_group,
+    paper_groups,
+    paper_metrics,
+    pct,
+    pct_diff,
+    pct_value,
+    predictions_source,
+)
 from segresearch.graphs.outputs import write_atomic
 from segresearch.tools.media import Media, MediaError, open_media, sample_frame_ids
 from segresearch.tools.visualize import annotate, overlay_mask
@@ -41,6 +58,17 @@ STRIP_FRAMES = 4
 STRIP_GAP = 2
 JPEG_QUALITY = 85
 PLOT_EXTS = (".png", ".svg", ".jpg", ".jpeg")
+GT_COLOUR = (0, 200, 255)  # ground truth: sky blue, apart from the prediction's magenta
+MINUS = "\u2212"
+# Frames of the per-frame plot that get their own hover title; beyond this the plot
+# is only lines (a page of hundreds of long videos stays a few megabytes).
+MAX_TITLED_FRAMES = 300
+# Settings that describe how a model made predictions; a run that re-scores a saved file
+# made none of them, so its page must not name them (no search backend, no model).
+_MODEL_RUN_SETTINGS = ("models", "search", "kb", "retriever_url", "num_frames", "max_turns",
+                       "frame_size", "prompt_variant", "system_prompt_file", "temperature",
+                       "text_topk", "image_topk", "concurrency", "workers")
+_PATH_SETTINGS = ("root", "kb", "predictions", "system_prompt_file", "meta_mapping")
 
 
 def write_html_report(
@@ -81,17 +109,35 @@ def _e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def _path(value: Any) -> str:
+    """Escaped text in which every path wraps only after a separator: each folder name is
+    an unbreakable box (``.seg``), so a line never ends inside one, nor at a hyphen in it;
+    only a single name wider than the line is cut. Other words wrap as usual."""
+    out = []
+    for token in re.split(r"(\s+)", "" if value is None else str(value)):
+        if "/" in token or "\\" in token:
+            parts = re.findall(r"[^/\\]*[/\\]+|[^/\\]+$", token)
+            out.append("".join(f'<span class="seg">{_e(part)}</span>' for part in parts))
+        else:
+            out.append(_e(token))
+    return "".join(out)
+
+
 def _href(rel: str) -> str:
     """A relative URL for an attribute: percent-encoded so odd file names still resolve."""
     return _e(quote(rel, safe="/"))
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "–"
-    return "–" if math.isnan(v) else f"{v:.{digits}f}"
+def _pc(value: Any) -> str:
+    """A score as the page shows it: percent, one decimal, with its unit."""
+    text = pct(value)
+    return text if text == "—" else f'{text}<span class="u">%</span>'
+
+
+def _delta(ours: Any, paper: Any) -> str:
+    d = pct_diff(ours, paper, minus=MINUS)
+    cls = "pos" if d.startswith("+") else "neg" if d.startswith(MINUS) else "zero"
+    return f'<span class="delta {cls}">{_e(d)}</span>'
 
 
 def _asset_stem(qid: str, index: int, used: set[str]) -> str:
@@ -135,6 +181,26 @@ def _small(img: Image.Image, mask: np.ndarray | None, box: tuple[int, int]):
     return np.ascontiguousarray(rgb, dtype=np.uint8), mask, sx, sy
 
 
+def _per_frame(q: dict) -> dict[str, list[Any]] | None:
+    """The query's per-frame scores when they are usable: names with finite J and F."""
+    pf = q.get("per_frame")
+    if not isinstance(pf, dict):
+        return None
+    names, js, fs = pf.get("frame"), pf.get("J"), pf.get("F")
+    if not (isinstance(names, list) and isinstance(js, list) and isinstance(fs, list)):
+        return None
+    if not names or not len(names) == len(js) == len(fs):
+        return None
+    try:
+        js_f = [float(v) for v in js]
+        fs_f = [float(v) for v in fs]
+    except (TypeError, ValueError):
+        return None
+    if not all(math.isfinite(v) for v in js_f + fs_f):
+        return None
+    return {"frame": [str(n) for n in names], "J": js_f, "F": fs_f}
+
+
 # ---------------------------------------------------------------------------- pictures
 
 
@@ -152,7 +218,11 @@ class _Pictures:
     key_note: str | None = None
     strip: _Picture | None = None
     strip_note: str | None = None
+    gt: _Picture | None = None
+    gt_note: str | None = None
     unavailable: str | None = None  # the media could not be opened at all
+    shown: list[str] = field(default_factory=list)  # frame names of the strips
+    worst: str | None = None  # the annotated frame with the lowest J, when known
     files: list[str] = field(default_factory=list)
 
 
@@ -194,19 +264,49 @@ def _keyframe(media: Media, q: dict, seg: Path, assets: Path, stem: str) -> _Pic
     return _Picture(f"{ASSETS_DIR}/{file}", out.shape[1], out.shape[0], caption)
 
 
-def _strip(media: Media, seg: Path, assets: Path, stem: str) -> _Picture:
-    fids = sample_frame_ids(media.frame_ids, STRIP_FRAMES)
+def _strip_frames(media: Media, q: dict) -> tuple[list[int], str | None]:
+    """The frames both strips show, and the annotated frame with the lowest J.
+
+    With per-frame scores the frames are spread over the annotated frames (where there is
+    ground truth to compare with) and always include the worst one, which is usually the
+    frame that explains a low score; otherwise they are spread over the whole media."""
+    pf = _per_frame(q)
+    if pf is None:
+        return sample_frame_ids(media.frame_ids, STRIP_FRAMES), None
+    j_of = dict(zip(pf["frame"], pf["J"], strict=True))
+    annotated = [f for f in media.frame_ids if media.frame_name(f) in j_of]
+    if not annotated:
+        return sample_frame_ids(media.frame_ids, STRIP_FRAMES), None
+    fids = sample_frame_ids(annotated, STRIP_FRAMES)
+    worst = min(annotated, key=lambda f: j_of[media.frame_name(f)])
+    if j_of[media.frame_name(worst)] == max(j_of[media.frame_name(f)] for f in annotated):
+        return fids, None  # every frame scores the same: no frame is the worst
+    if worst not in fids:
+        pos = annotated.index(worst)
+        nearest = min(range(len(fids)), key=lambda k: abs(annotated.index(fids[k]) - pos))
+        fids[nearest] = worst
+        fids.sort(key=annotated.index)
+    return fids, media.frame_name(worst)
+
+
+def _strip_image(
+    media: Media,
+    fids: Sequence[int],
+    mask_of: Callable[[int, str, Image.Image], np.ndarray | None],
+    colour: tuple[int, int, int],
+) -> tuple[np.ndarray, int]:
+    """Tiles of ``fids`` side by side with ``mask_of``'s mask tinted in ``colour``; also
+    how many tiles had a non-empty mask."""
     tiles: list[np.ndarray] = []
-    names: list[str] = []
     masked = 0
     for fid in fids:
         name = media.frame_name(fid)
-        rgb, mask, _, _ = _small(media.frame(fid), _read_mask(seg, name), TILE_SIZE)
+        img = media.frame(fid)
+        rgb, mask, _, _ = _small(img, mask_of(fid, name, img), TILE_SIZE)
         if mask is not None and mask.any():
-            rgb = overlay_mask(rgb, mask)
+            rgb = overlay_mask(rgb, mask, colour)
             masked += 1
         tiles.append(annotate(rgb, label=name) if len(fids) > 1 else rgb)
-        names.append(name)
     height = max(t.shape[0] for t in tiles)
     width = sum(t.shape[1] for t in tiles) + STRIP_GAP * (len(tiles) - 1)
     canvas = np.full((height, width, 3), 32, np.uint8)
@@ -215,13 +315,61 @@ def _strip(media: Media, seg: Path, assets: Path, stem: str) -> _Picture:
         y = (height - t.shape[0]) // 2
         canvas[y : y + t.shape[0], x : x + t.shape[1]] = t
         x += t.shape[1] + STRIP_GAP
+    return canvas, masked
+
+
+def _frames_caption(media: Media, names: Sequence[str], worst: str | None) -> str:
+    if len(media) == 1:
+        return "the image" if media.kind == "image" else "the only frame"
+    label = "frame" if len(names) == 1 else "frames"
+    shown = ", ".join(f"{n} (lowest J)" if n == worst and len(names) > 1 else n for n in names)
+    return f"{label} {shown} of {len(media)}"
+
+
+def _strip(media: Media, fids: Sequence[int], seg: Path, assets: Path, stem: str,
+           caption: str) -> _Picture:
+    canvas, masked = _strip_image(media, fids, lambda _f, name, _i: _read_mask(seg, name),
+                                  (255, 64, 160))
     file = f"{stem}_strip.jpg"
     _save_jpeg(canvas, assets / file)
-    label = "frame" if len(names) == 1 else "frames"
-    caption = (
-        f"{label} {', '.join(names)} of {len(media)} · mask visible in {masked} of {len(names)}"
-    )
-    return _Picture(f"{ASSETS_DIR}/{file}", width, height, caption)
+    caption = f"prediction · {caption} · mask visible in {masked} of {len(fids)}"
+    return _Picture(f"{ASSETS_DIR}/{file}", canvas.shape[1], canvas.shape[0], caption)
+
+
+def _gt_mask_reader(q: dict, media: Media) -> Callable[[int, str, Image.Image], np.ndarray | None]:
+    """How to get the ground-truth mask of a frame of this query: the annotation folder's
+    ``<frame>.png`` for a video, the mask file or polygons of an image query."""
+    gt = str(q.get("gt") or "")
+    if q.get("kind") == "image" or media.kind == "image":
+        query = Query(id=str(q.get("id")), question="", ability="", media=media.source,
+                      segment_media=media.source, gt=gt, kind="image",
+                      polygons=str(q.get("gt_polygons") or ""), ignore=str(q.get("gt_ignore") or ""))
+        if not gt and not query.polygons:
+            raise LookupError("no ground truth recorded for this query")
+        w, h = media.source_size or (media.width, media.height)
+        target, _ = image_ground_truth(query, h, w)
+        return lambda _f, _n, _i: target
+    if not gt:
+        raise LookupError("no ground truth recorded for this query")
+    folder = Path(gt)
+    if not folder.is_dir():
+        raise LookupError(f"ground-truth folder not found: {folder}")
+
+    def read(_fid: int, name: str, _img: Image.Image) -> np.ndarray | None:
+        m = cv2.imread(str(folder / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+        return None if m is None else m > 0  # binarised as the score binarises it
+
+    return read
+
+
+def _gt_strip(media: Media, fids: Sequence[int], q: dict, assets: Path, stem: str,
+              caption: str) -> _Picture:
+    reader = _gt_mask_reader(q, media)
+    canvas, masked = _strip_image(media, fids, reader, GT_COLOUR)
+    file = f"{stem}_gt.jpg"
+    _save_jpeg(canvas, assets / file)
+    caption = f"ground truth · {caption} · object in {masked} of {len(fids)}"
+    return _Picture(f"{ASSETS_DIR}/{file}", canvas.shape[1], canvas.shape[0], caption)
 
 
 def _pictures(out_dir: Path, assets: Path, q: dict, stem: str) -> _Pictures:
@@ -246,20 +394,115 @@ def _pictures(out_dir: Path, assets: Path, q: dict, stem: str) -> _Pictures:
             log.warning("report: keyframe of %s failed: %r", q.get("id"), e)
             pics.key_note = f"keyframe picture failed: {type(e).__name__}: {e}"
         try:
-            pics.strip = _strip(media, seg, assets, stem)
+            fids, pics.worst = _strip_frames(media, q)
+            pics.shown = [media.frame_name(f) for f in fids]
+            caption = _frames_caption(media, pics.shown, pics.worst)
+        except MediaError as e:
+            pics.strip_note = f"frames unavailable: {e}"
+            return pics
+        try:
+            pics.strip = _strip(media, fids, seg, assets, stem, caption)
         except MediaError as e:
             pics.strip_note = f"frames unavailable: {e}"
         except Exception as e:
             log.warning("report: frame strip of %s failed: %r", q.get("id"), e)
             pics.strip_note = f"frame strip failed: {type(e).__name__}: {e}"
+        try:
+            pics.gt = _gt_strip(media, fids, q, assets, stem, caption)
+        except (LookupError, DatasetError) as e:  # missing or unreadable ground truth
+            pics.gt_note = str(e)
+        except MediaError as e:
+            pics.gt_note = f"frames unavailable: {e}"
+        except Exception as e:
+            log.warning("report: ground truth of %s failed: %r", q.get("id"), e)
+            pics.gt_note = f"ground truth picture failed: {type(e).__name__}: {e}"
     finally:
         if media.kind == "video":  # one decoder open at a time, however many videos
             media.close()
-    pics.files = [p.src.rsplit("/", 1)[1] for p in (pics.key, pics.strip) if p is not None]
+        pics.files = [p.src.rsplit("/", 1)[1] for p in (pics.key, pics.strip, pics.gt)
+                      if p is not None]
     return pics
 
 
+# ---------------------------------------------------------------------------- per-frame plot
+
+
+def _jf_plot(q: dict, qid: str, shown: Sequence[str], worst: str | None) -> str:
+    """J and F of every annotated frame as a small inline SVG: a dip shows where the
+    prediction lost the object. Lines stretch with the page; the labels are HTML so they
+    stay readable at any width."""
+    pf = _per_frame(q)
+    if pf is None:
+        if q.get("kind") == "image":
+            return ""
+        why = q.get("score_error") or "not in results.json (scored by an older version)"
+        return f'<p class="note">per-frame J/F unavailable: {_e(why)}</p>'
+    names, js, fs = pf["frame"], pf["J"], pf["F"]
+    n = len(names)
+
+    def x(i: int) -> float:
+        return 1000 * (i + 0.5) / n
+
+    def line(values: Sequence[float]) -> str:
+        if n == 1:  # one frame: a short level line, visible at any width
+            y = 100 - 100 * values[0]
+            return f"{x(0) - 40:.1f},{y:.1f} {x(0) + 40:.1f},{y:.1f}"
+        return " ".join(f"{x(i):.1f},{100 - 100 * v:.1f}" for i, v in enumerate(values))
+
+    marks = "".join(
+        f'<line class="mark{" worst" if name == worst else ""}" x1="{x(i):.1f}" y1="0" '
+        f'x2="{x(i):.1f}" y2="100"/>'
+        for i, name in enumerate(names) if name in shown or name == worst
+    )
+    titles = ""
+    if n <= MAX_TITLED_FRAMES:
+        w = 1000 / n
+        titles = "".join(
+            f'<rect class="hit" x="{i * w:.1f}" y="0" width="{w:.1f}" height="100">'
+            f"<title>frame {_e(name)}: J {pct(j)}%, F {pct(f)}%</title></rect>"
+            for i, (name, j, f) in enumerate(zip(names, js, fs, strict=True))
+        )
+    lo = int(np.argmin(js))
+    if min(js) == max(js):
+        low = f"J {pct(js[0])}% on every frame" if n > 1 else f"J {pct(js[0])}%"
+    else:
+        low = f"lowest J {pct(js[lo])}% at frame {names[lo]}"
+    summary = (f"J and F per annotated frame of {qid}: {n} frame{'s' if n != 1 else ''}, "
+               f"mean J {pct(float(np.mean(js)))}%, {low}")
+    span = names[0] if n == 1 else f"{names[0]}–{names[-1]}"
+    return (
+        '<figure class="jf">'
+        '<div class="jf-plot"><span class="jf-y hi" aria-hidden="true">100</span>'
+        '<span class="jf-y mid" aria-hidden="true">50</span>'
+        '<span class="jf-y lo" aria-hidden="true">0</span>'
+        f'<svg viewBox="0 -3 1000 106" preserveAspectRatio="none" role="img" '
+        f'aria-label="{_e(summary)}" focusable="false">'
+        '<line class="grid" x1="0" y1="0" x2="1000" y2="0"/>'
+        '<line class="grid" x1="0" y1="50" x2="1000" y2="50"/>'
+        '<line class="grid" x1="0" y1="100" x2="1000" y2="100"/>'
+        f"{marks}"
+        f'<polyline class="f" points="{line(fs)}"/>'
+        f'<polyline class="j" points="{line(js)}"/>'
+        f"{titles}</svg></div>"
+        f'<figcaption><span class="lg-j">J</span> and <span class="lg-f">F</span> (%) per '
+        f"annotated frame ({n}, {_e(span)}) · {_e(low)} · dashed lines: the frames "
+        "shown above</figcaption></figure>"
+    )
+
+
 # ---------------------------------------------------------------------------- rows
+
+
+def _head_key(q: dict) -> str:
+    if q.get("kind") == "image" or ("IoU" in q and "J&F" not in q):
+        return "IoU"
+    return "J&F"
+
+
+def _sort_score(q: dict) -> str:
+    """The row's score for client-side sorting (percent; empty when it has none)."""
+    v = pct_value(q.get(_head_key(q)))
+    return "" if v is None else f"{v:.1f}"
 
 
 def _row_safely(out_dir: Path, assets: Path, q: dict, index: int, used: set[str]) -> str:
@@ -269,7 +512,8 @@ def _row_safely(out_dir: Path, assets: Path, q: dict, index: int, used: set[str]
     except Exception as e:  # malformed data: still one row, saying what went wrong
         log.warning("report: row %s failed: %r", qid, e)
         return (
-            f'<tr class="row flagged" id="q-{_e(qid)}" data-attention="1">'
+            f'<tr class="row flagged" id="q-{_e(qid)}" data-attention="1" data-order="{index}" '
+            f'data-score="" data-id="{_e(qid)}">'
             '<td class="q" data-label="Query">'
             f'<div class="qid"><a href="#q-{_href(qid)}">{_e(qid)}</a></div></td>'
             f'<td colspan="2" class="note bad">row could not be shown: '
@@ -302,6 +546,8 @@ def _flags(q: dict) -> list[str]:
         if graph is not None and first is not None:
             text += f" (graph: frame {graph}, rule: frame {first})"
         out.append(_badge(text, "info"))
+    if q.get("score_error"):
+        out.append(_badge(f"not scored: {q.get('score_error')}", "bad"))
     return out
 
 
@@ -330,7 +576,8 @@ def _run_link(out_dir: Path, run_dir: Any) -> str:
         rel = p.resolve().relative_to(out_dir.resolve()).as_posix()
     except ValueError:  # a link out of the folder breaks as soon as it is moved
         return (
-            f'<p class="run">run folder (outside the report folder): <code>{_e(run_dir)}</code></p>'
+            f'<p class="run">run folder (outside the report folder): '
+            f"<code>{_path(run_dir)}</code></p>"
         )
     links = [f'<a href="{_href(rel + "/")}">run folder</a>']
     if (p / "trajectory.json").is_file():
@@ -339,22 +586,16 @@ def _run_link(out_dir: Path, run_dir: Any) -> str:
 
 
 def _score(q: dict) -> str:
-    if q.get("kind") == "image" or ("IoU" in q and "J&F" not in q):
-        keys = ["IoU"]
-    else:
-        keys = ["J&F", "J", "F"]
+    keys = ["IoU"] if _head_key(q) == "IoU" else ["J&F", "J", "F"]
     items = "".join(
         f'<span class="m{" head" if i == 0 else ""}"><span class="k">{_e(k)}</span> '
-        f'<span class="v">{_num(q.get(k))}</span></span>'
+        f'<span class="v">{_pc(q.get(k))}</span></span>'
         for i, k in enumerate(keys)
     )
-    try:
-        head = float(q.get(keys[0]))
-    except (TypeError, ValueError):
-        head = math.nan
+    head = pct_value(q.get(keys[0]))
     bar = ""
-    if not math.isnan(head):
-        v = min(1.0, max(0.0, head))
+    if head is not None:
+        v = min(1.0, max(0.0, head / 100))
         bar = (
             f'<span class="bar" aria-hidden="true"><span style="width:{v * 100:.0f}%;'
             f'background:hsl({v * 120:.0f},65%,40%)"></span></span>'
@@ -362,8 +603,9 @@ def _score(q: dict) -> str:
     stop = q.get("stop_reason")
     stop_cls = "ok" if stop == "answer" else "warn"
     extra = ""
-    if q.get("annotated_frames"):
-        extra = f'<span class="muted">scored on {_e(q.get("annotated_frames"))} frames</span>'
+    n = q.get("annotated_frames")
+    if n and _head_key(q) != "IoU":
+        extra = f'<span class="muted">scored on {_e(n)} frame{"s" if n != 1 else ""}</span>'
     return (
         f'<div class="score">{items}{bar}'
         f'<span class="stop {stop_cls}">stop: {_e(stop or "none")}</span>{extra}</div>'
@@ -418,12 +660,25 @@ def _row(out_dir: Path, assets: Path, q: dict, qid: str, index: int, used: set[s
     if pics.key_note:
         key_parts.append(f'<p class="note bad">{_e(pics.key_note)}</p>')
 
+    frame_parts: list[str] = []
     if pics.strip is not None:
-        strip_cell = _picture_html(pics.strip, f"masks of {qid}: {pics.strip.caption}", "strip")
+        frame_parts.append(
+            _picture_html(pics.strip, f"predicted masks of {qid}: {pics.strip.caption}", "strip")
+        )
     elif pics.unavailable is not None:
-        strip_cell = '<p class="note bad">media unavailable</p>'
+        frame_parts.append('<p class="note bad">media unavailable</p>')
     else:
-        strip_cell = f'<p class="note bad">{_e(pics.strip_note or "no frames")}</p>'
+        frame_parts.append(f'<p class="note bad">{_e(pics.strip_note or "no frames")}</p>')
+    if pics.gt is not None:
+        frame_parts.append(
+            _picture_html(pics.gt, f"ground truth of {qid}: {pics.gt.caption}", "strip gt")
+        )
+    elif pics.gt_note and pics.unavailable is None:
+        frame_parts.append(f'<p class="note">ground truth not shown: {_e(pics.gt_note)}</p>')
+    if pics.strip is not None and pics.gt is not None and len(pics.shown) == 1:
+        # one picture each: side by side, like the two halves of a comparison
+        frame_parts[:2] = [f'<div class="pair">{"".join(frame_parts[:2])}</div>']
+    frame_parts.append(_jf_plot(q, qid, pics.shown, pics.worst))
 
     broken = q.get("missing_prediction") or not prompt or pics.unavailable is not None
     # what the "only rows with problems" filter keeps: anything a reader should look at
@@ -432,10 +687,12 @@ def _row(out_dir: Path, assets: Path, q: dict, qid: str, index: int, used: set[s
     cls = "row flagged" if broken else "row"
     mark = ' data-attention="1"' if attention else ""
     return (
-        f'<tr class="{cls}" id="q-{_e(qid)}"{mark}>'
+        f'<tr class="{cls}" id="q-{_e(qid)}"{mark} data-order="{index}" '
+        f'data-score="{_sort_score(q)}" data-id="{_e(qid)}">'
         f'<td class="q" data-label="Query">{query_cell}</td>'
         f'<td class="pic key" data-label="Keyframe">{"".join(key_parts)}</td>'
-        f'<td class="pic strip" data-label="Frames">{strip_cell}</td>'
+        f'<td class="pic strip" data-label="Prediction and ground truth">'
+        f'{"".join(frame_parts)}</td>'
         "</tr>"
     )
 
@@ -452,12 +709,21 @@ def _value(v: Any) -> str:
         return ", ".join(_value(x) for x in v)
     if isinstance(v, float):
         return f"{v:g}"
-    return "–" if v is None else str(v)
+    return "–" if v is None or v == "" else str(v)
 
 
 def _dl(items: Iterable[tuple[str, Any]]) -> str:
-    body = "".join(f"<dt>{_e(k)}</dt><dd>{_e(_value(v))}</dd>" for k, v in items)
+    """Key/value pairs; every value may wrap after a path separator (paths are long and a
+    folder name cut in two is unreadable)."""
+    body = "".join(f"<dt>{_e(k)}</dt><dd>{_path(_value(v))}</dd>" for k, v in items)
     return f'<dl class="kv">{body}</dl>'
+
+
+def _settings_items(results: dict) -> list[tuple[str, Any]]:
+    settings = results.get("settings") or {}
+    if settings.get("predictions"):
+        return [(k, v) for k, v in settings.items() if k not in _MODEL_RUN_SETTINGS]
+    return list(settings.items())
 
 
 def _metric_keys(results: dict) -> list[str]:
@@ -469,37 +735,68 @@ def _metric_keys(results: dict) -> list[str]:
 
 
 def _metric_table(results: dict, keys: Sequence[str]) -> str:
+    """Our numbers per ability and overall; with a paper table, each cell also holds the
+    paper's number and the difference, stacked, so the table stays narrow enough for a
+    phone instead of tripling its columns."""
     by = results.get("by_ability") or {}
-    if not by:
+    paper = (results.get("paper") or {}).get("rows") or {}
+    compared = [k for k in keys if k in paper_metrics(results)]
+    if not by and not paper:
         return ""
     head = "".join(f'<th scope="col">{_e(k)}</th>' for k in keys)
+
+    def cells(name: str, m: dict) -> str:
+        theirs = paper.get(name) or {}
+        out = []
+        for k in keys:
+            ref = ""
+            if k in compared:
+                ref = (f'<span class="ref">paper {_e(pct(theirs.get(k)))}</span>'
+                       f'<span class="ref">Δ {_delta(m.get(k), theirs.get(k))}</span>')
+            out.append(f'<td><span class="ours">{_e(pct(m.get(k)))}</span>{ref}</td>')
+        return "".join(out)
+
+    names = list(by)
+    extra = [g for g in paper_groups(results) if g not in by and g != "overall"]
     rows = "".join(
-        f'<tr><th scope="row">{_e(name)}</th>'
-        + "".join(f"<td>{_num((m or {}).get(k))}</td>" for k in keys)
-        + f"<td>{_e((m or {}).get('n', '–'))}</td></tr>"
-        for name, m in by.items()
+        f'<tr><th scope="row">{_e(name)}</th>{cells(name, our_group(results, name))}'
+        f"<td>{_e((our_group(results, name) or {}).get('n', '–'))}</td></tr>"
+        for name in names + extra
     )
     overall = results.get("overall") or {}
     foot = (
-        '<tr class="total"><th scope="row">overall</th>'
-        + "".join(f"<td>{_num(overall.get(k))}</td>" for k in keys)
-        + f"<td>{_e(overall.get('n', '–'))}</td></tr>"
+        f'<tr class="total"><th scope="row">overall</th>{cells("overall", overall)}'
+        f"<td>{_e(overall.get('n', '–'))}</td></tr>"
     )
+    note = ""
+    if compared:
+        note = (
+            '<p class="muted">In each cell: ours, the paper\'s number, and Δ = ours − paper '
+            f'in percentage points. Paper numbers from <code>{_path(results["paper"].get("file"))}'
+            "</code>.</p>"
+        )
+    cls = "metrics compared" if compared else "metrics"
     return (
-        '<section class="card wide"><h2>By ability</h2><div class="scroll">'
-        f'<table class="metrics"><thead><tr><th scope="col">ability</th>{head}'
-        f'<th scope="col">n</th></tr></thead><tbody>{rows}{foot}</tbody></table></div></section>'
+        '<section class="card wide"><h2>By ability (%)</h2><div class="scroll">'
+        f'<table class="{cls}"><thead><tr><th scope="col">ability</th>{head}'
+        f'<th scope="col">n</th></tr></thead><tbody>{rows}{foot}</tbody></table></div>'
+        f"{note}</section>"
     )
 
 
 def _headline(results: dict, keys: Sequence[str]) -> str:
     overall = results.get("overall") or {}
+    paper = ((results.get("paper") or {}).get("rows") or {}).get("overall") or {}
     tiles = []
     for i, k in enumerate(keys):
         cls = "big primary" if i == 0 else "big"
+        ref = ""
+        if k in paper:
+            ref = (f'<span class="ref">paper {_e(pct(paper[k]))} · '
+                   f"{_delta(overall.get(k), paper[k])}</span>")
         tiles.append(
-            f'<div class="{cls}"><span class="v">{_num(overall.get(k))}</span>'
-            f'<span class="k">{_e(k)}</span></div>'
+            f'<div class="{cls}"><span class="v">{_pc(overall.get(k))}</span>'
+            f'<span class="k">{_e(k)}</span>{ref}</div>'
         )
     tiles.append(
         f'<div class="big"><span class="v">{_e(overall.get("n", "–"))}</span>'
@@ -534,9 +831,16 @@ def _plots(out_dir: Path) -> str:
     )
 
 
+def _source(results: dict) -> str:
+    """Where the predictions came from, with paths breakable at their separators."""
+    if not results.get("settings"):
+        return ""
+    text = predictions_source(results)
+    return f'<p class="source">{_path(text[:1].upper() + text[1:])}.</p>'
+
+
 def _page(results: dict, out_dir: Path, rows: list[str], total: int) -> str:
     ds = results.get("dataset") or {}
-    settings = results.get("settings") or {}
     counts = results.get("counts") or {}
     keys = _metric_keys(results)
     title = " · ".join(str(x) for x in (ds.get("name"), ds.get("split")) if x) or "evaluation"
@@ -551,7 +855,7 @@ def _page(results: dict, out_dir: Path, rows: list[str], total: int) -> str:
             ("metric", results.get("metric")),
         ]
     )
-    settings_dl = _dl(settings.items())
+    settings_dl = _dl(_settings_items(results))
     count_items = [(k.replace("_", " "), v) for k, v in counts.items() if k != "stop_reasons"]
     stops = counts.get("stop_reasons")
     if isinstance(stops, dict):
@@ -568,6 +872,7 @@ def _page(results: dict, out_dir: Path, rows: list[str], total: int) -> str:
         if rows
         else ('<tr><td colspan="3" class="muted">no queries in the results</td></tr>')
     )
+    head_metric = "J&F" if results.get("metric", "J&F") == "J&F" else "IoU"
 
     return f"""<!doctype html>
 <html lang="en">
@@ -581,10 +886,12 @@ def _page(results: dict, out_dir: Path, rows: list[str], total: int) -> str:
 <body>
 <header class="top">
 <h1>SegResearch evaluation <span class="muted">· {_e(title)}</span></h1>
+{_source(results)}
 {_headline(results, keys)}
+<p class="units muted">All scores are percentages with one decimal.</p>
 <div class="cards">
 <section class="card"><h2>Dataset</h2>{dataset_dl}</section>
-<section class="card"><h2>Settings</h2>{settings_dl}</section>
+<section class="card settings"><h2>Settings</h2>{settings_dl}</section>
 <section class="card"><h2>Counts</h2>{counts_dl}</section>
 {_metric_table(results, keys)}
 </div>
@@ -595,18 +902,28 @@ def _page(results: dict, out_dir: Path, rows: list[str], total: int) -> str:
 <h2>Queries</h2>
 <p class="legend">Keyframe: the model's <span class="lg-box">box</span> and
 <span class="lg-point">point</span> with the <span class="lg-mask">mask</span> tinted.
-Frames: evenly spaced frames with the predicted masks. Click a picture for full size.</p>
+Prediction and ground truth: the same frames with the
+<span class="lg-mask">predicted mask</span> and the <span class="lg-gt">ground truth</span>,
+including the frame with the lowest J; below them J and F of every annotated frame.
+Click a picture for full size.</p>
 {note}
 <div id="filter-box" class="filter" hidden>
 <label for="filter">Filter rows</label>
 <input id="filter" type="search" placeholder="id, ability, question, search…" autocomplete="off">
 <label class="check"><input id="flagged" type="checkbox"> only rows with problems</label>
+<span class="sortby"><label for="sort">Sort</label>
+<select id="sort">
+<option value="order">in the order of the results</option>
+<option value="asc">by {_e(head_metric)}, lowest first</option>
+<option value="desc">by {_e(head_metric)}, highest first</option>
+<option value="id">by query id</option>
+</select></span>
 <span id="filter-count" class="muted" aria-live="polite"></span>
 </div>
 <table class="rows">
-<caption class="sr">One row per query, in the order of the results</caption>
+<caption class="sr">One row per query</caption>
 <thead><tr><th scope="col">Query and score</th>
-<th scope="col">Keyframe</th><th scope="col">Frames</th></tr></thead>
+<th scope="col">Keyframe</th><th scope="col">Prediction and ground truth</th></tr></thead>
 <tbody>
 {body}
 </tbody>
@@ -641,29 +958,42 @@ p{margin:.2rem 0}
 min-width:7.5rem;display:flex;flex-direction:column}
 .big .v{font-size:1.6rem;font-weight:650;font-variant-numeric:tabular-nums}
 .big .k{color:var(--muted);font-size:.85rem}
+.big .ref{font-size:.8rem;color:var(--muted)}
 .big.primary{border-color:var(--accent);box-shadow:inset 0 0 0 1px var(--accent)}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:.75rem}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:.8rem 1rem;
 min-width:0}
 .card.wide{grid-column:1/-1}
-.kv{display:grid;grid-template-columns:max-content 1fr;gap:.15rem .8rem;margin:0;font-size:.9rem}
-.kv dt{color:var(--muted)}.kv dd{margin:0;min-width:0}
+.kv{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.15rem .8rem;margin:0;
+font-size:.9rem}
+.kv dt{color:var(--muted)}.kv dd{margin:0;min-width:0;overflow-wrap:break-word}
+.seg{display:inline-block;max-width:100%;overflow-wrap:anywhere}
+@media (min-width:900px){.card.settings{grid-column:span 2}}
+.source{margin:-.4rem 0 .8rem;overflow-wrap:break-word}
+.units{font-size:.85rem;margin:-.5rem 0 .8rem}
+.u{font-size:.7em;font-weight:500;margin-left:.05em;color:var(--muted)}
 .scroll{overflow-x:auto}
 table.metrics{border-collapse:collapse;font-variant-numeric:tabular-nums;font-size:.9rem}
 table.metrics th,table.metrics td{padding:.25rem .8rem;border-bottom:1px solid var(--line);
 text-align:right}
 table.metrics th[scope=row],table.metrics thead th:first-child{text-align:left}
 table.metrics tr.total{font-weight:650}
+table.metrics th,table.metrics td{white-space:nowrap;overflow-wrap:normal}
+table.metrics .ours,table.metrics .ref{display:block}
+table.metrics .ref{color:var(--muted);font-size:.78rem;font-weight:400}
+table.metrics.compared td,table.metrics.compared th[scope=row]{vertical-align:top}
+.delta.pos{color:var(--ok)}.delta.neg{color:var(--bad)}
 table.metrics tr.total>*{border-bottom:0}
 .plots-section{margin-bottom:1.25rem}
 .plots{display:flex;flex-wrap:wrap;gap:.75rem;align-items:flex-start}
 .plots figure{margin:0;background:var(--card);border:1px solid var(--line);border-radius:10px;
 padding:.5rem;max-width:100%}
-.plots img{max-width:min(100%,640px);height:auto;display:block}
+.plots img{max-width:min(100%,880px);height:auto;display:block}
 figcaption{font-size:.8rem;color:var(--muted);margin-top:.25rem}
 .legend{font-size:.9rem;color:var(--muted)}
 .lg-box{color:#008a00;font-weight:600}.lg-point{color:#d42020;font-weight:600}
-.lg-mask{color:#c0307a;font-weight:600}
+.lg-mask{color:#c0307a;font-weight:600}.lg-gt{color:#007bb0;font-weight:600}
+.lg-j{color:#2f6fde;font-weight:600}.lg-f{color:#c25e00;font-weight:600}
 .filter{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem .8rem;margin:.5rem 0 .75rem}
 .filter input[type=search]{font:inherit;padding:.35rem .6rem;border:1px solid var(--line);
 border-radius:6px;width:22rem;max-width:100%}
@@ -710,6 +1040,24 @@ padding:0 .3rem;border-radius:4px}
 .note.bad{color:var(--bad);background:var(--bad-bg)}
 .note.warn{color:var(--warn);background:var(--warn-bg)}
 figure.key,figure.strip{margin:0}
+figure.strip+figure.strip{margin-top:.4rem}
+.pair{display:flex;flex-wrap:wrap;gap:.4rem .75rem;align-items:flex-start}
+.pair figure.strip+figure.strip{margin-top:0}
+.pair figure{max-width:calc(50% - .4rem)}
+figure.jf{margin:.4rem 0 0;max-width:640px}
+.jf-plot{position:relative;height:64px;margin-left:1.8rem;background:#f7f9fb;border:1px solid var(--line);border-radius:4px}
+.jf-plot svg{display:block;width:100%;height:100%;overflow:visible}
+.jf-y{position:absolute;left:-1.9rem;width:1.6rem;text-align:right;font-size:.68rem;
+line-height:1;color:var(--muted);white-space:nowrap;overflow-wrap:normal}
+.jf-y.hi{top:-.1rem}.jf-y.mid{top:calc(50% - .34rem)}.jf-y.lo{bottom:-.1rem}
+.jf line.grid{stroke:#dde2e8;stroke-width:1;vector-effect:non-scaling-stroke}
+.jf line.mark{stroke:#9aa3ad;stroke-width:1;stroke-dasharray:3 3;vector-effect:non-scaling-stroke}
+.jf line.mark.worst{stroke:var(--bad)}
+.jf polyline{fill:none;stroke-width:2;vector-effect:non-scaling-stroke;stroke-linejoin:round}
+.jf polyline.j{stroke:#2f6fde}.jf polyline.f{stroke:#e07b00}
+.jf rect.hit{fill:transparent}.jf rect.hit:hover{fill:rgba(47,111,222,.12)}
+.sortby{display:inline-flex;align-items:center;gap:.4rem}
+.filter select{font:inherit;padding:.3rem .4rem;border:1px solid var(--line);border-radius:6px;max-width:100%}
 figure.key img,figure.strip img{display:block;max-width:100%;height:auto;border-radius:4px;
 background:#d5dae0}
 td.key{width:calc(min(320px,22vw) + 1.5rem)}
@@ -734,6 +1082,8 @@ footer{font-size:.8rem;padding-bottom:2rem}
  .top,main,footer{padding:.75rem}
  h1{font-size:1.25rem}
  .big{min-width:6rem;padding:.4rem .7rem}.big .v{font-size:1.3rem}
+ table.metrics th,table.metrics td{padding:.25rem .4rem}
+ .card{padding:.7rem .75rem}
 }
 """
 
@@ -741,14 +1091,26 @@ _JS = """
 (function(){
 var box=document.getElementById('filter-box');if(!box)return;box.hidden=false;
 var input=document.getElementById('filter'),only=document.getElementById('flagged');
-var count=document.getElementById('filter-count');
+var sort=document.getElementById('sort'),count=document.getElementById('filter-count');
 var rows=Array.prototype.slice.call(document.querySelectorAll('tr.row'));
+var body=rows.length?rows[0].parentNode:null;
 var text=rows.map(function(r){return r.textContent.toLowerCase();});
 function apply(){var t=input.value.trim().toLowerCase(),n=0;
 rows.forEach(function(r,i){var ok=(!t||text[i].indexOf(t)>=0)&&
 (!only.checked||r.hasAttribute('data-attention'));
 r.hidden=!ok;if(ok)n++;});
 count.textContent=n+' of '+rows.length+' rows';}
-input.addEventListener('input',apply);only.addEventListener('change',apply);apply();
+function num(r,k){var v=r.getAttribute(k);return v===null||v===''?null:parseFloat(v);}
+function order(){if(!body)return;var how=sort.value;
+var sorted=rows.slice().sort(function(a,b){var d=0;
+if(how==='asc'||how==='desc'){var x=num(a,'data-score'),y=num(b,'data-score');
+if(x===null&&y!==null)return 1;if(y===null&&x!==null)return -1;
+if(x!==null&&y!==null)d=how==='asc'?x-y:y-x;}
+else if(how==='id'){d=a.getAttribute('data-id').localeCompare(b.getAttribute('data-id'),
+undefined,{numeric:true});}
+return d||num(a,'data-order')-num(b,'data-order');});
+sorted.forEach(function(r){body.appendChild(r);});}
+input.addEventListener('input',apply);only.addEventListener('change',apply);
+sort.addEventListener('change',order);order();apply();
 })();
 """

@@ -9,6 +9,7 @@ inputs apart from ``created``, so two runs (single process or sharded) can be co
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -46,8 +47,95 @@ def counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _pct(v: Any) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
+def pct_value(v: Any) -> float | None:
+    """A score (a fraction) as the percent we print, one decimal; None when there is none.
+
+    Differences to the paper are taken between these printed values, so a table's
+    columns always add up as the reader sees them."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return float(f"{100 * f:.1f}") if math.isfinite(f) else None
+
+
+def pct(v: Any) -> str:
+    """A score (a fraction) as percent with one decimal, the one unit of every table,
+    plot and page; "—" where there is no number."""
+    p = pct_value(v)
+    return "—" if p is None else f"{p:.1f}"
+
+
+def pct_diff(ours: Any, paper: Any, minus: str = "-") -> str:
+    """Ours minus the paper's, in percentage points with a sign ("—" when either is
+    missing); ``minus`` lets a page use the typographic minus sign."""
+    a, b = pct_value(ours), pct_value(paper)
+    if a is None or b is None:
+        return "—"
+    d = round(a - b, 1)
+    if d == 0:
+        return "±0.0"
+    return f"+{d:.1f}" if d > 0 else f"{minus}{abs(d):.1f}"
+
+
+
+def metric_keys(results: dict[str, Any]) -> tuple[str, ...]:
+    return ("J&F", "J", "F") if results.get("metric") == "J&F" else ("gIoU", "cIoU")
+
+
+def predictions_source(results: dict[str, Any]) -> str:
+    """Where the predictions came from, in a sentence: a model (and how it searched), or a
+    saved file (then nothing was searched by this run, and no backend is named)."""
+    st = results.get("settings") or {}
+    if st.get("predictions"):
+        return (f"predictions read from {st['predictions']} (no model was run and nothing "
+                "was searched by this evaluation)")
+    models = ", ".join(map(str, st.get("models") or [])) or "an unnamed model"
+    search = st.get("search")
+    if search in (None, "", "none"):
+        how = "without search"
+    else:
+        how = f"searching with {search}"
+        if st.get("kb"):
+            how += f" (knowledge base {st['kb']})"
+        if st.get("retriever_url"):
+            how += f" (retriever {st['retriever_url']})"
+    return f"predictions made by {models}, {how}"
+
+
+def paper_groups(results: dict[str, Any]) -> list[str]:
+    """Rows of the comparison: ours in order, then groups only the paper reports."""
+    paper = (results.get("paper") or {}).get("rows") or {}
+    ours = [*(results.get("by_ability") or {}), "overall"]
+    return [g for g in ours if g in paper] + [g for g in paper if g not in ours]
+
+
+def paper_metrics(results: dict[str, Any]) -> list[str]:
+    rows = (results.get("paper") or {}).get("rows") or {}
+    return [k for k in metric_keys(results) if any(k in r for r in rows.values())]
+
+
+def our_group(results: dict[str, Any], group: str) -> dict[str, Any]:
+    if group == "overall":
+        return results.get("overall") or {}
+    return (results.get("by_ability") or {}).get(group) or {}
+
+
+def _paper_markdown(results: dict[str, Any]) -> list[str]:
+    paper = results.get("paper") or {}
+    metrics = paper_metrics(results)
+    if not metrics:
+        return []
+    head = " | ".join(f"{k} | paper | Δ" for k in metrics)
+    out = ["", "## Against the paper", "",
+           f"Paper numbers from `{paper.get('file')}`; Δ = ours − paper, in percentage points.",
+           "", f"| group | {head} |", "|---|" + "---:|---:|---:|" * len(metrics)]
+    for g in paper_groups(results):
+        ours, theirs = our_group(results, g), paper["rows"].get(g) or {}
+        cells = " | ".join(f"{pct(ours.get(k))} | {pct(theirs.get(k))} | "
+                           f"{pct_diff(ours.get(k), theirs.get(k))}" for k in metrics)
+        out.append(f"| {g} | {cells} |")
+    return out
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -56,22 +144,30 @@ def results_markdown(results: dict[str, Any]) -> str:
     ds = results["dataset"]
     st = results["settings"]
     video = results["metric"] == "J&F"
-    keys = ("J&F", "J", "F") if video else ("gIoU", "cIoU")
-    out = [f"# {ds['name']} {ds.get('split') or ''} — {results['metric']}".rstrip(), "",
-           f"- queries: {ds['queries']}; model(s): {', '.join(map(str, st.get('models') or ['(predictions file)']))}",
-           f"- search: {st.get('search')}, kb: {st.get('kb') or '—'}, frames: {st.get('num_frames')}, "
-           f"max turns: {st.get('max_turns')}, segmenter: {(st.get('segmenter') or {}).get('name')}",
+    keys = metric_keys(results)
+    seg = (st.get("segmenter") or {}).get("name")
+    if st.get("predictions"):
+        run = (f"- coordinates: {st.get('coord_style')} (keyframe size {st.get('keyframe_size')}), "
+               f"segmenter: {seg}")
+    else:
+        run = (f"- search: {st.get('search')}, kb: {st.get('kb') or '—'}, frames: "
+               f"{st.get('num_frames')}, max turns: {st.get('max_turns')}, segmenter: {seg}")
+    name = " ".join(str(x) for x in (ds.get("name"), ds.get("split")) if x)
+    out = [f"# {name} — {results['metric']}", "",
+           f"- queries: {ds['queries']}; {predictions_source(results)}", run,
            f"- created: {results['created']}", "",
            "| group | n | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
     rows = [*results["by_ability"].items(), ("**overall**", results["overall"])]
     for name, g in rows:
         if g is None:
             continue
-        out.append(f"| {name} | {g['n']} | " + " | ".join(_pct(g[k]) for k in keys) + " |")
-    out += ["", f"Scores in percent. {_explain(video)}", "", "## By number of searches", "",
+        out.append(f"| {name} | {g['n']} | " + " | ".join(pct(g[k]) for k in keys) + " |")
+    out += ["", f"Scores in percent. {_explain(video)}"]
+    out += _paper_markdown(results)
+    out += ["", "## By number of searches", "",
             "| searches | n | " + keys[0] + " |", "|---:|---:|---:|"]
     for k, g in results.get("by_searches", {}).items():
-        out.append(f"| {k} | {g['n']} | {_pct(g[keys[0]])} |")
+        out.append(f"| {k} | {g['n']} | {pct(g[keys[0]])} |")
     c = results["counts"]
     out += ["", "## Counts", "",
             f"- predictions: {c['predicted']} of {c['queries']} queries "
@@ -98,7 +194,11 @@ def _explain(video: bool) -> str:
 
 
 def write_plots(out_dir: Path, results: dict[str, Any]) -> list[str]:
-    """Per-category bars and the score against the number of searches, as PNG."""
+    """Per-category bars and the score against the number of searches, as PNG.
+
+    Legends sit below the axes and the top keeps headroom for the bar labels alone, so
+    nothing is printed over a bar near 100%; the paper's numbers, when given, are black
+    ticks across the bars they compare with."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +208,7 @@ def write_plots(out_dir: Path, results: dict[str, Any]) -> list[str]:
     video = results["metric"] == "J&F"
     keys = ("J", "F", "J&F") if video else ("gIoU", "cIoU")
     head = keys[-1] if video else "gIoU"
+    paper = (results.get("paper") or {}).get("rows") or {}
     d = out_dir / PLOTS
     d.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
@@ -115,27 +216,41 @@ def write_plots(out_dir: Path, results: dict[str, Any]) -> list[str]:
     if results.get("overall"):
         groups.append(("overall", results["overall"]))
     if groups:
-        fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(groups) + 2), 3.6), dpi=110)
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.25 * len(groups) + 1.5), 3.9), dpi=110,
+                               layout="constrained")
         x = np.arange(len(groups))
         width = 0.8 / len(keys)
+        marked = False
         for i, k in enumerate(keys):
+            xs = x + (i - (len(keys) - 1) / 2) * width
             vals = [100 * g[k] for _, g in groups]
-            bars = ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, label=k)
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+            ax.bar(xs, vals, width, label=k)
+            for xc, v, (a, g) in zip(xs, vals, groups, strict=True):
+                ref = (paper.get(a) or {}).get(k)
+                top = v
+                if ref is not None:
+                    ax.hlines(100 * ref, xc - width / 2, xc + width / 2, colors="black",
+                              linewidth=1.6, label=None if marked else "paper")
+                    marked = True
+                    if 100 * ref > v - 5:  # the label goes above the paper's tick, not on it
+                        top = max(v, 100 * ref)
+                ax.annotate(pct(g[k]), (xc, top), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7.5)
         ax.set_xticks(x, [f"{a}\n(n={g['n']})" for a, g in groups], fontsize=8)
-        ax.set_ylim(0, 118)
+        ax.set_ylim(0, 110)  # room for the labels of bars at 100, nothing else up there
         ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel("score (%)")
-        ax.set_title(f"{results['dataset']['name']} {results['dataset'].get('split') or ''} by category")
-        ax.legend(fontsize=8, ncols=len(keys), loc="upper center", frameon=False)
+        ax.set_title(f"{results['dataset']['name']} {results['dataset'].get('split') or ''} "
+                     "by category", fontsize=10)
+        fig.legend(fontsize=8, ncols=len(keys) + marked, loc="outside lower center",
+                   frameon=False)
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
         p = d / "by_category.png"
         _save(fig, p)
         written.append(f"{PLOTS}/by_category.png")
     per = [q for q in results["queries"] if q.get(head if video else "IoU") is not None]
     if per:
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        fig, ax = plt.subplots(figsize=(5.5, 3.9), dpi=110, layout="constrained")
         rng = np.random.default_rng(0)
         ns = np.array([int(q.get("num_search") or 0) for q in per])
         ys = np.array([100 * q[head if video else "IoU"] for q in per])
@@ -146,16 +261,16 @@ def write_plots(out_dir: Path, results: dict[str, Any]) -> list[str]:
             means = [100 * results["by_searches"][k][head] for k in ks]
             ax.plot([int(k) for k in ks], means, "o-", color="C3", label=f"mean {head}")
             for k, m in zip(ks, means, strict=True):
+                # below the point near the top, so the label never meets the frame or title
                 ax.annotate(f"n={results['by_searches'][k]['n']}", (int(k), m), fontsize=7,
-                            textcoords="offset points", xytext=(4, 6))
+                            textcoords="offset points", xytext=(5, -11 if m > 80 else 6))
         ax.set_xlabel("searches in the run")
         ax.set_ylabel(f"{head if video else 'IoU'} (%)")
         ax.set_ylim(-3, 103)
         ax.set_xticks(sorted(set(ns.tolist())))
-        ax.set_title(f"{head} against the number of searches")
-        ax.legend(fontsize=8)
+        ax.set_title(f"{head} against the number of searches", fontsize=10)
+        fig.legend(fontsize=8, ncols=2, loc="outside lower center", frameon=False)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
         _save(fig, d / "score_vs_searches.png")
         written.append(f"{PLOTS}/score_vs_searches.png")
     return written

@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,21 @@ from segresearch.eval.datasets import (
     DatasetError,
     Query,
     apply_meta_mapping,
+    check_ground_truth,
     load_image_set,
     load_okvos,
     read_meta_mapping,
     safe_name,
 )
+from segresearch.eval.paper_table import PaperTable, PaperTableError, read_paper_table
 from segresearch.eval.predict import ModelSpec, model_label
-from segresearch.eval.predictions import PredictionLog, ability_of, read_predictions
+from segresearch.eval.predictions import (
+    PredictionLog,
+    PredictionsError,
+    ability_of,
+    read_predictions,
+    read_usable_predictions,
+)
 from segresearch.graphs.outputs import write_atomic
 from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB, Segmenter, get_segmenter
 
@@ -58,6 +66,62 @@ _PINNED = ("dataset", "root", "split", "models", "search", "kb", "retriever_url"
 
 class EvalError(ValueError):
     """An evaluation that cannot start or continue; one line for the user."""
+
+
+def resolved_path(value: str | os.PathLike[str] | None) -> str:
+    """The one form of a file setting, used both to open the file and to compare a folder's
+    settings with a resumed run's: ``~`` expanded, absolute, symlinks resolved. Typed
+    relative, absolute or through a link, the same file is the same setting, and the path
+    that was compared is the path that is used. Empty stays empty."""
+    if value is None or not str(value).strip():
+        return ""
+    return str(Path(value).expanduser().resolve())
+
+
+def resolved_model(spec: ModelSpec) -> ModelSpec:
+    """A model spec with the file of ``replay:`` / ``hf:`` resolved like any file setting
+    (other specs and model objects as they are)."""
+    if not isinstance(spec, str):
+        return spec
+    kind, sep, rest = spec.partition(":")
+    if sep and kind.strip().lower() in ("replay", "hf") and rest.strip():
+        return f"{kind}:{resolved_path(rest.strip())}"
+    return spec
+
+
+# The Context's file settings an evaluation uses ("off" switches the search cache off).
+_CONTEXT_PATHS = ("kb", "system_prompt_file", "search_cache")
+
+
+def resolve_spec(spec: EvalSpec) -> EvalSpec:
+    """``spec`` with every file setting in its resolved form (:func:`resolved_path`), so
+    what ``eval_config.json`` records, what a resume is compared with and what is opened
+    are one value."""
+    c = spec.context
+    ctx_paths = {k: resolved_path(getattr(c, k)) for k in _CONTEXT_PATHS
+                 if isinstance(getattr(c, k), str) and getattr(c, k).strip()
+                 and not (k == "search_cache" and getattr(c, k).strip().lower() == "off")}
+    return replace(
+        spec, root=resolved_path(spec.root),
+        predictions=resolved_path(spec.predictions) or None,
+        meta_mapping=resolved_path(spec.meta_mapping) or None,
+        sam2_checkpoint=resolved_path(spec.sam2_checkpoint),
+        models=[resolved_model(m) for m in spec.models],
+        context=replace(c, **ctx_paths) if ctx_paths else c,
+    )
+
+
+# Settings recorded as file paths, and how a recorded value is brought to the resolved
+# form (eval_config.json of older versions kept paths as they were typed).
+_PATH_SETTINGS = ("root", "kb", "system_prompt_file", "predictions", "meta_mapping")
+
+
+def _comparable(key: str, value: Any) -> Any:
+    if key in _PATH_SETTINGS and isinstance(value, str) and value:
+        return resolved_path(value)
+    if key == "models" and isinstance(value, list):
+        return [resolved_model(m) if isinstance(m, str) else m for m in value]
+    return value
 
 
 @dataclass
@@ -95,6 +159,8 @@ class EvalSpec:
     # score against the published evaluator's [id, mask folder, ability] list instead of
     # the parquet's folders (its relative paths resolve from the current folder, as there)
     meta_mapping: str | None = None
+    # the paper's numbers (CSV or JSON, see segresearch.eval.paper_table), shown beside ours
+    paper_table: str | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -136,18 +202,18 @@ def load_queries(spec: EvalSpec) -> list[Query]:
 def settings(spec: EvalSpec, segmenter: Segmenter) -> dict[str, Any]:
     c = spec.context
     return {
-        "dataset": spec.dataset, "root": str(Path(spec.root).expanduser().resolve()),
+        "dataset": spec.dataset, "root": resolved_path(spec.root),
         "split": spec.split,
-        "models": [model_label(m) for m in spec.models] if spec.models else None,
-        "predictions": str(Path(spec.predictions).expanduser().resolve()) if spec.predictions else None,
-        "search": c.search_name, "kb": c.kb, "retriever_url": c.retriever_url,
+        "models": [model_label(resolved_model(m)) for m in spec.models] if spec.models else None,
+        "predictions": resolved_path(spec.predictions) or None,
+        "search": c.search_name, "kb": resolved_path(c.kb), "retriever_url": c.retriever_url,
         "num_frames": c.num_frames, "max_turns": c.max_turns, "frame_size": c.frame_size,
         "keyframe_size": c.keyframe_size, "coord_style": c.coord_style,
-        "prompt_variant": c.prompt_variant, "system_prompt_file": c.system_prompt_file,
+        "prompt_variant": c.prompt_variant, "system_prompt_file": resolved_path(c.system_prompt_file),
         "temperature": c.temperature, "text_topk": c.text_topk, "image_topk": c.image_topk,
         "segmenter": segmenter.describe(), "concurrency": spec.concurrency,
         "workers": spec.workers if spec.ray else 1, "limit": spec.limit,
-        "meta_mapping": str(Path(spec.meta_mapping).expanduser().resolve()) if spec.meta_mapping else None,
+        "meta_mapping": resolved_path(spec.meta_mapping) or None,
     }
 
 
@@ -160,7 +226,7 @@ def check_config(out: Path, current: dict[str, Any], force: bool) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise EvalError(f"{path} is unreadable ({e}); remove it or use another --out") from None
-        diff = [k for k in _PINNED if old.get(k) != current.get(k)]
+        diff = [k for k in _PINNED if _comparable(k, old.get(k)) != _comparable(k, current.get(k))]
         if diff and not force:
             shown = "; ".join(f"{k}: {old.get(k)!r} → {current.get(k)!r}" for k in diff[:4])
             raise EvalError(
@@ -193,33 +259,58 @@ def remove_stale_outputs(out: Path) -> list[str]:
     return removed
 
 
-def evaluate(spec: EvalSpec) -> dict[str, Any]:
-    """Run (or resume) one evaluation and write its results; returns results.json's data."""
+def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) one evaluation and write its results; returns results.json's data.
+
+    Everything that can be known to fail is refused (``EvalError``) before the folder is
+    touched and before the first query runs: unreadable ground truth, a predictions file
+    with nothing usable for this split, a search backend without what it needs, a folder
+    made with other settings. ``ready`` is called once all of that has passed, so notes
+    about a run that will happen are not printed above a refusal."""
     from segresearch.eval import results as res
 
     if not spec.predictions and not spec.models:
         raise EvalError("give --model (one or more) or --predictions")
-    if spec.predictions and not Path(spec.predictions).expanduser().is_file():
-        raise EvalError(f"predictions file not found: {spec.predictions}")
+    if spec.limit is not None and spec.limit < 1:
+        raise EvalError(f"--limit must be at least 1 (a number of queries); got {spec.limit}")
+    spec = resolve_spec(spec)
+    file_rows = None
+    if spec.predictions:
+        try:
+            _, file_rows = read_usable_predictions(spec.predictions)
+        except PredictionsError as e:
+            raise EvalError(str(e)) from None
     try:
         queries = load_queries(spec)
     except DatasetError as e:
         raise EvalError(str(e)) from None
     if not queries:
         raise EvalError(f"no queries in {spec.root}")
+    try:
+        check_ground_truth(queries)
+    except DatasetError as e:
+        hint = (f" (the folders come from --meta-mapping {spec.meta_mapping}; relative ones "
+                "resolve from the current folder)" if spec.meta_mapping else "")
+        raise EvalError(f"{e}{hint}") from None
+    paper = _paper_table(spec, queries)
+    given = _rows_for_queries(spec, queries, file_rows.rows) if file_rows is not None else None
     segmenter = spec.make_segmenter()
+    if spec.models:
+        _check_search(spec, queries)
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
     current = settings(spec, segmenter)
     check_config(out, current, spec.force)
     remove_stale_outputs(out)
+    if ready is not None:
+        ready()
     shards = None
     if spec.ray:
         from segresearch.eval.distributed import RayShards
 
         shards = RayShards(spec)
     try:
-        rows = _rows_from_file(spec, queries) if spec.predictions else _predict(spec, queries, shards)
+        rows = _keep_rows(spec, queries, given) if given is not None else _predict(spec, queries, shards)
         seg_records = _segment(spec, queries, rows, segmenter, shards)
     finally:
         if shards is not None:
@@ -240,6 +331,8 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
         "counts": res.counts(entries),
         "queries": entries,
     }
+    if paper is not None:
+        results["paper"] = paper.to_json()
     results["plots"] = res.write_plots(out, results)
     res.write_results_json(out, results)
     write_atomic(out / "results.md", res.results_markdown(results).encode())
@@ -250,22 +343,58 @@ def evaluate(spec: EvalSpec) -> dict[str, Any]:
     return results
 
 
-def _rows_from_file(spec: EvalSpec, queries: Sequence[Query]) -> dict[str, dict[str, Any]]:
-    path = Path(spec.predictions).expanduser()  # type: ignore[arg-type]
-    found = read_predictions(path)
+def _check_search(spec: EvalSpec, queries: Sequence[Query]) -> None:
+    """Refuse a search backend that lacks what it needs (a knowledge base, a server URL, an
+    API key) before any query runs: each query's run would otherwise end ``error:config``
+    and be scored as a miss. The check is the graph's own, and what it loads is shared
+    with the runs that follow."""
+    from segresearch.eval.predict import uses_search
+    from segresearch.graphs.preflight import _search_problem
+
+    searching = sum(1 for q in queries if uses_search(q))
+    if not searching:
+        return
+    problem = _search_problem(spec.context, lambda _m: None)
+    if problem:
+        raise EvalError(f"{problem} ({searching} of the {len(queries)} queries search; "
+                        "--search none evaluates without search)")
+
+
+def _rows_for_queries(spec: EvalSpec, queries: Sequence[Query],
+                      found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rows of a predictions file that belong to ``queries``; refused when none do
+    (a file for another split or data set would score every query as a miss) or when a
+    row names another video than its query."""
+    path = spec.predictions
     known = {q.id for q in queries}
-    extra = [i for i in found.rows if i not in known]
+    rows = {i: r for i, r in found.items() if i in known}
+    extra = [i for i in found if i not in known]
+    if not rows:
+        where = (f"split {spec.split!r} of {spec.root}" if spec.dataset == "okvos"
+                 else f"the image set {spec.root}")
+        if spec.limit is not None:
+            where = f"the first {len(queries)} queries of {where} (--limit)"
+        raise EvalError(
+            f"{path}: none of its {len(found)} prediction rows has an id of {where} (e.g. "
+            f"{extra[0]!r}; ids there look like {queries[0].id!r}); is it for another split "
+            "or data set?"
+        )
     if extra and spec.limit is None:
         log.warning("%s: %d prediction(s) for ids not in this split (e.g. %r) are ignored",
                     path, len(extra), extra[0])
-    rows = {i: r for i, r in found.rows.items() if i in known}
     mismatched = [q.id for q in queries if q.id in rows and not _same_video(rows[q.id], q)]
     if mismatched:
         raise EvalError(
             f"{path}: {len(mismatched)} prediction(s) name another video than the data set "
             f"(e.g. id {mismatched[0]!r}); is this dump for split {spec.split}?"
         )
-    # The folder keeps the rows it was scored from, so it stands on its own.
+    return rows
+
+
+def _keep_rows(spec: EvalSpec, queries: Sequence[Query],
+               rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The folder keeps the rows it was scored from, so it stands on its own."""
+    path = Path(spec.predictions)  # type: ignore[arg-type]
     mine = spec.out_dir / PREDICTIONS
     if not mine.exists() or mine.resolve() != path.resolve():
         lines = [json.dumps(rows[q.id], ensure_ascii=False, default=str) for q in queries if q.id in rows]
@@ -323,6 +452,22 @@ def _segment(
     return read_predictions(seg_root / SEGMENT_LOG).rows
 
 
+def _paper_table(spec: EvalSpec, queries: Sequence[Query]) -> PaperTable | None:
+    """The paper's numbers, checked against this evaluation's groups before any query runs
+    (a misspelt group would otherwise leave its row empty in the report)."""
+    if not spec.paper_table:
+        return None
+    groups = list(ABILITIES) if spec.dataset == "okvos" else []
+    if spec.dataset == "images" and spec.limit is not None:
+        # a smoke run's first queries may lack a group the set (and the paper) has
+        queries = load_image_set(spec.root)
+    groups += sorted({q.ability for q in queries})
+    try:
+        return read_paper_table(spec.paper_table, spec.dataset).match_groups(groups)
+    except PaperTableError as e:
+        raise EvalError(str(e)) from None
+
+
 def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
            score: dict[str, Any], out: Path) -> dict[str, Any]:
     """One query's line in results.json."""
@@ -356,7 +501,13 @@ def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
         "seg_dir": f"{SEG}/{safe_name(q.id)}",
         "run_dir": run_dir,
         "segmenter": seg.get("segmenter"),
+        # where the ground truth is, so the report can draw it beside the prediction
+        "gt": str(Path(q.gt).expanduser().resolve()) if q.gt else "",
+        **({"gt_polygons": q.polygons} if q.polygons else {}),
+        **({"gt_ignore": q.ignore} if q.ignore else {}),
     }
+    if score.get("per_frame"):
+        e["per_frame"] = score["per_frame"]
     if score.get("score_error"):
         e["score_error"] = score["score_error"]
     return e

@@ -62,13 +62,22 @@ def score_video_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
         g, p = np.stack(gts), np.stack(preds)
         js.append(region_j(g, p))
         fs.append(boundary_f(g, p))
-    j = float(np.concatenate(js).mean())
-    f = float(np.concatenate(fs).mean())
+    j_all, f_all = np.concatenate(js), np.concatenate(fs)
+    j = float(j_all.mean())
+    f = float(f_all.mean())
     out: dict[str, Any] = {"J": j, "F": f, "J&F": (j + f) / 2, "annotated_frames": len(names),
-                           "missing_frames": missing if seg_dir is not None else len(names)}
+                           "missing_frames": missing if seg_dir is not None else len(names),
+                           "per_frame": per_frame_scores(names, j_all, f_all)}
     if error:
         out["score_error"] = error
     return out
+
+
+def per_frame_scores(names: Sequence[str], j: np.ndarray, f: np.ndarray) -> dict[str, list[Any]]:
+    """J and F of every annotated frame (by mask file stem), so a report can show where in
+    a video a query went wrong; four decimals are a hundredth of a percentage point."""
+    return {"frame": [Path(n).stem for n in names], "J": [round(float(v), 4) for v in j],
+            "F": [round(float(v), 4) for v in f]}
 
 
 def score_image_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:

@@ -82,6 +82,7 @@ from segresearch.tools.search import (
     get_backend,
     make_search_tools,
 )
+from segresearch.tools.search.cache import SearchCacheError
 from segresearch.tools.segment import get_segmenter, make_segment_tool
 from segresearch.tools.segmenters import Prompt, prompt_from_answer
 from segresearch.tools.visualize import draw_answer
@@ -247,13 +248,31 @@ def _emit(runtime: Runtime[Context], event: dict[str, Any]) -> None:
     runtime.stream_writer(event)
 
 
+def query_problem(query: Any) -> str | None:
+    """Why ``query`` cannot be asked (None when it can): not text, blank, or holding lone
+    surrogates. Those are bytes that were not UTF-8 (Python decodes them so from a command
+    line or a file) or a caller's broken string; no model request can carry them, and
+    guessing what they stood for would ask another question, so the run is refused the
+    same way from the CLI and from Python."""
+    if not isinstance(query, str):
+        return f"the query must be a string, not {type(query).__name__}"
+    if not query.strip():
+        return "the query is empty; say what to segment"
+    bad = next((i for i, ch in enumerate(query) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is not None:
+        return (f"the query is not valid Unicode text (a lone surrogate U+{ord(query[bad]):04X} at "
+                f"character {bad + 1}, e.g. bytes that were not UTF-8); decode it as UTF-8 first")
+    return None
+
+
 def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Open the media, sample the frames and write the first two messages."""
     ctx = runtime.context
     t0 = time.perf_counter()
     query = state.get("query")
-    if not isinstance(query, str) or not query.strip():
-        return _fresh_run(_error("input", "the query is empty" if not query else "the query must be a string"))
+    problem = query_problem(query)
+    if problem:
+        return _fresh_run(_error("input", problem))
     query = query.strip()
     try:
         media_paths(state.get("media"))  # its type; open_media below checks the roots
@@ -290,7 +309,8 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     seconds = round(time.perf_counter() - t0, 4)
     _emit(runtime, {"type": "media", **info, "frame_ids": shown, "seconds": seconds})
     problem = preflight(used, bool(ctx.output_dir),
-                        lambda m: _emit(runtime, {"type": "status", "message": m}))
+                        lambda m: _emit(runtime, {"type": "status", "message": m}),
+                        _progress(runtime, "index", Path(str(used.kb or "")).name))
     if problem:
         return _fresh_run(_error("config", problem))
     content: list[dict[str, Any]] = []
@@ -484,7 +504,10 @@ def _search_tools(ctx: Context) -> dict[str, Any]:
         except SearchUnavailable as e:
             return make_search_tools(None, unavailable=str(e))
     if cache and cache.lower() != "off":
-        backend = cached_backend(backend, cache, ctx.search_cache_ttl)
+        try:
+            backend = cached_backend(backend, cache, ctx.search_cache_ttl)
+        except SearchCacheError as e:  # preflight says so first; a tool never raises
+            return make_search_tools(None, unavailable=str(e))
     return _bound_tools(backend, ctx.text_topk, ctx.image_topk, size, timeout)
 
 
@@ -784,8 +807,11 @@ def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         run_dir = _run_dir(state, ctx)
         if run_dir is not None:
-            write_outputs(run_dir, {**state, **update}, ctx)
+            problems = write_outputs(run_dir, {**state, **update}, ctx)
             update["run_dir"] = str(run_dir)
+            if problems:  # pictures that could not be made; the record itself was written
+                update["events"] = [{"type": "error", "kind": "output", "message": p}
+                                    for p in problems]
     except (OSError, ValueError) as e:  # ValueError: a folder the policy refused (PathRefused)
         update["events"] = [{"type": "error", "kind": "output", "message": str(e)}]
     final = {**state, **update}

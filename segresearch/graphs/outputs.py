@@ -193,19 +193,67 @@ def _save_jpeg(img: Image.Image, path: Path) -> None:
             os.unlink(tmp)
 
 
-def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> None:
+def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> list[str]:
+    """Write the run's record; returns one line per picture that could not be made (its
+    images gone from the media store, the media moved since), after writing the trajectory
+    and the report anyway: a picture's trouble must not cost the run its record, and the
+    caller says what is missing instead of reporting a complete folder."""
     run_dir.mkdir(parents=True, exist_ok=True)
     traj = trajectory(state, ctx)
     write_atomic(run_dir / TRAJECTORY, _utf8(json.dumps(traj, indent=2, ensure_ascii=False, default=str)))
-    files = []
-    sheet = _frames_sheet(state)
-    if sheet is not None:
-        _save_jpeg(sheet, run_dir / FRAMES_SHOWN)
-        files.append(FRAMES_SHOWN)
-    files += _write_annotated(run_dir, state)
-    if (run_dir / "overlay.mp4").is_file():
-        files.append("overlay.mp4")
+    files: list[str] = []
+    problems: list[str] = []
+    try:
+        sheet = _frames_sheet(state)
+        if sheet is not None:
+            _save_jpeg(sheet, run_dir / FRAMES_SHOWN)
+            files.append(FRAMES_SHOWN)
+    except (OSError, KeyError, ValueError) as e:  # KeyError: ImageUnavailable
+        problems.append(f"{FRAMES_SHOWN}: {_one_line(e)}")
+    try:
+        files += _write_annotated(run_dir, state)
+    except (OSError, KeyError, ValueError) as e:
+        problems.append(f"{ANNOTATED}: {_one_line(e)}")
+    for overlay in ("overlay.mp4", "overlay.jpg"):  # a video's, or a single image's
+        if (run_dir / overlay).is_file():
+            files.append(overlay)
     write_atomic(run_dir / REPORT, _utf8(report(traj, files)))
+    return problems
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def missing_outputs(run_dir: str | os.PathLike[str], state: dict[str, Any]) -> list[str]:
+    """What a run that ended in ``state`` should have left in ``run_dir`` and did not (names
+    as the folder holds them; an incomplete mask folder says how many frames it has).
+
+    The same list whatever way the run got there, so that a run resumed after Ctrl-C or a
+    crash is held to what an uninterrupted run writes: the record (trajectory, report), the
+    frames the model saw, the annotated keyframe when there is an answer, and, when masks
+    were made, one per frame plus the overlay (a video, or a picture for a single frame)."""
+    from segresearch.tools.segmenters.writers import OVERLAY_IMAGE, OVERLAY_VIDEO
+
+    folder = Path(run_dir)
+    wanted = [TRAJECTORY, REPORT]
+    if state.get("frame_ids"):
+        wanted.append(FRAMES_SHOWN)
+    if (state.get("answer_px") or {}).get("keyframe") is not None:
+        wanted.append(ANNOTATED)
+    missing = [name for name in wanted if not (folder / name).is_file()]
+    if state.get("masks_dir"):
+        frames = (state.get("media_info") or {}).get("num_frames")
+        masks = Path(state["masks_dir"])
+        found = sum(1 for _ in masks.glob("*.png")) if masks.is_dir() else 0
+        if not masks.is_dir():
+            missing.append(f"{masks.name}/")
+        elif isinstance(frames, int) and found < frames:
+            missing.append(f"{masks.name}/ ({found} of {frames} frame masks)")
+        overlay = OVERLAY_IMAGE if frames == 1 else OVERLAY_VIDEO
+        if not (folder / overlay).is_file():
+            missing.append(overlay)
+    return missing
 
 
 def _utf8(text: str) -> bytes:

@@ -60,21 +60,40 @@ def probe_endpoint(url: str, timeout: float) -> str | None:
     return problem
 
 
-def _search_problem(ctx: Context, status: Callable[[str], None]) -> str | None:
+def _search_problem(ctx: Context, status: Callable[[str], None],
+                    progress: Callable[[int, int], None] | None = None) -> str | None:
     if not ctx.use_search or not isinstance(ctx.search, str) or ctx.search_name == "none":
         return None
     from segresearch.tools.search import SearchUnavailable, backend_loaded, get_backend
+    from segresearch.tools.search.kb.index import index_progress
 
     settings = {"retriever_url": ctx.retriever_url, "timeout": ctx.search_timeout,
                 "allow_private_urls": ctx.allow_private_urls}
     try:
         if ctx.kb and not backend_loaded(ctx.search, ctx.kb, **settings):
             status(f"opening the knowledge base {ctx.kb} (it is indexed on first use)")
-        get_backend(ctx.search, ctx.kb, **settings)
+        with index_progress(progress):  # a first-use index build reports as it embeds
+            get_backend(ctx.search, ctx.kb, **settings)
     except SearchUnavailable as e:
         return f"search backend {ctx.search_name!r}: {e}"
     except Exception as e:  # noqa: BLE001 - a corrupt index or corpus file
         return f"search backend {ctx.search_name!r}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    return _search_cache_problem(ctx)
+
+
+def _search_cache_problem(ctx: Context) -> str | None:
+    """A search cache file that cannot be used (a folder, not SQLite, read-only) is the
+    user's setting to fix, said before the first turn rather than as a failure inside the
+    first search."""
+    cache = (ctx.search_cache or "").strip()
+    if not cache or cache.lower() == "off":
+        return None
+    from segresearch.tools.search.cache import SearchCacheError, get_cache
+
+    try:
+        get_cache(cache, ctx.search_cache_ttl)
+    except SearchCacheError as e:
+        return str(e)
     return None
 
 
@@ -97,13 +116,14 @@ def _segmenter_problem(ctx: Context, writes: bool, status: Callable[[str], None]
     return None
 
 
-def preflight(ctx: Context, writes: bool, status: Callable[[str], None] | None = None) -> str | None:
+def preflight(ctx: Context, writes: bool, status: Callable[[str], None] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> str | None:
     """The first problem with the run's configuration, or None when every part is usable.
 
-    ``writes``: the run has a folder for masks (segmentation happens only then)."""
+    ``writes``: the run has a folder for masks (segmentation happens only then).
+    ``progress(done, total)``: hears how far a knowledge-base index built on first use is."""
     say: Callable[[str], None] = status or (lambda _m: None)
-    for check in (_model_problem, _search_problem):
-        problem = check(ctx, say)
-        if problem:
-            return problem
+    problem = _model_problem(ctx, say) or _search_problem(ctx, say, progress)
+    if problem:
+        return problem
     return _segmenter_problem(ctx, writes, say)

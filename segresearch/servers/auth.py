@@ -14,9 +14,10 @@ header out of its access log and out of run ``configurable``.
 from __future__ import annotations
 
 import hmac
-import os
 
 from langgraph_sdk import Auth
+
+from segresearch.envvars import env_str
 
 TOKEN_ENV = "SEGRESEARCH_API_TOKEN"
 ANONYMOUS = "anonymous"
@@ -27,7 +28,7 @@ auth = Auth()
 def expected_token() -> str:
     """Read on every call rather than at import: langgraph-api loads this file by path, so
     a value cached at import could differ from what ``/segresearch/info`` reports."""
-    return os.environ.get(TOKEN_ENV, "").strip()
+    return env_str(TOKEN_ENV)
 
 
 def auth_enabled() -> bool:

@@ -36,7 +36,6 @@ lifespan, and uvicorn would then serve with no runtime at all).
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from segresearch.envvars import env_str, setting
 from segresearch.servers.auth import expected_token, is_public, token_matches
 
 CORS_ORIGINS_ENV = "SEGRESEARCH_CORS_ORIGINS"
@@ -93,7 +93,7 @@ def route_allowed(method: str, path: str) -> bool:
 
 def allowed_origins() -> frozenset[str]:
     """The operator's ``--cors-origin`` values, normalised like a browser's Origin header."""
-    raw = os.environ.get(CORS_ORIGINS_ENV, "")
+    raw = env_str(CORS_ORIGINS_ENV)
     return frozenset(o for o in (normalise_origin(x) for x in raw.split(",")) if o)
 
 
@@ -173,7 +173,7 @@ def host_allowed(host_header: bytes | None) -> bool:
     """A loopback name, or one the operator listed (``--allowed-host``, any port)."""
     if is_loopback_host(host_header):
         return True
-    listed = {_host_name(h) for h in os.environ.get(ALLOWED_HOSTS_ENV, "").split(",") if h.strip()}
+    listed = {_host_name(h) for h in env_str(ALLOWED_HOSTS_ENV).split(",") if h.strip()}
     return bool(host_header) and _host_name(host_header or b"") in listed
 
 
@@ -238,7 +238,7 @@ class Gateway:
         without the token learns nothing the token would have hidden; the token comes
         before the body rules, so an unauthenticated client learns nothing about them."""
         method, path = scope["method"].upper(), scope.get("path", "")
-        if os.environ.get(LOOPBACK_ONLY_ENV) == "1" and not host_allowed(_header(scope, b"host")):
+        if setting(LOOPBACK_ONLY_ENV) and not host_allowed(_header(scope, b"host")):
             return 421, "this server answers only to requests for its loopback address (see --allowed-host)", []
         raw_origin = _header(scope, b"origin")
         if raw_origin is not None:

@@ -27,7 +27,6 @@ and its own routes (uploads, run folders) live in ``web.py``.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segresearch import __version__
 from segresearch.agents.path_policy import KB_ROOTS_ENV, MODEL_ROOTS_ENV, OUTPUT_ROOT_ENV
+from segresearch.envvars import env_str, setting
 from segresearch.servers import web
 from segresearch.servers.auth import auth_enabled
 from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
@@ -168,7 +168,7 @@ DURABILITY_ENV = "SEGRESEARCH_DEFAULT_DURABILITY"
 def _with_durability(kind: str, scope: Scope, payload: Any) -> Any:
     """``payload`` with the server's default durability where a run payload chose none, or
     None when there is nothing to add (the body is then forwarded byte for byte)."""
-    default = os.environ.get(DURABILITY_ENV, "").strip()
+    default = setting(DURABILITY_ENV)
     if not default:
         return None
     if kind == "batch" and isinstance(payload, list):
@@ -301,22 +301,22 @@ def info() -> dict[str, Any]:
     is on is a bool; the token itself never leaves the server's environment."""
     from segresearch.agents import media_store
 
-    roots = _split_roots(os.environ.get(MEDIA_ROOTS_ENV, ""))
+    roots = _split_roots(env_str(MEDIA_ROOTS_ENV))
     return {
         "version": __version__,
         # Empty: paths are not restricted (a server for one local user).
         "media_roots": roots,
         "media_roots_restricted": bool(roots),
         # Narrower roots for knowledge bases and model files; empty: the media roots apply.
-        "kb_roots": _split_roots(os.environ.get(KB_ROOTS_ENV, "")),
-        "model_roots": _split_roots(os.environ.get(MODEL_ROOTS_ENV, "")),
-        "output_root": os.environ.get(OUTPUT_ROOT_ENV, "").strip() or None,
+        "kb_roots": _split_roots(env_str(KB_ROOTS_ENV)),
+        "model_roots": _split_roots(env_str(MODEL_ROOTS_ENV)),
+        "output_root": env_str(OUTPUT_ROOT_ENV) or None,
         "auth": auth_enabled(),
-        "uploads": bool(os.environ.get(UPLOAD_ROOT_ENV, "").strip()),
+        "uploads": bool(env_str(UPLOAD_ROOT_ENV)),
         "upload_limit_mb": web.max_upload_bytes() / (1 << 20),
         "page": web.PAGE_PREFIX + "/",
         # "postgres": runs survive a crash and several replicas share threads; "memory": one process.
-        "engine": "postgres" if os.environ.get("LANGGRAPH_RUNTIME_EDITION") == "pg" else "memory",
+        "engine": "postgres" if env_str("LANGGRAPH_RUNTIME_EDITION") == "pg" else "memory",
         "defaults": _defaults(),
         # Bytes the media store and uploads hold against SEGRESEARCH_MEDIA_MAX_GB (a scan
         # at most a minute old): used, budget, evictable, pinned (see agents/media_store.py).

@@ -442,7 +442,11 @@ def create_app(
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening socket bound before uvicorn starts, so a taken port is an ``OSError``
     the caller can report (uvicorn itself would ``sys.exit``) and port 0 gives a free
-    port with no race."""
+    port with no race. A port outside 0-65535 is a ValueError: ``getaddrinfo`` would
+    silently wrap it round (99999 listens on 34463)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be a whole number between 0 (any free port) and 65535; "
+                         f"got {port!r}")
     family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:

@@ -11,6 +11,11 @@ and the same path policy as the API:
   content, whatever its name); the answer is a path the run input may name. Uploads count
   against the storage budget (``SEGRESEARCH_MEDIA_MAX_GB``, see ``agents/media_budget.py``).
 - ``GET /segresearch/library``: media under the configured roots a person may pick.
+- ``GET /segresearch/setup``: whether the server's default model answers (its own model
+  server probed, never one a client names) and the recorded demo's settings when the path
+  policy lets clients read the shipped demo files; ``POST /segresearch/demo-media`` renders
+  the demo clip once and keeps it as an upload. A fresh install has no model server, and
+  the page starts with the demo instead of a model that cannot answer.
 - ``GET /segresearch/threads/{id}/result``, ``/files/{name}``, ``/masks.zip``,
   ``/frames/{fid}.jpg``: what a run left in its folder, found from the thread's stored state
   (not from anything the request names) and served only from under the output root.
@@ -38,6 +43,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from segresearch.envvars import env_str, setting
+
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_PREFIX = "/segresearch/ui"
 # The page's own files: public, so that a browser can load the page and then ask for the token.
@@ -45,7 +52,6 @@ PAGE_FILES = {"": "index.html", "app.js": "app.js", "app.css": "app.css"}
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8"}
 MAX_UPLOAD_MB_ENV = "SEGRESEARCH_MAX_UPLOAD_MB"
-DEFAULT_MAX_UPLOAD_MB = 200.0
 # Names a run folder holds that a client may fetch one by one (masks go through the zip and
 # the frame route); anything else in the folder, and anything outside it, is not served.
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -61,14 +67,7 @@ router = APIRouter()
 def max_upload_bytes() -> int:
     """The upload cap, read on every request so that an operator's value is the one in force
     (a malformed value falls back to the default rather than disabling the cap)."""
-    raw = os.environ.get(MAX_UPLOAD_MB_ENV, "").strip()
-    try:
-        mb = float(raw) if raw else DEFAULT_MAX_UPLOAD_MB
-    except ValueError:
-        mb = DEFAULT_MAX_UPLOAD_MB
-    if not mb > 0:
-        mb = DEFAULT_MAX_UPLOAD_MB
-    return int(mb * (1 << 20))
+    return int(setting(MAX_UPLOAD_MB_ENV) * (1 << 20))
 
 
 # ------------------------------------------------------------------------ page
@@ -365,7 +364,7 @@ def _library() -> dict[str, Any]:
                      key=lambda p: p.stat().st_mtime, reverse=True)
         items += [{"path": str(p), "kind": _media_kind(p) or "file", "root": "uploads",
                    **({"label": lab} if (lab := _upload_label(p)) else {})} for p in ups[:50]]
-    for root in resolved_roots(os.environ.get(MEDIA_ROOTS_ENV, "")):
+    for root in resolved_roots(env_str(MEDIA_ROOTS_ENV)):
         if up is not None and (root == up or root.is_relative_to(up)):
             continue
         items += _scan(root, str(root))
@@ -379,6 +378,98 @@ def _library() -> dict[str, Any]:
 def library() -> dict[str, Any]:
     """Sync: walking folders runs in a worker thread, never on the event loop."""
     return _library()
+
+
+# ----------------------------------------------------------- getting started
+
+# How long the page waits for the operator's model server before calling it absent: a
+# server on the same machine answers in milliseconds, and the page must not stall.
+_MODEL_PROBE_S = 2.0
+
+
+def _model_status(spec: str) -> dict[str, Any]:
+    """Whether the server's own model can answer, so the page says so before a run fails
+    on it. Only the operator's setting is probed (never an address a client names): an
+    OpenAI-compatible server by its ``/models`` route, a replay or checkpoint file by its
+    existence; a hosted endpoint is not called, only its key looked for."""
+    from segresearch.agents.backends.openai_compat import API_KEY_ENV_VARS, parse_openai_spec
+    from segresearch.graphs.preflight import probe_endpoint
+    from segresearch.servers.langgraph_server import redact
+
+    kind, sep, rest = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    out: dict[str, Any] = {"spec": spec, "ok": None, "reason": None, "address": None}
+    if not sep:
+        return {**out, "ok": False, "reason": "malformed"}
+    if kind == "openai":
+        try:
+            _, url = parse_openai_spec(rest)
+        except ValueError:
+            return {**out, "ok": False, "reason": "malformed"}
+        if url:
+            ok = probe_endpoint(url, _MODEL_PROBE_S) is None
+            return {**out, "ok": ok, "reason": None if ok else "unreachable", "address": redact(url)}
+        has_key = any(env_str(v) for v in API_KEY_ENV_VARS)
+        return {**out, "ok": has_key, "reason": None if has_key else "no-key"}
+    if kind in ("replay", "hf"):
+        ok = bool(rest.strip()) and Path(rest.strip()).expanduser().exists()
+        return {**out, "ok": ok, "reason": None if ok else "missing"}
+    return out
+
+
+def _demo() -> dict[str, Any] | None:
+    """The recorded demo (the CLI demo's replay policy and knowledge base) as page
+    settings, when the path policy lets a client name both files; None otherwise."""
+    from segresearch.agents.context import ContextError
+    from segresearch.agents.path_policy import resolve_client_path, upload_root
+    from segresearch.demo import demo_cassette, demo_kb, demo_query
+
+    try:
+        cassette = resolve_client_path(demo_cassette(), "model", name="model")
+        kb = resolve_client_path(demo_kb(), "kb", name="kb")
+    except ContextError:  # PathRefused included: this server keeps its files to itself
+        return None
+    return {"model": f"replay:{cassette}", "search": "local", "kb": str(kb),
+            "query": demo_query(), "media": upload_root() is not None}
+
+
+@router.get("/segresearch/setup")
+def setup() -> dict[str, Any]:
+    """What a person needs before the first run: whether the server's default model
+    answers, and the recorded demo they can try instead (sync: the probe may wait)."""
+    from segresearch.agents.context import DEFAULT_MODEL, Context
+
+    try:
+        model = Context().model
+    except (ValueError, TypeError):  # a malformed SEGRESEARCH_<FIELD>: runs will say so
+        model = env_str("SEGRESEARCH_MODEL") or DEFAULT_MODEL
+    return {"model": _model_status(str(model)), "demo": _demo()}
+
+
+def _demo_clip() -> dict[str, Any]:
+    """The demo clip kept as an upload (one file per content: asking again reuses it)."""
+    from segresearch.testing.scenes import render_scene, write_video
+
+    root = _upload_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".part-{uuid.uuid4().hex}.mp4"
+    try:
+        frames, _ = render_scene()
+        write_video(frames, tmp)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        return _keep_upload(tmp, digest, "demo_clip", ".mp4", "demo_clip.mp4")
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+@router.post("/segresearch/demo-media")
+def demo_media() -> JSONResponse:
+    """The demo clip, rendered and stored like an upload, so the recorded demo runs on
+    the media it was recorded on without the person finding that file first."""
+    if _demo() is None:
+        raise HTTPException(status_code=404, detail="this server does not offer the recorded demo")
+    return JSONResponse(_demo_clip(), status_code=201)
 
 
 # ------------------------------------------------------------- run folders

@@ -15,6 +15,14 @@ whole are refused past a hard limit, read from the header before anything is dec
 A video's frames are the frames that decode, not the count its header claims: a file cut
 short still opens, with fewer frames and a ``note`` saying so, and a frame request returns
 that frame or fails; it is never answered with another frame's pixels.
+
+Pixels are what the file means (``to_rgb``): 16-bit, 32-bit and float images are scaled to
+8 bits rather than clipped, transparency is laid on white (as the published models' inputs
+were prepared), and an image's EXIF orientation is applied (OpenCV applies a video's
+rotation). Only regular files are opened: a named pipe or a device is refused from its
+``stat``. A folder or list of frames is checked when opened, header by header: every frame
+must be readable and of one size (SAM 2 tracks an object at one frame size), and no two may
+share a file stem, since masks are named after it.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import functools
 import math
 import os
 import re
+import stat
 import struct
 import threading
 from array import array
@@ -34,6 +43,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from segresearch.envvars import EnvError, env_float, env_str
 
 # FFmpeg inside OpenCV writes its decoder complaints ("Invalid NAL unit size", "partial
 # file") straight to the terminal, once per attempt, over the run's own output. What they
@@ -74,10 +85,10 @@ def allowed_roots() -> list[Path] | None:
     The server's upload folder (``SEGRESEARCH_UPLOAD_ROOT``) is readable like a root when
     the policy is on: a file uploaded through the web page is media like any other. It adds
     nothing when the policy is off (everything is readable then)."""
-    roots = resolved_roots(os.environ.get(MEDIA_ROOTS_ENV, ""))
+    roots = resolved_roots(env_str(MEDIA_ROOTS_ENV))
     if not roots:
         return None
-    upload = os.environ.get(UPLOAD_ROOT_ENV, "").strip()
+    upload = env_str(UPLOAD_ROOT_ENV)
     return [*roots, *resolved_roots(upload)] if upload else list(roots)
 
 
@@ -183,18 +194,10 @@ def frame_ids_for(paths: Sequence[Path]) -> list[int]:
 def working_max_pixels() -> int:
     """The working size from ``SEGRESEARCH_MAX_PIXELS`` (a pixel count; ``16e6`` and
     ``16_000_000`` both read), or the default when unset."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_PIXELS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= _MIN_MAX_PIXELS):
-        raise MediaError(
-            f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count of at least {_MIN_MAX_PIXELS}"
-        )
-    return int(value)
+    try:  # a MediaError, so every caller that reports media problems reports this one
+        return int(env_float(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS, minimum=_MIN_MAX_PIXELS))
+    except EnvError as e:
+        raise MediaError(str(e)) from None
 
 
 def fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -228,8 +231,9 @@ def _reduced_note(src: tuple[int, int], size: tuple[int, int], max_pixels: int) 
 class Media:
     """A lazily decoded frame sequence with integer frame ids (ordered).
 
-    ``width``/``height``: the working size frames are decoded at (the first frame's, for a
-    folder). ``source_size``: that frame's size in the file. ``note``: one line on anything a
+    ``width``/``height``: the working size frames are decoded at (every frame of a folder or
+    list has the same size, checked when it is opened). ``source_size``: the frames' size in
+    the file, EXIF orientation applied. ``note``: one line on anything a
     user should know about how the media was read (reduced frames, a video whose header
     promises more frames than decode), or None."""
 
@@ -288,7 +292,13 @@ class Media:
         pos = self.index_of(fid)
         if self.kind == "video":
             return self._video_frame(pos)
-        return _open_image(self.paths[pos], self.max_pixels)
+        img = _open_image(self.paths[pos], self.max_pixels)
+        if img.size != (self.width, self.height):
+            # every frame had this size when the media was opened: the file was replaced
+            raise MediaError(f"frame {self.paths[pos]} is now {img.size[0]}×{img.size[1]}, not "
+                             f"{self.width}×{self.height} like the others (was it changed "
+                             "during the run?)")
+        return img
 
     def frames(self, fids: Sequence[int]) -> list[Image.Image]:
         return [self.frame(f) for f in fids]
@@ -375,25 +385,65 @@ class Media:
 _DECODE_ON = 16
 
 
+def file_kind_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a media file (None: it is a regular file), from a
+    ``stat`` alone. A named pipe, a device or a socket is refused before anything opens it:
+    opening a FIFO for reading blocks until a writer appears (uninterruptibly, in C, so
+    Ctrl-C cannot end it), and a device can be endless or change state when opened."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is a broken link" if os.path.islink(path) else "does not exist"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {what}, not a regular file"
+    return "is not a regular file"
+
+
+def _open_regular(path: Path) -> Any:
+    """``path`` opened for reading, proven a regular file by the open handle itself (a file
+    swapped for a FIFO after a check would otherwise block here); ``O_NONBLOCK`` keeps even
+    that open from waiting, and means nothing for a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MediaError(f"cannot read image {path}: it is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _pil_open(path: Path) -> Image.Image:
     """``Image.open`` without Pillow's decompression-bomb check, which warns about or refuses
     images by area alone: a JPEG far past its limit decodes reduced in little memory, and
     every format gets this module's own limit instead, with a message that says why. Tries
-    Pillow's format plugins in its own order, as ``Image.open`` does."""
-    with open(path, "rb") as f:
+    Pillow's format plugins in its own order, as ``Image.open`` does; an empty file, or one
+    no plugin takes (a plugin's own test may fail on a short header), is an
+    ``UnidentifiedImageError`` whose message says which."""
+    with _open_regular(path) as f:
         prefix = f.read(16)
+    if not prefix:
+        raise UnidentifiedImageError("the file is empty (0 bytes)")
     for init in (Image.preinit, Image.init):
         init()
         for fmt in Image.ID:
             factory, accept = Image.OPEN[fmt]
-            ok = not accept or accept(prefix)
-            if isinstance(ok, str) or not ok:
-                continue
             try:
+                ok = not accept or accept(prefix)
+                if isinstance(ok, str) or not ok:
+                    continue
                 return factory(os.fspath(path))
             except (SyntaxError, IndexError, TypeError, struct.error):
                 continue
-    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
+    raise UnidentifiedImageError("not an image file any installed decoder can read")
 
 
 def _decode_limit(im: Image.Image, max_pixels: int) -> tuple[int, str]:
@@ -416,49 +466,253 @@ def _check_decodable(path: Path, im: Image.Image, max_pixels: int) -> None:
                          f"for {kind} images ({hint})")
 
 
+# EXIF orientation (tag 274): how the stored raster must be turned to stand as the camera
+# held it. 1 (and any value outside 1-8) needs nothing.
+_ORIENTATION_TAG = 274
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    """The image's EXIF orientation (1-8; 1 when absent or unreadable), from the header
+    alone. Pillow's ``getexif`` would decode a whole PNG to look for a late eXIf chunk and
+    costs four times the header read of a JPEG; a frame folder is scanned frame by frame,
+    so only the metadata read with the header counts (the same at scan and at decode)."""
+    try:
+        if im.format == "TIFF":
+            value = im.tag_v2.get(_ORIENTATION_TAG)  # type: ignore[attr-defined]
+        else:
+            raw = im.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(_ORIENTATION_TAG)
+    except Exception:  # noqa: BLE001 - malformed metadata: the raster as stored
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _oriented(size: tuple[int, int], turn: int) -> tuple[int, int]:
+    """``size`` after orientation ``turn`` (5-8 swap the sides)."""
+    return (size[1], size[0]) if turn >= 5 else size
+
+
+def _white_under(im: Image.Image) -> Image.Image:
+    """An image with transparency laid on white, as ``qwen_vl_utils.fetch_image`` prepares
+    the published models' RGBA inputs (and as a page shows it); dropping the alpha instead
+    would show whatever colour the transparent pixels happen to hold."""
+    rgba = im.convert("RGBA")
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    out.paste(rgba, mask=rgba.getchannel("A"))
+    return out
+
+
+def _deep_grey(im: Image.Image) -> Image.Image:
+    """8-bit grey from a 16-bit, 32-bit integer or float channel, scaled by what the values
+    mean; Pillow's own conversion clips at 255 instead, so a 16-bit scan shows white.
+
+    - 16-bit (``I;16*``, or ``I`` from a file declaring at most 16 bits, or ``I`` whose
+      values fit 0-65535): the high byte, as Pillow and OpenCV reduce 16-bit colour.
+    - Float in 0-1: × 255 (the usual normalised convention).
+    - Anything else (signed data, 32-bit counts, floats outside 0-1): stretched from its
+      smallest to its largest finite value, as an image viewer's auto-contrast shows it.
+    Non-finite floats become 0. A transparent grey value (PNG ``tRNS``) is laid on white.
+    Memory: the decoded raster, one float32 copy at most and the 8-bit result (under 1 GB
+    at the full-decode limit)."""
+    a = np.asarray(im)
+    if im.mode == "F":
+        finite = np.isfinite(a)
+        every = bool(finite.all())
+        lo = float(np.min(a, where=finite, initial=np.inf)) if finite.any() else 0.0
+        hi = float(np.max(a, where=finite, initial=-np.inf)) if finite.any() else 0.0
+        grey = _scaled(a, 0.0, 255.0) if lo >= 0.0 and hi <= 1.0 else _stretched(a, lo, hi)
+        if not every:
+            grey[~finite] = 0
+    else:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        bits = _declared_bits(im)
+        if bits is None and lo >= 0 and hi <= 0xFFFF:
+            bits = 16
+        if bits is not None and lo >= 0:
+            shifted = a >> (bits - 8)
+            np.minimum(shifted, 255, out=shifted)
+            grey = shifted.astype(np.uint8)
+        else:
+            grey = _stretched(a, lo, hi)
+    out = Image.fromarray(grey, "L")
+    transparent = im.info.get("transparency")
+    if isinstance(transparent, int) and not isinstance(transparent, bool):
+        alpha = Image.fromarray(np.where(a == transparent, 0, 255).astype(np.uint8), "L")
+        return _white_under(Image.merge("LA", (out, alpha)))
+    return out.convert("RGB")
+
+
+def _scaled(a: np.ndarray, lo: float, scale: float) -> np.ndarray:
+    """``(a - lo) × scale`` rounded into 0-255, through one float32 copy."""
+    f = a.astype(np.float32)
+    f -= np.float32(lo)
+    f *= np.float32(scale)
+    np.nan_to_num(f, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+    np.clip(f, 0.0, 255.0, out=f)
+    np.rint(f, out=f)
+    return f.astype(np.uint8)
+
+
+def _stretched(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``a`` from its smallest to its largest value onto 0-255 (all 0 when it is flat)."""
+    if not hi > lo:
+        return np.zeros(a.shape, np.uint8)
+    return _scaled(a, lo, 255.0 / (hi - lo))
+
+
+def _declared_bits(im: Image.Image) -> int | None:
+    """Bits per sample the file declares for an ``I``/``I;16`` image (8 < bits ≤ 16), or
+    None when it declares none or more (then the values say how to scale)."""
+    if im.mode.startswith("I;16"):
+        return 16
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return bits if isinstance(bits, int) and 8 < bits <= 16 else None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB showing what the file means: high-depth grey (16-bit, 32-bit,
+    float) scaled rather than clipped (``_deep_grey``), transparency (RGBA, LA, PA, a
+    palette's or a grey/colour ``tRNS``) laid on white, and every other mode (CMYK, YCbCr,
+    LAB, 1-bit, palettes) through Pillow's conversion. 16-bit RGB(A) files already open as
+    8-bit RGB(A) from their high bytes. An RGB image is returned as it is."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return _deep_grey(im)
+    if mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in im.info:
+        return _white_under(im)
+    return im.convert("RGB")
+
+
 def _open_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An image as RGB at its working size (``fit_size``). Under the cap these are exactly
-    Pillow's pixels, as they always were; over it, a JPEG is decoded by libjpeg at a reduced
-    scale so that the full-size raster never exists, and the rest is an exact resize."""
+    """An image as RGB at its working size (``fit_size``), stood up by its EXIF orientation
+    and converted by ``to_rgb``. Under the cap these are exactly Pillow's pixels for an
+    8-bit RGB or grey file, as they always were; over it, a JPEG is decoded by libjpeg at a
+    reduced scale so that the full-size raster never exists, and the rest is an exact
+    resize. Orientation is applied last, to the smallest raster."""
     try:
         with _pil_open(path) as im:
+            turn = _orientation(im)
             if im.width * im.height <= max_pixels:
                 im.load()
-                return im.convert("RGB")
-            _check_decodable(path, im, max_pixels)
-            size = fit_size(im.width, im.height, max_pixels)
-            if im.format == "JPEG":
-                # the decoder's own scaling: the smallest of 1/1..1/8 still at least `size`
-                im.draft("RGB", size)
-            im.load()
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-            return rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+                rgb = to_rgb(im)
+                if rgb is im:  # a raster of its own, not one Pillow may have mapped from the file
+                    rgb = im.copy()
+            else:
+                _check_decodable(path, im, max_pixels)
+                size = _oriented(fit_size(*_oriented(im.size, turn), max_pixels), turn)
+                if im.format == "JPEG":
+                    # the decoder's own scaling: the smallest of 1/1..1/8 still at least `size`
+                    im.draft("RGB", size)
+                im.load()
+                rgb = to_rgb(im).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+            return rgb.transpose(_TRANSPOSE[turn]) if turn != 1 else rgb
     except MediaError:
         raise
     except FileNotFoundError:
         raise MediaError(f"frame file disappeared: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as e:
         # ValueError: Pillow's answer to some malformed headers (a tile outside the image)
-        raise MediaError(f"cannot read image {path}: {e}") from None
+        raise MediaError(f"cannot read image {path}: {_reason(e)}") from None
 
 
-def _image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
-    """The image's size in the file, from its header (nothing is decoded), after checking
-    that it can be decoded within the limits."""
+def _reason(e: BaseException) -> str:
+    """The first line of an error, or its kind when it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _image_size(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, *, verify: bool = True) -> tuple[int, int]:
+    """The image's size as it stands (EXIF orientation applied), from its header (nothing
+    is decoded), after checking that it can be decoded within the limits. ``verify``:
+    also run the format's own integrity check (it reads the whole of a PNG). Callers have
+    checked the file's kind; ``_pil_open`` checks it again on the open handle."""
     try:
         with _pil_open(path) as im:
             if im.width * im.height > max_pixels:
                 _check_decodable(path, im, max_pixels)
-            im.verify()
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise MediaError(f"cannot read image {path}: {e}") from None
+            size = _oriented(im.size, _orientation(im))
+            if verify:
+                im.verify()
+            return size
+    except MediaError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as e:
+        raise MediaError(f"cannot read image {path}: {_reason(e)}") from None
+
+
+def _shown(path: Path, kind: str) -> str:
+    """A frame's name as messages give it: its file name within a folder, else its path."""
+    return path.name if kind == "folder" else str(path)
+
+
+def _check_names(source: str, kind: str, paths: Sequence[Path]) -> None:
+    """Refuse frames that would write one mask file: masks are named after the frame's file
+    stem (``00045.jpg`` → ``00045.png``, as the datasets' annotations are), so ``a.jpg``
+    and ``a.png`` (or ``A.jpg`` and ``a.jpg``: the same file where names ignore case) would
+    overwrite each other's mask, and a frame listed twice is two frames with one mask."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        key = p.stem.casefold()
+        other = seen.get(key)
+        if other is None:
+            seen[key] = p
+            continue
+        if other == p:
+            raise MediaError(f"frame {p} is listed twice in the media; list each frame once")
+        where = f" in {source}" if kind == "folder" else ""
+        raise MediaError(
+            f"frames {_shown(other, kind)} and {_shown(p, kind)}{where} share the name "
+            f"{p.stem!r}, and masks are named after it ({p.stem}.png); rename or remove one")
+
+
+def _check_sizes(source: str, kind: str, paths: Sequence[Path], first: tuple[int, int],
+                 max_pixels: int) -> None:
+    """Refuse frames of different sizes. SAM 2 tracks an object through frames of one size:
+    its inference state holds one video size, prompts are normalised by it and masks come
+    back at it, so a frame of another shape would be squashed into it and masked at the
+    wrong size (its own loader silently takes one frame's size for all). Every header is
+    read (about 0.13 ms a frame: 4 s for 30,000 JPEG frames, once per folder version),
+    which also finds an empty or unreadable frame before a run starts rather than when it
+    reaches that frame."""
+    odd: list[tuple[Path, tuple[int, int]]] = []
+    for p in paths[1:]:
+        size = _image_size(p, max_pixels, verify=False)
+        if size != first:
+            odd.append((p, size))
+    if odd:
+        (p, (w, h)), fw, fh = odd[0], *first
+        more = f" (and {len(odd) - 1} more of other sizes)" if len(odd) > 1 else ""
+        where = f" in {source}" if kind == "folder" else ""
+        raise MediaError(
+            f"frames{where} differ in size: {_shown(paths[0], kind)} is {fw}×{fh}, "
+            f"{_shown(p, kind)} is {w}×{h}{more}; a video's frames must share one size "
+            "(SAM 2 tracks at one size): resize them alike, or give each image on its own")
 
 
 def _from_paths(source: str, kind: str, paths: list[Path], max_pixels: int) -> Media:
     if not paths:
         raise MediaError(f"no image frames in {source}")
+    _check_names(source, kind, paths)
     src = _image_size(paths[0], max_pixels)
+    _check_sizes(source, kind, paths, src, max_pixels)
     w, h = fit_size(*src, max_pixels)
     ids = [0] if kind == "image" else frame_ids_for(paths)
     return Media(source=source, kind=kind, frame_ids=ids, width=w, height=h, paths=paths,
@@ -626,6 +880,28 @@ def _open_video(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Media:
                  _seekable=idx.seekable)
 
 
+def _frame_files(folder: Path) -> list[Path]:
+    """The image files of a frame folder in natural order. An entry with an image's name
+    that is not a file (a named pipe, a device, a broken link) is refused here, by its
+    ``stat``, rather than skipped (the video would silently lose a frame) or opened (a
+    FIFO would block the run); sub-folders are not frames and are passed over. The
+    listing's own file types answer for most entries, so a folder of 30,000 frames costs
+    no ``stat`` per frame."""
+    files = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            p = Path(entry.path)
+            if p.suffix.lower() not in IMAGE_EXTS or entry.is_dir():
+                continue
+            if not entry.is_file():  # not a regular file, nor a link to one
+                problem = file_kind_problem(p) or "is not a regular file"
+                raise MediaError(f"frame {p.name} in {folder} {problem}; remove it or "
+                                 "replace it with the image file")
+            files.append(p)
+    files.sort(key=lambda p: _natural_key(p.name))
+    return files
+
+
 def _open_uncached(
     media: str | Sequence[str], roots: Sequence[Path] | None, max_pixels: int | None = None
 ) -> Media:
@@ -636,22 +912,30 @@ def _open_uncached(
         if not paths:
             raise MediaError("empty list of frame paths")
         for p in paths:
-            if not p.is_file():
+            problem = file_kind_problem(p)
+            if problem == "does not exist":
                 raise MediaError(f"frame file not found: {p}")
+            if problem:
+                raise MediaError(f"frame {p} {problem}; list image files")
         return _from_paths(f"list of {len(paths)} frames", "list", paths, max_pixels)
     path = check_allowed(media, roots)
     if not path.exists():
         raise MediaError(f"media not found: {path}")
     if path.is_dir():
-        files = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
-        files.sort(key=lambda p: _natural_key(p.name))
+        files = _frame_files(path)
         if roots is not None:  # a frame may be a symlink out of the allowed roots
             files = [check_allowed(p, roots) for p in files]
         return _from_paths(str(path), "folder", files, max_pixels)
+    problem = file_kind_problem(path)
+    if problem:
+        raise MediaError(f"media {path} {problem}; give a video file, an image or a folder "
+                         "of frames (save a stream to a file first)")
     ext = path.suffix.lower()
     if ext in IMAGE_EXTS:
         return _from_paths(str(path), "image", [path], max_pixels)
     if ext in VIDEO_EXTS:
+        if path.stat().st_size == 0:  # OpenCV would only say it cannot open it
+            raise MediaError(f"cannot read video {path}: the file is empty (0 bytes)")
         return _open_video(path, max_pixels)
     raise MediaError(f"unsupported media type {ext or '(no extension)'}: {path}")
 

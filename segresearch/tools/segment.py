@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from segresearch.tools.media import Media
 from segresearch.tools.segmenters import (
+    OVERLAY_IMAGE,
     OVERLAY_VIDEO,
     Prompt,
     SAM2Segmenter,
@@ -25,11 +26,12 @@ from segresearch.tools.segmenters import (
     sam2_config_for,
     write_empty_mask_set,
     write_mask_set,
+    write_overlay_image,
     write_overlay_video,
 )
 
 __all__ = [
-    "OVERLAY_VIDEO", "Prompt", "SAM2Segmenter", "Segmenter", "get_segmenter", "make_segment_tool",
+    "OVERLAY_IMAGE", "OVERLAY_VIDEO", "Prompt", "SAM2Segmenter", "Segmenter", "get_segmenter", "make_segment_tool",
     "sam2_available", "sam2_config_for",
 ]
 
@@ -49,7 +51,8 @@ def make_segment_tool(
     on_frame: Callable[[int, int], None] | None = None,
 ) -> BaseTool:
     """A tool that segments the target on every frame. With ``masks_dir`` it writes a PNG per
-    frame there (all empty when there is no usable prompt) and ``overlay.mp4`` beside it.
+    frame there (all empty when there is no usable prompt) and ``overlay.mp4`` beside it
+    (``overlay.jpg`` for a single image).
     ``on_frame(done, total)`` hears of every mask, for progress reports."""
     done = [0]
 
@@ -79,6 +82,9 @@ def make_segment_tool(
             files = sorted(p.name for p in masks_dir.glob("*.png"))
             if len(media) > 1:
                 write_overlay_video(media, masks_dir, masks_dir.parent / OVERLAY_VIDEO, prompt,
+                                    label=segmenter.name)
+            else:
+                write_overlay_image(media, masks_dir, masks_dir.parent / OVERLAY_IMAGE, prompt,
                                     label=segmenter.name)
         if prompt is None:
             text = f"{segmenter.name}: no usable answer, empty masks for {len(media)} frames"

@@ -34,7 +34,7 @@ def annotate(
     label: str = "",
 ) -> np.ndarray:
     """A copy of an RGB frame with the mask tinted, the box in green, the point in red and
-    a label in the corner."""
+    a label on a dark box in the corner."""
     out = overlay_mask(rgb, mask) if mask is not None else rgb.copy()
     thick = max(2, out.shape[0] // 200)
     if box is not None:
@@ -46,11 +46,50 @@ def annotate(
         cv2.circle(out, c, r, POINT_COLOUR, -1)
         cv2.circle(out, c, r, (255, 255, 255), max(1, thick // 2))
     if label:
-        scale = max(0.5, out.shape[0] / 900)
-        org = (8, int(28 * scale))
-        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
-        cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+        draw_label(out, label)
     return out
+
+
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+LABEL_BACKING = 0.65  # opacity of the black box under a label
+_MIN_LABEL_SCALE = 0.35
+
+
+def draw_label(rgb: np.ndarray, text: str) -> None:
+    """White text on a semi-opaque black box in the top-left corner, in place.
+
+    Text drawn straight onto a frame disappears on light scenes (white on a white wall) and
+    an outline alone is thin at small sizes; a box at 65 % black keeps white text above 5:1
+    contrast (WCAG AA) on any background, white included, while the scene still shows
+    through. The text is scaled down, then cut, to fit narrow pictures; the Hershey font
+    has ASCII only, so other characters become '?'."""
+    h, w = rgb.shape[:2]
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)
+    if not text.strip() or h < 4 or w < 4:
+        return
+    margin = max(2, min(h, w) // 100)
+    scale = max(0.5, h / 900)
+
+    def measure(t: str, sc: float) -> tuple[int, int, int, int, int]:
+        weight = max(1, int(round(2 * sc)))
+        (tw, th), base = cv2.getTextSize(t, LABEL_FONT, sc, weight)
+        pad = max(2, int(round(5 * sc)))
+        return tw, th, base, pad, weight
+
+    tw, th, base, pad, weight = measure(text, scale)
+    room = w - 2 * margin
+    if tw + 2 * pad > room:
+        scale = max(_MIN_LABEL_SCALE, scale * room / (tw + 2 * pad))
+        tw, th, base, pad, weight = measure(text, scale)
+    while tw + 2 * pad > room and len(text) > 1:
+        text = text[:-4].rstrip() + "..." if len(text) > 4 else text[:-1]
+        tw, th, base, pad, weight = measure(text, scale)
+    x0, y0 = margin, margin
+    x1, y1 = min(w, x0 + tw + 2 * pad), min(h, y0 + th + base + 2 * pad)
+    box = rgb[y0:y1, x0:x1]
+    box[:] = (box.astype(np.float32) * (1 - LABEL_BACKING)).astype(np.uint8)
+    cv2.putText(rgb, text, (x0 + pad, y0 + pad + th), LABEL_FONT, scale, (255, 255, 255),
+                weight, cv2.LINE_AA)
 
 
 def draw_answer(

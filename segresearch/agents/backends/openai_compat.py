@@ -15,7 +15,6 @@ the agent loop and are smoothed over here:
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_openai import ChatOpenAI
 
 from segresearch.agents.content import inline_media
+from segresearch.envvars import env_str
 
 __all__ = [
     "OpenAICompatChatModel",
@@ -248,7 +248,7 @@ def _resolve_api_key(api_key: str | None, base_url: str | None) -> str:
     if api_key:
         return api_key
     for var in API_KEY_ENV_VARS:
-        value = os.environ.get(var)
+        value = env_str(var)
         if value:
             # Another endpoint gets the placeholder: the request still goes out (a server
             # without --api-key answers it), the secret does not.
@@ -282,8 +282,17 @@ def make_openai_model(
     """
     if not model or not model.strip():
         raise ValueError("model name must not be empty")
-    resolved_base = base_url or os.environ.get("OPENAI_BASE_URL") or None
-    key = _resolve_api_key(api_key, resolved_base)
+    resolved_base = base_url or env_str("OPENAI_BASE_URL") or None
+    try:
+        key = _resolve_api_key(api_key, resolved_base)
+    except ValueError as e:
+        name, at, tail = model.strip().rpartition("@")
+        if at:  # most likely an endpoint that lost its http://, not a model name with '@'
+            raise ValueError(f"{tail!r} after '@' is not an http:// or https:// URL; for a "
+                             f"server of your own write {name or 'NAME'}@http://HOST:PORT/v1 "
+                             "(without a URL the hosted OpenAI API is used, which needs "
+                             "SEGRESEARCH_OPENAI_API_KEY or OPENAI_API_KEY)") from e
+        raise
     if vllm_extras is None:
         vllm_extras = base_url is not None and not _is_hosted_openai(base_url)
     return OpenAICompatChatModel(
@@ -315,10 +324,33 @@ def parse_openai_spec(spec: str) -> tuple[str, str | None]:
         head = head.strip()
         if not head:
             raise ValueError(f"model name missing before '@' in {spec!r}")
+        parts = urlsplit(tail)
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+        except ValueError:
+            raise ValueError(f"the endpoint {tail!r} after '@' has a malformed port; write "
+                             "NAME@http://HOST:PORT/v1") from None
+        if not parts.hostname:
+            raise ValueError(f"the endpoint {tail!r} after '@' names no host; write "
+                             "NAME@http://HOST:PORT/v1") from None
         return head, tail
     if not spec:
         raise ValueError("empty model spec")
+    if sep and _looks_like_address(tail):
+        raise ValueError(f"{tail!r} after '@' is not an http:// or https:// URL; write "
+                         f"{head.strip() or 'NAME'}@http://{tail.split('://')[-1]}"
+                         + ("" if "/" in tail.split("://")[-1] else "/v1")
+                         + " for a server of your own")
     return spec, None
+
+
+def _looks_like_address(text: str) -> bool:
+    """Whether what follows the last ``@`` was meant as an endpoint (a scheme, a port, a
+    path, a dotted host or ``localhost``) rather than part of a model name (``@rev``)."""
+    t = text.lower()
+    return ("://" in t or "/" in t or t.startswith("localhost")
+            or re.fullmatch(r"[\w.-]+:\d*", t) is not None
+            or re.fullmatch(r"[\w-]+(\.[\w-]+)+", t) is not None)
 
 
 def _redact_url(url: str) -> str:

@@ -5,9 +5,31 @@ search, keyframes, segmentation) runs for real while the policy is a recording. 
 to play is the number of assistant messages already in the conversation, so one instance
 serves any number of concurrent runs without shared state.
 
-A cassette may also record a whole evaluation: ``{"queries": {question: [turns]}}`` picks
-the turns by the question the run was asked (the last text of the first user message), so
-one spec string replays a benchmark, in any order and across processes.
+A cassette is a UTF-8 JSON file (``--model replay:FILE``) in one of three forms:
+
+1. a list of turns, each the whole text of one assistant turn, in order::
+
+       ["<thinking>Who won?</thinking><search>{\"name\": \"text_search\", \"query\": \"2031 cup\"}</search>",
+        "<thinking>Frame 13 shows it.</thinking><keyframe> 13 </keyframe>",
+        "<thinking>There.</thinking><answer>{\"bbox_2d\": [365, 566, 502, 772], \"point_2d\": [433, 669]}</answer>"]
+
+2. an object ``{"turns": [...]}`` with the same list, and optionally ``"label"`` (where the
+   turns came from, a note kept with the model), ``"latency"`` (seconds each turn takes, 0 to
+   600, to stand in for a real model's pace) and any other keys, kept as metadata (the
+   demo's cassette records its ``"query"``);
+
+3. an object ``{"queries": {question: [turns]}}`` that records a whole evaluation: the turns
+   are picked by the question the run was asked (the last text of the first user message,
+   compared after stripping surrounding whitespace), so one spec replays a benchmark in any
+   order and across processes. ``"turns"`` beside it answers every question not listed;
+   ``"label"`` and ``"latency"`` work as in form 2.
+
+Turn i answers a conversation that already holds i assistant messages. A turn is cut after
+the first stop string the graph asks for (``</search>``, ``</keyframe>``), as a served model
+stops there, and is counted in approximate tokens (words and punctuation) for the token
+budgets. A run that asks for more turns than were recorded, or a question a ``queries``
+cassette does not hold (with no ``"turns"`` to fall back on), fails its model step with a
+message saying so. The README's "Replay cassettes" section shows the same with examples.
 """
 
 from __future__ import annotations
@@ -15,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +46,17 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from segresearch import cancel
 from segresearch.agents.protocol import cut_at_stop
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+
+# The accepted forms, in the words every loading error ends with.
+CASSETTE_FORMS = (
+    'a cassette is a JSON list of assistant turns (["<thinking>...</thinking><answer>...</answer>"]), '
+    'an object {"turns": [...]} (optional "label", "latency"), or '
+    '{"queries": {"<question>": [...]}} (see README, "Replay cassettes")'
+)
 
 
 def approx_tokens(text: str) -> int:
@@ -51,13 +80,21 @@ class ReplayChatModel(BaseChatModel):
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReplayChatModel:
+        """The cassette at ``path`` (the forms are in the module docstring). Every problem
+        is a ``ValueError`` naming the file and the accepted forms, since the person who
+        sees it is usually writing a cassette by hand."""
         p = Path(path).expanduser()
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValueError(f"replay cassette not found: {p}") from None
+        except IsADirectoryError:
+            raise ValueError(f"replay cassette {p} is a folder; give the JSON file "
+                             f"({CASSETTE_FORMS})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"replay cassette {p} is not UTF-8 text; {CASSETTE_FORMS}") from None
         except json.JSONDecodeError as e:
-            raise ValueError(f"replay cassette {p} is not valid JSON: {e}") from None
+            raise ValueError(f"replay cassette {p} is not valid JSON ({e}); {CASSETTE_FORMS}") from None
         queries: dict[str, list[str]] = {}
         latency = 0.0
         if isinstance(data, list):
@@ -73,15 +110,19 @@ class ReplayChatModel(BaseChatModel):
             if not isinstance(latency, (int, float)) or isinstance(latency, bool) or not 0 <= latency <= 600:
                 raise ValueError(f"replay cassette {p}: latency must be seconds between 0 and 600")
         else:
-            raise ValueError(
-                f"replay cassette {p} must be a list of turns, {{'turns': [...]}} or "
-                "{'queries': {question: [...]}}"
-            )
+            raise ValueError(f"replay cassette {p} has the wrong shape: {CASSETTE_FORMS}")
         if not all(isinstance(t, str) for t in turns):
-            raise ValueError(f"replay cassette {p}: every turn must be a string")
+            raise ValueError(f"replay cassette {p}: every turn must be a string (the whole text "
+                             f"of one assistant turn); {CASSETTE_FORMS}")
         for q, ts in queries.items():
             if not isinstance(ts, list) or not all(isinstance(t, str) for t in ts):
-                raise ValueError(f"replay cassette {p}: turns of query {q!r} must be strings")
+                raise ValueError(f"replay cassette {p}: the turns of question {q[:80]!r} must be "
+                                 f"a list of strings; {CASSETTE_FORMS}")
+        if not turns and not any(queries.values()):
+            raise ValueError(f"replay cassette {p} holds no turns, so it cannot answer any "
+                             f"question; {CASSETTE_FORMS}")
+        # the run's question is compared stripped: so is a hand-written key
+        queries = {q.strip(): ts for q, ts in queries.items()}
         return cls(turns=turns, queries=queries, label=label, source=str(p), meta=meta,
                    latency=float(latency))
 
@@ -115,8 +156,8 @@ class ReplayChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self.latency:
-            time.sleep(self.latency)
+        if self.latency:  # a stand-in for a real model's wait, which Ctrl-C cuts short
+            cancel.sleep(self.latency)
         return self._play(messages, stop, **kwargs)
 
     async def _agenerate(

@@ -9,13 +9,73 @@ const GRAPH = "seg_research";
 // Shown first; every other field of the context schema goes under "More settings".
 const COMMON = ["model", "search", "kb", "segmenter", "max_turns", "num_frames", "review"];
 const STREAM_MODES = ["updates", "custom"];
+// Settings a person changed, kept per server (localStorage is per origin) until reset.
+const SETTINGS_KEY = "segresearch.settings.v1";
+
+// What the form calls each context field, and its help, in the words of someone trying the
+// method; the schema's own title and description (developer words) go in the tooltip. A
+// field missing here still shows, under its schema title (and is marked for the tests).
+const FIELD_TEXT = {
+  model: ["Model", "The vision-language model that answers: the server's own, a model server's address (openai:NAME@http://host:port/v1) or a recorded run (replay:FILE)."],
+  search: ["Search", "Where the model looks up what it does not know."],
+  kb: ["Knowledge base", "A folder on the server with the texts (and pictures) to search, for the knowledge-base searches."],
+  retriever_url: ["Retrieval server address", "For Search: retrieval server; e.g. http://127.0.0.1:8001."],
+  search_cache: ["Search cache file", "A file on the server that keeps search results, so the same search is quick and gives the same results; empty or off: no cache."],
+  search_cache_ttl: ["Keep cached results for (seconds)", "After this long a search is made again."],
+  allow_private_urls: ["Let web image search open local addresses", "Off: pictures at private or local network addresses are not fetched."],
+  text_topk: ["Text results per search", "How many text results the model reads for each search."],
+  image_topk: ["Picture results per search", "How many pictures the model sees for each picture search."],
+  segmenter: ["Segmenter", "What turns the answer's box and point into a mask on every frame."],
+  sam2_checkpoint: ["SAM 2 weights file", "A SAM 2 checkpoint (.pt) on the server, for Segmenter: SAM 2."],
+  sam2_config: ["SAM 2 configuration", "One shipped with SAM 2, e.g. configs/sam2.1/sam2.1_hiera_l.yaml; empty: chosen from the weights file's name."],
+  sam2_image_size: ["SAM 2 resolution (pixels)", "0: SAM 2's own (1024); smaller is faster and coarser."],
+  max_turns: ["Most searches and looks", "How many times the model may search or look closely at a frame before it must answer."],
+  num_frames: ["Frames shown first", "How many frames, spread over the video, the model sees at the start."],
+  frame_size: ["Frame size (pixels)", "The frames are shown to the model as squares of this side."],
+  keyframe_size: ["Close-up size (pixels)", "The side of the square a frame is shown at when the model looks closely."],
+  search_image_size: ["Search picture size (pixels)", "The side of the square search pictures are shown at."],
+  coord_style: ["How the model writes positions", "Must match the model: Qwen3-VL writes 0–1000 across the frame, Qwen2.5-VL writes pixels of the picture it saw."],
+  prompt_variant: ["Instructions to the model", "With or without the search tools."],
+  system_prompt_file: ["Instructions file", "A text file on the server that replaces the built-in instructions."],
+  max_new_tokens: ["Longest reply (tokens)", "How much the model may write in one turn."],
+  max_response_tokens: ["Longest run (tokens)", "How much the model may write over all its turns; empty: no limit."],
+  temperature: ["Randomness", "0: always the most likely words; higher: more varied replies (up to 2)."],
+  feedback_retries: ["Format reminders", "How many times a reply with no usable step gets a reminder of the format instead of ending the run."],
+  request_timeout: ["Model time limit (seconds)", "How long one reply from the model may take."],
+  search_timeout: ["Search time limit (seconds)", "How long one search may take."],
+  output_dir: ["Output folder", "Where on the server this run's files go, inside the server's output folder; empty: a new folder for each run."],
+  run_segmentation: ["Make masks", "Turn the answer into a mask on every frame."],
+  review: ["Review the answer first", "Pause after the answer, so you can check or move the box and point before the masks are made."],
+};
+// Plain names for the values of the fields the schema enumerates (the value itself is in
+// the option's tooltip); a value missing here is shown as it is.
+const OPTION_TEXT = {
+  search: { local: "Knowledge base (meaning)", bm25: "Knowledge base (keywords)", hybrid: "Knowledge base (meaning and keywords)",
+            retriever: "Retrieval server", ddg: "Web: DuckDuckGo", tavily: "Web: Tavily (needs a key on the server)",
+            serper: "Web: Serper (needs a key on the server)", none: "No search" },
+  segmenter: { auto: "Automatic (SAM 2 when installed, else GrabCut)", sam2: "SAM 2", grabcut: "GrabCut (no model weights)", none: "None: the answer only" },
+  coord_style: { qwen3: "0–1000 across the frame (Qwen3-VL)", qwen25: "Pixels (Qwen2.5-VL)" },
+  prompt_variant: { auto: "As the Search setting says", search: "With search", no_search: "Without search" },
+};
+// Why a run stopped, in words.
+const STOP_TEXT = {
+  answer: "answered",
+  no_action: "the model's last reply had no step the run could take",
+  max_turns: "the model used all its searches and looks without answering (raise “Most searches and looks”)",
+  max_tokens: "the model wrote as much as it may (raise “Longest run”)",
+  "error:config": "a setting cannot be used",
+  "error:media": "the media cannot be read",
+  "error:input": "the request is incomplete",
+  "error:model": "the model failed",
+  "error:segment": "the masks could not be made",
+};
 
 const $ = (id) => document.getElementById(id);
 const S = {
   info: null, assistantId: null, schema: null, fields: [], media: null, running: false,
   thread: null, runId: null, ctx: null, abort: null, mediaInfo: null, frames: new Map(),
   keyframe: null, answerPx: null, searchMeta: new Map(), review: null, editor: null,
-  blobs: new Map(), finalSeen: false, stepCount: 0,
+  blobs: new Map(), finalSeen: false, stepCount: 0, setup: null, demoPreset: false,
 };
 
 class AuthError extends Error {}
@@ -150,16 +210,19 @@ async function init() {
   $("app").hidden = false;
   $("forget-token").hidden = !token();
   const roots = info.media_roots_restricted ? `media from ${info.media_roots.join(", ")}` : "media from anywhere";
-  $("server-line").textContent = `server ${info.version} · ${roots} · auth ${info.auth ? "on" : "off"}`;
+  $("server-line").textContent = `server ${info.version} · ${roots} · access token ${info.auth ? "needed" : "not needed"}`;
   $("upload-limit").textContent = info.uploads ? `(up to ${fmtMb(info.upload_limit_mb)})` : "(uploads are off)";
   $("file").disabled = !info.uploads;
+  const setup = getJson("/segresearch/setup").catch(() => null);  // may wait on a model server's probe
+  loadLibrary().catch(() => {});
+  loadHistory().catch(() => {});
   try {
     await loadSchema();
   } catch (e) {
-    if (!(e instanceof AuthError)) $("form-error").textContent = "Could not read the graph's settings: " + e.message;
+    if (!(e instanceof AuthError)) $("form-error").textContent = "Could not read the settings this server takes: " + pageText(e.message);
   }
-  loadLibrary().catch(() => {});
-  loadHistory().catch(() => {});
+  S.setup = await setup;
+  if (S.schema) startForm();
 }
 
 function fmtMb(mb) { return (mb >= 10 ? Math.round(mb) : Math.round(mb * 10) / 10) + " MB"; }
@@ -173,8 +236,10 @@ async function loadSchema() {
   S.assistantId = a.assistant_id;
   const schemas = await getJson(`/assistants/${a.assistant_id}/schemas`);
   S.schema = schemas.context_schema || { properties: {} };
-  buildForm(S.schema, (S.info && S.info.defaults) || {});
+  buildForm(S.schema, serverDefaults());
 }
+
+function serverDefaults() { return (S.info && S.info.defaults) || {}; }
 
 function fieldType(prop) {
   const alts = prop.anyOf || prop.oneOf;
@@ -189,10 +254,10 @@ function fieldType(prop) {
   return { kind: "text", p, nullable };
 }
 
-function suggestions(desc) {
-  const out = new Set();
-  for (const m of (desc || "").matchAll(/'([a-z0-9_]+)'/g)) out.add(m[1]);
-  return [...out];
+function fieldLabel(name) { return (FIELD_TEXT[name] || [])[0] || name; }
+
+function tooltip(name, prop) {
+  return `${name} (server setting SEGRESEARCH_${name.toUpperCase()})` + (prop.description ? `\n${prop.description}` : "");
 }
 
 function buildForm(schema, defaults) {
@@ -207,41 +272,173 @@ function buildForm(schema, defaults) {
     const t = fieldType(prop);
     const id = "ctx-" + name;
     const helpId = id + "-help";
-    const label = prop.title || name;
+    const [plain, help] = FIELD_TEXT[name] || [prop.title || name, prop.description || ""];
+    const tip = tooltip(name, prop);
     const def = defaults[name];
-    const wrap = el("div", { class: t.kind === "bool" ? "check" : "field" });
+    const wrap = el("div", { class: (t.kind === "bool" ? "check" : "field") + (FIELD_TEXT[name] ? "" : " fallback"), "data-field": name });
+    const label = el("label", { for: id, text: plain, title: tip });
     let input;
     if (t.kind === "bool") {
-      input = el("input", { type: "checkbox", id, "aria-describedby": helpId });
+      input = el("input", { type: "checkbox", id, "aria-describedby": helpId, title: tip });
       input.checked = def === true;
-      wrap.append(input, el("label", { for: id, text: label }));
+      wrap.append(input, label);
     } else if (t.kind === "enum") {
-      input = el("select", { id, "aria-describedby": helpId });
-      for (const v of t.p.enum) input.append(el("option", { value: String(v), text: String(v) }));
+      input = el("select", { id, "aria-describedby": helpId, title: tip });
+      const values = t.p.enum.map(String);
+      // a server default outside the list (a plugin's backend, other letter case) stays choosable
+      if (def !== undefined && def !== null && !values.includes(String(def))) values.unshift(String(def));
+      for (const v of values) input.append(el("option", { value: v, text: (OPTION_TEXT[name] || {})[v] || v, title: v }));
       if (def !== undefined && def !== null) input.value = String(def);
-      wrap.append(el("label", { for: id, text: label }), input);
+      wrap.append(label, input);
     } else {
       const numeric = t.kind === "integer" || t.kind === "number";
       input = el("input", {
-        id, type: numeric ? "number" : "text", "aria-describedby": helpId, spellcheck: "false",
+        id, type: numeric ? "number" : "text", "aria-describedby": helpId, spellcheck: "false", title: tip,
         min: t.p.minimum ?? (t.p.exclusiveMinimum !== undefined ? t.p.exclusiveMinimum : undefined),
         max: t.p.maximum ?? t.p.exclusiveMaximum, step: t.kind === "integer" ? "1" : numeric ? "any" : undefined,
-        placeholder: t.nullable ? "none" : undefined,
+        placeholder: t.nullable ? "no limit" : undefined,
       });
       if (def !== undefined && def !== null) input.value = String(def);
-      const sug = t.kind === "text" ? suggestions(prop.description) : [];
-      if (sug.length) {
-        const listId = id + "-list";
-        input.setAttribute("list", listId);
-        wrap.append(el("datalist", { id: listId }, ...sug.map((v) => el("option", { value: v }))));
+      wrap.append(label, input);
+      if (name === "model") {
+        input.setAttribute("list", id + "-list");
+        wrap.append(el("datalist", { id: id + "-list" }));
       }
-      wrap.prepend(el("label", { for: id, text: label }), input);
     }
-    if (prop.description) wrap.append(el("p", { class: "help", id: helpId, text: prop.description }));
+    if (help) wrap.append(el("p", { class: "help", id: helpId, text: help }));
     (COMMON.includes(name) ? $("common-fields") : $("more-fields")).append(wrap);
     S.fields.push({ name, input, t, def });
   }
 }
+
+function field(name) { return S.fields.find((f) => f.name === name); }
+
+function setField(name, value) {
+  const f = field(name);
+  if (!f) return false;
+  if (f.t.kind === "bool") { f.input.checked = value === true; return true; }
+  const v = value === null || value === undefined ? "" : String(value);
+  if (f.t.kind === "enum" && ![...f.input.options].some((o) => o.value === v)) return false;
+  f.input.value = v;
+  return true;
+}
+
+// The form as the person left it: every field whose value is not the server's default.
+function changedFields() {
+  const out = {};
+  for (const { name, input, t, def } of S.fields) {
+    if (t.kind === "bool") { if (input.checked !== (def === true)) out[name] = input.checked; }
+    else if (input.value.trim() !== String(def ?? "")) out[name] = input.value.trim();
+  }
+  return out;
+}
+
+function remembered() {
+  try {
+    const v = JSON.parse(localStorage.getItem(SETTINGS_KEY) || "{}");
+    return v && typeof v === "object" && !Array.isArray(v) ? v : {};
+  } catch (_) { return {}; }
+}
+
+function saveSettings() {
+  try { localStorage.setItem(SETTINGS_KEY, JSON.stringify(changedFields())); } catch (_) { /* storage off: nothing kept */ }
+}
+
+// Server defaults, then what this browser remembers; when the server's own model does not
+// answer and the recorded demo is offered, the demo's settings instead of that model.
+function startForm(fromReset) {
+  const saved = fromReset ? {} : remembered();
+  let restored = 0;
+  for (const [name, value] of Object.entries(saved)) if (setField(name, value)) restored += 1;
+  const st = S.setup && S.setup.model, demo = S.setup && S.setup.demo;
+  S.demoPreset = false;
+  if (st && st.ok === false && demo && !("model" in saved)) { applyDemoSettings(demo); S.demoPreset = true; }
+  const list = $("ctx-model-list");
+  if (list) {
+    const specs = [serverDefaults().model, demo && demo.model].filter((v) => typeof v === "string" && v);
+    list.replaceChildren(...[...new Set(specs)].map((v) => el("option", { value: v })));
+  }
+  $("demo-offer").hidden = !demo;
+  $("settings-saved").textContent = restored ? `${restored} setting${restored === 1 ? "" : "s"} restored from your last visit; changes are remembered in this browser.`
+    : "Settings you change are remembered in this browser.";
+  modelNote();
+  $("settings").dataset.ready = "1";
+}
+
+function applyDemoSettings(demo) {
+  for (const name of ["model", "search", "kb"]) setField(name, demo[name]);
+}
+
+// A note under Settings when the chosen model cannot work or is the recorded demo.
+function modelNote() {
+  const note = $("settings-note");
+  const f = field("model");
+  const st = S.setup && S.setup.model, demo = S.setup && S.setup.demo;
+  note.replaceChildren();
+  note.className = "note";
+  note.hidden = true;
+  if (!f || !st) return;
+  const value = f.input.value.trim();
+  const where = st.reason === "unreachable" ? `No model server answers at ${st.address}`
+    : st.reason === "no-key" ? "The server has no API key for its model"
+    : st.reason === "missing" ? "The server's model file is missing"
+    : st.reason === "malformed" ? "The server's model setting is not one it can use" : "";
+  if (demo && value === demo.model) {
+    note.className = "note info";
+    const what = "it replays one recorded run, made for the demo clip and its question, and needs no model server.";
+    note.append(el("p", { text: S.demoPreset && where ? `${where} (the server's own model), so the form starts with the recorded demo: ${what}`
+      : `Model: the recorded demo; ${what}` }));
+    if (demo.media) {
+      const b = el("button", { type: "button", class: "link", text: "Use the demo clip and question" });
+      b.addEventListener("click", useDemo);
+      note.append(b);
+    }
+    note.hidden = false;
+  } else if (st.ok === false && value === String(st.spec).trim()) {
+    note.append(el("p", { text: `${where}, so runs with this model will fail. Start that server, type another model above` + (demo ? ", or try the recorded demo." : ".") }));
+    if (demo) {
+      const b = el("button", { type: "button", class: "link", text: "Use the recorded demo" });
+      b.addEventListener("click", () => { applyDemoSettings(demo); saveSettings(); modelNote(); });
+      note.append(b);
+    }
+    note.hidden = false;
+  }
+}
+
+async function useDemo() {
+  const demo = S.setup && S.setup.demo;
+  if (!demo || S.running) return;
+  applyDemoSettings(demo);
+  saveSettings();
+  modelNote();
+  $("query").value = demo.query;
+  $("media-error").textContent = "";
+  if (!demo.media) { $("media-chosen").textContent = "Now choose the media and press Run."; return; }
+  document.querySelector("input[name=source][value=upload]").checked = true;
+  $("upload-pane").hidden = false;
+  $("server-pane").hidden = true;
+  $("media-chosen").textContent = "Preparing the demo clip…";
+  try {
+    const up = await getJson("/segresearch/demo-media", { method: "POST", json: {} });
+    S.media = { path: up.path, label: "demo clip" };
+    $("media-chosen").textContent = `The demo clip: ${up.frames} frames, ${up.width}×${up.height}. Press Run.`;
+    loadLibrary().catch(() => {});
+  } catch (e) {
+    $("media-chosen").textContent = "";
+    if (!(e instanceof AuthError)) $("media-error").textContent = `The demo clip could not be prepared: ${pageText(e.message)}`;
+  }
+}
+
+$("demo-button").addEventListener("click", useDemo);
+$("settings").addEventListener("change", () => { saveSettings(); modelNote(); });
+$("settings").addEventListener("input", (ev) => { if (ev.target && ev.target.id === "ctx-model") modelNote(); });
+$("reset-settings").addEventListener("click", () => {
+  try { localStorage.removeItem(SETTINGS_KEY); } catch (_) { /* storage off */ }
+  if (!S.schema) return;
+  buildForm(S.schema, serverDefaults());
+  startForm(true);
+  $("settings-saved").textContent = "Settings reset to the server's defaults.";
+});
 
 // Only what differs from the server's own defaults is sent: values the operator configured
 // stay trusted by the server's path policy, and the request says what the person changed.
@@ -261,7 +458,7 @@ function collectContext() {
         continue;
       }
       if (!input.checkValidity()) {
-        problems.push(`${name}: ${input.validationMessage}`);
+        problems.push(`${fieldLabel(name)}: ${input.validationMessage}`);
         continue;
       }
       const v = Number(raw);
@@ -273,6 +470,37 @@ function collectContext() {
   if (problems.length) throw new Error(problems.join("\n"));
   return ctx;
 }
+
+// Server messages are written for the command line and the API; on the page they name the
+// form's fields and what to change there, not flags, variables or shell commands.
+function pageText(message) {
+  const demo = S.setup && S.setup.demo;
+  let m = String(message || "");
+  if (/^(?:Failed to fetch|NetworkError when attempting to fetch resource\.?|Load failed|network error)$/i.test(m.trim())) {
+    return "the page lost its connection to the server; is the server still running?";
+  }
+  m = m.replace(/The OpenAI-compatible server at (\S+) is not reachable \(([^)]*(?:\([^)]*\)[^)]*)*)\)\.[\s\S]*$/,
+    (_, url, why) => `No model server answers at ${url} (${why}). Start it, or change “Model” under Settings` + (demo ? " (the recorded demo needs no server)." : "."));
+  m = m.replace(/No API key for the OpenAI API[\s\S]*$/,
+    "The model needs an API key that this server does not have. Ask whoever runs the server, or change “Model” under Settings.");
+  m = m.replace(/(?:search backend '[^']*': )?no knowledge base configured[\s\S]*$/,
+    "This search needs a knowledge base: fill in “Knowledge base” under Settings, or set “Search” to “No search”.");
+  m = m.replace(/(?:search backend '[^']*': )?knowledge base folder not found: (\S+)/, "“Knowledge base”: there is no folder $1 on the server");
+  m = m.replace(/the path is outside (?:the allowed roots|the output root)(?: \([^)]*\))?/g, "the path is outside the folders this server lets the page use");
+  m = m.replace(/Context\.(\w+)(?:\s*\/\s*--[\w-]+)?(?:\s*\/\s*SEGRESEARCH_\w+)?/g, (all, name) => (FIELD_TEXT[name] ? `“${fieldLabel(name)}”` : all));
+  m = m.replace(/`?--([a-z][\w-]*)(?:[ =](?!under)[^\s`,;)]+)?`?/g, (all, flag) => {
+    const name = flag.replace(/-/g, "_");
+    return FIELD_TEXT[name] ? `“${fieldLabel(name)}” under Settings` : all;
+  });
+  m = m.replace(/ ?\([^()]*SEGRESEARCH_[A-Z_]+[^()]*\)/g, "");  // server variables are the operator's business
+  // one problem per line, as the API sends them ("context: max_turns: ..."): each names
+  // the form's field by its label
+  const inputs = { media: "Media", query: "What should be segmented" };
+  return m.split("\n").map((line) => line.replace(/^(?:context|input): /, "")
+    .replace(/^(\w+): /, (all, name) => (FIELD_TEXT[name] ? `${fieldLabel(name)}: ` : inputs[name] ? `${inputs[name]}: ` : all))).join("\n");
+}
+
+function stopText(reason) { return STOP_TEXT[reason] || reason; }
 
 // ------------------------------------------------------------------ media
 
@@ -311,7 +539,7 @@ $("file").addEventListener("change", async () => {
     loadLibrary().catch(() => {});
   } catch (e) {
     $("media-chosen").textContent = "";
-    $("media-error").textContent = `Upload refused: ${e.message}`;
+    $("media-error").textContent = `Upload refused: ${pageText(e.message)}`;
   } finally {
     prog.hidden = true;
   }
@@ -353,6 +581,7 @@ async function loadLibrary() {
   }
   for (const g of groups.values()) sel.append(g);
   sel.value = keep;
+  sel.dataset.loaded = "1";
 }
 
 function chooseServerMedia() {
@@ -378,9 +607,12 @@ $("run-form").addEventListener("submit", async (ev) => {
   if (!query) { $("form-error").textContent = "Type what should be segmented."; $("query").focus(); return; }
   let ctx;
   try { ctx = collectContext(); } catch (e) { $("form-error").textContent = e.message; return; }
+  saveSettings();
   resetRun(query);
   setRunning(true);
   setStatus("Starting the run…");
+  announce("Run started.");
+  bringIntoView($("run-view"));
   try {
     const thread = await getJson("/threads", { method: "POST", json: { metadata: { source: "web-page", query } } });
     S.thread = thread.thread_id;
@@ -401,14 +633,53 @@ $("run-form").addEventListener("submit", async (ev) => {
 
 function failed(e) {
   if (e instanceof AuthError) return;
-  if (e.name === "AbortError") { setStatus("Stopped."); badge("stopped", "bad"); return; }
+  if (e.name === "AbortError") { setStatus("Stopped."); badge("stopped", "bad"); ended("Run stopped.", false); return; }
   const refused = e.status === 403 || e.status === 422;
-  const msg = refused ? `The server refused the run: ${e.message}` : `The run failed: ${e.message}`;
+  const msg = refused ? `The server refused the run: ${pageText(e.message)}` : `The run failed: ${pageText(e.message)}`;
   $("form-error").textContent = msg;
   showBanner(msg);
   setStatus(refused ? "Refused by the server." : "Failed.");
   badge(refused ? "refused" : "failed", "bad");
+  ended(msg, false);
 }
+
+function announce(text) {
+  // cleared first so that the same words twice are still read out
+  const a = $("announce");
+  a.textContent = "";
+  setTimeout(() => { a.textContent = text; }, 30);
+}
+
+function reducedMotion() { return window.matchMedia && window.matchMedia("(prefers-reduced-motion: reduce)").matches; }
+
+// Scrolls only when the element's top is not already in the upper part of the window: a
+// person who can see it keeps their place.
+function bringIntoView(elem) {
+  const r = elem.getBoundingClientRect();
+  if (r.top >= 0 && r.top < window.innerHeight * 0.6) return;
+  elem.scrollIntoView({ block: "start", behavior: reducedMotion() ? "auto" : "smooth" });
+}
+
+// The end of a run, wherever the person is on the page: the run's sticky header, the
+// line beside the Run button, and the screen reader all say it.
+function ended(text, ok) {
+  $("run-head").classList.toggle("done", ok);
+  $("run-head").classList.toggle("failed", !ok);
+  $("form-run-text").textContent = text;
+  $("form-run-state").hidden = false;
+  $("jump-result").hidden = false;
+  $("jump-result").textContent = ok ? "Show the result" : "Show why";
+  announce(text);
+}
+
+function jumpToResult() {
+  const target = !$("result-panel").hidden ? $("result-panel") : !$("run-error").hidden ? $("run-error") : $("run-view");
+  target.scrollIntoView({ block: "start", behavior: reducedMotion() ? "auto" : "smooth" });
+  target.focus({ preventScroll: true });
+}
+
+$("jump-result").addEventListener("click", jumpToResult);
+$("form-run-jump").addEventListener("click", jumpToResult);
 
 $("stop-button").addEventListener("click", async () => {
   if (S.abort) S.abort.abort();
@@ -421,7 +692,13 @@ function setRunning(on) {
   S.running = on;
   $("run-button").disabled = on;
   $("stop-button").disabled = !on;
-  if (on) badge("running", "live");
+  if (on) {
+    badge("running", "live");
+    $("run-head").classList.remove("done", "failed");
+    $("jump-result").hidden = true;
+    $("form-run-text").textContent = "Running…";
+    $("form-run-state").hidden = false;
+  }
 }
 
 async function streamRun(body) {
@@ -477,8 +754,9 @@ function onStream(event, data) {
     onCustom(data);
   } else if (event === "error") {
     const msg = (data && (data.message || data.error)) || "the server reported an error";
-    showBanner(`The run failed on the server: ${msg}`);
+    showBanner(`The run failed on the server: ${pageText(msg)}`);
     badge("error", "bad");
+    ended(`The run failed on the server: ${pageText(msg)}`, false);
   }
 }
 
@@ -488,7 +766,7 @@ async function afterStream() {
     const st = await getJson(`/threads/${S.thread}/state`);
     const pause = pendingInterrupt(st);
     if (pause) { showReview(pause); return; }
-    finishRun(finalFromValues(st.values || {}));
+    finishRun(finalFromValues(st.values || {}), true);
   } catch (e) { failed(e); }
 }
 
@@ -515,6 +793,9 @@ function resetRun(query) {
   $("overlay-video").removeAttribute("src");
   $("run-files").replaceChildren();
   $("run-badge").hidden = true;
+  $("jump-result").hidden = true;
+  $("form-run-state").hidden = true;
+  $("run-head").classList.remove("done", "failed");
   for (const b of document.querySelectorAll("#history button")) b.setAttribute("aria-current", String(b.dataset.thread === S.thread));
 }
 
@@ -552,7 +833,7 @@ function onUpdate(node, upd) {
     else if (ev.type === "feedback") addStep("turn", "Format reminder", ev.reason || "");
     else if (ev.type === "review") addReviewed(ev);
     else if (ev.type === "segment") showSegment(ev);
-    else if (ev.type === "error") addStep("error", `Error (${ev.kind})`, ev.message || "");
+    else if (ev.type === "error") addStep("error", `Error: ${stopText("error:" + ev.kind)}`, pageText(ev.message || ""));
   }
 }
 
@@ -568,6 +849,10 @@ function onCustom(ev) {
       break;
     case "keyframe": setStatus(ev.valid ? `Looking at frame ${ev.frame} in high resolution.` : `Frame ${ev.frame} is not one of the shown frames.`); break;
     case "progress": {
+      if (ev.step === "index") {  // a knowledge base indexed on first use, before the first turn
+        setStatus(`Indexing the knowledge base ${ev.label || ""} (first use): ${ev.done} of ${ev.total} entries.`);
+        break;
+      }
       $("segment-panel").hidden = false;
       const p = $("segment-progress");
       p.max = ev.total || 1;
@@ -575,7 +860,7 @@ function onCustom(ev) {
       setStatus(`Segmenting with ${ev.label || ev.step}: ${ev.done} of ${ev.total} frames.`);
       break;
     }
-    case "final": S.finalSeen = true; finishRun(ev); break;
+    case "final": S.finalSeen = true; finishRun(ev, true); break;
     case "review": if (ev.decision === "refused") setStatus(`The reply was refused: ${ev.problem}`); break;
     default: break;
   }
@@ -754,20 +1039,22 @@ function finalFromValues(v) {
            masks_dir: v.masks_dir, turns: v.turns, error: v.error };
 }
 
-function finishRun(final) {
+// ``live``: the run just ended in this page (announced); otherwise a stored run is shown.
+function finishRun(final, live) {
   $("review-panel").hidden = true;
   const reason = final.stop_reason || "unknown";
   if (final.answer_px) { S.answerPx = final.answer_px; showAnswerFrame(); }
   if (reason === "answer") {
     badge("answer", "ok");
-    setStatus(`Done: answered in ${final.turns} turn${final.turns === 1 ? "" : "s"}.`);
+    const done = `Done: answered in ${final.turns} turn${final.turns === 1 ? "" : "s"}.`;
+    setStatus(done);
+    if (live) ended(`Run finished. ${done}`, true);
   } else {
-    badge(reason, "bad");
-    const why = { no_action: "the model's last turn had no action the graph understands",
-                  max_turns: "the model used up its turns without answering",
-                  max_tokens: "the model used up its token budget" }[reason] || "";
-    showBanner(`Stopped: ${reason}` + (final.error ? ` — ${final.error}` : why ? ` — ${why}` : ""));
-    setStatus(`Finished without an answer (${reason}).`);
+    badge(reason.startsWith("error:") ? "error" : "no answer", "bad");
+    const why = final.error ? pageText(final.error) : "";
+    showBanner(`Stopped: ${stopText(reason)}` + (why ? ` — ${why}` : ""));
+    setStatus(`Finished without an answer (${stopText(reason)}).`);
+    if (live) ended(`Run finished without an answer: ${why || stopText(reason)}`, false);
   }
   if (S.thread) loadResult(S.thread).catch(() => {});
 }
@@ -854,6 +1141,7 @@ function showReview(pause) {
   });
   drawEditor();
   $("review-panel").scrollIntoView({ block: "nearest" });
+  if (S.running) announce("The run is waiting for your review of the answer.");
 }
 
 const INPUTS = ["r-x1", "r-y1", "r-x2", "r-y2", "r-px", "r-py"];
@@ -1084,7 +1372,7 @@ async function loadHistory() {
     const v = t.values || {};
     if (!v.query) continue;
     shown += 1;
-    const state = t.status === "interrupted" ? "waiting for review" : t.status === "busy" ? "running" : (v.stop_reason || t.status);
+    const state = t.status === "interrupted" ? "waiting for review" : t.status === "busy" ? "running" : v.stop_reason ? stopText(v.stop_reason) : t.status;
     const when = new Date(t.updated_at || t.created_at).toLocaleString();
     const fid = (v.answer_px && v.answer_px.keyframe) ?? (v.frame_ids && v.frame_ids[0]);
     const thumb = el("img", { alt: "" });

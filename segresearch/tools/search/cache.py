@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -60,6 +59,29 @@ CREATE INDEX IF NOT EXISTS search_cache_created ON search_cache (created);
 def cache_key(backend: str, tool: str, query: str, topk: int) -> str:
     raw = json.dumps([_FORMAT, backend, tool, query, int(topk)], ensure_ascii=False)
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+class SearchCacheError(ValueError):
+    """The cache file cannot be used at all (a folder, not SQLite, not writable): the
+    user's setting is wrong, which is said once, up front, naming the file."""
+
+
+def _open_problem(path: Path, e: BaseException) -> SearchCacheError:
+    why = str(e) or type(e).__name__
+    if path.is_dir():
+        return SearchCacheError(f"search cache {path} is a folder; give a file name, e.g. "
+                                f"{path / 'search_cache.db'} (or 'off')")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return SearchCacheError(f"search cache {path}: {blocker} is a file, not a folder; give "
+                                "a path in a folder (or 'off')")
+    if isinstance(e, sqlite3.DatabaseError) and "not a database" in why:
+        return SearchCacheError(f"search cache {path} is not a SQLite database ({why}); give "
+                                "another file name (or 'off'), or delete the file")
+    if isinstance(e, OSError):
+        why = e.strerror or why
+    return SearchCacheError(f"search cache {path} cannot be opened for writing ({why}); give a "
+                            "file in a folder you can write to (or 'off')")
 
 
 class _Counters:
@@ -106,10 +128,19 @@ class SearchCache:
         self._flight_lock = threading.Lock()
         self._inflight: dict[str, cf.Future[bytes]] = {}
         self._counters = _Counters("hits", "misses", "writes", "errors")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_SCHEMA)
+        try:  # proves the file is SQLite and writable, so a search never finds out later
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:  # a write that is rolled back: a read-only file fails here
+                conn.execute("INSERT OR REPLACE INTO search_cache VALUES ('', '', '', '', 0, 0, x'')")
+            finally:
+                conn.execute("ROLLBACK")
+        except (OSError, sqlite3.Error) as e:
+            self.close()
+            raise _open_problem(self.path, e) from None
 
     def __repr__(self) -> str:
         return f"SearchCache({str(self.path)!r}, ttl={self.ttl:g}, max_entries={self.max_entries})"
@@ -231,7 +262,8 @@ _CACHES_LOCK = threading.Lock()
 
 
 def get_cache(path: str | Path, ttl: float, max_entries: int = 100_000) -> SearchCache:
-    """The process-wide cache object for this file (and TTL and size bound)."""
+    """The process-wide cache object for this file (and TTL and size bound);
+    ``SearchCacheError`` when the file cannot serve as one."""
     resolved = str(Path(path).expanduser().resolve())
     key = (resolved, float(ttl), int(max_entries))
     with _CACHES_LOCK:
@@ -313,7 +345,9 @@ class CachedBackend(SearchBackend):
         return self.inner.cache_key
 
     def _bypassing(self) -> bool:
-        return self.bypass or os.environ.get(BYPASS_ENV, "").strip().lower() in ("1", "true", "yes")
+        from segresearch.envvars import setting
+
+        return self.bypass or bool(setting(BYPASS_ENV))
 
     def stats(self) -> dict[str, int]:
         """hits: served from the file; misses: asked the backend; shared: waited for an
@@ -421,6 +455,7 @@ __all__ = [
     "BYPASS_ENV",
     "CachedBackend",
     "SearchCache",
+    "SearchCacheError",
     "cache_key",
     "get_cache",
 ]

@@ -15,6 +15,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from segresearch import cancel
 from segresearch.agents.protocol import (
     render_image_results,
     render_search_error,
@@ -49,12 +50,17 @@ class ImageSearchArgs(BaseModel):
 
 
 def _call(fn: Any, timeout: float, *args: Any) -> Any:
+    """``fn(*args)`` within ``timeout``; Ctrl-C stops the wait at once (``cancel.Cancelled``),
+    leaving the call to finish or be abandoned with the process."""
     fut = _POOL.submit(fn, *args)
     try:
-        return fut.result(timeout=timeout)
+        return cancel.result(fut, timeout=timeout)
     except cf.TimeoutError:
         fut.cancel()
         raise TimeoutError(f"no answer within {timeout:g} s") from None
+    except cancel.Cancelled:
+        fut.cancel()
+        raise
 
 
 def _fail(e: BaseException) -> tuple[str, dict[str, Any]]:

@@ -28,7 +28,6 @@ import binascii
 import concurrent.futures as cf
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from segresearch.envvars import env_str
 from segresearch.tools.search.base import (
     ImageHit,
     SearchBackend,
@@ -101,7 +101,7 @@ class _Secret:
 
 
 def _key_from_env(env: str, service: str) -> _Secret:
-    value = os.environ.get(env, "").strip()
+    value = env_str(env)
     if not value:
         raise SearchUnavailable(f"{service}: no API key; set the {env} environment variable")
     return _Secret(value)
@@ -109,7 +109,7 @@ def _key_from_env(env: str, service: str) -> _Secret:
 
 def _fingerprint(env: str) -> str:
     """Tells keys apart (a rotated key gets a fresh backend) without keeping the key."""
-    value = os.environ.get(env, "").strip()
+    value = env_str(env)
     return hashlib.sha256(value.encode()).hexdigest()[:16] if value else ""
 
 
@@ -419,7 +419,7 @@ class SerperBackend(WebBackend):
     ) -> None:
         super().__init__(**kwargs)
         self._key = _key_from_env(SERPER_KEY_ENV, self.name)
-        self.base_url = (base_url or os.environ.get(SERPER_URL_ENV) or DEFAULT_SERPER_URL).rstrip("/")
+        self.base_url = (base_url or env_str(SERPER_URL_ENV) or DEFAULT_SERPER_URL).rstrip("/")
         self._client = client or httpx.Client(headers={"User-Agent": USER_AGENT})
 
     def __repr__(self) -> str:
@@ -495,9 +495,9 @@ class TavilyBackend(WebBackend):
 
     def __init__(self, *, client: Any = None, base_url: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.base_url = (base_url or os.environ.get(TAVILY_URL_ENV) or DEFAULT_TAVILY_URL).rstrip("/")
+        self.base_url = (base_url or env_str(TAVILY_URL_ENV) or DEFAULT_TAVILY_URL).rstrip("/")
         # Kept with an injected client too: server messages are scrubbed of the key.
-        self._key = _Secret(os.environ.get(TAVILY_KEY_ENV, "").strip())
+        self._key = _Secret(env_str(TAVILY_KEY_ENV))
         if client is None:
             self._key = _key_from_env(TAVILY_KEY_ENV, self.name)
             try:
@@ -710,7 +710,7 @@ def retriever_backend(cfg: SearchSettings) -> SearchBackend:
 
 def serper_key(cfg: SearchSettings) -> tuple[Any, ...]:
     return (
-        os.environ.get(SERPER_URL_ENV, ""), _fingerprint(SERPER_KEY_ENV), cfg.timeout,
+        env_str(SERPER_URL_ENV), _fingerprint(SERPER_KEY_ENV), cfg.timeout,
         cfg.allow_private_urls,
     )
 
@@ -721,7 +721,7 @@ def serper_backend(cfg: SearchSettings) -> SearchBackend:
 
 def tavily_key(cfg: SearchSettings) -> tuple[Any, ...]:
     return (
-        os.environ.get(TAVILY_URL_ENV, ""), _fingerprint(TAVILY_KEY_ENV), cfg.timeout,
+        env_str(TAVILY_URL_ENV), _fingerprint(TAVILY_KEY_ENV), cfg.timeout,
         cfg.allow_private_urls,
     )
 

@@ -29,17 +29,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from segresearch import cancel
 from segresearch.tools.media import Media, as_uint8_rgb
 from segresearch.tools.segmenters.base import Prompt
 
 log = logging.getLogger(__name__)
 
 OVERLAY_VIDEO = "overlay.mp4"
+# A single image (or a 1-frame video) gets a picture instead: a one-frame video is a clip
+# that cannot be watched as one and that image viewers do not open.
+OVERLAY_IMAGE = "overlay.jpg"
 
 # The names of this module's partial outputs. Random parts: 8 characters of
 # ``[a-z0-9_]`` (``tempfile``'s alphabet, which earlier versions used) or hex (``uuid``).
 _PARTIAL_SET = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[a-z0-9_]{8}")
-_PARTIAL_OVERLAY = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{8}\.mp4")
+_PARTIAL_OVERLAY = re.compile(r"\.(?P<name>.+)\.tmp-[0-9a-f]{8}\.(?:mp4|jpg)")
 
 
 @dataclass
@@ -127,6 +131,23 @@ def replace_dir(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
 
 
+def mask_names(media: Media) -> dict[int, str]:
+    """Each frame's mask file name (``<frame name>.png``). ``open_media`` refuses frames
+    whose names collide; a ``Media`` made another way is checked here too, since two frames
+    writing one file would leave fewer masks than frames (one silently overwritten), on a
+    case-insensitive file system as well."""
+    names: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for fid in media.frame_ids:
+        name = media.frame_name(fid) + ".png"
+        other = seen.setdefault(name.casefold(), fid)
+        if other != fid:
+            raise ValueError(f"frames {other} and {fid} of {media.source} would both write "
+                             f"the mask {name}; give frames distinct file names")
+        names[fid] = name
+    return names
+
+
 def write_mask_set(
     dest: Path,
     media: Media,
@@ -141,15 +162,16 @@ def write_mask_set(
     PNG encoding runs in a small thread pool (OpenCV releases the GIL), so it overlaps the
     segmenter producing the next mask; nothing but the masks in flight is held in memory."""
     dest = Path(dest)
+    names = mask_names(media)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_dir(dest, "tmp")
-    names = {fid: media.frame_name(fid) + ".png" for fid in media.frame_ids}
     h, w = media.height, media.width
     area: dict[int, int] = {}
     pending: dict[int, Future] = {}
     try:
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mask-png") as pool:
             for fid, mask in masks:
+                cancel.check()  # Ctrl-C between frames (a frame is the segmenter's step)
                 if fid not in names:
                     raise ValueError(f"segmenter returned frame id {fid}, not a frame of {media.source}")
                 m = np.asarray(mask, dtype=bool)
@@ -237,6 +259,47 @@ class _VideoOut:
             self._cv.release()
 
 
+def _overlay_frame(media: Media, masks_dir: Path, fid: int, prompt: Prompt | None,
+                   label: str) -> np.ndarray:
+    """One frame of an overlay: its mask tinted and outlined, the prompt's box and point
+    when it is the keyframe, and a label saying which frame it is."""
+    from segresearch.tools.visualize import annotate
+
+    rgb = as_uint8_rgb(media.frame(fid))
+    if rgb.shape[:2] != (media.height, media.width):
+        rgb = cv2.resize(rgb, (media.width, media.height))
+    mask = read_mask(masks_dir / f"{media.frame_name(fid)}.png")
+    on_key = prompt is not None and fid == prompt.frame
+    text = f"frame {fid}" + (" (keyframe)" if on_key else "") + (f"  {label}" if label else "")
+    return annotate(rgb, mask, prompt.box if on_key and prompt is not None else None,
+                    prompt.point if on_key and prompt is not None else None, text)
+
+
+def write_overlay_image(
+    media: Media,
+    masks_dir: Path,
+    path: Path,
+    prompt: Prompt | None = None,
+    label: str = "",
+) -> Path:
+    """The overlay of a one-frame media as a JPEG picture (the counterpart of
+    :func:`write_overlay_video`), written under a temporary name and renamed into place."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = _overlay_frame(media, masks_dir, media.frame_ids[0], prompt, label)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
+    try:
+        Image.fromarray(picture).save(tmp, format="JPEG", quality=92)
+        os.chmod(tmp, created_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_overlay_video(
     media: Media,
     masks_dir: Path,
@@ -247,8 +310,6 @@ def write_overlay_video(
 ) -> Path:
     """Every frame with its mask tinted and outlined, the prompt's box and point drawn on
     the keyframe; frames and masks are read one at a time, so any length fits in memory."""
-    from segresearch.tools.visualize import annotate
-
     fps = float(fps or media.fps or 12.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,18 +317,8 @@ def write_overlay_video(
     out = _VideoOut(tmp, (media.width, media.height), fps)
     try:
         for fid in media.frame_ids:
-            rgb = as_uint8_rgb(media.frame(fid))
-            if rgb.shape[:2] != (media.height, media.width):
-                rgb = cv2.resize(rgb, (media.width, media.height))
-            mask = read_mask(masks_dir / f"{media.frame_name(fid)}.png")
-            on_key = prompt is not None and fid == prompt.frame
-            text = f"frame {fid}" + (" (keyframe)" if on_key else "") + (f"  {label}" if label else "")
-            out.write(annotate(
-                rgb, mask,
-                prompt.box if on_key and prompt is not None else None,
-                prompt.point if on_key and prompt is not None else None,
-                text,
-            ))
+            cancel.check()
+            out.write(_overlay_frame(media, masks_dir, fid, prompt, label))
         out.close()
         os.replace(tmp, path)
     except BaseException:

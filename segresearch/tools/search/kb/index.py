@@ -23,6 +23,7 @@ and, unlike HNSW, it moves to a GPU with faiss-gpu.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import hashlib
 import json
@@ -30,16 +31,19 @@ import logging
 import math
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from segresearch import cancel
+from segresearch.envvars import env_str, setting
 from segresearch.jsonl import iter_jsonl
 from segresearch.shared_cache import LoadOnce
 from segresearch.tools.search.base import (
@@ -73,6 +77,85 @@ GPU_ENV = "SEGRESEARCH_KB_GPU"
 
 class KBError(SearchUnavailable):
     """A knowledge base cannot be built or opened; the message names the file and the fix."""
+
+
+# ------------------------------------------------------------------- build progress
+
+IndexProgress = Callable[[int, int], None]
+# Seconds between progress lines in logs (no terminal to draw a bar on).
+INDEX_LOG_EVERY_S = 5.0
+_INDEX_PROGRESS: contextvars.ContextVar[IndexProgress | None] = contextvars.ContextVar(
+    "segresearch_index_progress", default=None)
+
+
+@contextlib.contextmanager
+def index_progress(report: IndexProgress | None) -> Iterator[None]:
+    """Within this block, an index built on first use calls ``report(done, total)`` as
+    passages are embedded. The build happens deep inside opening a search backend, where
+    no caller can pass a callback; a graph run uses this to turn the build into progress
+    events, which its command line draws as a bar with an ETA."""
+    token = _INDEX_PROGRESS.set(report)
+    try:
+        yield
+    finally:
+        _INDEX_PROGRESS.reset(token)
+
+
+def _eta(done: int, total: int, elapsed: float) -> str:
+    if done <= 0 or elapsed <= 0:
+        return "time left unknown"
+    return f"about {math.ceil((total - done) * elapsed / done)} s left"
+
+
+class _BuildProgress:
+    """Where the embedding of a build reports: a tqdm bar with an ETA when asked for and
+    stderr is a terminal; otherwise a log line every ``INDEX_LOG_EVERY_S`` seconds, since a
+    bar's carriage returns make one unreadable line in a log file. A first-use build inside
+    a graph run also reports through :func:`index_progress`; its lines then go out at INFO
+    (a served graph's log), as the run's own progress events already reach the person."""
+
+    def __init__(self, total: int, desc: str, progress: bool) -> None:
+        self.total, self.desc, self.n = total, desc, 0
+        self.report = _INDEX_PROGRESS.get()
+        self.t0 = self.last_line = time.monotonic()
+        self.bar = None
+        self.level: int | None = None
+        if progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)
+        elif progress or self.report is not None:
+            self.level = logging.INFO if self.report is not None else logging.WARNING
+        self._tell()
+
+    def _tell(self) -> None:
+        if self.report is None:
+            return
+        try:
+            self.report(self.n, self.total)
+        except Exception as e:  # noqa: BLE001 - a listener's trouble never fails the build
+            log.debug("index progress listener failed: %s", e)
+
+    def update(self, n: int) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        self._tell()
+        now = time.monotonic()
+        if self.level is not None and (now - self.last_line >= INDEX_LOG_EVERY_S
+                                       or self.n >= self.total):
+            self.last_line = now
+            when = (f"in {now - self.t0:.1f} s" if self.n >= self.total
+                    else _eta(self.n, self.total, now - self.t0))
+            log.log(self.level, "%s: %d of %d embedded (%d %%), %s", self.desc, self.n,
+                    self.total, 100 * self.n // max(self.total, 1), when)
+
+    def __enter__(self) -> _BuildProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ------------------------------------------------------------------- corpora
@@ -200,6 +283,7 @@ def _embed(
 ) -> np.ndarray:
     parts = []
     for i in range(0, len(texts), batch_size):
+        cancel.check()  # Ctrl-C between batches; the build's folder is removed on the way out
         v = np.asarray(encode(texts[i : i + batch_size]), dtype=np.float32)
         if v.ndim != 2 or len(v) != len(texts[i : i + batch_size]):
             raise KBError(f"embedder returned an array of shape {v.shape} for a batch of "
@@ -239,9 +323,8 @@ def build_kb(
 ) -> Path:
     """Embed the corpus and write a knowledge base to ``out_dir`` atomically: readers see
     either the previous complete index or the new complete one, never a mix. An existing
-    folder that is not a knowledge base is refused rather than replaced."""
-    from tqdm import tqdm
-
+    folder that is not a knowledge base is refused rather than replaced. ``progress``: a bar
+    in a terminal, log lines elsewhere (see :class:`_BuildProgress`)."""
     faiss = _faiss()
     t0 = time.perf_counter()
     text_path = Path(text_corpus).expanduser()
@@ -264,8 +347,8 @@ def build_kb(
     tmp = out.parent / f".{out.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        with tqdm(total=len(docs) + len(images), desc=f"embedding ({emb.name})", unit="doc",
-                  disable=not progress, dynamic_ncols=True) as bar:
+        with _BuildProgress(len(docs) + len(images), f"embedding {text_path.parent.name or text_path} "
+                            f"({emb.name})", progress) as bar:
             tv = _embed([d["contents"] for d in docs], emb.encode_passages, None, batch_size, bar)
             # Image names are matched against entity names (a symmetric task), for which
             # e5 models want the query form on both sides.
@@ -414,7 +497,7 @@ class _Searcher:
         self.device = "cpu"
         self._lock: threading.Lock | None = None
         self._res = None
-        if os.environ.get(GPU_ENV, "1") != "0" and _num_gpus(faiss) > 0:
+        if setting(GPU_ENV) and _num_gpus(faiss) > 0:
             try:
                 self._res = faiss.StandardGpuResources()
                 self.index = faiss.index_cpu_to_gpu(self._res, 0, index)
@@ -591,7 +674,7 @@ def load_kb(
 
 
 def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    base = env_str("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "segresearch" / "kb"
 
 
@@ -650,11 +733,13 @@ def ensure_index(
 ) -> Path:
     """A built index for a raw corpus folder (``text_corpus.jsonl`` and optionally
     ``image_corpus.jsonl``), built on first use and rebuilt when the corpus or the embedder
-    changes, so that pointing ``kb`` at a corpus folder just works."""
+    changes, so that pointing ``kb`` at a corpus folder just works. A build shows its
+    progress whatever ``progress`` says (a bar in a terminal, log lines elsewhere, or the
+    listener of :func:`index_progress`), since it is a wait the caller did not ask for."""
     folder = Path(corpus_folder).expanduser()
     text = folder / TEXT_CORPUS
     images = folder / IMAGE_CORPUS if (folder / IMAGE_CORPUS).is_file() else None
-    spec = embedder if embedder is not None else (os.environ.get(EMBEDDER_ENV) or DEFAULT_EMBEDDER)
+    spec = embedder if embedder is not None else (env_str(EMBEDDER_ENV) or DEFAULT_EMBEDDER)
     try:
         name = embedder_name(spec)
     except EmbedderError as e:
@@ -677,7 +762,10 @@ def ensure_index(
                             "(once; later runs reuse it)", folder, name, p)
                 t0 = time.perf_counter()
                 _remove_dead_builds(p)
-                build_kb(text, p, images, embedder=spec, progress=progress)
+                # Shown always: a first-use build is a wait nobody asked for. A graph run's
+                # listener (index_progress) draws it instead of a bar of our own.
+                build_kb(text, p, images, embedder=spec,
+                         progress=progress or _INDEX_PROGRESS.get() is None)
                 log.warning("built the index of %s in %.1f s", folder, time.perf_counter() - t0)
                 return p
         except OSError as e:
@@ -711,5 +799,5 @@ def local_backend(cfg: SearchSettings) -> SearchBackend:
         )
     path = Path(cfg.kb).expanduser()
     if (path / MANIFEST).is_file():
-        return load_kb(path, os.environ.get(EMBEDDER_ENV) or None)
+        return load_kb(path, env_str(EMBEDDER_ENV) or None)
     return open_kb(path)
