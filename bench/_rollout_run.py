@@ -17,6 +17,7 @@ import segresearch.rl.agent_loop as al
 from bench._rollout_post import postprocess
 from bench._rollout_setup import TURNS, FakeServer, Harness
 from segresearch.agents.protocol import AnswerAction, parse_action
+from segresearch.events import KEYFRAME, SEARCH
 
 LOOPS = ("ours", "verl")
 
@@ -44,9 +45,9 @@ def _our_actions(out: Any) -> list[tuple[str, Any]]:
         a = e.get("action")
         if "turn" not in e or not isinstance(a, dict):
             continue
-        if a.get("type") == "search":
+        if a.get("type") == SEARCH:
             acts.append((a["name"], a["query"]))
-        elif a.get("type") == "keyframe":
+        elif a.get("type") == KEYFRAME:
             acts.append(("keyframe", a["frame"]))
         else:
             acts.append((a.get("type"), None))

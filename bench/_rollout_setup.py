@@ -21,7 +21,6 @@ import random
 import shutil
 import tempfile
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from verl.workers.rollout.replica import TokenOutput
 import segresearch.rl.agent_loop as al
 from bench._rollout_post import postprocess_worker
 from bench._rollout_verl import PARSER_NAME, BenchDataset, make_tools
+from segresearch import shared_cache
 from segresearch.agents.prompts import frame_label, system_prompt
 from segresearch.rl import postprocess_cache
 from segresearch.rl.data import presize_frames
@@ -113,26 +113,17 @@ def build_model(out: Path) -> tuple[Path, str]:
     return build_tiny_qwen_vl(out, FAMILY, pixels="published"), "tiny (ours)"
 
 
-def clear_caches(processor: Any = None) -> None:
-    """Empty our process-wide caches (frame blocks, rendered prompts, media store and
-    handles, query vectors, knowledge-base hit images) and ``processor``'s post-processing
-    cache; the search index and the tokenizer stay loaded."""
-    from segresearch.agents import media_store
-    from segresearch.graphs import nodes
-    from segresearch.rl import verl_model
-    from segresearch.shared_cache import LoadOnce
-    from segresearch.tools import media
-    from segresearch.tools.search import base, tools
-    from segresearch.tools.search.kb import index
+# The per-run caches a cold measurement starts without (by their registered names); the
+# loaded models, search index, embedder and tokenizer stay, as in a training worker.
+PER_RUN_CACHES = ("rl.prompt_ids", "graph.frame_blocks", "media.handles", "media.store",
+                  "search.kb_images", "search.resized_hits", "kb.query_vectors")
 
-    for module in (verl_model, nodes, media, base, tools):
-        for name, obj in vars(module).items():
-            if name.startswith("_") and isinstance(obj, (dict, OrderedDict, LoadOnce)) and any(
-                    w in name for w in ("CACHE", "BLOCKS", "IMAGES", "RESIZED")):
-                obj.clear()
-    for kb in list(index._KBS._items.values()):  # both loops search the same loaded index
-        kb._query_vecs.clear()
-    media_store._STORE = None
+
+def clear_caches(processor: Any = None) -> None:
+    """Empty our per-run process caches (:data:`PER_RUN_CACHES`) and ``processor``'s
+    post-processing cache."""
+    for name in PER_RUN_CACHES:
+        shared_cache.clear(name)
     cache = postprocess_cache.installed(processor) if processor is not None else None
     if cache is not None:
         cache.clear()

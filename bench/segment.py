@@ -216,8 +216,8 @@ def child(args: argparse.Namespace) -> None:
         """Our session resets the state when propagation ends: weigh it just before."""
         held["state"] = max(held["state"], tensor_mb(state["output_dict_per_obj"]))
         images = state["images"]
-        if hasattr(images, "_cache"):
-            held["frames"] = max(held["frames"], sum(a.nbytes for a in images._cache.values()) / 2**20)
+        if hasattr(images, "held_bytes"):  # our frame cache (the bare flow holds a tensor)
+            held["frames"] = max(held["frames"], images.held_bytes / 2**20)
         reset(state)
 
     predictor.reset_state = measuring_reset

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segresearch.events import ERROR, SEGMENT
+
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PORT_MAX = 65535
 
@@ -154,34 +156,33 @@ def _claim_run_dir(out: Path, *, overwrite: bool, reuse: bool, needed: list[str]
 
 def _check_model(spec: str, timeout: float) -> str | None:
     """A one-line reason why ``spec`` cannot work, found before the run starts."""
-    kind, _, rest = spec.partition(":")
-    kind = kind.lower()
-    if kind == "openai":
-        from segresearch.agents.backends.openai_compat import make_openai_model, parse_openai_spec
+    from segresearch.agents.model_spec import ModelSpec
+
+    parsed = ModelSpec.parse(spec)
+    if parsed.backend == "openai":
+        from segresearch.agents.backends.openai_compat import make_openai_model
         from segresearch.graphs.preflight import probe_endpoint
 
         try:
-            name, url = parse_openai_spec(rest)
+            name, url = parsed.openai_endpoint()
             if not url:  # the hosted API: its key must be there (nothing is sent yet)
                 make_openai_model(name, None)
         except ValueError as e:
             return f"--model {spec}: {e}"
         return probe_endpoint(url, timeout) if url else None
-    if kind == "hf":
-        if not Path(rest).expanduser().exists():
-            return f"model checkpoint not found: {rest}"
+    if parsed.problem:
+        return parsed.problem
+    if parsed.backend == "hf":
+        if not Path(parsed.target).expanduser().exists():
+            return f"model checkpoint not found: {parsed.target}"
         return None
-    if kind == "replay":
-        from segresearch.agents.backends.replay import ReplayChatModel
+    from segresearch.agents.backends.replay import ReplayChatModel
 
-        try:
-            ReplayChatModel.from_file(rest)
-        except ValueError as e:
-            return str(e)
-        return None
-    from segresearch.agents.models import SPEC_HELP
-
-    return f"{SPEC_HELP}; got {spec!r}"
+    try:
+        ReplayChatModel.from_file(parsed.target)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _stream(ctx: Any, query: str | None, media: Any, printer: Any, graph: Any = None,
@@ -581,7 +582,7 @@ def _unfinished(final: dict[str, Any], ctx: Any) -> str | None:
     wanted = ctx.run_segmentation and (ctx.segmenter or "none").strip().lower() != "none"
     if not wanted or (final.get("reviewed") or {}).get("decision") == "reject":
         return None
-    seg = [e for e in final.get("events") or [] if e.get("type") == "segment"]
+    seg = [e for e in final.get("events") or [] if e.get("type") == SEGMENT]
     last = seg[-1] if seg else {}
     if last.get("empty") and final.get("answer_note") and final.get("masks_dir"):
         return None
@@ -619,7 +620,7 @@ def _missing_outputs(final: dict[str, Any], out: Path) -> str | None:
     if not missing:
         return None
     why = [e.get("message") for e in final.get("events") or []
-           if e.get("type") == "error" and e.get("kind") == "output"]
+           if e.get("type") == ERROR and e.get("kind") == "output"]
     return (f"the run ended but {final.get('run_dir') or out} lacks {', '.join(missing)}"
             + (f" ({'; '.join(str(w) for w in why[-3:])})" if why else ""))
 
@@ -925,8 +926,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Masks for a saved predictions file (ours or the published dump), resumable."""
     from pathlib import Path
 
+    from segresearch.coords import CoordFrame
     from segresearch.eval.postseg import jobs_from_rows, segment_jobs
     from segresearch.eval.predictions import PredictionsError, read_usable_predictions
+    from segresearch.tools.keyframe import KEYFRAME_RESIZE
     from segresearch.tools.segmenters import get_segmenter
 
     try:  # the same validator as eval --predictions: one file, one verdict
@@ -954,9 +957,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"warning: … and {len(problems) - 5} more rows without media", file=sys.stderr)
     if not jobs:
         return _die("no row's media could be found (use --root to point at the data set)")
-    coord_size = args.coord_size or (1000 if args.coord_style == "qwen3" else 864)
-    records = segment_jobs(jobs, Path(args.out).expanduser(), seg, coord_style=args.coord_style,
-                           coord_size=coord_size, overlays_dir=args.overlays,
+    # qwen25 answers are pixels of the keyframe the published tool showed (864² by default)
+    try:
+        coords = CoordFrame.of(args.coord_style, args.coord_size or KEYFRAME_RESIZE.side)
+    except ValueError as e:
+        return _die(f"--coord-size: {e}")
+    records = segment_jobs(jobs, Path(args.out).expanduser(), seg, coords=coords,
+                           overlays_dir=args.overlays,
                            progress=not args.no_progress)
     ids = {j.id for j in jobs}
     empty = sum(1 for i in ids if records.get(i, {}).get("prompt") is None)

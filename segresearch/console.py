@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from segresearch import events as ev_types
+
 _THINK_RE = re.compile(r"<thinking>(.*?)(?:</thinking>|$)", re.DOTALL)
 
 # Terminal control sequences (ECMA-48), in 7-bit (ESC ...) and 8-bit (C1) form: CSI
@@ -67,9 +69,9 @@ class RunPrinter:
         a step that cannot be counted. Other custom events repeat what ``updates`` print."""
         if not isinstance(ev, dict):
             return
-        if ev.get("type") == "progress":
+        if ev.get("type") == ev_types.PROGRESS:
             self._progress(ev)
-        elif ev.get("type") == "status":
+        elif ev.get("type") == ev_types.STATUS:
             self._show_status(terminal_safe(ev.get("message") or ""))
 
     def _progress(self, ev: dict[str, Any]) -> None:
@@ -153,29 +155,29 @@ class RunPrinter:
 
     def event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
-        if kind == "media":
+        if kind == ev_types.MEDIA:
             self.line("bold", "media", f"{ev['source']} ({ev['kind']}, {ev['num_frames']} frames, "
                       f"{ev['width']}x{ev['height']}); showing frames {ev['frame_ids']}")
             if ev.get("note"):
                 self.line("yellow", "  note:", str(ev["note"]))
-        elif kind == "model":
+        elif kind == ev_types.MODEL:
             self.model_turn(ev)
-        elif kind == "tool":
+        elif kind == ev_types.TOOL:
             name = ev.get("name")
             obs = _short(ev.get("observation", ""), self.width)
             extra = f" [+{ev['images']} image]" if ev.get("images") else ""
             self.line("cyan", f"  ← {name}:", obs + extra)
-        elif kind == "feedback":
+        elif kind == ev_types.FEEDBACK:
             self.line("yellow", "  ← format reminder:", ev.get("reason", ""))
-        elif kind == "segment":
+        elif kind == ev_types.SEGMENT:
             if ev.get("skipped"):
                 self.line("yellow", "segment skipped:", ev["skipped"])
             else:
                 self.line("magenta", "segment:", f"{ev.get('summary')} ({ev.get('seconds', 0):.2f} s)")
-        elif kind == "review":
+        elif kind == ev_types.REVIEW:
             extra = f" → {ev['answer_px']}" if ev.get("answer_px") else ""
             self.line("bold yellow", "review:", f"{ev.get('decision')}{extra}")
-        elif kind == "error" and ev.get("kind") == "output":  # the run goes on to its end
+        elif kind == ev_types.ERROR and ev.get("kind") == "output":  # the run goes on to its end
             self.line("bold red", "error (output):", ev.get("message", ""))
         # Any other error ends the run at once: the summary and the caller's ``error:``
         # line say it, so printing it here too showed one problem three times.
@@ -187,11 +189,11 @@ class RunPrinter:
         if m and m.group(1).strip():
             self.line("dim", "  thinking:", _short(m.group(1), self.width))
         a = ev.get("action") or {}
-        if a.get("type") == "search":
+        if a.get("type") == ev_types.SEARCH:
             self.line("bold cyan", f"  → {a.get('name')}:", repr(a.get("query", "")) + (f"  ({a['error']})" if a.get("error") else ""))
-        elif a.get("type") == "keyframe":
+        elif a.get("type") == ev_types.KEYFRAME:
             self.line("bold cyan", "  → keyframe", str(a.get("frame") if a.get("frame") is not None else a.get("raw")))
-        elif a.get("type") == "answer":
+        elif a.get("type") == ev_types.ANSWER:
             self.line("bold cyan", "  → answer", f"bbox_2d={a.get('bbox_2d')} point_2d={a.get('point_2d')}")
         else:
             self.line("yellow", "  → no action:", a.get("reason", ""))

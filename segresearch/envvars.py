@@ -183,6 +183,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
             help="loopback-only Host check (set by `serve graph`)"),
     Setting("SEGRESEARCH_DEFAULT_DURABILITY", "choice", "", choices=("sync", "async", "exit"),
             help="checkpoint durability of runs that choose none (set by `serve graph`)"),
+    Setting("SEGRESEARCH_FRAME_THREADS", "int", 0, minimum=0,
+            help="threads that decode and resize shown frames (0: as many as CPUs, at most 8)"),
+    Setting("SEGRESEARCH_SEARCH_THREADS", "int", 16, minimum=1,
+            help="threads that run the search calls of a tool call side by side"),
+    Setting("SEGRESEARCH_IMAGE_FETCH_THREADS", "int", 16, minimum=1,
+            help="threads that download web image-search results"),
 )}
 
 

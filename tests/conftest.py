@@ -27,6 +27,18 @@ def _private_cache_dir(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture()
+def fresh_media_store():
+    """The process-wide media store made anew from the environment the test sets (call
+    ``media_store.get_store()`` after setting it), and dropped again afterwards so that later
+    tests do not keep a store pointing into this test's folders."""
+    from segresearch import shared_cache
+
+    shared_cache.clear("media.store")
+    yield
+    shared_cache.clear("media.store")
+
+
 @pytest.fixture(scope="session")
 def scene_dir(tmp_path_factory) -> Path:
     """12 frames, 160×120, four shapes; masks of the blue square under masks/."""

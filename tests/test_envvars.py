@@ -69,10 +69,10 @@ def test_a_bad_process_setting_is_an_error_naming_it(monkeypatch, name, raw):
         check_environment()
 
 
-def test_the_media_store_reads_its_cache_size_through_the_module(monkeypatch, tmp_path):
+def test_the_media_store_reads_its_cache_size_through_the_module(monkeypatch, tmp_path,
+                                                                 fresh_media_store):
     from segresearch.agents import media_store
 
-    monkeypatch.setattr(media_store, "_STORE", None)
     monkeypatch.setenv("SEGRESEARCH_MEDIA_CACHE_MB", "abc")
     with pytest.raises(EnvError, match="SEGRESEARCH_MEDIA_CACHE_MB='abc'"):
         media_store.get_store()

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.testclient import TestClient
 
+from segresearch import shared_cache
 from segresearch.agents import media_store
 from segresearch.agents.media_store import (
     DiskBudget,
@@ -87,14 +88,13 @@ def _pixels(img: Image.Image) -> np.ndarray:
 
 
 @pytest.fixture()
-def upload_client(tmp_path, monkeypatch):
+def upload_client(tmp_path, monkeypatch, fresh_media_store):
     """The web router's routes on a bare app, with a fresh process-wide store."""
     uploads = tmp_path / "uploads"
     monkeypatch.setenv("SEGRESEARCH_UPLOAD_ROOT", str(uploads))
     monkeypatch.setenv("SEGRESEARCH_MEDIA_STORE", str(tmp_path / "media"))
     monkeypatch.delenv("SEGRESEARCH_MEDIA_ROOTS", raising=False)
     monkeypatch.delenv(media_store.MAX_GB_ENV, raising=False)
-    monkeypatch.setattr(media_store, "_STORE", None)
     from segresearch.servers import web
 
     app = FastAPI()
@@ -141,7 +141,7 @@ def test_a_new_upload_counts_against_the_budget(upload_client, monkeypatch):
     first = client.put("/segresearch/uploads?name=a.png", content=_png(_noise(1)))
     size = Path(first.json()["path"]).stat().st_size
     monkeypatch.setenv(media_store.MAX_GB_ENV, str(2.5 * size / (1 << 30)))
-    monkeypatch.setattr(media_store, "_STORE", None)
+    shared_cache.clear("media.store")  # the next use reads the new budget
     media_store.get_store().budget.min_age_s = 0
     _age(Path(first.json()["path"]), 600)
     second = client.put("/segresearch/uploads?name=b.png", content=_png(_noise(2)))
@@ -362,10 +362,9 @@ def test_stale_temporary_files_are_cleaned_and_unlimited_deletes_nothing(tmp_pat
         assert media_store.max_disk_bytes() == want, raw
 
 
-def test_info_reports_storage(tmp_path, monkeypatch):
+def test_info_reports_storage(tmp_path, monkeypatch, fresh_media_store):
     monkeypatch.setenv("SEGRESEARCH_MEDIA_STORE", str(tmp_path / "media"))
     monkeypatch.setenv(media_store.MAX_GB_ENV, "0.001")
-    monkeypatch.setattr(media_store, "_STORE", None)
     media_store.get_store().put(Image.fromarray(_noise(4)))
     info = media_store.storage_info()
     assert info["budget_bytes"] == int(0.001 * (1 << 30)) and info["used_bytes"] > 0

@@ -371,10 +371,14 @@ def test_image_dataset_headline(tmp_path):
 
 
 def _row_html(raw: str, qid: str) -> str:
-    """The HTML of one query's row (ids are escaped in the id attribute)."""
-    start = raw.index(f'id="q-{html.escape(qid, quote=True)}"')
-    end = raw.find('<tr class="row', start)
-    return raw[start : end if end > 0 else len(raw)]
+    """The HTML of one query's row, found by its id attribute (escaped on the page in
+    whichever form the template engine writes entities)."""
+    starts = [m.start() for m in re.finditer(r'<tr class="row', raw)] + [len(raw)]
+    for start, end in zip(starts, starts[1:], strict=False):
+        ident = re.match(r'<tr class="row[^"]*" id="([^"]*)"', raw[start:end])
+        if ident and html.unescape(ident[1]) == f"q-{qid}":
+            return raw[start:end]
+    raise AssertionError(f"no row for {qid!r}")
 
 
 def _captions(row: str) -> list[str]:
@@ -512,6 +516,124 @@ def test_settings_wrap_at_path_separators(report):
     assert ".seg{display:inline-block;max-width:100%" in raw
     # the paper table's path too, escaped
     assert '<span class="seg">papers/</span><span class="seg">okvos</span> table.csv' in raw
+
+
+# A string that would run script, close the title or break out of an attribute if any place
+# on the page inserted it unescaped; PATH_HOSTILE is one that is also a folder name.
+HOSTILE = """</title><script>window.pwned=1</script><img src=x onerror="window.pwned=2">'&"""
+PATH_HOSTILE = """<svg onload="window.pwned=3">'&"""
+
+
+def _hostile_eval(root: Path) -> tuple[Path, dict]:
+    """An evaluation in which every string a user or a model wrote (ids, questions,
+    searches, problems, stop reasons, paths, settings, groups, plot names) is hostile."""
+    out = _mkdir(root / "eval")
+    frames, masks = render_scene(n_frames=3, size=(64, 48))
+    write_frames(frames, root / "media" / "v")
+    mask = masks["blue square"]
+    hostile_dir = f"/data/{PATH_HOSTILE}/sub dir"
+    (_mkdir(out / "plots") / f"{PATH_HOSTILE}.png").write_bytes(b"not a png")
+    queries = [
+        _query(HOSTILE, root / "media" / "v", question=HOSTILE, ability=HOSTILE,
+               problem=HOSTILE, stop_reason=HOSTILE, score_error=HOSTILE,
+               prompt=_prompt(mask[0], 0), missing_frames=1, rule_differs=True,
+               graph_keyframe=HOSTILE, first_keyframe=HOSTILE, annotated_frames=HOSTILE,
+               searches=[{"name": HOSTILE, "query": HOSTILE}], num_search=1,
+               gt=str(root / PATH_HOSTILE / "gt"), run_dir=hostile_dir,
+               per_frame={"frame": [HOSTILE, "00001"], "J": [0.5, 0.25], "F": [0.5, 0.5]}),
+        _query("gone", root / PATH_HOSTILE / "media", prompt=None, problem=None),
+    ]
+    results = {
+        "dataset": {"name": HOSTILE, "split": HOSTILE, "root": hostile_dir, "queries": 2},
+        "settings": {"models": [HOSTILE], "search": HOSTILE, "kb": hostile_dir,
+                     "segmenter": {"name": HOSTILE, HOSTILE: HOSTILE}},
+        "created": HOSTILE,
+        "metric": "J&F",
+        "overall": {"J&F": 0.5, "J": 0.5, "F": 0.5, "n": HOSTILE},
+        "by_ability": {HOSTILE: {"J&F": 0.5, "J": 0.5, "F": 0.5, "n": HOSTILE}},
+        "counts": {HOSTILE: 1, "stop_reasons": {HOSTILE: 1}},
+        "queries": queries,
+        "paper": {"file": hostile_dir, "rows": {HOSTILE: {"J&F": 0.4}, "overall": {"J&F": 0.4}}},
+    }
+    return out, results
+
+
+class _Markup(HTMLParser):
+    """Every element, attribute and text of a page, as a browser's parser reads them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str]] = []
+        self.texts: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += [(k, v or "") for k, v in attrs]
+
+    def handle_data(self, data):
+        self.texts.append(data)
+
+
+def test_hostile_strings_are_escaped_everywhere_they_appear(tmp_path):
+    out, results = _hostile_eval(tmp_path)
+    raw = write_html_report(out, results).read_text("utf-8")
+    for fragment in ("<script>window", "<img src=x", "<svg onload", "</title><script",
+                     'onerror="window', 'onload="window'):
+        assert fragment not in raw, fragment
+    page = _Markup()
+    page.feed(raw)
+    page.close()
+    # the page's own script is the only one, and no element got an event handler
+    assert page.tags.count("script") == 1 and page.tags.count("svg") == 1
+    assert not [k for k, _ in page.attrs if k.startswith("on")]
+    assert page.tags.count("img") == 3  # keyframe, prediction strip, plot
+    # ...yet every hostile string is shown, literally, where the page uses it
+    text = "".join(page.texts)
+    for shown in (
+        f"SegResearch report: {HOSTILE} · {HOSTILE}",  # the title, before any row
+        f"{HOSTILE} {HOSTILE} video",  # the row's id link and its ability chip
+        f"stop: {HOSTILE}",
+        f"not scored: {HOSTILE}",
+        f"graph: frame {HOSTILE}, rule: frame {HOSTILE}",
+        f"scored on {HOSTILE} frames",
+        f"frame {HOSTILE}: J 50.0%, F 50.0%",  # the per-frame plot's hover title
+        f"run folder (outside the report folder): /data/{PATH_HOSTILE}/sub dir",
+        f"searching with {HOSTILE} (knowledge base /data/{PATH_HOSTILE}/sub dir)",
+        f"Paper numbers from /data/{PATH_HOSTILE}/sub dir.",
+        f"ground truth not shown: ground-truth folder not found: {tmp_path / PATH_HOSTILE}/gt",
+        f"plot: {PATH_HOSTILE}",
+    ):
+        assert shown in text or any(shown in v for _, v in page.attrs), shown
+    assert text.count(HOSTILE) >= 20
+    assert ("id", f"q-{HOSTILE}") in page.attrs and ("data-id", HOSTILE) in page.attrs
+    assert any(k == "aria-label" and HOSTILE in v for k, v in page.attrs)  # the plot's summary
+    assert any(k == "alt" and v.startswith(f"keyframe of {HOSTILE}: ") for k, v in page.attrs)
+    # links to a hostile name are percent-encoded and still point at the file
+    plot = next(v for k, v in page.attrs if k == "href" and v.startswith("plots/"))
+    assert (out / unquote(plot)).is_file() and not set("<>\"' ") & set(plot)
+    assert ("href", f"#q-{HOSTILE}") not in page.attrs  # the row's own link, encoded too
+
+
+def test_templates_ship_as_package_data():
+    """The report is rendered from files beside the code: an installed package (not only
+    this checkout) must contain every one of them."""
+    tomllib = pytest.importorskip("tomllib")
+    from fnmatch import fnmatch
+
+    import segresearch
+
+    pkg = Path(segresearch.__file__).parent
+    project = tomllib.loads((pkg.parent / "pyproject.toml").read_text("utf-8"))
+    patterns = project["tool"]["setuptools"]["package-data"]["segresearch"]
+    templates = [p for p in (pkg / "eval" / "templates").iterdir() if p.is_file()]
+    assert {p.name for p in templates} >= {"report.html.j2", "row.html.j2", "report.css",
+                                           "report.js"}
+    for p in templates:
+        rel = p.relative_to(pkg).as_posix()
+        assert any(fnmatch(rel, pat) for pat in patterns), rel
+    deps = project["project"]["dependencies"]
+    assert any(re.match(r"jinja2\b", d, re.I) for d in deps)
 
 
 # ------------------------------------------------------------------------------- browser
@@ -732,3 +854,14 @@ def test_browser_narrow_paths_wrap_at_separators_and_tables_fit(report, browser)
     )
     assert fits[0] <= fits[1] + 1, fits
     assert driver.execute_script("return document.documentElement.scrollWidth") <= width
+
+
+def test_browser_runs_no_hostile_script(tmp_path, browser):
+    out, results = _hostile_eval(tmp_path)
+    path = write_html_report(out, results)
+    browser.set_window_size(1280, 900)
+    browser.get(path.as_uri())  # returns after the load event: every eager image has failed
+    # the page's own script ran (the filter is shown), none of the hostile ones did
+    assert browser.execute_script("return !document.getElementById('filter-box').hidden")
+    assert browser.execute_script("return window.pwned === undefined")
+    assert browser.title == f"SegResearch report: {HOSTILE} · {HOSTILE}"

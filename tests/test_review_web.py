@@ -93,10 +93,10 @@ def test_refused_replies_bring_the_editor_back_with_the_reason(served, browser):
     d.find_element("id", "ctx-review").click()
     d.find_element("id", "run-button").click()
     _wait(d, PAUSED, "the review pause")
-    tid = _js(d, "return S.thread")
+    tid = _js(d, "return import('/segresearch/ui/js/state.js').then((m) => m.S.thread)")
 
     # a reply the node cannot use, sent as any client could: the server refuses it at once
-    _js(d, "resume('bogus')")
+    _js(d, "return import('/segresearch/ui/js/run.js').then((m) => { m.resume('bogus'); })")
     _wait(d, "return document.getElementById('review-problem').textContent.includes('refused')", "the refusal")
     _wait(d, PAUSED, "the editor again")
     problem = _text(d, "review-problem")

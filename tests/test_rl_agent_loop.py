@@ -27,11 +27,11 @@ from omegaconf import OmegaConf  # noqa: E402
 from verl.experimental.agent_loop.agent_loop import (  # noqa: E402
     AgentLoopWorker,
     DictConfigWrap,
-    _agent_loop_registry,
 )
 from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
+from segresearch.compat.verl import agent_loop_registry  # noqa: E402
 from segresearch.rl.agent_loop import AGENT_NAME, SegResearchAgentLoop  # noqa: E402
 from segresearch.rl.reward import compute_score  # noqa: E402
 from segresearch.testing.tiny_vlm import (  # noqa: E402
@@ -410,7 +410,7 @@ def test_group_of_eight_rollouts_to_grpo_advantages(tiny, scene_dir, kb_dir):
 def test_agent_loop_is_registered_by_name():
     import hydra
 
-    entry = _agent_loop_registry[AGENT_NAME]
+    entry = agent_loop_registry()[AGENT_NAME]
     assert entry["_target_"] == "segresearch.rl.agent_loop.SegResearchAgentLoop"
     assert hydra.utils.get_class(entry["_target_"]) is SegResearchAgentLoop
 

@@ -204,9 +204,9 @@ def test_text_only_renders_are_kept_across_builders(proc, monkeypatch):
     conversation is rendered anew, and the answers are the processor's."""
     from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
-    from segresearch.rl import placeholders
+    from segresearch import shared_cache
 
-    placeholders._TEXT_RENDERS.clear()
+    shared_cache.clear("rl.text_renders")
     tok = proc.tokenizer
     family = "qwen3_vl" if type(proc).__name__.startswith("Qwen3") else "qwen2_5_vl"
     real_template = type(proc).apply_chat_template

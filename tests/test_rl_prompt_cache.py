@@ -7,7 +7,7 @@ import asyncio
 
 from test_rl_agent_loop import ANSWER, KEYFRAME, FakeServer, make_loop, row, tiny  # noqa: F401
 
-from segresearch.rl import verl_model
+from segresearch import shared_cache
 
 
 def test_a_group_renders_its_prompt_once(tiny, scene_dir, monkeypatch):  # noqa: F811
@@ -22,7 +22,7 @@ def test_a_group_renders_its_prompt_once(tiny, scene_dir, monkeypatch):  # noqa:
         return await real(self, *a, **kw)
 
     monkeypatch.setattr(AgentLoopBase, "ct_build_initial_tokens", counting)
-    verl_model._PROMPT_CACHE.clear()
+    shared_cache.clear("rl.prompt_ids")
 
     async def group(question: str, n: int = 8):
         server = FakeServer(tiny.tok, [KEYFRAME, ANSWER])

@@ -256,9 +256,9 @@ def test_agent_loop_target_imports_and_accepts_every_setting():
             if key not in ("_target_", "name"):  # name arrives through **kwargs
                 assert key in params, f"{cls.__name__}.__init__ has no {key!r}"
     # external_lib works because importing the module registers the name with verl
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    from segresearch.compat.verl import agent_loop_registry
 
-    assert _agent_loop_registry["seg_research_agent"]["_target_"] == entry["_target_"]
+    assert agent_loop_registry()["seg_research_agent"]["_target_"] == entry["_target_"]
 
 
 def test_launch_hands_the_composed_config_to_verl(monkeypatch):

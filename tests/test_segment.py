@@ -12,6 +12,7 @@ from PIL import Image
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
+from segresearch.coords import CoordFrame
 from segresearch.graphs.seg_research import graph
 from segresearch.testing.sam2_reference import bare_published
 from segresearch.testing.scenes import (
@@ -123,8 +124,8 @@ def test_prompt_from_output_images_and_qwen25():
     text = '<answer>{"bbox_2d": [10, 20, 30, 40], "point_2d": [20, 30]}</answer>'
     p = prompt_from_output(text, [0], 200, 100, single_image=True).prompt
     assert p.frame == 0 and p.box == pytest.approx((2, 2, 6, 4))
-    p = prompt_from_output("<keyframe>0</keyframe>" + text, [0], 864, 432, coord_style="qwen25",
-                           coord_size=864).prompt
+    p = prompt_from_output("<keyframe>0</keyframe>" + text, [0], 864, 432,
+                           coords=CoordFrame("qwen25", 864)).prompt
     assert p.box == pytest.approx((10, 10, 30, 20))
     assert prompt_from_output(None, [0], 10, 10).prompt is None  # type: ignore[arg-type]
     nan = '<keyframe>0</keyframe><answer>{"bbox_2d": [NaN, 1, 2, 3], "point_2d": [1, 1]}</answer>'
@@ -242,8 +243,8 @@ class _Recorder:
 def test_sam2_matches_the_bare_predictor_driven_the_published_way(
     tiny_sam2_checkpoint, sam2_clip, monkeypatch, capfd
 ):
+    from segresearch.compat.sam2 import STATE_KEYS
     from segresearch.tools.segmenters import SAM2Segmenter
-    from segresearch.tools.segmenters.sam2 import STATE_KEYS
 
     root, _frames, prompt = sam2_clip
     seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", image_size=256)

@@ -465,3 +465,19 @@ def test_kb_query_prints_corpus_text_without_escapes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "query: blue square" in out and "(Title: Blue square) Its logo is blue." in out
+
+
+def test_a_relative_db_keeps_its_media_beside_it_after_the_folder_changes(tmp_path, monkeypatch):
+    """``--db t.db`` names a folder relative to where the command ran: the process-wide
+    media store must keep pointing there when the working folder changes later (a server
+    moves into its state folder; a test suite moves back)."""
+    from segresearch.agents.media_store import configure_store, get_store
+
+    before = get_store().directory
+    monkeypatch.chdir(tmp_path)
+    try:
+        store = configure_store("t.db.media")
+        monkeypatch.chdir("/")
+        assert store.directory == tmp_path / "t.db.media"
+    finally:
+        configure_store(before)

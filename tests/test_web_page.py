@@ -130,11 +130,12 @@ def test_upload_limit_setting(monkeypatch):
 def test_only_the_page_files_are_public():
     from segresearch.servers.auth import is_public
 
-    for path in ("/segresearch/ui", "/segresearch/ui/", "/segresearch/ui/app.js", "/segresearch/ui/app.css"):
+    for path in ("/segresearch/ui", "/segresearch/ui/", "/segresearch/ui/js/main.js", "/segresearch/ui/app.css"):
         assert is_public("GET", path) and is_public("HEAD", path)
         assert not is_public("POST", path)
     for path in ("/segresearch/info", "/segresearch/ui/index.html", "/segresearch/ui/../info",
-                 "/segresearch/ui/app.js/x", "/segresearch/media/ab", "/threads/search", "/"):
+                 "/segresearch/ui/js/main.js/x", "/segresearch/ui/js/", "/segresearch/ui/js/../app.css",
+                 "/segresearch/ui/app.js", "/segresearch/media/ab", "/threads/search", "/"):
         assert not is_public("GET", path), path
     for path in ("/segresearch/setup", "/segresearch/demo-media"):
         assert not is_public("GET", path) and not is_public("POST", path), path
@@ -340,7 +341,7 @@ def test_run_folder_routes_serve_only_the_run_folder(server, demo):
 
 def test_auth_guards_every_data_route_but_not_the_page(locked, demo):
     url = locked["url"]
-    for path in ("/segresearch/ui/", "/segresearch/ui/app.js", "/segresearch/ui/app.css"):
+    for path in ("/segresearch/ui/", "/segresearch/ui/js/main.js", "/segresearch/ui/js/review.js", "/segresearch/ui/app.css"):
         r = httpx.get(url + path)
         assert r.status_code == 200 and r.text, path
     assert httpx.get(url + "/segresearch/ui", follow_redirects=False).status_code == 307
@@ -437,6 +438,13 @@ def _type(driver, element_id: str, text: str) -> None:
     e = driver.find_element("id", element_id)
     e.clear()
     e.send_keys(text)
+
+
+def _page_text(driver, message: str) -> str:
+    """A server message as the page words it: the page's own module, as it is loaded (its
+    state included), since a module's functions are not globals of the page."""
+    return driver.execute_script(
+        "return import('/segresearch/ui/js/text.js').then((m) => m.pageText(arguments[0]))", message)
 
 
 def _loaded_images(driver, selector: str) -> int:
@@ -627,7 +635,7 @@ def test_browser_refusals_are_shown_on_the_page(server, demo, browser, shots, mo
 
     cli = check_openai_endpoint(f"http://127.0.0.1:{_closed_port()}/v1", timeout=2)
     assert cli and "--model" in cli
-    page = d.execute_script("return pageText(arguments[0])", cli)
+    page = _page_text(d, cli)
     assert page.startswith("No model server answers at http://127.0.0.1:") and "change “Model” under Settings" in page
     assert "--" not in page and "`" not in page and "vllm" not in page, page
 
@@ -642,10 +650,10 @@ def test_browser_refusals_are_shown_on_the_page(server, demo, browser, shots, mo
         with pytest.raises(ContextError) as e:
             validate_context(bad)
         # as the server's run-payload check sends them
-        page = d.execute_script("return pageText(arguments[0])", "\n".join(f"context: {p}" for p in e.value.problems))
+        page = _page_text(d, "\n".join(f"context: {p}" for p in e.value.problems))
         assert page.startswith(label + ": ") and "SEGRESEARCH_" not in page and "roots" not in page, (bad, page)
     # the browser's own word for a server that went away
-    assert d.execute_script("return pageText('Failed to fetch')").startswith("the page lost its connection to the server")
+    assert _page_text(d, "Failed to fetch").startswith("the page lost its connection to the server")
 
 
 def _schema_props(url: str) -> dict:

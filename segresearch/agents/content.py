@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-from collections import OrderedDict
-from threading import Lock
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 from PIL import Image
 
 from segresearch.agents.media_store import JPEG_QUALITY, MEDIA_SCHEME, get_store
+from segresearch.shared_cache import LoadOnce
 
 
 def encode_image(img: Image.Image, fmt: str = "JPEG") -> str:
@@ -103,30 +102,22 @@ def block_url(block: dict[str, Any]) -> str:
     raise ValueError(f"image block without data: {sorted(block)}")
 
 
-_DECODE_CACHE: OrderedDict[str, Image.Image] = OrderedDict()
-_DECODE_LOCK = Lock()
-_DECODE_CACHE_SIZE = 256
+_DECODED: LoadOnce[Image.Image] = LoadOnce(maxsize=256, name="content.decoded_images")
 
 
 def decode_image(url: str) -> Image.Image:
     """Decode a data URL to an RGB PIL image; cached because frames repeat every turn."""
     if not url.startswith("data:"):
         raise ValueError("only data: URLs can be decoded locally (got a remote URL)")
-    key = hashlib.sha1(url.encode("ascii", "ignore")).hexdigest()
-    with _DECODE_LOCK:
-        hit = _DECODE_CACHE.get(key)
-        if hit is not None:
-            _DECODE_CACHE.move_to_end(key)
-            return hit
+    return _DECODED.get(hashlib.sha1(url.encode("ascii", "ignore")).hexdigest(),
+                        lambda: _decode(url))
+
+
+def _decode(url: str) -> Image.Image:
     _, _, payload = url.partition(",")
     img = Image.open(io.BytesIO(base64.b64decode(payload)))
     img.load()
-    img = img.convert("RGB")
-    with _DECODE_LOCK:
-        _DECODE_CACHE[key] = img
-        while len(_DECODE_CACHE) > _DECODE_CACHE_SIZE:
-            _DECODE_CACHE.popitem(last=False)
-    return img
+    return img.convert("RGB")
 
 
 def content_blocks(content: str | list[Any]) -> list[dict[str, Any]]:

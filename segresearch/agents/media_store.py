@@ -66,6 +66,7 @@ from segresearch.agents.media_recipes import (
     remake,
 )
 from segresearch.envvars import env_str, setting
+from segresearch.shared_cache import LoadOnce
 
 MEDIA_SCHEME = "media-ref:"
 STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
@@ -323,22 +324,23 @@ def _size(img: Image.Image) -> int:
 # ---------------------------------------------------------------------- the process-wide store
 
 
-_STORE: MediaStore | None = None
-_STORE_LOCK = threading.Lock()
+# One store per process, under one key; clearing the "media.store" cache makes the next use
+# read the environment again (tests and benchmarks that change it).
+_STORE: LoadOnce[MediaStore] = LoadOnce(name="media.store")
 
 
 def get_store() -> MediaStore:
     """The process-wide store, configured from the environment on first use."""
-    global _STORE
-    with _STORE_LOCK:
-        if _STORE is None:
-            from segresearch.tools.media import UPLOAD_ROOT_ENV
+    return _STORE.get(None, _store_from_env)
 
-            mb = setting(CACHE_MB_ENV)
-            _STORE = MediaStore(env_str(STORE_ENV) or None, max_bytes=int(mb * (1 << 20)),
-                                disk_max_bytes=max_disk_bytes(),
-                                upload_root=env_str(UPLOAD_ROOT_ENV) or None)
-        return _STORE
+
+def _store_from_env() -> MediaStore:
+    from segresearch.tools.media import UPLOAD_ROOT_ENV
+
+    mb = setting(CACHE_MB_ENV)
+    return MediaStore(env_str(STORE_ENV) or None, max_bytes=int(mb * (1 << 20)),
+                      disk_max_bytes=max_disk_bytes(),
+                      upload_root=env_str(UPLOAD_ROOT_ENV) or None)
 
 
 def configure_store(directory: str | os.PathLike | None = None,
@@ -347,7 +349,9 @@ def configure_store(directory: str | os.PathLike | None = None,
     checkpoint database so a resumed run finds them); images already held stay."""
     store = get_store()
     with store._lock:
-        store.directory = Path(directory).expanduser() if directory else None
+        # absolute now: the store outlives the caller's working folder (a server moves into
+        # its state folder; a relative --db named the folder it was given in)
+        store.directory = Path(directory).expanduser().absolute() if directory else None
         if max_mb is not None:
             store.max_bytes = int(max_mb * (1 << 20))
         store.budget = store._make_budget()

@@ -28,7 +28,6 @@ Two rules make the checks hold:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -37,7 +36,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from segresearch.agents.context import ContextError
+from segresearch.agents.model_spec import ModelSpec
 from segresearch.envvars import env_bool, env_str
+from segresearch.shared_cache import LoadOnce
 from segresearch.tools.media import (
     MEDIA_ROOTS_ENV,
     UPLOAD_ROOT_ENV,
@@ -181,22 +182,21 @@ def _is_operator_model(spec: str) -> bool:
     return spec.strip() == _operator_value("model").strip()
 
 
-def resolve_model_spec(spec: str) -> str:
+def resolve_model_spec(spec: str | ModelSpec) -> str:
     """The spec a model is built from: the file of a ``replay:PATH`` / ``hf:PATH`` spec a
     client named becomes the resolved path (``resolve_client_path``, kind ``model``), so
     the loader opens what was checked. Other specs, the operator's own spec and every spec
     when the policy is off come back as written (a NUL byte is refused either way)."""
-    kind, sep, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    if kind not in ("replay", "hf") or not sep:
-        return spec
-    if not policy_active() or _is_operator_model(spec):
-        if "\x00" in rest:
-            raise ContextError(f"model: the {kind} path contains a NUL byte")
-        return spec
-    if not rest.strip():
-        raise PathRefused(f"model: the {kind} spec names no file")
-    return f"{kind}:{resolve_client_path(rest.strip(), 'model', name='model')}"
+    parsed = spec if isinstance(spec, ModelSpec) else ModelSpec.parse(spec)
+    if not parsed.names_file:
+        return parsed.raw
+    if not policy_active() or _is_operator_model(parsed.raw):
+        if "\x00" in parsed.target:
+            raise ContextError(f"model: the {parsed.backend} path contains a NUL byte")
+        return parsed.raw
+    if not parsed.target:
+        raise PathRefused(f"model: the {parsed.backend} spec names no file")
+    return parsed.with_target(str(resolve_client_path(parsed.target, "model", name="model")))
 
 
 # ------------------------------------------------------------------------- URLs
@@ -266,12 +266,15 @@ def parse_endpoint(url: str) -> Endpoint | None:
     return Endpoint(scheme, raw_host, port, segments)
 
 
-@functools.lru_cache(maxsize=8)
+_ENDPOINTS: LoadOnce[tuple[Endpoint, ...]] = LoadOnce(maxsize=8, name="policy.allowed_urls")
+
+
 def _allowed_endpoints(raw: str) -> tuple[Endpoint, ...]:
-    """The entries of ``SEGRESEARCH_ALLOWED_URLS``; an entry that does not parse allows
-    nothing (it is the operator's setting, so it is dropped rather than guessed at)."""
-    entries = (parse_endpoint(p) for p in raw.split(","))
-    return tuple(e for e in entries if e is not None)
+    """The entries of ``SEGRESEARCH_ALLOWED_URLS`` (parsed once per value); an entry that
+    does not parse allows nothing (it is the operator's setting, so it is dropped rather
+    than guessed at)."""
+    return _ENDPOINTS.get(raw, lambda: tuple(e for e in map(parse_endpoint, raw.split(","))
+                                             if e is not None))
 
 
 def url_allowed(url: str) -> bool:
@@ -284,13 +287,11 @@ def url_allowed(url: str) -> bool:
 
 def _operator_model_url() -> str | None:
     """Where the operator's own model spec sends requests (None: it is no openai spec)."""
-    kind, _, rest = _operator_value("model").strip().partition(":")
-    if kind.strip().lower() != "openai":
+    spec = ModelSpec.parse(_operator_value("model"))
+    if spec.backend != "openai":
         return None
-    from segresearch.agents.backends.openai_compat import parse_openai_spec
-
     try:
-        _, url = parse_openai_spec(rest)
+        _, url = spec.openai_endpoint()
     except ValueError:
         return None
     return url or env_str("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE
@@ -333,20 +334,17 @@ def _client_value(name: str, value: Any, given: set[str] | None) -> bool:
     return isinstance(value, str) and value.strip() != "" and value != _operator_value(name)
 
 
-def _model_problem(spec: str) -> str | None:
-    kind, _, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
-    if kind in ("replay", "hf"):
+def _model_problem(raw: str) -> str | None:
+    spec = ModelSpec.parse(raw)
+    if spec.names_file:
         try:
             resolve_model_spec(spec)
         except ContextError as e:
             return "; ".join(e.problems)
         return None
-    if kind == "openai":
-        from segresearch.agents.backends.openai_compat import parse_openai_spec
-
+    if spec.backend == "openai":
         try:
-            _, url = parse_openai_spec(rest)
+            _, url = spec.openai_endpoint()
         except ValueError:
             url = None
         if url and url_allowed(url):

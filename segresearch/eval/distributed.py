@@ -69,9 +69,7 @@ class EvalWorker:
         if self._segmenter is None:
             self._segmenter = spec.make_segmenter()
         done: list[dict[str, Any]] = []
-        coord_style, coord_size = spec.coord()
-        segment_jobs(jobs, spec.out_dir / SEG, self._segmenter, coord_style=coord_style,
-                     coord_size=coord_size,
+        segment_jobs(jobs, spec.out_dir / SEG, self._segmenter, coords=spec.coords,
                      overlays_dir=spec.out_dir / OVERLAYS if spec.overlays else None,
                      progress=False, write_log=False, redo=redo, clean=False,
                      on_query=done.append)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from segresearch.coords import QWEN3, CoordFrame
 from segresearch.eval.datasets import DatasetError, safe_name
 from segresearch.eval.predictions import PredictionLog, read_predictions
 from segresearch.tools.media import IMAGE_EXTS, Media, MediaError, open_media
@@ -120,8 +121,7 @@ def segment_jobs(
     seg_root: str | os.PathLike[str],
     segmenter: Segmenter,
     *,
-    coord_style: str = "qwen3",
-    coord_size: int = 1000,
+    coords: CoordFrame = QWEN3,
     overlays_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     on_query: Callable[[dict[str, Any]], None] | None = None,
@@ -153,8 +153,8 @@ def segment_jobs(
     with tqdm(total=len(pending), desc=f"segment ({segmenter.name})", unit="query",
               disable=not progress, dynamic_ncols=True) as bar:
         for media_path, group in groups.items():
-            for rec in _segment_video(media_path, group, seg_root, segmenter, coord_style,
-                                      coord_size, overlays_dir):
+            for rec in _segment_video(media_path, group, seg_root, segmenter, coords,
+                                      overlays_dir):
                 rec["segmenter_key"] = key
                 if seg_log is not None:
                     seg_log.append(rec)
@@ -182,8 +182,7 @@ def _segment_video(
     group: Iterable[SegJob],
     seg_root: Path,
     segmenter: Segmenter,
-    coord_style: str,
-    coord_size: int,
+    coords: CoordFrame,
     overlays_dir: str | os.PathLike[str] | None,
 ) -> Iterable[dict[str, Any]]:
     """Every query of one video, with one session opened on first need."""
@@ -205,8 +204,8 @@ def _segment_video(
                 yield rec
                 continue
             parsed = prompt_from_output(
-                job.output, media.frame_ids, media.width, media.height, coord_style=coord_style,
-                coord_size=coord_size, single_image=job.kind == "image" or len(media) == 1,
+                job.output, media.frame_ids, media.width, media.height, coords=coords,
+                single_image=job.kind == "image" or len(media) == 1,
             )
             dest = seg_root / safe_name(job.id)
             if parsed.prompt is None:

@@ -25,7 +25,9 @@ from segresearch.eval.datasets import Query, safe_name
 from segresearch.eval.predictions import PredictionLog, first_keyframe
 from segresearch.tools.segmenters.prompting import prompt_from_output
 
-ModelSpec = str | BaseChatModel
+# What an evaluation runs: a model spec string (``segresearch.agents.model_spec``) or a
+# chat model made in Python.
+ModelChoice = str | BaseChatModel
 
 
 def output_text(messages: Sequence[Any]) -> str:
@@ -37,11 +39,11 @@ def output_text(messages: Sequence[Any]) -> str:
     return "\n".join(parts)
 
 
-def model_label(spec: ModelSpec) -> str:
+def model_label(spec: ModelChoice) -> str:
     return spec if isinstance(spec, str) else type(spec).__name__
 
 
-def _row(q: Query, spec: ModelSpec, seconds: float, **fields: Any) -> dict[str, Any]:
+def _row(q: Query, spec: ModelChoice, seconds: float, **fields: Any) -> dict[str, Any]:
     """A prediction row: the published dump's fields first, then ours."""
     row: dict[str, Any] = {"id": q.id, "data_source": q.data_source, "video_path": q.segment_media,
                            "output": "", "ability": q.ability, "question": q.question,
@@ -53,7 +55,7 @@ def _row(q: Query, spec: ModelSpec, seconds: float, **fields: Any) -> dict[str, 
     return row
 
 
-def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: float,
+def row_from_state(q: Query, final: dict[str, Any], spec: ModelChoice, seconds: float,
                    media_size: tuple[int, int] | None = None,
                    video_frame_ids: Sequence[int] | None = None) -> dict[str, Any]:
     """The prediction row of one finished graph run (no image bytes). ``video_frame_ids``:
@@ -81,7 +83,7 @@ def row_from_state(q: Query, final: dict[str, Any], spec: ModelSpec, seconds: fl
     return row
 
 
-def error_row(q: Query, spec: ModelSpec, exc: BaseException, seconds: float) -> dict[str, Any]:
+def error_row(q: Query, spec: ModelChoice, exc: BaseException, seconds: float) -> dict[str, Any]:
     msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return _row(q, spec, seconds, stop_reason="error:eval", error=msg)
 
@@ -92,7 +94,7 @@ def uses_search(q: Query) -> bool:
     return q.ability != "in-video"
 
 
-def query_context(base: Context, q: Query, spec: ModelSpec, runs_dir: Path | None) -> Context:
+def query_context(base: Context, q: Query, spec: ModelChoice, runs_dir: Path | None) -> Context:
     """The run's Context: the shared settings, this query's model, no segmentation (masks
     come later from the saved output), no search for the in-video (no-search) questions as
     in the published evaluation, and a run folder per query when trajectories are kept."""
@@ -106,7 +108,7 @@ def query_context(base: Context, q: Query, spec: ModelSpec, runs_dir: Path | Non
 async def predict_queries(
     queries: Sequence[Query],
     base: Context,
-    specs: Sequence[ModelSpec],
+    specs: Sequence[ModelChoice],
     log: PredictionLog,
     *,
     concurrency: int = 8,
@@ -152,7 +154,7 @@ async def predict_queries(
 def run_predictions(
     queries: Sequence[Query],
     base: Context,
-    specs: Sequence[ModelSpec],
+    specs: Sequence[ModelChoice],
     log: PredictionLog,
     *,
     concurrency: int = 8,

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from segresearch.agents.context import Context
+from segresearch.agents.model_spec import ModelSpec
+from segresearch.coords import CoordFrame
 from segresearch.eval.datasets import (
     ABILITIES,
     DatasetError,
@@ -34,7 +36,7 @@ from segresearch.eval.datasets import (
     safe_name,
 )
 from segresearch.eval.paper_table import PaperTable, PaperTableError, read_paper_table
-from segresearch.eval.predict import ModelSpec, model_label
+from segresearch.eval.predict import ModelChoice, model_label
 from segresearch.eval.predictions import (
     PredictionLog,
     PredictionsError,
@@ -78,14 +80,14 @@ def resolved_path(value: str | os.PathLike[str] | None) -> str:
     return str(Path(value).expanduser().resolve())
 
 
-def resolved_model(spec: ModelSpec) -> ModelSpec:
+def resolved_model(spec: ModelChoice) -> ModelChoice:
     """A model spec with the file of ``replay:`` / ``hf:`` resolved like any file setting
     (other specs and model objects as they are)."""
     if not isinstance(spec, str):
         return spec
-    kind, sep, rest = spec.partition(":")
-    if sep and kind.strip().lower() in ("replay", "hf") and rest.strip():
-        return f"{kind}:{resolved_path(rest.strip())}"
+    parsed = ModelSpec.parse(spec)
+    if parsed.names_file and parsed.target:
+        return parsed.with_target(resolved_path(parsed.target))
     return spec
 
 
@@ -132,7 +134,7 @@ class EvalSpec:
     root: str
     out: str
     split: str | None = None
-    models: Sequence[ModelSpec] = ()
+    models: Sequence[ModelChoice] = ()
     predictions: str | None = None  # re-score a saved file instead of running a model
     context: Context = field(default_factory=lambda: Context(run_segmentation=False))
     segmenter: str | Segmenter = "auto"
@@ -178,11 +180,11 @@ class EvalSpec:
             raise EvalError("evaluation needs a segmenter (sam2, grabcut or auto), not 'none'")
         return seg
 
-    def coord(self) -> tuple[str, int]:
-        """How saved outputs' coordinates scale to pixels (Qwen2.5-VL style answers are in
-        pixels of the keyframe image the model was shown)."""
-        c = self.context
-        return c.coord_style, (1000 if c.coord_style == "qwen3" else c.keyframe_size)
+    @property
+    def coords(self) -> CoordFrame:
+        """The grid saved outputs answer on (Qwen2.5-VL style answers are in pixels of the
+        keyframe image the model was shown: the published answer follows a keyframe)."""
+        return CoordFrame.of(self.context.coord_style, self.context.keyframe_size)
 
 
 def load_queries(spec: EvalSpec) -> list[Query]:
@@ -442,12 +444,11 @@ def _segment(
     seg_root = spec.out_dir / SEG
     jobs = [SegJob(id=q.id, media=q.segment_media, output=str(rows[q.id].get("output") or ""),
                    kind=q.kind) for q in queries if q.id in rows]
-    coord_style, coord_size = spec.coord()
     overlays = spec.out_dir / OVERLAYS if spec.overlays else None
     if shards is not None:
         shards.segment(jobs, segmenter, spec.progress)
     else:
-        segment_jobs(jobs, seg_root, segmenter, coord_style=coord_style, coord_size=coord_size,
+        segment_jobs(jobs, seg_root, segmenter, coords=spec.coords,
                      overlays_dir=overlays, progress=spec.progress)
     return read_predictions(seg_root / SEGMENT_LOG).rows
 

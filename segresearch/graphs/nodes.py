@@ -7,10 +7,7 @@ event loop). Every other node is quick CPU work or bounded by its own timeout.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import functools
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -27,7 +24,6 @@ from langchain_core.messages import (
     SystemMessage,
 )
 from langgraph.config import get_config
-from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.errors import GraphInterrupt
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.runtime import Runtime
@@ -39,6 +35,7 @@ from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
 from segresearch.agents.context import Context, ContextError
 from segresearch.agents.media_recipes import FrameRecipe
+from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.models import model_loaded, resolve_model
 from segresearch.agents.path_policy import (
     PathRefused,
@@ -62,10 +59,54 @@ from segresearch.agents.protocol import (
     parse_action,
     render_search_error,
 )
+from segresearch.compat.langgraph import run_has_checkpointer
+from segresearch.coords import CoordFrame
+from segresearch.events import (
+    ANSWER,
+    ERROR,
+    FEEDBACK,
+    FINAL,
+    KEYFRAME,
+    MEDIA,
+    MODEL,
+    NONE,
+    PROGRESS,
+    REVIEW,
+    SEARCH,
+    SEGMENT,
+    START,
+    STATUS,
+    TOOL,
+    TURN,
+    Action,
+    ActionAnswer,
+    ActionKeyframe,
+    ActionNone,
+    ActionSearch,
+    ErrorEvent,
+    FeedbackEvent,
+    FinalEvent,
+    KeyframeEvent,
+    MediaEvent,
+    ModelEvent,
+    PendingAnswer,
+    PendingFeedback,
+    ProgressEvent,
+    ReviewEvent,
+    ReviewRefusedEvent,
+    ReviewRequest,
+    SearchEvent,
+    SegmentEvent,
+    StartEvent,
+    StatusEvent,
+    StreamEvent,
+    ToolEvent,
+    TurnEvent,
+)
 from segresearch.graphs.outputs import write_outputs
 from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
-from segresearch.shared_cache import LoadOnce
+from segresearch.shared_cache import LoadOnce, thread_pool
 from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
 from segresearch.tools.media import (
     FRAME_RESIZE,
@@ -96,7 +137,7 @@ def _error(kind: str, exc: BaseException | str) -> dict[str, Any]:
         "stop_reason": f"error:{kind}",
         "error": msg,
         "pending": None,
-        "events": [{"type": "error", "kind": kind, "message": msg}],
+        "events": [ErrorEvent(type=ERROR, kind=kind, message=msg)],
     }
 
 
@@ -142,7 +183,7 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
         **update,
     }
     out["messages"] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *update.get("messages", [])]
-    out["events"] = [{"type": "start", "time": time.time()}, *update.get("events", [])]
+    out["events"] = [StartEvent(type=START, time=time.time()), *update.get("events", [])]
     out["searches"] = None
     return out
 
@@ -187,7 +228,7 @@ def _presized_frames(spec: Any, size: int) -> PresizedFrames | None:
 
 # The samples of an RL group (and repeated queries on a video) show the same frames: each is
 # decoded and resized once, also when the samples all start at the same moment.
-_FRAME_BLOCKS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=512)
+_FRAME_BLOCKS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=512, name="graph.frame_blocks")
 
 
 def _frame_recipe(media: Any, spec: Any, fid: int, size: int,
@@ -229,21 +270,20 @@ def _block_key(media: Any, fid: int, size: int, resize: SquareResize,
 
 # Decoding and resizing release the GIL: the frames a run has not seen yet are made side by
 # side, so a new clip's first turn waits for its slowest frame rather than for all of them,
-# and an RL worker's frame work spreads over the cores the node has beside the event loop.
-_DECODE_POOL = cf.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1),
-                                     thread_name_prefix="segresearch-frames")
+# and an RL worker's frame work spreads over the cores the node has beside the event loop
+# (the "frames" pool, SEGRESEARCH_FRAME_THREADS).
 
 
 def _frame_blocks(media: Any, spec: Any, fids: list[int], size: int,
                   pre: PresizedFrames | None = None) -> list[dict[str, Any]]:
     missing = [f for f in fids if not _FRAME_BLOCKS.has(_block_key(media, f, size, FRAME_RESIZE, pre))]
     if len(missing) > 1 and media.kind != "video":  # a video decoder reads one frame at a time
-        for _ in _DECODE_POOL.map(lambda f: _frame_block(media, spec, f, size, pre=pre), missing):
+        for _ in thread_pool("frames").map(lambda f: _frame_block(media, spec, f, size, pre=pre), missing):
             pass
     return [_frame_block(media, spec, f, size, pre=pre) for f in fids]
 
 
-def _emit(runtime: Runtime[Context], event: dict[str, Any]) -> None:
+def _emit(runtime: Runtime[Context], event: StreamEvent) -> None:
     """A live progress event for ``stream_mode="custom"`` (a no-op when nobody streams)."""
     runtime.stream_writer(event)
 
@@ -283,7 +323,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return _fresh_run(_error(kind, e))
     except ValueError as e:
         return _fresh_run(_error("config", e))
-    if ctx.review and get_config().get("configurable", {}).get(CONFIG_KEY_CHECKPOINTER) is None:
+    if ctx.review and not run_has_checkpointer():
         return _fresh_run(_error("config", "review pauses the run before segmentation, which needs "
                                            "a checkpointer: build_graph(checkpointer=...), the CLI's "
                                            "--db, or the LangGraph server"))
@@ -307,9 +347,10 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     if getattr(media, "note", None):
         info["note"] = media.note  # e.g. a truncated video: how many frames really decode
     seconds = round(time.perf_counter() - t0, 4)
-    _emit(runtime, {"type": "media", **info, "frame_ids": shown, "seconds": seconds})
+    shown_media = MediaEvent(type=MEDIA, **info, frame_ids=shown, seconds=seconds)
+    _emit(runtime, shown_media.copy())  # the stream's own dict, apart from the state's
     problem = preflight(used, bool(ctx.output_dir),
-                        lambda m: _emit(runtime, {"type": "status", "message": m}),
+                        lambda m: _emit(runtime, StatusEvent(type=STATUS, message=m)),
                         _progress(runtime, "index", Path(str(used.kb or "")).name))
     if problem:
         return _fresh_run(_error("config", problem))
@@ -322,9 +363,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "messages": [SystemMessage(content=sys_text), HumanMessage(content=content)],
         "frame_ids": shown,
         "media_info": info,
-        "events": [
-            {"type": "media", **info, "frame_ids": shown, "seconds": seconds}
-        ],
+        "events": [shown_media],
     })
 
 
@@ -340,31 +379,28 @@ def _model_call(state: State, ctx: Context) -> tuple[BaseChatModel, list[BaseMes
     return model, state["messages"], kwargs
 
 
+def _answer_grid(state: State, ctx: Context) -> CoordFrame:
+    """The grid the model answered on: Qwen2.5-VL style answers are absolute pixels of the
+    image the model last saw of the frame (the keyframe when it picked one)."""
+    shown = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
+    return CoordFrame.of(ctx.coord_style, shown)
+
+
 def _answer(state: State, ctx: Context, action: AnswerAction) -> tuple[dict, dict, list[str]]:
     info = state["media_info"]
     keyframe = state.get("keyframe")
     if keyframe is None and info["num_frames"] == 1:
         keyframe = state["frame_ids"][0]
-    if ctx.coord_style == "qwen3":
-        limit = 1000
-    else:  # absolute pixels of the image the model last saw of that frame
-        limit = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
-    box, point, notes = clamp_answer(action, limit, limit)
+    coords = _answer_grid(state, ctx)
+    box, point, notes = clamp_answer(action, coords.size, coords.size)
     w, h = info["width"], info["height"]
-
-    def px(v: int, size: int) -> int:
-        return int(min(max(round(v * size / limit), 0), size - 1))
-
     answer = {"keyframe": keyframe, "bbox_2d": box, "point_2d": point}
-    answer_px = {
-        "keyframe": keyframe,
-        "bbox_2d": [px(box[0], w), px(box[1], h), px(box[2], w), px(box[3], h)],
-        "point_2d": [px(point[0], w), px(point[1], h)],
-    }
+    answer_px = {"keyframe": keyframe, "bbox_2d": coords.to_px(box, w, h),
+                 "point_2d": coords.to_px(point, w, h)}
     return answer, answer_px, list(action.warnings) + notes
 
 
-def _answered(state: State, ctx: Context, action: AnswerAction, event: dict[str, Any]) -> dict[str, Any]:
+def _answered(state: State, ctx: Context, action: AnswerAction, event: ModelEvent) -> dict[str, Any]:
     """The update for a well-formed answer. A zero or degenerate box is still the model's
     answer (DESIGN: the published loop ends it as the model's choice to finish): it is kept
     with ``answer_note`` saying why it outlines nothing, and segmentation writes empty masks."""
@@ -375,7 +411,7 @@ def _answered(state: State, ctx: Context, action: AnswerAction, event: dict[str,
     if note:
         event["answer_note"] = note
     return {"answer": answer, "answer_px": answer_px, "answer_note": note, "stop_reason": "answer",
-            "pending": {"type": "answer"}}
+            "pending": PendingAnswer(type=ANSWER)}
 
 
 def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -> dict[str, Any]:
@@ -390,10 +426,10 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
     ai = msg if isinstance(msg, AIMessage) and msg.content == text and raw == text else AIMessage(
         content=text, response_metadata=msg.response_metadata or {}
     )
-    event: dict[str, Any] = {
-        "type": "model", "turn": turns, "response": text, "action": _action_dict(action),
-        "tokens": n_tokens, "finish_reason": finish, "seconds": round(seconds, 4),
-    }
+    event = ModelEvent(
+        type=MODEL, turn=turns, response=text, action=_action_dict(action),
+        tokens=n_tokens, finish_reason=finish, seconds=round(seconds, 4),
+    )
     update: dict[str, Any] = {"messages": [ai], "turns": turns, "tokens_used": used, "pending": None}
     out_of_tokens = ctx.max_response_tokens is not None and used >= ctx.max_response_tokens
     tools_left = state.get("tool_calls", 0) < ctx.max_turns
@@ -410,45 +446,45 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
     elif finish == "length" or out_of_tokens:
         update["stop_reason"] = "max_tokens"
     elif state.get("feedback_used", 0) < ctx.feedback_retries and tools_left:
-        update["pending"] = {"type": "feedback", "reason": action.reason}
+        update["pending"] = PendingFeedback(type=FEEDBACK, reason=action.reason)
     else:
         update["stop_reason"] = "no_action"
     update["events"] = [event]
     return update
 
 
-def _action_dict(action: Any) -> dict[str, Any]:
+def _action_dict(action: Any) -> Action:
     if isinstance(action, SearchAction):
-        d = {"type": "search", "name": action.name, "query": action.query}
+        d = ActionSearch(type=SEARCH, name=action.name, query=action.query)
         if action.error:
             d["error"] = action.error
         return d
     if isinstance(action, KeyframeAction):
-        return {"type": "keyframe", "frame": action.frame, "raw": action.raw}
+        return ActionKeyframe(type=KEYFRAME, frame=action.frame, raw=action.raw)
     if isinstance(action, AnswerAction):
         def tidy(vs: list[float]) -> list[float | int]:
             # ints as written; a huge float stays a float (no 300-digit int in the state)
             return [int(v) if float(v).is_integer() and abs(v) < 2**53 else v for v in vs]
 
-        return {"type": "answer", "bbox_2d": tidy(action.bbox_2d), "point_2d": tidy(action.point_2d)}
+        return ActionAnswer(type=ANSWER, bbox_2d=tidy(action.bbox_2d), point_2d=tidy(action.point_2d))
     assert isinstance(action, NoAction)
-    return {"type": "none", "reason": action.reason}
+    return ActionNone(type=NONE, reason=action.reason)
 
 
 def _turn_done(runtime: Runtime[Context], update: dict[str, Any]) -> dict[str, Any]:
     ev = update["events"][0]
-    if ev.get("type") == "model":
-        _emit(runtime, {"type": "turn", "turn": ev["turn"], "action": ev["action"],
-                        "tokens": ev["tokens"], "seconds": ev["seconds"]})
+    if ev.get("type") == MODEL:
+        _emit(runtime, TurnEvent(type=TURN, turn=ev["turn"], action=ev["action"],
+                                 tokens=ev["tokens"], seconds=ev["seconds"]))
     return update
 
 
 def _announce_local(runtime: Runtime[Context], state: State) -> None:
     """A local model generates for seconds to minutes on a CPU: say so while it does."""
     model = runtime.context.model
-    if isinstance(model, str) and model.strip().lower().startswith("hf:"):
-        _emit(runtime, {"type": "status",
-                        "message": f"turn {state.get('turns', 0) + 1}: the local model is generating"})
+    if isinstance(model, str) and ModelSpec.parse(model).backend == "hf":
+        _emit(runtime, StatusEvent(
+            type=STATUS, message=f"turn {state.get('turns', 0) + 1}: the local model is generating"))
 
 
 def reason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -508,16 +544,15 @@ def _search_tools(ctx: Context) -> dict[str, Any]:
             backend = cached_backend(backend, cache, ctx.search_cache_ttl)
         except SearchCacheError as e:  # preflight says so first; a tool never raises
             return make_search_tools(None, unavailable=str(e))
-    return _bound_tools(backend, ctx.text_topk, ctx.image_topk, size, timeout)
+    return _BOUND_TOOLS.get((backend, ctx.text_topk, ctx.image_topk, size, timeout),
+                            lambda: make_search_tools(backend, text_topk=ctx.text_topk,
+                                                      image_topk=ctx.image_topk,
+                                                      image_size=size, timeout=timeout))
 
 
-@functools.lru_cache(maxsize=64)
-def _bound_tools(
-    backend: SearchBackend, text_topk: int, image_topk: int, size: int, timeout: float
-) -> dict[str, Any]:
-    return make_search_tools(
-        backend, text_topk=text_topk, image_topk=image_topk, image_size=size, timeout=timeout
-    )
+# The tools bound to a backend and a run's settings: made once per combination, as runs
+# with the same settings share them.
+_BOUND_TOOLS: LoadOnce[dict[str, Any]] = LoadOnce(maxsize=64, name="graph.search_tools")
 
 
 def search(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -544,13 +579,13 @@ def search(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         error = artifact.get("error")
     obs = _observation(text, images)
     seconds = round(time.perf_counter() - t0, 4)
-    event = {"type": "tool", "name": name, "query": query, "observation": text,
-             "images": len(images), "seconds": seconds}
+    event = ToolEvent(type=TOOL, name=name, query=query, observation=text,
+                      images=len(images), seconds=seconds)
+    live = SearchEvent(type=SEARCH, name=name, query=query, backend=ctx.search_name,
+                       hits=hits, seconds=seconds)
     if error:
-        event["error"] = error
-    live = {"type": "search", "name": name, "query": query, "backend": ctx.search_name,
-            "hits": hits, "seconds": seconds}
-    _emit(runtime, {**live, "error": error} if error else live)
+        event["error"] = live["error"] = error
+    _emit(runtime, live)
     return {
         "messages": [obs],
         "tool_calls": state.get("tool_calls", 0) + 1,
@@ -580,14 +615,14 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     artifact = result.artifact or {}
     images = artifact.get("images", [])
     obs = _observation(result.content, images)
-    _emit(runtime, {"type": "keyframe", "frame": frame, "valid": bool(artifact.get("valid"))})
+    _emit(runtime, KeyframeEvent(type=KEYFRAME, frame=frame, valid=bool(artifact.get("valid"))))
     update: dict[str, Any] = {
         "messages": [obs],
         "tool_calls": state.get("tool_calls", 0) + 1,
         "pending": None,
-        "events": [{"type": "tool", "name": "keyframe", "frame": frame, "observation": result.content,
-                    "images": len(images), "valid": bool(artifact.get("valid")),
-                    "seconds": round(time.perf_counter() - t0, 4)}],
+        "events": [ToolEvent(type=TOOL, name="keyframe", frame=frame, observation=result.content,
+                             images=len(images), valid=bool(artifact.get("valid")),
+                             seconds=round(time.perf_counter() - t0, 4))],
     }
     if artifact.get("valid"):
         update["keyframe"] = frame
@@ -603,7 +638,7 @@ def feedback(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         "feedback_used": state.get("feedback_used", 0) + 1,
         "tool_calls": state.get("tool_calls", 0) + 1,
         "pending": None,
-        "events": [{"type": "feedback", "reason": reason_text}],
+        "events": [FeedbackEvent(type=FEEDBACK, reason=reason_text)],
     }
 
 
@@ -638,7 +673,7 @@ def _progress(runtime: Runtime[Context], step: str, label: str) -> Callable[[int
         bucket = done * 20 // max(total, 1)
         if bucket != last[0] or done == total:
             last[0] = bucket
-            writer({"type": "progress", "step": step, "label": label, "done": done, "total": total})
+            writer(ProgressEvent(type=PROGRESS, step=step, label=label, done=done, total=total))
 
     return report
 
@@ -671,7 +706,7 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     elif not (ctx.output_dir or state.get("run_dir")):
         skip = "no output_dir to write masks to"
     if skip:
-        return {"events": [{"type": "segment", "skipped": skip}]} if answered else {}
+        return {"events": [SegmentEvent(type=SEGMENT, skipped=skip)]} if answered else {}
     t0 = time.perf_counter()
     ans = state.get("answer") or {}
     try:
@@ -688,8 +723,7 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             prompt = Prompt(px["keyframe"], tuple(float(v) for v in px["bbox_2d"]),  # type: ignore[arg-type]
                             tuple(float(v) for v in px["point_2d"]))  # type: ignore[arg-type]
         elif answered and ans and not state.get("answer_note"):  # a note: nothing outlined
-            size = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
-            prompt = prompt_from_answer(ans, media.width, media.height, ctx.coord_style, size)
+            prompt = prompt_from_answer(ans, media.width, media.height, _answer_grid(state, ctx))
         run_dir = _run_dir(state, ctx)
         assert run_dir is not None
         masks_dir = run_dir / "masks"
@@ -707,11 +741,11 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return err
     art = result.artifact or {}
     area = art.get("area", {})
-    event: dict[str, Any] = {
-        "type": "segment", "segmenter": segmenter.name, "requested": ctx.segmenter,
-        "frames": len(area), "reached": art.get("reached"), "summary": result.content,
-        "prompt": art.get("prompt"), "seconds": round(time.perf_counter() - t0, 4),
-    }
+    event = SegmentEvent(
+        type=SEGMENT, segmenter=segmenter.name, requested=ctx.segmenter,
+        frames=len(area), reached=art.get("reached"), summary=result.content,
+        prompt=art.get("prompt"), seconds=round(time.perf_counter() - t0, 4),
+    )
     if prompt is None:
         event["empty"] = _no_prompt_reason(state)
     else:
@@ -723,7 +757,7 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 REVIEW_HELP = review_rules.HELP
 
 
-def _ask_reviewer(runtime: Runtime[Context], payload: dict[str, Any]) -> Any:
+def _ask_reviewer(runtime: Runtime[Context], payload: ReviewRequest) -> Any:
     """``interrupt`` that also tells a streaming client why it asks again. LangGraph replays
     the node from its start on every resume, so earlier refusals come back through here too;
     only the pause that really happens (the one that raises) is announced, once."""
@@ -731,24 +765,16 @@ def _ask_reviewer(runtime: Runtime[Context], payload: dict[str, Any]) -> Any:
         return interrupt(payload)
     except GraphInterrupt:
         if payload.get("problem"):
-            _emit(runtime, {"type": "review", "decision": "refused", "problem": payload["problem"],
-                            "how": REVIEW_HELP})
+            _emit(runtime, ReviewRefusedEvent(type=REVIEW, decision="refused",
+                                              problem=payload["problem"], how=REVIEW_HELP))
         raise
 
 
 def _model_coords(state: State, ctx: Context, edited: dict[str, Any], w: int, h: int) -> dict[str, Any]:
     """An edit back in the coordinates the model answered in (the answer a report shows)."""
-    if ctx.coord_style == "qwen3":
-        lim_w = lim_h = 1000
-    else:
-        lim_w = lim_h = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
-    b, p = edited["bbox_2d"], edited["point_2d"]
-    return {
-        "keyframe": edited["keyframe"],
-        "bbox_2d": [round(b[0] * lim_w / w), round(b[1] * lim_h / h),
-                    round(b[2] * lim_w / w), round(b[3] * lim_h / h)],
-        "point_2d": [round(p[0] * lim_w / w), round(p[1] * lim_h / h)],
-    }
+    coords = _answer_grid(state, ctx)
+    return {"keyframe": edited["keyframe"], "bbox_2d": coords.from_px(edited["bbox_2d"], w, h),
+            "point_2d": coords.from_px(edited["point_2d"], w, h)}
 
 
 def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -775,9 +801,9 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     size = (media.width, media.height)
     problem = ""
     while True:
-        payload = {"type": "review", "query": state.get("query"), "answer": state.get("answer"),
-                   "answer_px": px, "image": image_ref, "frame_size": [media.width, media.height],
-                   "how": REVIEW_HELP}
+        payload = ReviewRequest(type=REVIEW, query=state.get("query"), answer=state.get("answer"),
+                                answer_px=px, image=image_ref, frame_size=[media.width, media.height],
+                                how=REVIEW_HELP)
         if frames is not None:
             payload["frame_ids"] = frames
         if problem:
@@ -786,13 +812,13 @@ def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         got = review_rules.read_reply(_ask_reviewer(runtime, payload), px, size, has_frame)
         if got.decision in ("accept", "reject"):
             return {"reviewed": {"decision": got.decision},
-                    "events": [{"type": "review", "decision": got.decision}]}
+                    "events": [ReviewEvent(type=REVIEW, decision=got.decision)]}
         if got.decision == "edit" and got.answer_px is not None:
             edited = got.answer_px
             return {"answer_px": edited,
                     "answer": _model_coords(state, runtime.context, edited, media.width, media.height),
                     "reviewed": {"decision": "edit", "original": px},
-                    "events": [{"type": "review", "decision": "edit", "answer_px": edited}]}
+                    "events": [ReviewEvent(type=REVIEW, decision="edit", answer_px=edited)]}
         problem = "; ".join(got.problems)
 
 
@@ -810,15 +836,15 @@ def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             problems = write_outputs(run_dir, {**state, **update}, ctx)
             update["run_dir"] = str(run_dir)
             if problems:  # pictures that could not be made; the record itself was written
-                update["events"] = [{"type": "error", "kind": "output", "message": p}
+                update["events"] = [ErrorEvent(type=ERROR, kind="output", message=p)
                                     for p in problems]
     except (OSError, ValueError) as e:  # ValueError: a folder the policy refused (PathRefused)
-        update["events"] = [{"type": "error", "kind": "output", "message": str(e)}]
+        update["events"] = [ErrorEvent(type=ERROR, kind="output", message=str(e))]
     final = {**state, **update}
-    _emit(runtime, {"type": "final", "stop_reason": final.get("stop_reason"),
-                    "answer": final.get("answer"), "answer_px": final.get("answer_px"),
-                    "answer_note": final.get("answer_note"),
-                    "masks_dir": final.get("masks_dir"), "turns": final.get("turns"),
-                    "error": final.get("error")})
+    _emit(runtime, FinalEvent(type=FINAL, stop_reason=final.get("stop_reason"),
+                              answer=final.get("answer"), answer_px=final.get("answer_px"),
+                              answer_note=final.get("answer_note"),
+                              masks_dir=final.get("masks_dir"), turns=final.get("turns"),
+                              error=final.get("error")))
     return update
 

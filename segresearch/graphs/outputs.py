@@ -22,6 +22,7 @@ from segresearch.agents.content import content_text, count_images
 from segresearch.agents.context import Context
 from segresearch.agents.path_policy import policy_active
 from segresearch.agents.protocol import clean_text
+from segresearch.events import ERROR, FEEDBACK, MEDIA, MODEL, SEGMENT, START, TOOL
 from segresearch.tools.media import MediaError, open_media
 from segresearch.tools.segmenters.writers import created_mode
 from segresearch.tools.visualize import draw_answer
@@ -57,9 +58,9 @@ def mask_for(masks_dir: str | None, name: str) -> np.ndarray | None:
 
 def trajectory(state: dict[str, Any], ctx: Context) -> dict[str, Any]:
     events = list(state.get("events") or [])
-    started = next((e.get("time") for e in events if e.get("type") == "start"), None)
-    model_s = sum(e.get("seconds", 0.0) for e in events if e.get("type") == "model")
-    tool_s = sum(e.get("seconds", 0.0) for e in events if e.get("type") in ("tool", "segment", "media"))
+    started = next((e.get("time") for e in events if e.get("type") == START), None)
+    model_s = sum(e.get("seconds", 0.0) for e in events if e.get("type") == MODEL)
+    tool_s = sum(e.get("seconds", 0.0) for e in events if e.get("type") in (TOOL, SEGMENT, MEDIA))
     messages = []
     for m in state.get("messages") or []:
         messages.append({
@@ -104,17 +105,17 @@ def report(traj: dict[str, Any], files: list[str]) -> str:
            f"time: {traj['timings'].get('total_s')} s (model {traj['timings']['model_s']} s)", ""]
     for ev in traj.get("events", []):
         kind = ev.get("type")
-        if kind == "model":
+        if kind == MODEL:
             out += [f"## Turn {ev['turn']}", "", "```text", ev.get("response", "").strip(), "```", ""]
-        elif kind == "tool":
+        elif kind == TOOL:
             label = ev.get("name")
             if ev.get("query"):
                 label += f" `{ev['query']}`"
             out += [f"**{label}** →", "", "```text", str(ev.get("observation", "")).strip()
                     + ("  [+image]" * int(ev.get("images", 0))), "```", ""]
-        elif kind == "feedback":
+        elif kind == FEEDBACK:
             out += [f"**format reminder**: {ev.get('reason')}", ""]
-        elif kind == "segment":
+        elif kind == SEGMENT:
             body = ev.get("skipped") or str(ev.get("summary"))
             if ev.get("empty"):
                 body += f" — {ev['empty']}"
@@ -123,7 +124,7 @@ def report(traj: dict[str, Any], files: list[str]) -> str:
                 body += (f"\n\nprompt on frame {p['frame']} (pixels): box {_fmt(p.get('box'))}, "
                          f"point {_fmt(p.get('point'))}; box first, then the point")
             out += ["## Segmentation", "", body, ""]
-        elif kind == "error":
+        elif kind == ERROR:
             out += [f"**error ({ev.get('kind')})**: {ev.get('message')}", ""]
     if traj.get("answer"):
         out += ["## Answer", "", f"- model coordinates: `{traj['answer']}`",

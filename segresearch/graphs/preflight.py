@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from segresearch.agents.context import Context
+from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.models import model_loaded, resolve_model
 
 # A model endpoint that answered is not probed again for this long (a server runs many
@@ -28,19 +29,16 @@ _ENDPOINTS_LOCK = threading.Lock()
 def _model_problem(ctx: Context, status: Callable[[str], None]) -> str | None:
     if not isinstance(ctx.model, str):
         return None  # a chat-model object from Python: nothing to load or reach
-    spec = ctx.model.strip()
-    if not model_loaded(spec, timeout=ctx.request_timeout) and spec.lower().startswith("hf:"):
-        status(f"loading model {spec[3:]}")
+    spec = ModelSpec.parse(ctx.model)
+    if not model_loaded(spec.text, timeout=ctx.request_timeout) and spec.backend == "hf":
+        status(f"loading model {spec.target}")
     try:
-        resolve_model(spec, timeout=ctx.request_timeout)
+        resolve_model(spec.text, timeout=ctx.request_timeout)
     except Exception as e:  # noqa: BLE001 - any failure to make the model is the answer
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    kind, _, rest = spec.partition(":")
-    if kind.strip().lower() != "openai":
+    if spec.backend != "openai":
         return None
-    from segresearch.agents.backends.openai_compat import parse_openai_spec
-
-    _, url = parse_openai_spec(rest)
+    _, url = spec.openai_endpoint()
     # no URL: a hosted default endpoint, whose own errors are clear enough
     return probe_endpoint(url, ctx.request_timeout) if url else None
 

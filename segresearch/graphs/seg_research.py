@@ -29,6 +29,7 @@ from langgraph.types import Command
 from typing_extensions import TypedDict
 
 from segresearch.agents.context import Context
+from segresearch.compat.langgraph import compiled_as
 from segresearch.graphs import nodes
 from segresearch.graphs.state import InputState, OutputState, State
 
@@ -136,9 +137,8 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     g.add_edge(START, "load_media")
     g.add_edge("segment", "finish")
     g.add_edge("finish", END)
-    compiled = g.compile(checkpointer=checkpointer, name="seg_research")
-    compiled.__class__ = SegResearchGraph  # copies the server makes per run keep the class
-    return compiled
+    # Rebuilt as the subclass, so the copies the server makes per run keep the class.
+    return compiled_as(g.compile(checkpointer=checkpointer, name="seg_research"), SegResearchGraph)
 
 
 _SCHEMAS: dict[Any, dict[str, Any] | None] = {}

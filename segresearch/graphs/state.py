@@ -12,11 +12,13 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import NotRequired, TypedDict
 
+from segresearch.events import START, Pending, TrajectoryEvent
 
-def run_log(old: list[dict[str, Any]] | None, new: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+
+def run_log(old: list[TrajectoryEvent] | None, new: list[TrajectoryEvent] | None) -> list[TrajectoryEvent]:
     """Append entries; an entry of type "start" begins a new run, so a thread invoked again
     (checkpointer, LangGraph server) does not carry the previous run's log."""
-    if new and isinstance(new[0], dict) and new[0].get("type") == "start":
+    if new and isinstance(new[0], dict) and new[0].get("type") == START:
         return list(new)
     return [*(old or []), *(new or [])]
 
@@ -47,7 +49,7 @@ class OutputState(TypedDict, total=False):
     searches: Annotated[list[dict[str, Any]], search_log]  # {"name", "query", "observation"}
     messages: Annotated[list[AnyMessage], add_messages]
     frame_ids: list[int]  # the sampled frames shown to the model
-    events: Annotated[list[dict[str, Any]], run_log]  # the trajectory, one entry per step
+    events: Annotated[list[TrajectoryEvent], run_log]  # the trajectory, one entry per step
     run_dir: str | None
     segmenter: str | None  # the segmenter that wrote masks_dir (what "auto" resolved to)
     reviewed: dict[str, Any] | None  # a reviewer's decision (Context.review): accept|edit|reject
@@ -58,5 +60,5 @@ class State(InputState, OutputState):
     tool_calls: NotRequired[int]  # tool actions executed so far
     tokens_used: NotRequired[int]  # generated tokens so far
     keyframe: NotRequired[int | None]  # last keyframe shown
-    pending: NotRequired[dict[str, Any] | None]  # the parsed action awaiting its node
+    pending: NotRequired[Pending | None]  # the parsed action awaiting its node
     feedback_used: NotRequired[int]

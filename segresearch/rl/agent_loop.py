@@ -22,6 +22,7 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 
 from segresearch.agents.context import Context
+from segresearch.events import ERROR, FEEDBACK, MODEL, TOOL
 from segresearch.graphs.nodes import PRESIZED_FRAMES
 from segresearch.graphs.seg_research import graph as GRAPH
 from segresearch.rl.placeholders import install as install_geometry
@@ -75,9 +76,9 @@ def _interactions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-turn actions and observations, without image bytes."""
     out = []
     for e in events:
-        if e.get("type") == "model":
+        if e.get("type") == MODEL:
             out.append({"turn": e.get("turn"), "action": e.get("action"), "tokens": e.get("tokens")})
-        elif e.get("type") in ("tool", "feedback", "error"):
+        elif e.get("type") in (TOOL, FEEDBACK, ERROR):
             out.append({k: v for k, v in e.items() if k in ("type", "name", "query", "frame", "observation", "images", "error", "kind", "message")})
     return out
 

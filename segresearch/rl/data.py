@@ -26,7 +26,6 @@ and resizing the sources; the keyframe is still made from the source frame, at i
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -40,7 +39,9 @@ import numpy as np
 from PIL import Image
 
 from segresearch.agents.media_recipes import _atomic_write
+from segresearch.coords import COORD_STYLES
 from segresearch.rl.ground_truth import build_ground_truth
+from segresearch.shared_cache import LoadOnce
 from segresearch.tools.media import (
     FRAME_RESIZE,
     IMAGE_EXTS,
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 AGENT_NAME = "seg_research_agent"
 DATA_SOURCE_PREFIX = "Search_RVOS_"
-COORD_STYLES = ("qwen3", "qwen25")
 FRAME_EXT = ".jpg"
 MASK_EXT = ".png"
 # Lossless (the rollout must see the pixels it would have made) and uncompressed (reading
@@ -530,10 +530,12 @@ class PromptCounter:
         return len(self.builder.build_initial_tokens(messages, images=[frame] * len(frame_ids)))
 
 
-@functools.lru_cache(maxsize=8)
 def _blank_frame(side: int) -> Image.Image:
     """A stand-in frame: only its size matters to a geometry count."""
-    return Image.new("RGB", (side, side))
+    return _BLANK_FRAMES.get(side, lambda: Image.new("RGB", (side, side)))
+
+
+_BLANK_FRAMES: LoadOnce[Image.Image] = LoadOnce(maxsize=8, name="rl.blank_frames")
 
 
 def prompt_lengths(path: str | os.PathLike[str], counter: PromptCounter, limit: int) -> PromptLengths:

@@ -1,7 +1,8 @@
 """Ground truth for the reward, computed from the masks of the sampled frames.
 
 Per frame: the box is the extent of the mask, the point the mask pixel farthest from the
-mask's border (distance-transform maximum), both in the coordinates the model answers in;
+mask's border (distance-transform maximum), both in the coordinates the model answers in
+(``CoordFrame.from_px``);
 ``area`` and ``max_conn_area`` (largest connected component) are divided by their maxima
 over the sampled frames, so the frame where the target is biggest and least fragmented
 earns the full keyframe reward.
@@ -14,13 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-
-def to_model_coords(x: float, y: float, width: int, height: int, coord_style: str, frame_size: int) -> tuple[int, int]:
-    if coord_style == "qwen3":
-        return int(round(x / width * 1000)), int(round(y / height * 1000))
-    if coord_style == "qwen25":
-        return int(round(x / width * frame_size)), int(round(y / height * frame_size))
-    raise ValueError(f"unknown coord_style {coord_style!r}")
+from segresearch.coords import CoordFrame
 
 
 def mask_stats(mask: np.ndarray) -> dict[str, Any] | None:
@@ -46,6 +41,7 @@ def build_ground_truth(
 ) -> dict[str, dict[str, Any]]:
     """``{frame id: {bbox_2d, point_2d, area, max_conn_area}}`` for frames whose mask is not
     empty; ``masks`` maps frame id strings to boolean H×W masks."""
+    coords = CoordFrame.of(coord_style, frame_size)  # qwen25: pixels of the frame shown
     stats = {fid: s for fid, m in masks.items() if (s := mask_stats(m)) is not None}
     if not stats:
         return {}
@@ -54,12 +50,9 @@ def build_ground_truth(
     out = {}
     for fid, s in stats.items():
         h, w = masks[fid].shape[:2]
-        x1, y1 = to_model_coords(s["box"][0], s["box"][1], w, h, coord_style, frame_size)
-        x2, y2 = to_model_coords(s["box"][2], s["box"][3], w, h, coord_style, frame_size)
-        px, py = to_model_coords(s["point"][0], s["point"][1], w, h, coord_style, frame_size)
         out[fid] = {
-            "bbox_2d": [x1, y1, x2, y2],
-            "point_2d": [px, py],
+            "bbox_2d": coords.from_px(s["box"], w, h),
+            "point_2d": coords.from_px(s["point"], w, h),
             "area": round(s["area"] / max_area, 6),
             "max_conn_area": round(s["conn"] / max_conn, 6) if max_conn else 0.0,
         }

@@ -21,7 +21,6 @@ sample in a worker renders the same one.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from typing import Any
 
 from PIL import Image
@@ -33,7 +32,7 @@ _GEOMETRY_KWARGS = frozenset({"min_pixels", "max_pixels", "patch_size", "merge_s
 _IGNORED_KWARGS = frozenset({"return_tensors"})
 # Text-only chat-template renders and token ids, by processor and content (held, not by id, so
 # an entry can never answer for another processor).
-_TEXT_RENDERS: LoadOnce[Any] = LoadOnce(maxsize=1024)
+_TEXT_RENDERS: LoadOnce[Any] = LoadOnce(maxsize=1024, name="rl.text_renders")
 
 
 class GeometryProcessor:
@@ -141,7 +140,8 @@ class GeometryProcessor:
 
     def image_tokens(self, height: int, width: int, **geometry: Any) -> int:
         """Placeholder tokens for an image of ``height`` × ``width`` pixels."""
-        return _count(self._image_processor, int(height), int(width), tuple(sorted(geometry.items())))
+        ip, key = self._image_processor, (int(height), int(width), tuple(sorted(geometry.items())))
+        return _PATCH_COUNTS.get((ip, *key), lambda: _count(ip, *key))
 
 
 def _text_only(conversation: Any) -> bool:
@@ -168,7 +168,10 @@ def _key(kind: str, owner: Any, value: Any, kwargs: dict[str, Any]) -> tuple[Any
         return None
 
 
-@lru_cache(maxsize=4096)
+# Patch counts per image processor, image size and geometry: every image of every turn asks.
+_PATCH_COUNTS: LoadOnce[int] = LoadOnce(maxsize=4096, name="rl.patch_counts")
+
+
 def _count(ip: Any, height: int, width: int, geometry: tuple[tuple[str, Any], ...]) -> int:
     kw = dict(geometry)
     merge = int(kw.get("merge_size") or ip.merge_size)

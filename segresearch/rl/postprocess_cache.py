@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from segresearch.agents.media_recipes import digest_of
+from segresearch.shared_cache import LoadOnce
 
 DEFAULT_MAX_MB = 512
 # Image processors whose output for N images is their N one-image outputs concatenated.
@@ -78,40 +77,27 @@ class CacheStats:
 
 class _BytesLRU:
     """Least-recently-used entries under a byte budget (thread-safe: verl's loops also call
-    the processor from executor threads)."""
+    the processor from executor threads); a registered cache ("rl.postprocess"), one per
+    processor, with the counts this module reports kept beside it."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[tuple[str, str], tuple[dict[str, Any], int]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lru: LoadOnce[tuple[dict[str, Any], int]] = LoadOnce(
+            name="rl.postprocess", max_weight=self.max_bytes, weigh=lambda entry: entry[1])
         self.stats = CacheStats()
 
     def get(self, key: tuple[str, str]) -> dict[str, Any] | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                return None
-            self._items.move_to_end(key)
-            return hit[0]
+        hit = self._lru.peek(key)
+        return None if hit is None else hit[0]
 
     def put(self, key: tuple[str, str], value: dict[str, Any], nbytes: int) -> None:
-        if nbytes > self.max_bytes:
-            return  # would evict everything else and still not fit
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = (value, nbytes)
-            self.stats.bytes += nbytes
-            while self.stats.bytes > self.max_bytes:
-                _, (_, old) = self._items.popitem(last=False)
-                self.stats.bytes -= old
-                self.stats.evicted += 1
-            self.stats.entries = len(self._items)
+        self._lru.put(key, (value, nbytes))
+        held = self._lru.stats()
+        self.stats.bytes, self.stats.entries, self.stats.evicted = held.weight, held.size, held.evictions
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.stats.bytes = self.stats.entries = 0
+        self._lru.clear()
+        self.stats.bytes = self.stats.entries = 0
 
 
 def _nbytes(value: Any) -> int:

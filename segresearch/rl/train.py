@@ -27,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from segresearch.compat.verl import agent_loop_registry
 from segresearch.rl.environment import (
     ROLLOUT_ENGINES,
     apply_attention_implementation,
@@ -307,15 +308,15 @@ def _check_agent_loops(cfg: Any, report: Report) -> None:
     if default_name not in names:
         # Built-in loops and ones registered by external_lib live in verl's registry.
         try:
-            from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+            registry = agent_loop_registry()
         except Exception as e:
             report.import_failed("cannot read verl's agent-loop registry", e)
             return
-        if default_name not in _agent_loop_registry:
+        if default_name not in registry:
             report.errors.append(
                 f"actor_rollout_ref.rollout.agent.default_agent_loop={default_name!r} is neither "
                 f"in {path} ({sorted(names)}) nor registered with verl "
-                f"({sorted(_agent_loop_registry)})")
+                f"({sorted(registry)})")
 
 
 def _check_reward(cfg: Any, report: Report) -> None:

@@ -37,10 +37,8 @@ reaches the cap without ending its turn reports ``length``, and the graph stops 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +58,8 @@ from segresearch.agents.content import (
 )
 from segresearch.agents.media_store import get_store
 from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop
+from segresearch.compat.verl import assert_multimodal_supported, merge_assistant, merge_context
+from segresearch.shared_cache import LoadOnce
 
 ResponseBudget = Literal["full", "published"]
 TRUNCATION_NOTE = " …[truncated]"
@@ -188,10 +188,10 @@ class VerlChatModel(BaseChatModel):
         converted = await _converted(loop, messages)
         chat = [msg for msg, _ in converted]
         images = [img for _, imgs in converted for img in imgs]
-        loop._assert_mm_supported(bool(images))
+        assert_multimodal_supported(loop, bool(images))
         # The n samples of a GRPO group share their prompt: render it once per worker.
-        prompt_ids = await _render_once((_settings_key(loop), _prompt_digest(messages)),
-                                        lambda: loop.ct_build_initial_tokens(chat, images=images or None))
+        prompt_ids = await _PROMPT_IDS.aget((_settings_key(loop), _prompt_digest(messages)),
+                                            lambda: loop.ct_build_initial_tokens(chat, images=images or None))
         t = self._traj
         t.prompt_ids, t.stream, t.images, t.messages = list(prompt_ids), list(prompt_ids), images, chat
 
@@ -212,7 +212,6 @@ class VerlChatModel(BaseChatModel):
     def _merge_observation(self, msg: dict[str, Any], images: list[Image.Image]) -> None:
         t = self._traj
         loop = self.agent_loop
-        builder = loop.continuous_token_builder
         tok = loop.tokenizer
         im_end = tok.convert_tokens_to_ids("<|im_end|>")
         stream, mask, lps = t.stream, t.mask, t.logprobs
@@ -225,8 +224,8 @@ class VerlChatModel(BaseChatModel):
         for _attempt in range(4):
             # verl's ct_merge_context_msg without its executor hop: rendering is Python under
             # the GIL, so a thread only adds a switch per observation on a busy worker.
-            result = builder.merge_context_tokens(t.messages, [*t.messages, msg], stream)
-            new_mask, new_lps = builder.align_response_metadata(result, mask, lps)
+            result, new_mask, new_lps = merge_context(loop, t.messages, [*t.messages, msg],
+                                                      stream, mask, lps)
             n = result.appended_token_count + len(result.inserted_token_ids)
             if n <= self.max_observation_tokens:
                 break
@@ -318,11 +317,8 @@ class VerlChatModel(BaseChatModel):
             lps = list(out.log_probs)[: len(ids)]
         else:
             t.logprobs = None
-        builder = loop.continuous_token_builder  # ct_merge_assistant_token, without the hop
-        result = builder.merge_assistant_tokens(t.stream, ids)
-        t.mask, t.logprobs = builder.align_response_metadata(
-            result, t.mask, t.logprobs, assistant_logprobs=lps
-        )
+        # ct_merge_assistant_token, without the hop
+        result, t.mask, t.logprobs = merge_assistant(loop, t.stream, ids, t.mask, t.logprobs, lps)
         t.stream = list(result.token_ids)
         text = loop.tokenizer.decode(ids, skip_special_tokens=True)
         text, stopped = cut_at_stop(text, stop)
@@ -368,9 +364,9 @@ def _resident(message: BaseMessage) -> bool:
     return True
 
 
-_PROMPT_CACHE: OrderedDict[tuple[Any, str], list[int]] = OrderedDict()
-_PROMPT_CACHE_SIZE = 256
-_RENDERING: dict[tuple[Any, str], asyncio.Future] = {}
+# The prompt ids of a (settings, messages) key, rendered once per worker: the n samples of a
+# GRPO group start together, before the first render ends, and await that one render.
+_PROMPT_IDS: LoadOnce[list[int]] = LoadOnce(maxsize=256, name="rl.prompt_ids")
 
 
 def _settings_key(loop: Any) -> tuple[Any, ...]:
@@ -384,34 +380,6 @@ def _settings_key(loop: Any) -> tuple[Any, ...]:
     template = getattr(proc, "chat_template", None) or getattr(tok, "chat_template", None) or ""
     return (type(loop.continuous_token_builder).__name__, getattr(tok, "name_or_path", ""), len(tok),
             hashlib.sha1(str(template).encode()).hexdigest(), geometry)
-
-
-async def _render_once(key: tuple[Any, str], render: Any) -> list[int]:
-    """The prompt ids for ``key``: from the cache, from a render already under way (the
-    samples of a group start together, before the first render ends), or rendered now."""
-    hit = _PROMPT_CACHE.get(key)
-    if hit is not None:
-        _PROMPT_CACHE.move_to_end(key)
-        return hit
-    pending = _RENDERING.get(key)
-    if pending is not None and pending.get_loop() is asyncio.get_running_loop():
-        return list(await asyncio.shield(pending))
-    fut: asyncio.Future = asyncio.get_running_loop().create_future()
-    fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # no "never retrieved"
-    _RENDERING[key] = fut
-    try:
-        ids = await render()
-    except BaseException as e:
-        fut.set_exception(e)
-        raise
-    finally:
-        if _RENDERING.get(key) is fut:
-            del _RENDERING[key]
-    fut.set_result(ids)
-    _PROMPT_CACHE[key] = ids
-    while len(_PROMPT_CACHE) > _PROMPT_CACHE_SIZE:
-        _PROMPT_CACHE.popitem(last=False)
-    return ids
 
 
 def _prompt_digest(messages: list[BaseMessage]) -> str:

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from segresearch.compat.langgraph_api import server_app
 from segresearch.envvars import env_str, setting
 from segresearch.servers.auth import expected_token, is_public, token_matches
 
@@ -305,7 +306,5 @@ class Gateway:
 def build() -> Gateway:
     """The gateway around langgraph-api's application, configured from the environment that
     ``serve graph`` prepared (langgraph-api reads its configuration at import)."""
-    from langgraph_api.server import app as inner
-
-    router = getattr(inner, "router", None)
-    return Gateway(inner, lifespan_app=router if router is not None else inner)
+    inner, lifespan_app = server_app()
+    return Gateway(inner, lifespan_app=lifespan_app)

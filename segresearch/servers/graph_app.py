@@ -27,7 +27,6 @@ and its own routes (uploads, run folders) live in ``web.py``.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,24 +38,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segresearch import __version__
 from segresearch.agents.path_policy import KB_ROOTS_ENV, MODEL_ROOTS_ENV, OUTPUT_ROOT_ENV
+from segresearch.compat.langgraph_api import RUN_CREATION, payload_kind
 from segresearch.envvars import env_str, setting
 from segresearch.servers import web
 from segresearch.servers.auth import auth_enabled
 from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
-
-_ID = r"[^/]+"
-# (method, path) of every request that creates or reconfigures a run or an assistant; the
-# value says how to find the run payloads in its JSON body. Patterns match whole paths, so
-# /runs/crons/search, /assistants/search and the like are never taken for creations.
-_GUARDED: list[tuple[str, re.Pattern[str], str]] = [
-    ("POST", re.compile(r"/runs(/stream|/wait|/crons)?"), "run"),
-    ("POST", re.compile(r"/runs/batch"), "batch"),
-    ("POST", re.compile(rf"/threads/{_ID}/runs(/stream|/wait|/crons)?"), "run"),
-    ("PATCH", re.compile(rf"/runs/crons/{_ID}"), "run"),
-    ("POST", re.compile(r"/assistants"), "assistant"),
-    ("PATCH", re.compile(rf"/assistants/{_ID}"), "assistant"),
-    ("POST", re.compile(rf"/threads/{_ID}/state"), "state"),
-]
 
 
 def _route_path(scope: Scope) -> str:
@@ -70,12 +56,9 @@ def _route_path(scope: Scope) -> str:
 
 
 def _kind_of(scope: Scope) -> str | None:
-    method = scope.get("method", "")
-    path = _route_path(scope)
-    for m, pattern, kind in _GUARDED:
-        if m == method and pattern.fullmatch(path):
-            return kind
-    return None
+    """Which requests carry run payloads is langgraph-api's route table, kept (and checked
+    against the installed release) in ``compat.langgraph_api``."""
+    return payload_kind(scope.get("method", ""), _route_path(scope))
 
 
 def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
@@ -161,7 +144,6 @@ async def _review_reply_refusal(kind: str, scope: Scope, payload: Any) -> tuple[
     return await review_check.resume_verdict(_route_path(scope), payload, web._client())
 
 
-_RUN_CREATION = re.compile(rf"(/threads/{_ID})?/runs(/stream|/wait)?")
 DURABILITY_ENV = "SEGRESEARCH_DEFAULT_DURABILITY"
 
 
@@ -174,7 +156,7 @@ def _with_durability(kind: str, scope: Scope, payload: Any) -> Any:
     if kind == "batch" and isinstance(payload, list):
         items = [_default_durability(p, default, thread=False) for p in payload]
         return items if any(new is not old for new, old in zip(items, payload, strict=True)) else None
-    match = _RUN_CREATION.fullmatch(_route_path(scope)) if kind == "run" else None
+    match = RUN_CREATION.fullmatch(_route_path(scope)) if kind == "run" else None
     if match:
         new = _default_durability(payload, default, thread=match.group(1) is not None)
         return new if new is not payload else None

@@ -31,7 +31,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from segresearch.agents.media_store import STORE_ENV as MEDIA_STORE_ENV
+from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.path_policy import OUTPUT_ROOT_ENV
+from segresearch.compat.langgraph_api import LOG_FORMATTER, SERVER_LOGGER
 from segresearch.servers.auth import TOKEN_ENV
 from segresearch.servers.gateway import (
     ALLOWED_HOSTS_ENV,
@@ -225,10 +227,9 @@ def _absolute_operator_paths(out: dict[str, str]) -> None:
         value = out.get(name, "").strip()
         if value and value.lower() != "off" and not Path(value).expanduser().is_absolute():
             out[name] = str(Path(value).expanduser().resolve())
-    kind, sep, rest = out.get("SEGRESEARCH_MODEL", "").partition(":")
-    if sep and kind.strip().lower() in ("replay", "hf") and rest.strip() \
-            and not Path(rest.strip()).expanduser().is_absolute():
-        out["SEGRESEARCH_MODEL"] = f"{kind}:{Path(rest.strip()).expanduser().resolve()}"
+    model = ModelSpec.parse(out.get("SEGRESEARCH_MODEL", ""))
+    if model.names_file and model.target and not Path(model.target).expanduser().is_absolute():
+        out["SEGRESEARCH_MODEL"] = model.with_target(str(Path(model.target).expanduser().resolve()))
 
 
 def server_environment(opts: ServeOptions, env: Mapping[str, str], state: Path) -> dict[str, str]:
@@ -434,10 +435,10 @@ def _log_config() -> dict[str, object]:
         "version": 1,
         "incremental": False,
         "disable_existing_loggers": False,
-        "formatters": {"simple": {"class": "langgraph_api.logging.Formatter"}},
+        "formatters": {"simple": {"class": LOG_FORMATTER}},
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "simple",
                                  "stream": "ext://sys.stdout"}},
         "loggers": {"uvicorn": {"level": "WARNING"}, "uvicorn.error": {"level": "WARNING"},
-                    "langgraph_api.server": {"level": "WARNING"}},
+                    SERVER_LOGGER: {"level": "WARNING"}},
         "root": {"handlers": ["console"]},
     }

@@ -22,8 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from segresearch.agents.review import ACCEPTED_FORMS, EDIT_KEYS, frames_predicate, read_reply
+from segresearch.compat.langgraph_api import THREAD_RUN_CREATION
+from segresearch.events import REVIEW
 
-_THREAD_RUNS = re.compile(r"/threads/([^/]+)/runs(?:/stream|/wait)?")
 _INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
 
 Verdict = tuple[int, dict[str, Any]]
@@ -33,7 +34,7 @@ def check_resume(resume_value: Any, interrupt_payload: Any) -> list[str]:
     """Why the review node would refuse ``resume_value`` as a reply to the pause whose payload
     is ``interrupt_payload`` (empty when it would take it). A payload that is not a review
     pause, or lacks what the rules need, is not judged here: the node has the last word."""
-    if not isinstance(interrupt_payload, Mapping) or interrupt_payload.get("type") != "review":
+    if not isinstance(interrupt_payload, Mapping) or interrupt_payload.get("type") != REVIEW:
         return []
     answer_px = interrupt_payload.get("answer_px")
     size = interrupt_payload.get("frame_size")
@@ -59,7 +60,7 @@ def resume_of(body: Any) -> tuple[bool, Any]:
 
 def thread_of(path: str) -> str | None:
     """The thread id of a thread-run creation path (``/threads/{id}/runs[/stream|/wait]``)."""
-    m = _THREAD_RUNS.fullmatch(path)
+    m = THREAD_RUN_CREATION.fullmatch(path)
     return m.group(1) if m else None
 
 

@@ -1,9 +1,9 @@
 """The web page of ``segresearch serve graph`` and the few routes only the page needs.
 
-The page (``servers/web/``: one HTML file, one script, one stylesheet, no build step, nothing
-fetched from elsewhere) talks to the LangGraph API itself for threads, runs, streams and the
-context schema. What the API lacks is served here, each route behind the same bearer token
-and the same path policy as the API:
+The page (``servers/web/``: one HTML file, one stylesheet and native ES script modules in
+``js/``, no build step, nothing fetched from elsewhere) talks to the LangGraph API itself
+for threads, runs, streams and the context schema. What the API lacks is served here, each
+route behind the same bearer token and the same path policy as the API:
 
 - ``PUT /segresearch/uploads?name=clip.mp4``: a raw request body (no multipart parser is
   needed), written under the upload root with a byte cap, opened with the project's own media
@@ -20,7 +20,7 @@ and the same path policy as the API:
   ``/frames/{fid}.jpg``: what a run left in its folder, found from the thread's stored state
   (not from anything the request names) and served only from under the output root.
 
-Only the three page files are public (``auth.PUBLIC_PATHS``): the page must load before it
+Only the page's own files are public (``auth.PUBLIC_PATHS``): the page must load before it
 can ask for the token. Everything carrying data needs the token when auth is on.
 """
 
@@ -34,7 +34,7 @@ import os
 import re
 import uuid
 import zipfile
-from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,27 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from segresearch.agents.model_spec import ModelSpec
 from segresearch.envvars import env_str, setting
+from segresearch.shared_cache import LoadOnce
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_PREFIX = "/segresearch/ui"
-# The page's own files: public, so that a browser can load the page and then ask for the token.
-PAGE_FILES = {"": "index.html", "app.js": "app.js", "app.css": "app.css"}
+# A script module's file name: what the page's ``import`` statements name under ``js/``.
+_MODULE_NAME = re.compile(r"[a-z][a-z0-9_-]*\.js")
+
+
+def _page_files() -> dict[str, str]:
+    """The page's own files by their path under PAGE_PREFIX (public, so that a browser can
+    load the page and then ask for the token). The script modules are the plain ``.js`` files
+    of ``web/js``, listed once at import: each becomes one exact route, so no request ever
+    names a file, and nothing outside the folder or added to it later can be served."""
+    modules = sorted(p.name for p in (WEB_DIR / "js").iterdir()
+                     if _MODULE_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())
+    return {"": "index.html", "app.css": "app.css", **{f"js/{name}": f"js/{name}" for name in modules}}
+
+
+PAGE_FILES = _page_files()
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
           ".css": "text/css; charset=utf-8"}
 MAX_UPLOAD_MB_ENV = "SEGRESEARCH_MAX_UPLOAD_MB"
@@ -97,19 +112,22 @@ def page() -> Response:
     return _page_file("")
 
 
-@router.get(PAGE_PREFIX + "/app.js", include_in_schema=False)
-def page_script() -> Response:
-    return _page_file("app.js")
+def _page_route(name: str) -> Callable[[], Response]:
+    def serve() -> Response:
+        return _page_file(name)
+    return serve
 
 
-@router.get(PAGE_PREFIX + "/app.css", include_in_schema=False)
-def page_style() -> Response:
-    return _page_file("app.css")
+for _name in PAGE_FILES:
+    if _name:  # the page itself is served above, at PAGE_PREFIX + "/"
+        router.add_api_route(f"{PAGE_PREFIX}/{_name}", _page_route(_name), methods=["GET"],
+                             name=f"page_file:{_name}", include_in_schema=False)
 
 
 def public_paths() -> frozenset[str]:
-    """Exact paths that need no token (auth.py asks): the page and its two files."""
-    return frozenset({PAGE_PREFIX, PAGE_PREFIX + "/", PAGE_PREFIX + "/app.js", PAGE_PREFIX + "/app.css"})
+    """Exact paths that need no token (auth.py asks): the page, its stylesheet and its
+    script modules."""
+    return frozenset({PAGE_PREFIX, *(f"{PAGE_PREFIX}/{name}" for name in PAGE_FILES)})
 
 
 # --------------------------------------------------------------------- uploads
@@ -392,18 +410,17 @@ def _model_status(spec: str) -> dict[str, Any]:
     on it. Only the operator's setting is probed (never an address a client names): an
     OpenAI-compatible server by its ``/models`` route, a replay or checkpoint file by its
     existence; a hosted endpoint is not called, only its key looked for."""
-    from segresearch.agents.backends.openai_compat import API_KEY_ENV_VARS, parse_openai_spec
+    from segresearch.agents.backends.openai_compat import API_KEY_ENV_VARS
     from segresearch.graphs.preflight import probe_endpoint
     from segresearch.servers.langgraph_server import redact
 
-    kind, sep, rest = spec.strip().partition(":")
-    kind = kind.strip().lower()
+    parsed = ModelSpec.parse(spec)
     out: dict[str, Any] = {"spec": spec, "ok": None, "reason": None, "address": None}
-    if not sep:
+    if not parsed.backend:
         return {**out, "ok": False, "reason": "malformed"}
-    if kind == "openai":
+    if parsed.backend == "openai":
         try:
-            _, url = parse_openai_spec(rest)
+            _, url = parsed.openai_endpoint()
         except ValueError:
             return {**out, "ok": False, "reason": "malformed"}
         if url:
@@ -411,8 +428,8 @@ def _model_status(spec: str) -> dict[str, Any]:
             return {**out, "ok": ok, "reason": None if ok else "unreachable", "address": redact(url)}
         has_key = any(env_str(v) for v in API_KEY_ENV_VARS)
         return {**out, "ok": has_key, "reason": None if has_key else "no-key"}
-    if kind in ("replay", "hf"):
-        ok = bool(rest.strip()) and Path(rest.strip()).expanduser().exists()
+    if parsed.names_file:
+        ok = bool(parsed.target) and Path(parsed.target).expanduser().exists()
         return {**out, "ok": ok, "reason": None if ok else "missing"}
     return out
 
@@ -475,13 +492,20 @@ def demo_media() -> JSONResponse:
 # ------------------------------------------------------------- run folders
 
 
-@lru_cache(maxsize=1)
 def _client() -> Any:
     """The in-process client of the server this app is mounted in (no network hop; the
-    request reaching our route was already authenticated)."""
+    request reaching our route was already authenticated); made on first use."""
+    return _CLIENT.get(None, _make_client)
+
+
+def _make_client() -> Any:
+    # langgraph_sdk comes with the server (the `server` extra), not with the base package.
     from langgraph_sdk import get_client
 
     return get_client(url=None, api_key=None)
+
+
+_CLIENT: LoadOnce[Any] = LoadOnce(name="server.graph_client")
 
 
 async def _values(thread_id: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segresearch.coords import QWEN3
 from segresearch.testing.scenes import DEFAULT_SHAPES, Shape, render_scene, write_frames
 
 CLUBS = {
@@ -158,11 +159,8 @@ def _gt_answer(mask: np.ndarray) -> dict[str, list[int]]:
     from segresearch.testing.scenes import inner_point, mask_box
 
     h, w = mask.shape
-    x1, y1, x2, y2 = mask_box(mask)
-    px, py = inner_point(mask)
-    return {"bbox_2d": [round(x1 / w * 1000), round(y1 / h * 1000), round(x2 / w * 1000),
-                        round(y2 / h * 1000)],
-            "point_2d": [round(px / w * 1000), round(py / h * 1000)]}
+    return {"bbox_2d": QWEN3.from_px(list(mask_box(mask)), w, h),
+            "point_2d": QWEN3.from_px(list(inner_point(mask)), w, h)}
 
 
 def oracle_turns(root: str | Path, split: str, row: dict, keyframe: int | None = None) -> list[str]:

@@ -27,7 +27,6 @@ share a file stem, since masks are named after it.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -35,7 +34,6 @@ import stat
 import struct
 import threading
 from array import array
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +43,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segresearch.envvars import EnvError, env_float, env_str
+from segresearch.shared_cache import LoadOnce
 
 # FFmpeg inside OpenCV writes its decoder complaints ("Invalid NAL unit size", "partial
 # file") straight to the terminal, once per attempt, over the run's own output. What they
@@ -92,11 +91,14 @@ def allowed_roots() -> list[Path] | None:
     return [*roots, *resolved_roots(upload)] if upload else list(roots)
 
 
-@functools.lru_cache(maxsize=16)
 def resolved_roots(raw: str) -> tuple[Path, ...]:
     """The roots a ``:``-separated setting names, resolved once per value (every run checks
     its paths against them; resolving means a system call per path component)."""
-    return tuple(Path(p).expanduser().resolve() for p in raw.split(":") if p.strip())
+    return _ROOTS.get(raw, lambda: tuple(Path(p).expanduser().resolve()
+                                         for p in raw.split(":") if p.strip()))
+
+
+_ROOTS: LoadOnce[tuple[Path, ...]] = LoadOnce(maxsize=16, name="media.roots")
 
 
 # Shell-style expansion a path must not rely on where clients name paths: a leading ``~`` or
@@ -733,9 +735,7 @@ class _VideoIndex:
     seekable: bool
 
 
-_VIDEO_INDEX: OrderedDict[tuple[str, int, int], _VideoIndex] = OrderedDict()
-_VIDEO_INDEX_LOCK = threading.Lock()
-_VIDEO_INDEX_SIZE = 64
+_VIDEO_INDEX: LoadOnce[_VideoIndex] = LoadOnce(maxsize=64, name="media.video_index")
 
 
 def _packet_times(path: Path) -> list[float]:
@@ -850,18 +850,9 @@ def _video_index(path: Path, max_pixels: int) -> _VideoIndex:
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     except OSError as e:
         raise MediaError(f"cannot read video {path}: {e.strerror}") from None
-    with _VIDEO_INDEX_LOCK:
-        hit = _VIDEO_INDEX.get(key)
-        if hit is not None:
-            _VIDEO_INDEX.move_to_end(key)
-    if hit is not None:
-        _check_video_size(path, hit.width, hit.height, max_pixels)
-        return hit
-    idx = _index_video(path, max_pixels)
-    with _VIDEO_INDEX_LOCK:
-        _VIDEO_INDEX[key] = idx
-        while len(_VIDEO_INDEX) > _VIDEO_INDEX_SIZE:
-            _VIDEO_INDEX.popitem(last=False)
+    idx = _VIDEO_INDEX.get(key, lambda: _index_video(path, max_pixels))
+    # Indexed under another caller's pixel limit (the key does not hold it): check ours.
+    _check_video_size(path, idx.width, idx.height, max_pixels)
     return idx
 
 
@@ -950,9 +941,9 @@ def _confined(media: str | Sequence[str], roots: Sequence[Path] | None) -> str |
     return [str(check_allowed(p, roots)) for p in media]
 
 
-_CACHE: OrderedDict[tuple, Media] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-_CACHE_SIZE = 16
+# An evicted handle is closed (its decoder released); a cleared one is left to its users.
+_HANDLES: LoadOnce[Media] = LoadOnce(maxsize=16, name="media.handles",
+                                     on_evict=lambda m: m.close())
 
 
 def _cache_key(media: str | Sequence[str], max_pixels: int) -> tuple | None:
@@ -991,20 +982,9 @@ def open_media(media: str | os.PathLike | Sequence[str], roots: Sequence[Path] |
     media = _confined(media, roots)
     max_pixels = working_max_pixels()
     key = _cache_key(media, max_pixels)
-    if key is not None:
-        with _CACHE_LOCK:
-            hit = _CACHE.get(key)
-            if hit is not None:
-                _CACHE.move_to_end(key)
-                return hit
-    m = _open_uncached(media, roots, max_pixels)
-    if key is not None:
-        with _CACHE_LOCK:
-            _CACHE[key] = m
-            while len(_CACHE) > _CACHE_SIZE:
-                _, old = _CACHE.popitem(last=False)
-                old.close()
-    return m
+    if key is None:
+        return _open_uncached(media, roots, max_pixels)
+    return _HANDLES.get(key, lambda: _open_uncached(media, roots, max_pixels))
 
 
 def sample_frame_ids(frame_ids: Sequence[int], n: int) -> list[int]:

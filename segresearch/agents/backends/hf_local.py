@@ -58,7 +58,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-_LOADED: LoadOnce[LoadedModel] = LoadOnce()
+_LOADED: LoadOnce[LoadedModel] = LoadOnce(name="models.hf_local")
 
 
 def _resolve_device(device: str) -> str:

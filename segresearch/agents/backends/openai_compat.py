@@ -28,6 +28,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_openai import ChatOpenAI
 
 from segresearch.agents.content import inline_media
+from segresearch.agents.model_spec import parse_openai_spec
 from segresearch.envvars import env_str
 
 __all__ = [
@@ -308,49 +309,6 @@ def make_openai_model(
         # ChatOpenAI picks for some model names) expects another shape.
         use_responses_api=False,
     )
-
-
-def parse_openai_spec(spec: str) -> tuple[str, str | None]:
-    """Split ``model@http://host:port/v1`` into model name and base URL.
-
-    The split is at the last ``@`` and only when what follows is an http(s) URL, because
-    model names may themselves contain ``@`` (e.g. revision pins) while a bare name must
-    keep meaning "use the default endpoint".
-    """
-    spec = spec.strip()
-    head, sep, tail = spec.rpartition("@")
-    tail = tail.strip()
-    if sep and tail.lower().startswith(("http://", "https://")):
-        head = head.strip()
-        if not head:
-            raise ValueError(f"model name missing before '@' in {spec!r}")
-        parts = urlsplit(tail)
-        try:
-            parts.port  # noqa: B018 - raises on a port that is not a number or out of range
-        except ValueError:
-            raise ValueError(f"the endpoint {tail!r} after '@' has a malformed port; write "
-                             "NAME@http://HOST:PORT/v1") from None
-        if not parts.hostname:
-            raise ValueError(f"the endpoint {tail!r} after '@' names no host; write "
-                             "NAME@http://HOST:PORT/v1") from None
-        return head, tail
-    if not spec:
-        raise ValueError("empty model spec")
-    if sep and _looks_like_address(tail):
-        raise ValueError(f"{tail!r} after '@' is not an http:// or https:// URL; write "
-                         f"{head.strip() or 'NAME'}@http://{tail.split('://')[-1]}"
-                         + ("" if "/" in tail.split("://")[-1] else "/v1")
-                         + " for a server of your own")
-    return spec, None
-
-
-def _looks_like_address(text: str) -> bool:
-    """Whether what follows the last ``@`` was meant as an endpoint (a scheme, a port, a
-    path, a dotted host or ``localhost``) rather than part of a model name (``@rev``)."""
-    t = text.lower()
-    return ("://" in t or "/" in t or t.startswith("localhost")
-            or re.fullmatch(r"[\w.-]+:\d*", t) is not None
-            or re.fullmatch(r"[\w-]+(\.[\w-]+)+", t) is not None)
 
 
 def _redact_url(url: str) -> str:

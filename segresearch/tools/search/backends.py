@@ -22,7 +22,7 @@ from segresearch.tools.search.hybrid import HybridKnowledgeBase
 from segresearch.tools.search.kb.index import local_backend
 from segresearch.tools.search.web import WEB_BACKENDS
 
-_BACKENDS: LoadOnce[SearchBackend] = LoadOnce()
+_BACKENDS: LoadOnce[SearchBackend] = LoadOnce(name="search.backends")
 BackendFactory = Callable[[SearchSettings], SearchBackend]
 _FACTORIES: dict[str, tuple[BackendFactory, Callable[[SearchSettings], tuple[Any, ...]]]] = {}
 

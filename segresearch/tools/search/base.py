@@ -84,7 +84,7 @@ def split_title(contents: str) -> tuple[str, str]:
 # Decoded knowledge-base images by file and version: the samples of a GRPO group (and an
 # evaluation's repeated queries) hit the same few images, and re-reading one per hit cost
 # more than the search itself. Callers share the objects and must not modify them.
-_KB_IMAGES: LoadOnce[Image.Image] = LoadOnce(maxsize=64)
+_KB_IMAGES: LoadOnce[Image.Image] = LoadOnce(maxsize=64, name="search.kb_images")
 
 
 def read_kb_image(path: str | os.PathLike) -> Image.Image:

@@ -34,6 +34,7 @@ from typing import Any
 
 from PIL import Image
 
+from segresearch.shared_cache import LoadOnce
 from segresearch.tools.search.base import ImageHit, SearchBackend, TextHit
 
 log = logging.getLogger(__name__)
@@ -257,8 +258,7 @@ class SearchCache:
             fut.set_result(payload)
 
 
-_CACHES: dict[tuple[str, float, int], SearchCache] = {}
-_CACHES_LOCK = threading.Lock()
+_CACHES: LoadOnce[SearchCache] = LoadOnce(name="search.caches")
 
 
 def get_cache(path: str | Path, ttl: float, max_entries: int = 100_000) -> SearchCache:
@@ -266,11 +266,7 @@ def get_cache(path: str | Path, ttl: float, max_entries: int = 100_000) -> Searc
     ``SearchCacheError`` when the file cannot serve as one."""
     resolved = str(Path(path).expanduser().resolve())
     key = (resolved, float(ttl), int(max_entries))
-    with _CACHES_LOCK:
-        cache = _CACHES.get(key)
-        if cache is None:
-            cache = _CACHES[key] = SearchCache(resolved, ttl, max_entries)
-        return cache
+    return _CACHES.get(key, lambda: SearchCache(resolved, ttl, max_entries))
 
 
 # ------------------------------------------------------------------ payloads

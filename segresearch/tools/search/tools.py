@@ -21,11 +21,10 @@ from segresearch.agents.protocol import (
     render_search_error,
     render_text_results,
 )
-from segresearch.shared_cache import LoadOnce
+from segresearch.shared_cache import LoadOnce, thread_pool
 from segresearch.tools.media import SquareResize
 from segresearch.tools.search.base import SearchBackend, SearchUnavailable
 
-_POOL = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="segresearch-search")
 # The published image search (verl_tool/servers/tools/local_retrieval.py) resizes each hit
 # to 256×256 with LANCZOS.
 SEARCH_IMAGE_RESIZE = SquareResize(256, Image.Resampling.LANCZOS)
@@ -33,7 +32,7 @@ SEARCH_IMAGE_RESIZE = SquareResize(256, Image.Resampling.LANCZOS)
 # object per file, so the samples of a GRPO group resize it once. The entry holds the
 # source, so its id cannot be reused by another image while the entry lives; the filter is
 # part of the key.
-_RESIZED: LoadOnce[tuple[Image.Image, Image.Image]] = LoadOnce(maxsize=256)
+_RESIZED: LoadOnce[tuple[Image.Image, Image.Image]] = LoadOnce(maxsize=256, name="search.resized_hits")
 
 
 def _resized(img: Image.Image, size: int) -> Image.Image:
@@ -52,7 +51,7 @@ class ImageSearchArgs(BaseModel):
 def _call(fn: Any, timeout: float, *args: Any) -> Any:
     """``fn(*args)`` within ``timeout``; Ctrl-C stops the wait at once (``cancel.Cancelled``),
     leaving the call to finish or be abandoned with the process."""
-    fut = _POOL.submit(fn, *args)
+    fut = thread_pool("search").submit(fn, *args)
     try:
         return cancel.result(fut, timeout=timeout)
     except cf.TimeoutError:

@@ -38,6 +38,7 @@ import httpx
 from PIL import Image
 
 from segresearch.envvars import env_str
+from segresearch.shared_cache import thread_pool
 from segresearch.tools.search.base import (
     ImageHit,
     SearchBackend,
@@ -72,8 +73,6 @@ DEFAULT_TAVILY_URL = "https://api.tavily.com"
 # searches ask for this many more results than they show.
 IMAGE_SPARE = 4
 _BATCH_WORKERS = 8
-
-_FETCH_POOL = cf.ThreadPoolExecutor(max_workers=16, thread_name_prefix="segresearch-imgfetch")
 
 
 class WebSearchError(RuntimeError):
@@ -246,7 +245,7 @@ class WebBackend(SearchBackend):
         while len(hits) < k and pos < len(candidates) and time.monotonic() < deadline:
             wave = candidates[pos : pos + k - len(hits)]
             pos += len(wave)
-            futures = [_FETCH_POOL.submit(self._fetch_candidate, c, deadline) for c in wave]
+            futures = [thread_pool("imgfetch").submit(self._fetch_candidate, c, deadline) for c in wave]
             for cand, fut in zip(wave, futures, strict=True):
                 try:
                     image = fut.result()

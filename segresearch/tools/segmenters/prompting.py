@@ -15,8 +15,9 @@ read the published way (so masks and scores equal the published pipeline's); the
 while frames are named 0…N-1, as in OK-VOS, and an evaluation counts where they do not
 (``rule_differs``).
 
-Both scale model coordinates to pixels in float32 exactly as the published script does
-(``value × width / 1000`` for Qwen3-VL's 0–1000 grid), without rounding.
+Both scale model coordinates to pixels with ``CoordFrame.sam2_box`` / ``sam2_point``
+(``segresearch.coords``): float32, exactly as the published script does (``value × width /
+1000`` for Qwen3-VL's 0–1000 grid), without rounding.
 """
 
 from __future__ import annotations
@@ -29,23 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from segresearch.coords import QWEN3, CoordFrame
 from segresearch.tools.segmenters.base import Prompt
 
 KEYFRAME_RE = re.compile(r"<keyframe>\s*(\d+)\s*</keyframe>", re.S)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")
-
-
-def scales(width: int, height: int, coord_style: str = "qwen3", coord_size: int = 1000) -> np.ndarray:
-    """Per-axis factors from model coordinates to pixels, float32 as in the published code.
-
-    ``qwen3``: a 0–1000 grid. ``qwen25``: pixels of the ``coord_size``² image the model saw."""
-    if coord_style == "qwen3":
-        rw, rh = width / 1000, height / 1000
-    elif coord_style == "qwen25":
-        rw, rh = width / coord_size, height / coord_size
-    else:
-        raise ValueError(f"coord_style must be 'qwen3' or 'qwen25', not {coord_style!r}")
-    return np.array([rw, rh], dtype=np.float32)
 
 
 def _usable(arr: np.ndarray, n: int) -> tuple[float, ...] | None:
@@ -58,16 +47,14 @@ def _usable(arr: np.ndarray, n: int) -> tuple[float, ...] | None:
 
 
 def prompt_from_answer(
-    answer: Mapping[str, Any], width: int, height: int, coord_style: str = "qwen3",
-    coord_size: int = 1000,
+    answer: Mapping[str, Any], width: int, height: int, coords: CoordFrame = QWEN3,
 ) -> Prompt | None:
-    """The prompt for the graph's own answer (``answer`` in model coordinates with its
+    """The prompt for the graph's own answer (``answer`` on the grid ``coords`` with its
     ``keyframe``); None when there is no frame to prompt on."""
     if answer.get("keyframe") is None:
         return None
-    s = scales(width, height, coord_style, coord_size)
-    box = _usable(np.asarray(answer["bbox_2d"], np.float32) * np.tile(s, 2), 4)
-    point = _usable(np.asarray([answer["point_2d"]], np.float32) * s, 2)
+    box = _usable(coords.sam2_box(answer["bbox_2d"], width, height), 4)
+    point = _usable(coords.sam2_point(answer["point_2d"], width, height), 2)
     if box is None and point is None:
         return None
     return Prompt(int(answer["keyframe"]), box, point)  # type: ignore[arg-type]
@@ -97,8 +84,7 @@ def prompt_from_output(
     width: int,
     height: int,
     *,
-    coord_style: str = "qwen3",
-    coord_size: int = 1000,
+    coords: CoordFrame = QWEN3,
     single_image: bool = False,
 ) -> ParsedOutput:
     """The published post-segmentation reading of a whole output text.
@@ -107,7 +93,8 @@ def prompt_from_output(
     the point does not. ``frame_ids``: every frame of the video in order; the keyframe tag's
     number is a position in it (``0 <= keyframe < len(video)``, as the published script
     checks and SAM 2 indexes), and the prompt's ``frame`` is the id of the frame there. For a
-    single image the frame is its only one and no tag is needed."""
+    single image the frame is its only one and no tag is needed. ``coords``: the grid the
+    model answered on."""
     if not isinstance(output, str):
         return ParsedOutput(None, None, "no output text")
     m = KEYFRAME_RE.search(output)
@@ -130,12 +117,11 @@ def prompt_from_output(
         return ParsedOutput(None, keyframe, f"answer is not valid JSON ({e.msg})")
     except RecursionError:
         return ParsedOutput(None, keyframe, "answer is not valid JSON (nested too deeply)")
-    s = scales(width, height, coord_style, coord_size)
     box_px = point_px = None
     problem = None
     try:
-        box_px = np.array(pred["bbox_2d"], dtype=np.float32) * np.tile(s, 2)
-        point_px = np.array([pred["point_2d"]], dtype=np.float32) * s
+        box_px = coords.sam2_box(pred["bbox_2d"], width, height)
+        point_px = coords.sam2_point(pred["point_2d"], width, height)
     except (KeyError, TypeError, ValueError, IndexError) as e:
         problem = f"answer lacks a usable bbox_2d/point_2d ({type(e).__name__})"
     bad = _nonfinite(bbox_2d=box_px, point_2d=point_px)

@@ -19,11 +19,8 @@ a single query reads each frame about once, so the graph keeps a small budget.
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
-import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,6 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from segresearch.compat.sam2 import (
+    cache_image_feature,
+    new_inference_state,
+    quiet_missing_extension,
+    silence_progress_bars,
+)
 from segresearch.shared_cache import LoadOnce
 from segresearch.tools.media import Media
 from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
@@ -88,16 +91,7 @@ def sam2_available() -> bool:
     return True
 
 
-def _quiet_sam2() -> None:
-    """SAM 2 draws its own tqdm bar for every propagation; ours report progress instead."""
-    import sam2.sam2_video_predictor as svp
-    from tqdm import tqdm
-
-    if not isinstance(svp.tqdm, functools.partial):
-        svp.tqdm = functools.partial(tqdm, disable=True)
-
-
-_PREDICTORS: LoadOnce[tuple[Any, threading.Lock]] = LoadOnce()
+_PREDICTORS: LoadOnce[tuple[Any, threading.Lock]] = LoadOnce(name="sam2.predictors")
 
 
 def load_predictor(
@@ -109,7 +103,7 @@ def load_predictor(
     def build() -> tuple[Any, threading.Lock]:
         from sam2.build_sam import build_sam2_video_predictor
 
-        _quiet_sam2()
+        silence_progress_bars()
         extra = [f"++model.image_size={image_size}"] if image_size else []
         try:
             pred = build_sam2_video_predictor(
@@ -242,44 +236,13 @@ class FrameStore:
             self._cache.clear()
 
 
-# The keys sam2 1.1.0's SAM2VideoPredictor.init_state creates; a test compares them with a
-# state made by the installed sam2, so a release that changes the layout fails loudly.
-STATE_KEYS = (
-    "images", "num_frames", "offload_video_to_cpu", "offload_state_to_cpu", "video_height",
-    "video_width", "device", "storage_device", "point_inputs_per_obj", "mask_inputs_per_obj",
-    "cached_features", "constants", "obj_id_to_idx", "obj_idx_to_id", "obj_ids",
-    "output_dict_per_obj", "temp_output_dict_per_obj", "frames_tracked_per_obj",
-)
-
-
 def init_state(predictor: Any, frames: FrameStore, offload_state_to_cpu: bool) -> dict[str, Any]:
     """SAM 2's inference state over ``frames`` instead of a JPEG folder loaded whole: the
-    same fields ``init_state`` sets, and the same warm-up of frame 0."""
-    import torch
-
-    device = predictor.device
-    state: dict[str, Any] = {
-        "images": frames,
-        "num_frames": len(frames),
-        "offload_video_to_cpu": True,
-        "offload_state_to_cpu": offload_state_to_cpu,
-        "video_height": frames.media.height,
-        "video_width": frames.media.width,
-        "device": device,
-        "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
-        "point_inputs_per_obj": {},
-        "mask_inputs_per_obj": {},
-        "cached_features": {},
-        "constants": {},
-        "obj_id_to_idx": OrderedDict(),
-        "obj_idx_to_id": OrderedDict(),
-        "obj_ids": [],
-        "output_dict_per_obj": {},
-        "temp_output_dict_per_obj": {},
-        "frames_tracked_per_obj": {},
-    }
-    with torch.inference_mode():
-        predictor._get_image_feature(state, frame_idx=0, batch_size=1)
+    same fields ``init_state`` sets, and the same warm-up of frame 0 (both restated in
+    ``compat.sam2``, which holds every use of SAM 2's internals)."""
+    state = new_inference_state(predictor, frames, len(frames), frames.media.height,
+                                frames.media.width, offload_state_to_cpu)
+    cache_image_feature(predictor, state, 0)
     return state
 
 
@@ -304,7 +267,7 @@ class SAM2Session(VideoSession):
         threads = segmenter.prefetch_threads
         self.frames = FrameStore(media, self.predictor.image_size, segmenter.frame_cache_mb,
                                  prefetch=2 * threads, threads=threads)
-        with self._lock, _quiet():
+        with self._lock, quiet_missing_extension():
             self.state = init_state(self.predictor, self.frames, segmenter.device == "cpu")
 
     def masks(self, prompt: Prompt) -> Iterator[tuple[int, np.ndarray]]:
@@ -312,7 +275,7 @@ class SAM2Session(VideoSession):
 
         pos = self.media.index_of(prompt.frame)
         ids = self.media.frame_ids
-        with self._lock, torch.inference_mode(), _quiet():
+        with self._lock, torch.inference_mode(), quiet_missing_extension():
             self.predictor.reset_state(self.state)
             try:
                 add_prompt(self.predictor, self.state, pos, prompt)
@@ -328,15 +291,6 @@ class SAM2Session(VideoSession):
     def close(self) -> None:
         self.frames.close()
         self.state = {}
-
-
-class _quiet(warnings.catch_warnings):
-    """SAM 2 warns on every call that its optional CUDA hole-filling extension is missing."""
-
-    def __enter__(self) -> Any:
-        out = super().__enter__()
-        warnings.filterwarnings("ignore", message=r"(?s).*post-processing")
-        return out
 
 
 class SAM2Segmenter(Segmenter):

@@ -377,7 +377,7 @@ class HttpEmbedder:
 
 # ------------------------------------------------------------------- registry
 
-_INSTANCES: LoadOnce[Embedder] = LoadOnce()
+_INSTANCES: LoadOnce[Embedder] = LoadOnce(name="kb.embedders")
 
 
 def _create(name: str) -> Embedder:

@@ -581,7 +581,7 @@ class LocalKB(SearchBackend):
                           f"knowledge base {self.folder} holds {dim}-d vectors")
         # Query vectors by text: the samples of a GRPO group often send the same query at
         # the same moment, and an evaluation repeats queries across runs.
-        self._query_vecs: LoadOnce[np.ndarray] = LoadOnce(maxsize=4096)
+        self._query_vecs: LoadOnce[np.ndarray] = LoadOnce(maxsize=4096, name="kb.query_vectors")
 
     @property
     def cache_key(self) -> str:
@@ -651,7 +651,7 @@ class LocalKB(SearchBackend):
         raise RuntimeError(f"image file for {row['name']!r} not found: {candidates[0]}")
 
 
-_KBS: LoadOnce[LocalKB] = LoadOnce()
+_KBS: LoadOnce[LocalKB] = LoadOnce(name="kb.indexes")
 
 
 def load_kb(

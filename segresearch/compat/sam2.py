@@ -1,0 +1,97 @@
+"""SAM 2 contact beyond its public API (written against sam2 1.1.0).
+
+The segmenter feeds SAM 2's video predictor frames prepared on demand instead of a JPEG
+folder loaded whole (``tools/segmenters/sam2.py``), which SAM 2's public ``init_state``
+cannot do. So this module restates the inference state ``init_state`` builds, calls the
+private method that computes and caches a frame's features, silences the progress bar
+the predictor draws through its module-level ``tqdm`` and drops its warning about a missing
+optional extension by the warning's text. Each assumption has a contract test in
+``tests/test_compat.py`` that reads the installed sam2 and names its version when it fails.
+
+torch and sam2 are imported inside the functions: both come with the optional ``[sam2]``
+extra, and the segmenter module must import without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+TESTED_VERSION = "1.1.0"
+
+# The keys sam2 1.1.0's SAM2VideoPredictor.init_state sets on its inference state.
+STATE_KEYS = (
+    "images", "num_frames", "offload_video_to_cpu", "offload_state_to_cpu", "video_height",
+    "video_width", "device", "storage_device", "point_inputs_per_obj", "mask_inputs_per_obj",
+    "cached_features", "constants", "obj_id_to_idx", "obj_idx_to_id", "obj_ids",
+    "output_dict_per_obj", "temp_output_dict_per_obj", "frames_tracked_per_obj",
+)
+
+
+def new_inference_state(predictor: Any, images: Any, num_frames: int, video_height: int,
+                        video_width: int, offload_state_to_cpu: bool) -> dict[str, Any]:
+    """The inference state ``SAM2VideoPredictor.init_state`` (sam2 1.1.0) would build, over
+    ``images`` (anything indexable by frame that yields the normalised frame tensor) instead
+    of the frames it would load itself; video frames stay on the CPU as its
+    ``offload_video_to_cpu=True`` keeps them. Features are not computed: see
+    :func:`cache_image_feature`."""
+    import torch
+
+    device = predictor.device
+    state: dict[str, Any] = {
+        "images": images,
+        "num_frames": num_frames,
+        "offload_video_to_cpu": True,
+        "offload_state_to_cpu": offload_state_to_cpu,
+        "video_height": video_height,
+        "video_width": video_width,
+        "device": device,
+        "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
+        "point_inputs_per_obj": {},
+        "mask_inputs_per_obj": {},
+        "cached_features": {},
+        "constants": {},
+        "obj_id_to_idx": OrderedDict(),
+        "obj_idx_to_id": OrderedDict(),
+        "obj_ids": [],
+        "output_dict_per_obj": {},
+        "temp_output_dict_per_obj": {},
+        "frames_tracked_per_obj": {},
+    }
+    return state
+
+
+def cache_image_feature(predictor: Any, state: dict[str, Any], frame_idx: int) -> None:
+    """Compute frame ``frame_idx``'s image features into ``state["cached_features"]``, the
+    warm-up ``init_state`` does for frame 0. sam2 1.1.0 has no public method for it:
+    ``SAM2VideoPredictor._get_image_feature(inference_state, frame_idx, batch_size)``."""
+    import torch
+
+    with torch.inference_mode():
+        predictor._get_image_feature(state, frame_idx=frame_idx, batch_size=1)
+
+
+def silence_progress_bars() -> None:
+    """SAM 2 draws a tqdm bar for every propagation and has no switch for it; ours report
+    progress instead. ``propagate_in_video`` calls the ``tqdm`` name of its module (sam2
+    1.1.0, ``sam2.sam2_video_predictor``), which is replaced with a disabled one, once per
+    process (idempotent)."""
+    import sam2.sam2_video_predictor as svp
+    from tqdm import tqdm
+
+    if not isinstance(svp.tqdm, functools.partial):
+        svp.tqdm = functools.partial(tqdm, disable=True)
+
+
+class quiet_missing_extension(warnings.catch_warnings):
+    """SAM 2 warns on every mask it post-processes when its optional CUDA hole-filling
+    extension is missing (sam2 1.1.0: ``sam2.utils.misc.fill_holes_in_mask_scores`` and
+    ``sam2.utils.transforms``, a message mentioning "post-processing"); the masks are
+    unaffected, so the warning is dropped within the block."""
+
+    def __enter__(self) -> Any:
+        out = super().__enter__()
+        warnings.filterwarnings("ignore", message=r"(?s).*post-processing")
+        return out

@@ -1,0 +1,63 @@
+"""verl contact beyond its public API (written against verl 0.9.1).
+
+The rollout policy (``rl/verl_model.py``) keeps a trajectory's token stream with verl's
+continuous-token builder. verl's own wrappers for it (``AgentLoopBase.ct_merge_context_msg``
+and ``ct_merge_assistant_token``) hop to an executor thread on every call, which costs more
+than the rendering they wrap on a busy worker, so the builder is driven here directly, the
+way those wrappers drive it. The multimodal check and the agent-loop registry are private
+names of ``verl.experimental.agent_loop.agent_loop``. Each assumption has a contract test in
+``tests/test_compat.py`` that names the installed verl when it fails.
+
+verl is imported inside the functions that need the module: it comes with the optional
+``[rl]`` extra, and the policy module must import without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+TESTED_VERSION = "0.9.1"
+
+
+def assert_multimodal_supported(agent_loop: Any, has_images: bool) -> None:
+    """Raise ValueError before any token is built when a prompt has images and the loop's
+    builder or processor cannot render them: verl 0.9.1's
+    ``AgentLoopBase._assert_mm_supported(has_multi_modal)``, which its own multimodal loops
+    call at the same point."""
+    agent_loop._assert_mm_supported(has_images)
+
+
+def merge_context(agent_loop: Any, previous: list[dict[str, Any]], updated: list[dict[str, Any]],
+                  stream: list[int], mask: list[int],
+                  logprobs: list[float] | None) -> tuple[Any, list[int], list[float] | None]:
+    """(merge result, mask, logprobs) after appending the messages ``updated`` has beyond
+    ``previous`` to the token ``stream``: the body of verl 0.9.1's
+    ``AgentLoopBase.ct_merge_context_msg`` without its executor hop. The result has
+    ``token_ids``, ``appended_token_count`` and ``inserted_token_ids``."""
+    builder = agent_loop.continuous_token_builder
+    result = builder.merge_context_tokens(previous, updated, stream)
+    new_mask, new_logprobs = builder.align_response_metadata(result, mask, logprobs)
+    return result, new_mask, new_logprobs
+
+
+def merge_assistant(agent_loop: Any, stream: list[int], generated: list[int], mask: list[int],
+                    logprobs: list[float] | None,
+                    generated_logprobs: list[float] | None) -> tuple[Any, list[int], list[float] | None]:
+    """(merge result, mask, logprobs) after appending generated tokens to ``stream`` exactly
+    as returned: the body of verl 0.9.1's ``AgentLoopBase.ct_merge_assistant_token`` without
+    its executor hop."""
+    builder = agent_loop.continuous_token_builder
+    result = builder.merge_assistant_tokens(stream, generated)
+    new_mask, new_logprobs = builder.align_response_metadata(
+        result, mask, logprobs, assistant_logprobs=generated_logprobs)
+    return result, new_mask, new_logprobs
+
+
+def agent_loop_registry() -> Mapping[str, Mapping[str, Any]]:
+    """Agent loops verl knows by name (``{"_target_": "module.Class"}`` each): the ones its
+    ``@register`` decorator added, built-ins and ``external_lib`` ones included. verl 0.9.1
+    keeps them in the private ``_agent_loop_registry`` and offers no accessor."""
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+
+    return _agent_loop_registry

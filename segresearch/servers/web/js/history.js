@@ -1,0 +1,71 @@
+// Earlier runs on this server: the list, and a stored run opened and drawn as it happened.
+import { getJson, setImage } from "./api.js";
+import { $, el } from "./dom.js";
+import { finalFromValues, finishRun, onUpdate, pendingInterrupt, resetRun, showAnswerFrame } from "./live.js";
+import { showReview } from "./review.js";
+import { S } from "./state.js";
+import { failed, setStatus } from "./status.js";
+import { stopText } from "./text.js";
+
+$("history-refresh").addEventListener("click", () => loadHistory().catch(() => {}));
+
+export async function loadHistory() {
+  const threads = await getJson("/threads/search", { method: "POST", json: { limit: 30, sort_by: "updated_at", sort_order: "desc" } });
+  const list = $("history");
+  list.replaceChildren();
+  let shown = 0;
+  for (const t of threads) {
+    const v = t.values || {};
+    if (!v.query) continue;
+    shown += 1;
+    const state = t.status === "interrupted" ? "waiting for review" : t.status === "busy" ? "running" : v.stop_reason ? stopText(v.stop_reason) : t.status;
+    const when = new Date(t.updated_at || t.created_at).toLocaleString();
+    const fid = (v.answer_px && v.answer_px.keyframe) ?? (v.frame_ids && v.frame_ids[0]);
+    const thumb = el("img", { alt: "" });
+    const btn = el("button", { type: "button", "data-thread": t.thread_id, "aria-current": String(t.thread_id === S.thread) },
+      thumb, el("span", {}, el("span", { class: "q", text: v.query }), el("span", { class: "meta", text: `${state} · ${when}` })));
+    btn.addEventListener("click", () => openThread(t.thread_id));
+    list.append(el("li", {}, btn));
+    if (fid !== undefined && fid !== null) setImage(thumb, `/segresearch/threads/${t.thread_id}/frames/${fid}.jpg?overlay=1&max_side=128`);
+  }
+  $("history-empty").hidden = shown > 0;
+}
+
+async function openThread(tid) {
+  if (S.running) return;
+  let st;
+  try { st = await getJson(`/threads/${tid}/state`); } catch (e) { failed(e); return; }
+  const v = st.values || {};
+  resetRun(v.query);
+  S.thread = tid;
+  S.ctx = null;
+  for (const b of document.querySelectorAll("#history button")) b.setAttribute("aria-current", String(b.dataset.thread === tid));
+  replayValues(v);
+  const pause = pendingInterrupt(st);
+  if (pause) showReview(pause);
+  else if (v.stop_reason) finishRun(finalFromValues(v));
+  setStatus(`A stored run (not re-run), as it happened: ${v.stop_reason === "answer" ? `answered in ${v.turns} turns` : pause ? "waiting for review" : `stopped (${v.stop_reason || st.next || "unknown"})`}.`);
+  $("run-view").focus();
+}
+
+// The stored state holds the same pieces the live stream delivered: the trajectory's
+// events, and messages whose user turns after the first are the tools' observations, in
+// the order of the tool events. Replaying them through onUpdate draws the same view.
+function replayValues(v) {
+  const msgs = (v.messages || []).filter((m) => m && m.type !== "remove" && m.type !== "system");
+  const humans = msgs.filter((m) => m.type === "human");
+  const first = humans[0];
+  const obs = humans.slice(1);
+  let k = 0;
+  for (const ev of v.events || []) {
+    if (!ev || ev.type === "start") continue;
+    if (ev.type === "media") onUpdate("load_media", { events: [ev], messages: first ? [first] : [] });
+    else if (ev.type === "model") {
+      const upd = { events: [ev] };
+      if (ev.action && ev.action.type === "answer" && v.answer_px) upd.answer_px = (v.reviewed && v.reviewed.original) || v.answer_px;
+      onUpdate("reason", upd);
+    } else if (ev.type === "tool" || ev.type === "feedback") onUpdate(ev.name || ev.type, { events: [ev], messages: obs[k] ? [obs[k++]] : [] });
+    else onUpdate("event", { events: [ev] });
+  }
+  if (v.answer_px) { S.answerPx = v.answer_px; showAnswerFrame(); }
+}
