@@ -75,9 +75,25 @@ def kb_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
+    """``../shared`` beside the repository (real footage, images, a knowledge base): the one
+    place tests find it. CI has it; a bare checkout skips what needs it."""
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_path(shared_dir: Path):
+    """``shared_path("data", "videos", "dog.mp4")``: a path in ``../shared``, or a skip
+    naming what is missing."""
+
+    def find(*parts: str) -> Path:
+        p = shared_dir.joinpath(*parts)
+        if not p.exists():
+            pytest.skip(f"{p} is not present")
+        return p
+
+    return find
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,6 @@ from segresearch.tools.search.kb.embedders import (
     st_prefixes,
 )
 
-SHARED_KB = Path(__file__).resolve().parents[2] / "shared" / "data" / "local_kb"
-
 DOCS = [
     "Zephyr Cup 2031\nThe 2031 Zephyr Cup sailing regatta was won by the Norwegian crew of the yacht Skarv.",
     "Marisol Okafor\nMarisol Okafor is a Nigerian-born chemist who discovered a cheap catalyst for splitting water.",
@@ -143,11 +141,16 @@ def small_kb(corpus, memo, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_kb(memo, tmp_path_factory) -> Path:
-    if not (SHARED_KB / "text_corpus.jsonl").is_file():
-        pytest.skip("../shared/data/local_kb is not available")
-    return build_kb(SHARED_KB / "text_corpus.jsonl", tmp_path_factory.mktemp("real") / "kb",
-                    SHARED_KB / "image_corpus.jsonl", embedder=memo, progress=False)
+def shared_kb(shared_path) -> Path:
+    """The knowledge base in ../shared (its corpora, not an index)."""
+    shared_path("data", "local_kb", "text_corpus.jsonl")
+    return shared_path("data", "local_kb")
+
+
+@pytest.fixture(scope="session")
+def real_kb(memo, tmp_path_factory, shared_kb) -> Path:
+    return build_kb(shared_kb / "text_corpus.jsonl", tmp_path_factory.mktemp("real") / "kb",
+                    shared_kb / "image_corpus.jsonl", embedder=memo, progress=False)
 
 
 # ------------------------------------------------------------------- building
@@ -239,24 +242,24 @@ def test_real_corpus_ranks_the_named_event_first(real_kb):
         assert batch_hits[0].title == title, (query, [h.title for h in batch_hits])
 
 
-def test_real_image_search_returns_the_named_image(real_kb):
+def test_real_image_search_returns_the_named_image(real_kb, shared_kb):
     kb = LocalKB(real_kb)
     rows = {json.loads(x)["name"]: json.loads(x)["image_path"]
-            for x in (SHARED_KB / "image_corpus.jsonl").read_text().splitlines() if x.strip()}
+            for x in (shared_kb / "image_corpus.jsonl").read_text().splitlines() if x.strip()}
     for query, name in {"photo of the Bugatti Bolide": "Bugatti Bolide",
                         "Apple company logo": "Apple Inc",
                         "MGM Television logo": "Metro Goldwyn Mayer Television"}.items():
         hit = kb.search_images(query, 1)[0]
         assert hit.name == name
-        with Image.open(SHARED_KB / rows[name]) as im:
+        with Image.open(shared_kb / rows[name]) as im:
             expected = im.convert("RGB")
         assert hit.image.mode == "RGB" and hit.image.size == expected.size
         assert np.array_equal(np.asarray(hit.image), np.asarray(expected))
 
 
-def test_approximate_index_above_threshold_agrees_with_exact(real_kb, memo, tmp_path):
-    approx = build_kb(SHARED_KB / "text_corpus.jsonl", tmp_path / "ivf",
-                      SHARED_KB / "image_corpus.jsonl", embedder=memo, approx_threshold=100,
+def test_approximate_index_above_threshold_agrees_with_exact(real_kb, memo, tmp_path, shared_kb):
+    approx = build_kb(shared_kb / "text_corpus.jsonl", tmp_path / "ivf",
+                      shared_kb / "image_corpus.jsonl", embedder=memo, approx_threshold=100,
                       progress=False)
     m = json.loads((approx / "manifest.json").read_text())
     # 185 passages are above the threshold, 99 images are not.

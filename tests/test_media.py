@@ -22,7 +22,6 @@ from segresearch.tools.media import (
     sample_frame_ids,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 W, H, T = 96, 64, 12
 BAND = 16  # a uniform band on the left whose grey level says which frame it is
 
@@ -591,13 +590,6 @@ def test_several_roots_and_explicit_override(roots_layout, monkeypatch, tmp_path
 # ------------------------------------------------------------------ the shared footage
 
 
-def _shared(*parts: str) -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} is not present")
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"{p} is not present")
-    return p
 
 
 def _check_sampled(m: Media, n: int = 6) -> list[int]:
@@ -611,8 +603,8 @@ def _check_sampled(m: Media, n: int = 6) -> list[int]:
 
 
 @pytest.mark.parametrize("name", ["toy_horse", "bedroom"])
-def test_shared_frame_folders(name):
-    d = _shared("data", "videos", name)
+def test_shared_frame_folders(name, shared_path):
+    d = shared_path("data", "videos", name)
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in media_mod.IMAGE_EXTS)
     m = open_media(str(d))
     assert m.kind == "folder" and len(m) == len(files) > 0
@@ -623,10 +615,10 @@ def test_shared_frame_folders(name):
     assert ids[0] == m.frame_ids[0] and ids[-1] == m.frame_ids[-1]
 
 
-def test_shared_video():
+def test_shared_video(shared_path):
     import cv2
 
-    p = _shared("data", "videos", "dog.mp4")
+    p = shared_path("data", "videos", "dog.mp4")
     m = open_media(str(p))
     assert m.kind == "video" and len(m) > 1 and m.fps and m.fps > 0
     ids = _check_sampled(m)
@@ -646,8 +638,8 @@ def test_shared_video():
         assert float(np.abs(np.asarray(m.frame(fid), dtype=np.int16) - seq[fid]).mean()) < 1.0
 
 
-def test_shared_images():
-    d = _shared("data", "images")
+def test_shared_images(shared_path):
+    d = shared_path("data", "images")
     images = sorted(d.glob("*.jpg"))
     if not images:
         pytest.skip(f"no images in {d}")

@@ -21,7 +21,6 @@ from PIL import Image
 import segresearch.tools.media as media_mod
 from segresearch.tools.media import MAX_PIXELS_ENV, MediaError, fit_size, open_media
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -342,11 +341,9 @@ def test_damaged_video_fails_loudly_rather_than_showing_another_frame(tmp_path, 
     assert _index_of(m.frame(4)) == 4  # reachable from the start: decoded, not guessed
 
 
-def test_shared_dog_cut_to_300_kb(tmp_path):
+def test_shared_dog_cut_to_300_kb(tmp_path, shared_path):
     """The reported file: dog.mp4 (289 frames) cut to 300 KB."""
-    src = SHARED / "data" / "videos" / "dog.mp4"
-    if not src.is_file():
-        pytest.skip(f"{src} is not present")
+    src = shared_path("data", "videos", "dog.mp4")
     cut = tmp_path / "dog_cut.mp4"
     cut.write_bytes(src.read_bytes()[:300_000])
     n = _decodable_count(cut)
