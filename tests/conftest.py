@@ -110,3 +110,17 @@ def pg_services(tmp_path_factory):
     except ServiceUnavailable as e:
         pytest.skip(str(e))
 
+
+
+@pytest.fixture()
+def own_hydra_state():
+    """The test starts without Hydra's global state and leaves whatever was there before
+    (e.g. sam2's, when the suite imported it) as it found it. Hydra is imported here, not at
+    the top: only the trainer's tests need it."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    saved = get_gh_backup()
+    GlobalHydra.instance().clear()
+    yield
+    restore_gh_from_backup(saved)

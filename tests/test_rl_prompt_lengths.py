@@ -27,14 +27,8 @@ from segresearch.testing.tiny_vlm import build_tiny_qwen_vl  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _own_hydra_state():
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    saved = get_gh_backup()
-    GlobalHydra.instance().clear()
-    yield
-    restore_gh_from_backup(saved)
+def _own_hydra_state(own_hydra_state):
+    """Every test here runs with its own Hydra state (conftest.py)."""
 
 
 @pytest.fixture(scope="module")

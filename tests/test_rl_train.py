@@ -28,16 +28,8 @@ NEEDS_AGENT_LOOP = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _own_hydra_state():
-    """Each test starts without Hydra's global state and leaves whatever was there before
-    (e.g. sam2's, when the suite imported it) as it found it."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    saved = get_gh_backup()
-    GlobalHydra.instance().clear()
-    yield
-    restore_gh_from_backup(saved)
+def _own_hydra_state(own_hydra_state):
+    """Every test here runs with its own Hydra state (conftest.py)."""
 
 
 def dry(*argv: str) -> tuple[int, str, str]:
