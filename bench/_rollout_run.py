@@ -16,8 +16,8 @@ from typing import Any
 import segresearch.rl.agent_loop as al
 from bench._rollout_post import postprocess
 from bench._rollout_setup import TURNS, FakeServer, Harness
-from segresearch.agents.protocol import AnswerAction, parse_action
-from segresearch.events import KEYFRAME, SEARCH
+from segresearch.core.events import KEYFRAME, SEARCH
+from segresearch.core.protocol import AnswerAction, parse_action
 
 LOOPS = ("ours", "verl")
 
@@ -187,8 +187,8 @@ BUCKETS = [  # (label, substring of the code's file path); first match wins
     ("tokenizers (Rust calls)", "tokenizers"),
     ("chat template (jinja2)", "jinja2"),
     ("PIL (decode, resize, convert)", "PIL/"),
-    ("media store", "segresearch/agents/media_store"),
-    ("our media / frames", "segresearch/tools/media"),
+    ("media store", "segresearch/core/media_store"),
+    ("our media / frames", "segresearch/core/media"),
     ("our graph nodes", "segresearch/graphs"),
     ("our model (VerlChatModel)", "segresearch/rl/verl_model"),
     ("our post-processing cache", "segresearch/rl/postprocess_cache"),

@@ -35,13 +35,13 @@ from verl.workers.rollout.replica import TokenOutput
 import segresearch.rl.agent_loop as al
 from bench._rollout_post import postprocess_worker
 from bench._rollout_verl import PARSER_NAME, BenchDataset, make_tools
-from segresearch import shared_cache
-from segresearch.agents.prompts import frame_label, system_prompt
+from segresearch.core import shared_cache
+from segresearch.core.media import FRAME_RESIZE, frame_ids_for
+from segresearch.core.prompts import frame_label, system_prompt
 from segresearch.rl import postprocess_cache
 from segresearch.rl.data import presize_frames
 from segresearch.testing.scenes import render_scene, write_frames
 from segresearch.testing.tiny_vlm import build_tiny_qwen_vl, install_video_processor_stub
-from segresearch.tools.media import FRAME_RESIZE, frame_ids_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY = "qwen3_vl"

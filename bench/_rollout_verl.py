@@ -29,14 +29,14 @@ from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
-from segresearch.agents.prompts import KEYFRAME_CAPTION
-from segresearch.agents.protocol import (
+from segresearch.core.media import resize_square
+from segresearch.core.prompts import KEYFRAME_CAPTION
+from segresearch.core.protocol import (
     render_bad_keyframe,
     render_image_results,
     render_search_error,
     render_text_results,
 )
-from segresearch.tools.media import resize_square
 from segresearch.tools.search import get_backend
 
 PARSER_NAME = "segresearch_tags"

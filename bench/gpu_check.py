@@ -191,8 +191,8 @@ def compare_sam2(ours: dict[int, Any], bare: Any, ours_calls: list, bare_calls: 
 def check_sam2(s: Settings) -> list[Row]:
     import sam2  # noqa: F401 - missing: a "missing" row, not the segmenter's ValueError
 
+    from segresearch.core.media import open_media
     from segresearch.testing.sam2_reference import bare_published
-    from segresearch.tools.media import open_media
     from segresearch.tools.segmenters import SAM2Segmenter
 
     folder, prompt = clip_for(s)
@@ -221,7 +221,7 @@ def check_prefetch(s: Settings) -> list[Row]:
     import torch
     from sam2.utils.misc import load_video_frames_from_jpg_images
 
-    from segresearch.tools.media import open_media
+    from segresearch.core.media import open_media
     from segresearch.tools.segmenters.sam2 import FrameStore
 
     folder, _prompt = clip_for(s)
@@ -309,7 +309,7 @@ class Outcome:
 
 def expected_action(script: Script) -> Any:
     """What the graph would read from the scripted reply itself."""
-    from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop, parse_action
+    from segresearch.core.protocol import STOP_STRINGS, cut_at_stop, parse_action
 
     return parse_action(cut_at_stop(script.reply, STOP_STRINGS)[0])
 
@@ -364,7 +364,7 @@ def run_script(model: Any, processor: Any, script: Script, device: str) -> Outco
     score the scripted reply teacher-forced."""
     import torch
 
-    from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop, parse_action
+    from segresearch.core.protocol import STOP_STRINGS, cut_at_stop, parse_action
 
     tok = processor.tokenizer
     inputs = render(processor, script).to(device, dtype=model.dtype)
@@ -457,7 +457,7 @@ def check_backend(s: Settings) -> list[Row]:
     except ImportError as e:
         return [Row("hf backend (HFChatModel)", s.device, SKIPPED,
                     f"optional: {e.name or e} is not installed (pip install 'langchain-core>=1.8,<2')")]
-    from segresearch.agents.protocol import STOP_STRINGS, parse_action
+    from segresearch.core.protocol import STOP_STRINGS, parse_action
 
     family, dtype = s.families[0], s.dtypes[-1]
     path = tiny_checkpoint(s, family)

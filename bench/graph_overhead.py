@@ -20,7 +20,7 @@ from langchain_core.messages import HumanMessage
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
-from segresearch.agents.protocol import STOP_STRINGS, SearchAction, parse_action
+from segresearch.core.protocol import STOP_STRINGS, SearchAction, parse_action
 from segresearch.graphs.nodes import _observation, load_media
 from segresearch.graphs.seg_research import graph
 from segresearch.testing.scenes import render_scene, write_frames

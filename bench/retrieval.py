@@ -28,7 +28,7 @@ from typing import Any
 
 from _tables import markdown  # bench/ is on sys.path when a script runs
 
-from segresearch.jsonl import iter_jsonl
+from segresearch.core.jsonl import iter_jsonl
 from segresearch.tools.search import SearchBackend, get_backend, split_title
 
 DEFAULT_KB = "/work/shared/data/local_kb"

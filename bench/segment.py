@@ -158,8 +158,8 @@ def warm_up(predictor: object, folder: Path) -> None:
 
 def child_queries(args: argparse.Namespace, predictor: object, seg: object) -> dict:
     """Every query of ``args.prompt`` (a list) on one video, the published way or ours."""
+    from segresearch.core.media import open_media
     from segresearch.testing.sam2_reference import bare_published
-    from segresearch.tools.media import open_media
     from segresearch.tools.segmenters import write_mask_set
 
     prompts = _prompts(args.prompt)
@@ -182,7 +182,7 @@ def child(args: argparse.Namespace) -> None:
     """One measurement in this process: prints a JSON line."""
     import torch
 
-    from segresearch.tools.media import open_media
+    from segresearch.core.media import open_media
     from segresearch.tools.segmenters import (
         EVAL_FRAME_CACHE_MB,
         Prompt,
@@ -309,7 +309,7 @@ def prep_ms(folder: Path, size: int) -> float:
     """Median milliseconds to prepare one frame of ``folder`` for SAM 2 at ``size`` (decode,
     resize, normalise), in this process, with nothing kept: what each query pays per frame
     when a video's frames are not kept between its queries."""
-    from segresearch.tools.media import open_media
+    from segresearch.core.media import open_media
     from segresearch.tools.segmenters.sam2 import FrameStore
 
     store = FrameStore(open_media(folder), size, cache_mb=0, prefetch=0, threads=0)

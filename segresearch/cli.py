@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from segresearch.events import ERROR, SEGMENT
+from segresearch.core.events import ERROR, SEGMENT
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PORT_MAX = 65535
@@ -225,7 +225,7 @@ def _ask_review(out_dir: Path) -> Any:
     """The terminal side of ``--review``: show the answer, save its picture, read a reply."""
     import re as _re
 
-    from segresearch.agents.media_store import MEDIA_SCHEME, get_store
+    from segresearch.core.media_store import MEDIA_SCHEME, get_store
 
     def ask(pause: dict[str, Any]) -> Any:
         px = pause.get("answer_px") or {}
@@ -272,7 +272,7 @@ def _thread_state(db: str, thread: str) -> tuple[Any, Any, dict[str, Any]]:
     """(graph with a SQLite checkpointer, config, saved run settings) for ``--db``."""
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    from segresearch.agents.media_store import configure_store
+    from segresearch.core.media_store import configure_store
     from segresearch.graphs.seg_research import build_graph
 
     path = Path(db).expanduser()
@@ -337,7 +337,7 @@ def _save_run_settings(graph: Any, thread: str, settings: dict[str, Any]) -> Non
 
 class _Farewell:
     """The line Ctrl-C leaves, said once by whoever gets there first: the main thread, or
-    the watchdog of ``segresearch.cancel`` when a step does not stop in time. ``text`` is
+    the watchdog of ``segresearch.core.cancel`` when a step does not stop in time. ``text`` is
     made when it is said, so it reports what the folder holds at that moment."""
 
     def __init__(self) -> None:
@@ -359,8 +359,8 @@ class _Farewell:
 def cmd_run(args: argparse.Namespace) -> int:
     """``run``, with Ctrl-C acting within about two seconds in every phase (model turn,
     search, index build, segmentation) and the thread left resumable: see
-    ``segresearch.cancel``."""
-    from segresearch import cancel
+    ``segresearch.core.cancel``."""
+    from segresearch.core import cancel
 
     farewell = _Farewell()
     with cancel.stop_on_sigint(farewell.say):
@@ -378,7 +378,7 @@ class ReviewUnanswered(Exception):
 def _run(args: argparse.Namespace, farewell: _Farewell) -> int:
     from segresearch.agents.context import Context
     from segresearch.console import RunPrinter
-    from segresearch.tools.media import MediaError, open_media
+    from segresearch.core.media import MediaError, open_media
 
     graph = config = None
     saved: dict[str, Any] = {}
@@ -445,7 +445,7 @@ def _run(args: argparse.Namespace, farewell: _Farewell) -> int:
         if problem:
             return _die(problem)
     if ctx.system_prompt_file:  # a file the user named: refused before a folder is made
-        from segresearch.agents.prompts import system_prompt
+        from segresearch.core.prompts import system_prompt
 
         try:
             system_prompt(ctx.use_search, ctx.coord_style, ctx.system_prompt_file)
@@ -550,7 +550,7 @@ def _media_args_problem(media: list[str]) -> str | None:
     image. Whether each file exists and decodes is for ``open_media``."""
     import re
 
-    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
 
     for item in media:
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", item):
@@ -670,7 +670,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     printer.line("bold yellow", "SegResearch demo — policy: RECORDED (replay cassette, not a live model);",
                  "media, search, keyframe and segmentation run for real.")
     printer.line("bold", "query:", query)
-    from segresearch import cancel
+    from segresearch.core import cancel
 
     farewell = _Farewell()
     farewell.text = lambda: f"interrupted: the demo stopped; {out} holds what it wrote so far"
@@ -926,7 +926,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Masks for a saved predictions file (ours or the published dump), resumable."""
     from pathlib import Path
 
-    from segresearch.coords import CoordFrame
+    from segresearch.core.coords import CoordFrame
     from segresearch.eval.postseg import jobs_from_rows, segment_jobs
     from segresearch.eval.predictions import PredictionsError, read_usable_predictions
     from segresearch.tools.keyframe import KEYFRAME_RESIZE
@@ -1002,7 +1002,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from segresearch.servers.retriever import serve
     except ImportError as e:
         return _die(f"{e} (install the server extra: pip install 'segresearch[server]')")
-    from segresearch.envvars import env_str
+    from segresearch.core.envvars import env_str
 
     kb = args.kb or env_str("SEGRESEARCH_KB")
     if not kb:
@@ -1073,8 +1073,8 @@ def _kb_build(args: argparse.Namespace) -> int:
 def _kb_query(args: argparse.Namespace) -> int:
     """Queries go to the index in chunks, so a long --queries file streams its answers and
     costs one embedding call per chunk rather than one per line."""
-    from segresearch.agents.protocol import snippet
     from segresearch.console import terminal_safe
+    from segresearch.core.protocol import snippet
     from segresearch.tools.search.kb import open_kb
 
     if args.k < 1:
@@ -1084,7 +1084,7 @@ def _kb_query(args: argparse.Namespace) -> int:
         if args.queries == "-":
             lines = sys.stdin.read().splitlines()
         else:
-            from segresearch.jsonl import read_utf8
+            from segresearch.core.jsonl import read_utf8
 
             try:
                 lines = read_utf8(Path(args.queries).expanduser(), "queries file").splitlines()
@@ -1283,7 +1283,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
-    from segresearch.envvars import env_str
+    from segresearch.core.envvars import env_str
 
     p.add_argument("--segmenter", default="auto",
                    help="sam2 | grabcut | auto (default: sam2 when installed with a checkpoint, "
@@ -1384,7 +1384,7 @@ def _add_eval_parsers(sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from segresearch.envvars import check_environment
+    from segresearch.agents.context import check_environment
 
     try:  # a malformed SEGRESEARCH_* variable: one line naming it, before any work
         check_environment()

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from segresearch import events as ev_types
+from segresearch.core import events as ev_types
 
 _THINK_RE = re.compile(r"<thinking>(.*?)(?:</thinking>|$)", re.DOTALL)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from segresearch.envvars import env_str
+from segresearch.core.envvars import env_str
 from segresearch.testing.scenes import render_scene, write_frames, write_masks
 
 DEMO_VERSION = "1"

@@ -16,14 +16,14 @@ from PIL import Image
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
-from segresearch.agents.protocol import (
+from segresearch.cli import main
+from segresearch.core.protocol import (
     AnswerAction,
     NoAction,
     clamp_answer,
     degenerate_box,
     parse_action,
 )
-from segresearch.cli import main
 from segresearch.graphs.seg_research import graph
 
 T = "<thinking>ok</thinking>\n"

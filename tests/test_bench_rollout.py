@@ -31,9 +31,9 @@ from bench._rollout_setup import (  # noqa: E402
 )
 from bench._rollout_verl import parse_tags  # noqa: E402
 from bench.rollout import check, cpu_section  # noqa: E402
-from segresearch.agents.protocol import AnswerAction, KeyframeAction, SearchAction, parse_action  # noqa: E402
+from segresearch.core.media import Media  # noqa: E402
+from segresearch.core.protocol import AnswerAction, KeyframeAction, SearchAction, parse_action  # noqa: E402
 from segresearch.rl import postprocess_cache  # noqa: E402
-from segresearch.tools.media import Media  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The coordinate grid (``segresearch.coords``): one object for every conversion between a
+"""The coordinate grid (``segresearch.core.coords``): one object for every conversion between a
 model's coordinates and frame pixels, pinned to the published post-segmentation's rule
 (``np.array(value, float32) × np.array([w / 1000, h / 1000, …], float32)``, unrounded)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segresearch.coords import QWEN3, CoordFrame
+from segresearch.core.coords import QWEN3, CoordFrame
 from segresearch.rl.ground_truth import build_ground_truth
 from segresearch.tools.segmenters import prompt_from_answer
 

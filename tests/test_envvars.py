@@ -1,4 +1,4 @@
-"""Environment variables: parsed in one place (``segresearch.envvars``), a malformed value
+"""Environment variables: parsed in one place (``segresearch.core.envvars``), a malformed value
 is one error naming the variable, and the command line refuses it before doing anything."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from segresearch import envvars
-from segresearch.agents.context import Context
+from segresearch.agents.context import Context, check_environment
 from segresearch.cli import main
-from segresearch.envvars import EnvError, check_environment, setting
+from segresearch.core import envvars
+from segresearch.core.envvars import EnvError, setting
 
 PACKAGE = Path(envvars.__file__).resolve().parent
 
@@ -71,7 +71,7 @@ def test_a_bad_process_setting_is_an_error_naming_it(monkeypatch, name, raw):
 
 def test_the_media_store_reads_its_cache_size_through_the_module(monkeypatch, tmp_path,
                                                                  fresh_media_store):
-    from segresearch.agents import media_store
+    from segresearch.core import media_store
 
     monkeypatch.setenv("SEGRESEARCH_MEDIA_CACHE_MB", "abc")
     with pytest.raises(EnvError, match="SEGRESEARCH_MEDIA_CACHE_MB='abc'"):
@@ -137,4 +137,4 @@ def test_no_module_reads_the_environment_except_envvars():
         found = _environ_reads(ast.parse(path.read_text(encoding="utf-8")))
         if found:
             reads[str(path.relative_to(PACKAGE))] = found
-    assert reads == {}, f"read these through segresearch.envvars: {reads}"
+    assert reads == {}, f"read these through segresearch.core.envvars: {reads}"

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segresearch.core.media import open_media
 from segresearch.testing.okvos import make_synthetic_okvos, oracle_turns
 from segresearch.testing.scenes import inner_point, mask_box, render_scene, write_frames
-from segresearch.tools.media import open_media
 from segresearch.tools.segmenters import Prompt, stable_seed
 from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
 
@@ -229,7 +229,7 @@ def test_partial_outputs_are_recognised_by_the_writers_own_names(scene_dir, tmp_
     never runs), under the name the writer itself chose, and remove exactly those."""
     import shutil
 
-    import segresearch.graphs.outputs as outputs
+    import segresearch.core.files as outputs
     import segresearch.tools.segmenters.writers as writers
     from segresearch.eval.runner import remove_stale_outputs
 

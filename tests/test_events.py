@@ -1,4 +1,4 @@
-"""Events have one definition (``segresearch.events``) and one published schema: what real
+"""Events have one definition (``segresearch.core.events``) and one published schema: what real
 runs emit validates against it, the checked-in schema is the generated one, the web page
 handles every type, and the README's tables are the schema's."""
 
@@ -16,9 +16,9 @@ from jsonschema import Draft202012Validator
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
-from segresearch import event_schema, events
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
+from segresearch.core import event_schema, events
 from segresearch.graphs.seg_research import build_graph
 
 T = "<thinking>ok</thinking>\n"
@@ -147,7 +147,7 @@ def test_a_payload_the_schema_does_not_describe_is_refused():
 def test_checked_in_schema_is_the_generated_one():
     shipped = resources.files("segresearch") / "assets" / "events.schema.json"
     assert shipped.read_text(encoding="utf-8") == event_schema.schema_text(), (
-        "regenerate: python -m segresearch.event_schema > segresearch/assets/events.schema.json")
+        "regenerate: python -m segresearch.core.event_schema > segresearch/assets/events.schema.json")
 
 
 def test_type_constants_are_the_schema_tags():
@@ -178,4 +178,4 @@ def test_readme_event_tables_are_the_schemas(kind):
     table = event_schema.markdown_table(kind)
     assert table in readme, (
         f"README.md's {kind} table differs from the schema; paste "
-        f"segresearch.event_schema.markdown_table({kind!r}):\n{table}")
+        f"segresearch.core.event_schema.markdown_table({kind!r}):\n{table}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segresearch.core.media import Media, MediaError, open_media
 from segresearch.eval.metrics import region_j
 from segresearch.testing.scenes import (
     DEFAULT_SHAPES,
@@ -20,7 +21,6 @@ from segresearch.testing.scenes import (
     write_frames,
     write_video,
 )
-from segresearch.tools.media import Media, MediaError, open_media
 from segresearch.tools.segmenters.base import Prompt
 from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
 

@@ -438,9 +438,9 @@ def test_a_new_clips_frames_are_made_side_by_side_and_once(tmp_path, monkeypatch
     on the clip makes none."""
     import threading
 
+    from segresearch.core.media import open_media, resize_square
     from segresearch.graphs import nodes
     from segresearch.testing.scenes import render_scene, write_frames
-    from segresearch.tools.media import open_media, resize_square
 
     frames, _ = render_scene(n_frames=6, size=(96, 64), seed=7)
     paths = [str(p) for p in write_frames(frames, tmp_path / "clip")]

@@ -39,7 +39,7 @@ from segresearch.agents.backends.hf_local import (  # noqa: E402
     to_hf_messages,
 )
 from segresearch.agents.content import image_block  # noqa: E402
-from segresearch.agents.protocol import cut_at_stop  # noqa: E402
+from segresearch.core.protocol import cut_at_stop  # noqa: E402
 from segresearch.testing.tiny_vlm import (  # noqa: E402
     FAMILIES,
     PUBLISHED_ADDED_TOKENS,

@@ -16,11 +16,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.content import block_image, block_url, is_image_block
 from segresearch.agents.context import Context, ContextError, validate_context
-from segresearch.agents.media_store import MediaStore, get_store
 from segresearch.agents.path_policy import PathRefused, check_input
+from segresearch.core.media import open_media, resize_square
+from segresearch.core.media_store import MediaStore, get_store
 from segresearch.graphs.seg_research import build_graph, graph
 from segresearch.tools.keyframe import KEYFRAME_RESIZE
-from segresearch.tools.media import open_media, resize_square
 
 T = "<thinking>ok</thinking>\n"
 TURNS = [T + "<keyframe> 6 </keyframe>",
@@ -79,7 +79,7 @@ def test_store_folder_serves_another_process(tmp_path):
     img = Image.fromarray(np.arange(48 * 40 * 3, dtype=np.uint8).reshape(40, 48, 3))
     digest = MediaStore(tmp_path / "media").put(img)
     assert (tmp_path / "media" / digest[:2] / f"{digest}.png").is_file()
-    code = (f"from segresearch.agents.media_store import MediaStore; import numpy as np; "
+    code = (f"from segresearch.core.media_store import MediaStore; import numpy as np; "
             f"im = MediaStore({str(tmp_path / 'media')!r}).get({digest!r}); "
             f"print(int(np.asarray(im, dtype=np.int64).sum()))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

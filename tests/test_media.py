@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import segresearch.tools.media as media_mod
-from segresearch.testing.scenes import render_scene, write_frames, write_video
-from segresearch.tools.media import (
+import segresearch.core.media as media_mod
+from segresearch.core.media import (
     MEDIA_ROOTS_ENV,
     Media,
     MediaError,
@@ -21,6 +20,7 @@ from segresearch.tools.media import (
     resize_square,
     sample_frame_ids,
 )
+from segresearch.testing.scenes import render_scene, write_frames, write_video
 
 W, H, T = 96, 64, 12
 BAND = 16  # a uniform band on the left whose grey level says which frame it is

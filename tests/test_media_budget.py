@@ -21,9 +21,9 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.testclient import TestClient
 
-from segresearch import shared_cache
-from segresearch.agents import media_store
-from segresearch.agents.media_store import (
+from segresearch.core import media_store, shared_cache
+from segresearch.core.media import open_media, resize_square
+from segresearch.core.media_store import (
     DiskBudget,
     FrameRecipe,
     ImageUnavailable,
@@ -32,7 +32,6 @@ from segresearch.agents.media_store import (
     upload_meta,
 )
 from segresearch.testing.scenes import write_video
-from segresearch.tools.media import open_media, resize_square
 
 SIZE = 48  # side of the frames shown to the "model"
 
@@ -224,7 +223,7 @@ def test_pinned_images_are_never_evicted(tmp_path, caplog):
     frames = [_put_frame(store, str(p), 0) for p in src]
     for d in pinned + frames:
         _age(_png_path(media, d), 3600)
-    with caplog.at_level(logging.WARNING, logger="segresearch.agents.media_budget"):
+    with caplog.at_level(logging.WARNING, logger="segresearch.core.media_budget"):
         store.budget.enforce()
     assert all(_png_path(media, d).exists() for d in pinned)
     assert not any(_png_path(media, d).exists() for d in frames)  # all evictable ones went

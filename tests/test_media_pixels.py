@@ -24,8 +24,8 @@ from PIL import Image, ImageOps
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.content import block_image, is_image_block
 from segresearch.agents.context import Context
+from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, open_media
 from segresearch.graphs.seg_research import graph
-from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, open_media
 from segresearch.tools.segmenters.sam2 import FrameStore
 from segresearch.tools.segmenters.writers import mask_names, write_mask_set
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import segresearch.tools.media as media_mod
-from segresearch.tools.media import MAX_PIXELS_ENV, MediaError, fit_size, open_media
+import segresearch.core.media as media_mod
+from segresearch.core.media import MAX_PIXELS_ENV, MediaError, fit_size, open_media
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_huge_jpeg_is_decoded_reduced_in_bounded_memory(huge_jpeg):
     and GrabCut on it stay far below what one full-size raster (432 MB) would cost."""
     r = _python(f"""
         import json, re
-        from segresearch.tools.media import open_media, resize_square
+        from segresearch.core.media import open_media, resize_square
         from segresearch.tools.segmenters.base import Prompt
         from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
         m = open_media({str(huge_jpeg)!r})
@@ -401,7 +401,7 @@ def test_decoder_messages_are_not_printed(truncated):
     """FFmpeg's complaints about a damaged file went straight to the terminal; the media's
     ``note`` says what matters in one line instead."""
     r = _python(f"""
-        from segresearch.tools.media import open_media
+        from segresearch.core.media import open_media
         m = open_media({str(truncated)!r})
         for fid in [len(m) - 1, 0, len(m) // 2]:
             m.frame(fid)

@@ -20,7 +20,7 @@ import pytest
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
-from segresearch.agents.protocol import (
+from segresearch.core.protocol import (
     AnswerAction,
     NoAction,
     SearchAction,

@@ -40,9 +40,9 @@ from segresearch.agents.path_policy import (
     upload_root,
     url_allowed,
 )
+from segresearch.core.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV, MediaError, open_media
 from segresearch.graphs import nodes, outputs
 from segresearch.graphs.seg_research import graph
-from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV, MediaError, open_media
 
 T = "<thinking>ok</thinking>\n"
 TURNS = [T + "<keyframe> 6 </keyframe>",

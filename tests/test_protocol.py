@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from segresearch.agents.protocol import (
+from segresearch.core.protocol import (
     MAX_JSON_CHARS,
     SEARCH_TOOLS,
     SNIPPET_CHARS,

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segresearch.agents.media_store import FrameRecipe, MediaStore, digest_of
+from segresearch.core.media import FRAME_RESIZE, SquareResize, open_media, resize_square
+from segresearch.core.media_store import FrameRecipe, MediaStore, digest_of
 from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
-from segresearch.tools.media import FRAME_RESIZE, SquareResize, open_media, resize_square
 from segresearch.tools.search.base import ImageHit, SearchBackend, TextHit
 from segresearch.tools.search.tools import SEARCH_IMAGE_RESIZE, make_search_tools
 

@@ -204,7 +204,7 @@ def test_text_only_renders_are_kept_across_builders(proc, monkeypatch):
     conversation is rendered anew, and the answers are the processor's."""
     from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
-    from segresearch import shared_cache
+    from segresearch.core import shared_cache
 
     shared_cache.clear("rl.text_renders")
     tok = proc.tokenizer

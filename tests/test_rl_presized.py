@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from segresearch.core.media import FRAME_RESIZE, open_media, resize_square
 from segresearch.rl.data import conversion_info, convert_okvos, presized_folder
 from segresearch.testing.okvos import make_synthetic_okvos
-from segresearch.tools.media import FRAME_RESIZE, open_media, resize_square
 
 SIDE = 448
 

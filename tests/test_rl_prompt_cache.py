@@ -7,7 +7,7 @@ import asyncio
 
 from test_rl_agent_loop import ANSWER, KEYFRAME, FakeServer, make_loop, row, tiny  # noqa: F401
 
-from segresearch import shared_cache
+from segresearch.core import shared_cache
 
 
 def test_a_group_renders_its_prompt_once(tiny, scene_dir, monkeypatch):  # noqa: F811

@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from segresearch import cancel
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
 from segresearch.cli import _save_run_settings, main
+from segresearch.core import cancel
 from segresearch.graphs.outputs import missing_outputs
 from segresearch.graphs.seg_research import build_graph
 
@@ -160,7 +160,7 @@ def test_resume_finishes_a_step_that_ended_after_ctrl_c(scene_dir, tmp_path, cap
 def test_a_picture_that_cannot_be_made_is_reported_not_a_traceback(scene_dir, tmp_path, monkeypatch):
     """The record (trajectory, report) is written whatever happens to a picture, and the
     run says which file is missing and why, with exit 1."""
-    from segresearch.agents.media_recipes import ImageUnavailable
+    from segresearch.core.media_recipes import ImageUnavailable
     from segresearch.graphs import outputs
 
     def gone(state):

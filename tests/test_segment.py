@@ -12,7 +12,8 @@ from PIL import Image
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
-from segresearch.coords import CoordFrame
+from segresearch.core.coords import CoordFrame
+from segresearch.core.media import open_media
 from segresearch.graphs.seg_research import graph
 from segresearch.testing.sam2_reference import bare_published
 from segresearch.testing.scenes import (
@@ -22,7 +23,6 @@ from segresearch.testing.scenes import (
     write_frames,
     write_video,
 )
-from segresearch.tools.media import open_media
 from segresearch.tools.segmenters import (
     Prompt,
     get_segmenter,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from segresearch import shared_cache
-from segresearch.envvars import EnvError
-from segresearch.shared_cache import LoadOnce
+from segresearch.core import shared_cache
+from segresearch.core.envvars import EnvError
+from segresearch.core.shared_cache import LoadOnce
 
 
 def test_concurrent_callers_share_one_load_per_key():
@@ -140,12 +140,12 @@ def test_the_registry_names_every_cache_and_clears_them_by_name():
 # Every process cache of the package, by module and the name it is registered under.
 KNOWN_CACHES = {
     "segresearch.agents.content": ["content.decoded_images"],
-    "segresearch.agents.media_store": ["media.store"],
+    "segresearch.core.media_store": ["media.store"],
     "segresearch.agents.models": ["models.chat"],
     "segresearch.agents.path_policy": ["policy.allowed_urls"],
     "segresearch.agents.backends.hf_local": ["models.hf_local"],
     "segresearch.graphs.nodes": ["graph.frame_blocks", "graph.search_tools"],
-    "segresearch.tools.media": ["media.handles", "media.video_index", "media.roots"],
+    "segresearch.core.media": ["media.handles", "media.video_index", "media.roots"],
     "segresearch.tools.search.base": ["search.kb_images"],
     "segresearch.tools.search.backends": ["search.backends"],
     "segresearch.tools.search.cache": ["search.caches"],
@@ -166,7 +166,7 @@ RL_CACHES = {
 PACKAGE = Path(__file__).resolve().parents[1] / "segresearch"
 # functools caches of values fixed by the code itself (no data, nothing to clear or bound):
 # pydantic adapters and bounds of a class, the process umask, a test model's template.
-CONSTANT_MEMOS = {"segresearch.agents.context", "segresearch.envvars",
+CONSTANT_MEMOS = {"segresearch.agents.context", "segresearch.core.envvars",
                   "segresearch.tools.segmenters.writers", "segresearch.testing.tiny_vlm"}
 
 
@@ -204,7 +204,7 @@ def _source_caches() -> dict[str, list[str]]:
             value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
             if isinstance(value, ast.Call):
                 made = ast.unparse(value.func)
-                if made.endswith(("OrderedDict", "ThreadPoolExecutor")) and module != "segresearch.shared_cache":
+                if made.endswith(("OrderedDict", "ThreadPoolExecutor")) and module != "segresearch.core.shared_cache":
                     names.append(f"<module-level {made}>")
             if isinstance(value, ast.Dict) and isinstance(node, ast.AnnAssign) and not value.keys \
                     and "Future" in ast.unparse(node.annotation):
@@ -225,8 +225,9 @@ def test_the_caches_of_the_imported_modules_are_registered_under_their_names():
 
 
 def test_clear_all_empties_every_registered_cache(tmp_path):
-    from segresearch.agents import content, media_store
-    from segresearch.tools.media import open_media, resolved_roots
+    from segresearch.agents import content
+    from segresearch.core import media_store
+    from segresearch.core.media import open_media, resolved_roots
 
     _modules(KNOWN_CACHES)
     (tmp_path / "a.png").write_bytes(_png())
@@ -286,4 +287,4 @@ def test_no_test_or_benchmark_touches_a_private_cache_global():
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line):
                 found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
-    assert not found, "use segresearch.shared_cache (clear, stats) instead:\n" + "\n".join(found)
+    assert not found, "use segresearch.core.shared_cache (clear, stats) instead:\n" + "\n".join(found)

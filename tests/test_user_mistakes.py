@@ -471,7 +471,7 @@ def test_a_relative_db_keeps_its_media_beside_it_after_the_folder_changes(tmp_pa
     """``--db t.db`` names a folder relative to where the command ran: the process-wide
     media store must keep pointing there when the working folder changes later (a server
     moves into its state folder; a test suite moves back)."""
-    from segresearch.agents.media_store import configure_store, get_store
+    from segresearch.core.media_store import configure_store, get_store
 
     before = get_store().directory
     monkeypatch.chdir(tmp_path)

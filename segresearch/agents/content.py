@@ -18,8 +18,8 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 from PIL import Image
 
-from segresearch.agents.media_store import JPEG_QUALITY, MEDIA_SCHEME, get_store
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.media_store import JPEG_QUALITY, MEDIA_SCHEME, get_store
+from segresearch.core.shared_cache import LoadOnce
 
 
 def encode_image(img: Image.Image, fmt: str = "JPEG") -> str:

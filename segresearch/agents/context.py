@@ -18,6 +18,9 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 from langchain_core.language_models import BaseChatModel
 from pydantic import Field, TypeAdapter, ValidationError
 
+from segresearch.core.envvars import check_settings, context_default
+from segresearch.core.media import working_max_pixels
+
 DEFAULT_MODEL = "openai:Qwen/Qwen3-VL-4B-Instruct@http://127.0.0.1:8000/v1"
 # Bounds that keep one run's cost sane (10,000 frames or 4096-px frames are mistakes, and
 # on a server they are a way to make it spend seconds and megabytes per request).
@@ -36,17 +39,13 @@ class ContextError(ValueError):
 
 def _env(name: str, default: Any) -> Any:
     """``SEGRESEARCH_<NAME>`` as the field's type, checked against the field's own bounds
-    and choices (``segresearch.envvars``: a bad value is an error naming the variable)."""
-    from segresearch.envvars import context_default
-
+    and choices (``segresearch.core.envvars``: a bad value is an error naming the variable)."""
     field_name = name.lower()
     return context_default(field_name, default, bounds=_bounds().get(field_name),
                            choices=_choices().get(field_name, ()))
 
 
 def _env_opt_int(name: str, default: int | None) -> int | None:
-    from segresearch.envvars import context_default
-
     field_name = name.lower()
     return context_default(field_name, default, "int", bounds=_bounds().get(field_name),
                            none_words=("none", "0", "off"))
@@ -363,3 +362,12 @@ def _pydantic_problem(err: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "context"
     msg = str(err.get("msg", "invalid value"))
     return f"{loc}: {msg.removeprefix('Value error, ')}"
+
+
+def check_environment() -> None:
+    """Parse every registered setting, every Context default and the media pixel cap now
+    (a ValueError naming the variable on the first bad one), so a command refuses a
+    malformed variable before it does any work."""
+    check_settings()
+    Context()
+    working_max_pixels()

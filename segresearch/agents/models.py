@@ -13,7 +13,7 @@ from langchain_core.language_models import BaseChatModel
 
 from segresearch.agents.model_spec import SPEC_HELP, ModelSpec
 from segresearch.agents.path_policy import resolve_model_spec
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.shared_cache import LoadOnce
 
 # One client or set of weights per spec; concurrent first callers wait for the same load.
 _MODELS: LoadOnce[BaseChatModel] = LoadOnce(name="models.chat")

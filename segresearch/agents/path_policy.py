@@ -37,9 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 from segresearch.agents.context import ContextError
 from segresearch.agents.model_spec import ModelSpec
-from segresearch.envvars import env_bool, env_str
-from segresearch.shared_cache import LoadOnce
-from segresearch.tools.media import (
+from segresearch.core.envvars import env_bool, env_str
+from segresearch.core.media import (
     MEDIA_ROOTS_ENV,
     UPLOAD_ROOT_ENV,
     PathNotAllowed,
@@ -48,6 +47,7 @@ from segresearch.tools.media import (
     path_syntax_problem,
     resolved_roots,
 )
+from segresearch.core.shared_cache import LoadOnce
 
 if TYPE_CHECKING:
     from segresearch.agents.context import Context

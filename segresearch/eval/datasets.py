@@ -30,8 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segresearch.jsonl import iter_jsonl
-from segresearch.tools.media import IMAGE_EXTS
+from segresearch.core.files import write_atomic
+from segresearch.core.jsonl import iter_jsonl
+from segresearch.core.media import IMAGE_EXTS
 
 ABILITIES = ("one-hop", "multi-hop", "relational", "in-video")
 _SAFE_RE = re.compile(r"[A-Za-z0-9._#+-]+")
@@ -166,8 +167,6 @@ def meta_mapping_path(root: str | os.PathLike[str], split: str) -> Path:
 
 
 def write_meta_mapping(queries: Sequence[Query], path: str | os.PathLike[str]) -> Path:
-    from segresearch.graphs.outputs import write_atomic
-
     path = Path(path)
     write_atomic(path, json.dumps(meta_mapping(queries)).encode())
     return path
@@ -362,7 +361,7 @@ def _ground_truth_problem(q: Query) -> str | None:
                 return (f"ground-truth mask {p} cannot be read as an image (empty, damaged or "
                         "not an image file)")
         return None
-    from segresearch.tools.media import MediaError, open_media
+    from segresearch.core.media import MediaError, open_media
 
     try:
         media = open_media(q.segment_media)

@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from segresearch.coords import QWEN3, CoordFrame
+from segresearch.core.coords import QWEN3, CoordFrame
+from segresearch.core.media import IMAGE_EXTS, Media, MediaError, open_media
 from segresearch.eval.datasets import DatasetError, safe_name
 from segresearch.eval.predictions import PredictionLog, read_predictions
-from segresearch.tools.media import IMAGE_EXTS, Media, MediaError, open_media
 from segresearch.tools.segmenters import (
     Segmenter,
     VideoSession,

@@ -118,8 +118,8 @@ async def predict_queries(
 ) -> list[dict[str, Any]]:
     """Run every query, append its row as soon as it finishes, return the rows in query
     order. ``offset`` shifts the round-robin so shards spread over endpoints too."""
+    from segresearch.core.media import MediaError, open_media
     from segresearch.graphs.seg_research import graph
-    from segresearch.tools.media import MediaError, open_media
 
     if not specs:
         raise ValueError("no model given")

@@ -37,6 +37,7 @@ from markupsafe import Markup
 from PIL import Image
 from tqdm import tqdm
 
+from segresearch.core.files import write_atomic
 from segresearch.eval.report_pictures import (
     ASSETS_DIR,
     Picture,
@@ -53,7 +54,6 @@ from segresearch.eval.results import (
     pct_value,
     predictions_source,
 )
-from segresearch.graphs.outputs import write_atomic
 
 log = logging.getLogger(__name__)
 

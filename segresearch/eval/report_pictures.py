@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segresearch.core.media import Media, MediaError, open_media, sample_frame_ids
 from segresearch.eval.datasets import DatasetError, Query, image_ground_truth
-from segresearch.tools.media import Media, MediaError, open_media, sample_frame_ids
 from segresearch.tools.visualize import annotate, overlay_mask
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segresearch.graphs.outputs import write_atomic
+from segresearch.core.files import write_atomic
 
 PLOTS = "plots"
 

@@ -23,7 +23,8 @@ from typing import Any
 
 from segresearch.agents.context import Context
 from segresearch.agents.model_spec import ModelSpec
-from segresearch.coords import CoordFrame
+from segresearch.core.coords import CoordFrame
+from segresearch.core.files import write_atomic
 from segresearch.eval.datasets import (
     ABILITIES,
     DatasetError,
@@ -44,7 +45,6 @@ from segresearch.eval.predictions import (
     read_predictions,
     read_usable_predictions,
 )
-from segresearch.graphs.outputs import write_atomic
 from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB, Segmenter, get_segmenter
 
 log = logging.getLogger(__name__)

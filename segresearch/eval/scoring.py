@@ -82,7 +82,7 @@ def per_frame_scores(names: Sequence[str], j: np.ndarray, f: np.ndarray) -> dict
 
 def score_image_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
     """IoU of one image query (ignore pixels excluded), with its intersection and union."""
-    from segresearch.tools.media import open_media
+    from segresearch.core.media import open_media
 
     media = open_media(q.segment_media)
     target, ignore = image_ground_truth(q, media.height, media.width)

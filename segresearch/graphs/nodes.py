@@ -34,7 +34,6 @@ from segresearch.agents import review as review_rules
 from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
 from segresearch.agents.context import Context, ContextError
-from segresearch.agents.media_recipes import FrameRecipe
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.models import model_loaded, resolve_model
 from segresearch.agents.path_policy import (
@@ -46,22 +45,9 @@ from segresearch.agents.path_policy import (
     resolved_field,
     served_output,
 )
-from segresearch.agents.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
-from segresearch.agents.protocol import (
-    STOP_STRINGS,
-    AnswerAction,
-    KeyframeAction,
-    NoAction,
-    SearchAction,
-    clamp_answer,
-    clean_text,
-    degenerate_box,
-    parse_action,
-    render_search_error,
-)
 from segresearch.compat.langgraph import run_has_checkpointer
-from segresearch.coords import CoordFrame
-from segresearch.events import (
+from segresearch.core.coords import CoordFrame
+from segresearch.core.events import (
     ANSWER,
     ERROR,
     FEEDBACK,
@@ -103,12 +89,7 @@ from segresearch.events import (
     ToolEvent,
     TurnEvent,
 )
-from segresearch.graphs.outputs import write_outputs
-from segresearch.graphs.preflight import preflight
-from segresearch.graphs.state import State
-from segresearch.shared_cache import LoadOnce, thread_pool
-from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
-from segresearch.tools.media import (
+from segresearch.core.media import (
     FRAME_RESIZE,
     MediaError,
     SquareResize,
@@ -116,6 +97,25 @@ from segresearch.tools.media import (
     resize_square,
     sample_frame_ids,
 )
+from segresearch.core.media_recipes import FrameRecipe
+from segresearch.core.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
+from segresearch.core.protocol import (
+    STOP_STRINGS,
+    AnswerAction,
+    KeyframeAction,
+    NoAction,
+    SearchAction,
+    clamp_answer,
+    clean_text,
+    degenerate_box,
+    parse_action,
+    render_search_error,
+)
+from segresearch.core.shared_cache import LoadOnce, thread_pool
+from segresearch.graphs.outputs import write_outputs
+from segresearch.graphs.preflight import preflight
+from segresearch.graphs.state import State
+from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
 from segresearch.tools.search import (
     SearchBackend,
     SearchUnavailable,

@@ -21,29 +21,16 @@ from PIL import Image
 from segresearch.agents.content import content_text, count_images
 from segresearch.agents.context import Context
 from segresearch.agents.path_policy import policy_active
-from segresearch.agents.protocol import clean_text
-from segresearch.events import ERROR, FEEDBACK, MEDIA, MODEL, SEGMENT, START, TOOL
-from segresearch.tools.media import MediaError, open_media
-from segresearch.tools.segmenters.writers import created_mode
+from segresearch.core.events import ERROR, FEEDBACK, MEDIA, MODEL, SEGMENT, START, TOOL
+from segresearch.core.files import created_mode, write_atomic
+from segresearch.core.media import MediaError, open_media
+from segresearch.core.protocol import clean_text
 from segresearch.tools.visualize import draw_answer
 
 TRAJECTORY = "trajectory.json"
 REPORT = "report.md"
 ANNOTATED = "keyframe_annotated.jpg"
 FRAMES_SHOWN = "frames_shown.jpg"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, created_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def mask_for(masks_dir: str | None, name: str) -> np.ndarray | None:

@@ -12,7 +12,7 @@ from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 from typing_extensions import NotRequired, TypedDict
 
-from segresearch.events import START, Pending, TrajectoryEvent
+from segresearch.core.events import START, Pending, TrajectoryEvent
 
 
 def run_log(old: list[TrajectoryEvent] | None, new: list[TrajectoryEvent] | None) -> list[TrajectoryEvent]:

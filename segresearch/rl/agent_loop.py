@@ -22,7 +22,8 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 
 from segresearch.agents.context import Context
-from segresearch.events import ERROR, FEEDBACK, MODEL, TOOL
+from segresearch.core.events import ERROR, FEEDBACK, MODEL, TOOL
+from segresearch.core.media import FRAME_RESIZE
 from segresearch.graphs.nodes import PRESIZED_FRAMES
 from segresearch.graphs.seg_research import graph as GRAPH
 from segresearch.rl.placeholders import install as install_geometry
@@ -31,7 +32,6 @@ from segresearch.rl.postprocess_cache import install as install_postprocess_cach
 from segresearch.rl.postprocess_cache import uninstall as uninstall_postprocess_cache
 from segresearch.rl.verl_model import ResponseBudget, VerlChatModel
 from segresearch.tools.keyframe import KEYFRAME_RESIZE
-from segresearch.tools.media import FRAME_RESIZE
 from segresearch.tools.search.tools import SEARCH_IMAGE_RESIZE
 
 logger = logging.getLogger(__name__)

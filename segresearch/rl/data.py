@@ -3,7 +3,7 @@
 The frames a sample is trained on are fixed here, once, rather than by the rollout: the
 reward's ground truth exists only for the frames the policy is shown, so both have to come
 from the same choice. The agent loop passes ``extra_info["frames"]`` to the graph as a list
-of frame paths; the graph labels them with :func:`segresearch.tools.media.frame_ids_for`,
+of frame paths; the graph labels them with :func:`segresearch.core.media.frame_ids_for`,
 which is what keys the ground truth here, so a ``<keyframe>`` the model names is a key the
 reward finds.
 
@@ -38,17 +38,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segresearch.agents.media_recipes import _atomic_write
-from segresearch.coords import COORD_STYLES
-from segresearch.rl.ground_truth import build_ground_truth
-from segresearch.shared_cache import LoadOnce
-from segresearch.tools.media import (
+from segresearch.core.coords import COORD_STYLES
+from segresearch.core.media import (
     FRAME_RESIZE,
     IMAGE_EXTS,
     frame_ids_for,
     open_media,
     sample_frame_ids,
 )
+from segresearch.core.media_recipes import _atomic_write
+from segresearch.core.shared_cache import LoadOnce
+from segresearch.rl.ground_truth import build_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,7 @@ class PromptCounter:
 
     def count(self, question: str, frame_ids: Sequence[int], frame_size: int, coord_style: str) -> int:
         """Prompt tokens of one row."""
-        from segresearch.agents.prompts import frame_label, system_prompt
+        from segresearch.core.prompts import frame_label, system_prompt
 
         frame = _blank_frame(int(frame_size))
         content: list[dict[str, Any]] = []

@@ -15,7 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segresearch.coords import CoordFrame
+from segresearch.core.coords import CoordFrame
 
 
 def mask_stats(mask: np.ndarray) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.shared_cache import LoadOnce
 
 # Processor kwargs the geometry rule reads; any other kwarg goes to the real processor.
 _GEOMETRY_KWARGS = frozenset({"min_pixels", "max_pixels", "patch_size", "merge_size"})

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segresearch.agents.media_recipes import digest_of
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.media_recipes import digest_of
+from segresearch.core.shared_cache import LoadOnce
 
 DEFAULT_MAX_MB = 512
 # Image processors whose output for N images is their N one-image outputs concatenated.

@@ -56,10 +56,10 @@ from segresearch.agents.content import (
     content_blocks,
     is_image_block,
 )
-from segresearch.agents.media_store import get_store
-from segresearch.agents.protocol import STOP_STRINGS, cut_at_stop
 from segresearch.compat.verl import assert_multimodal_supported, merge_assistant, merge_context
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.media_store import get_store
+from segresearch.core.protocol import STOP_STRINGS, cut_at_stop
+from segresearch.core.shared_cache import LoadOnce
 
 ResponseBudget = Literal["full", "published"]
 TRUNCATION_NOTE = " …[truncated]"

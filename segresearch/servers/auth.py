@@ -17,7 +17,7 @@ import hmac
 
 from langgraph_sdk import Auth
 
-from segresearch.envvars import env_str
+from segresearch.core.envvars import env_str
 
 TOKEN_ENV = "SEGRESEARCH_API_TOKEN"
 ANONYMOUS = "anonymous"

@@ -44,7 +44,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segresearch.compat.langgraph_api import server_app
-from segresearch.envvars import env_str, setting
+from segresearch.core.envvars import env_str, setting
 from segresearch.servers.auth import expected_token, is_public, token_matches
 
 CORS_ORIGINS_ENV = "SEGRESEARCH_CORS_ORIGINS"

@@ -39,10 +39,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from segresearch import __version__
 from segresearch.agents.path_policy import KB_ROOTS_ENV, MODEL_ROOTS_ENV, OUTPUT_ROOT_ENV
 from segresearch.compat.langgraph_api import RUN_CREATION, payload_kind
-from segresearch.envvars import env_str, setting
+from segresearch.core.envvars import env_str, setting
+from segresearch.core.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
 from segresearch.servers import web
 from segresearch.servers.auth import auth_enabled
-from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
 
 
 def _route_path(scope: Scope) -> str:
@@ -256,7 +256,7 @@ def media(digest: str) -> Response:
     """A sync route on purpose: FastAPI runs it in a thread, so reading the store from disk
     never blocks the event loop. Anything that is not a known digest is a plain 404: the
     route must not become a way to ask the server about arbitrary names."""
-    from segresearch.agents.media_store import get_store
+    from segresearch.core.media_store import get_store
 
     try:  # png_bytes refuses anything that is not a digest before touching the disk
         data = get_store().png_bytes(digest)
@@ -281,7 +281,7 @@ def _split_roots(raw: str) -> list[str]:
 def info() -> dict[str, Any]:
     """What a client needs to form valid requests: which folders it may name. Whether auth
     is on is a bool; the token itself never leaves the server's environment."""
-    from segresearch.agents import media_store
+    from segresearch.core import media_store
 
     roots = _split_roots(env_str(MEDIA_ROOTS_ENV))
     return {
@@ -301,7 +301,7 @@ def info() -> dict[str, Any]:
         "engine": "postgres" if env_str("LANGGRAPH_RUNTIME_EDITION") == "pg" else "memory",
         "defaults": _defaults(),
         # Bytes the media store and uploads hold against SEGRESEARCH_MEDIA_MAX_GB (a scan
-        # at most a minute old): used, budget, evictable, pinned (see agents/media_store.py).
+        # at most a minute old): used, budget, evictable, pinned (see core/media_store.py).
         "storage": media_store.storage_info(),
     }
 

@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from segresearch.agents.media_store import STORE_ENV as MEDIA_STORE_ENV
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.path_policy import OUTPUT_ROOT_ENV
 from segresearch.compat.langgraph_api import LOG_FORMATTER, SERVER_LOGGER
+from segresearch.core.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
+from segresearch.core.media_store import STORE_ENV as MEDIA_STORE_ENV
+from segresearch.core.urls import redact_url
 from segresearch.servers.auth import TOKEN_ENV
 from segresearch.servers.gateway import (
     ALLOWED_HOSTS_ENV,
@@ -41,7 +43,7 @@ from segresearch.servers.gateway import (
     LOOPBACK_ONLY_ENV,
     normalise_origin,
 )
-from segresearch.tools.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
+from segresearch.servers.web import PAGE_PREFIX
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_STATE_DIR = ".segresearch-server"
@@ -116,19 +118,6 @@ def _url(host: str, port: int) -> str:
     return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
 
 
-def redact(url: str) -> str:
-    """A database or Redis URL fit for a log line: the password never leaves the process."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
-
-
 def _check_url(url: str, schemes: tuple[str, ...], what: str, flag: str) -> str:
     url = url.strip()
     try:
@@ -138,7 +127,7 @@ def _check_url(url: str, schemes: tuple[str, ...], what: str, flag: str) -> str:
         raise ServeError(f"{flag}: not a valid {what} URL") from None
     if parts.scheme not in schemes or not (parts.hostname or "host=" in parts.query):
         raise ServeError(f"{flag} must be a {what} URL ({' or '.join(s + '://…' for s in schemes)}); "
-                         f"got {redact(url)!r}")
+                         f"got {redact_url(url)!r}")
     return url
 
 
@@ -290,10 +279,8 @@ def startup_lines(opts: ServeOptions, env: Mapping[str, str]) -> list[str]:
     """What the operator reads at start: where it listens, what clients may touch, and a
     warning when anyone on the machine can use it."""
     token_on = bool(env.get(TOKEN_ENV, "").strip())
-    engine = (f"PostgreSQL {redact(opts.database)} + Redis {redact(opts.redis)}" if opts.durable
+    engine = (f"PostgreSQL {redact_url(opts.database)} + Redis {redact_url(opts.redis)}" if opts.durable
               else "in-memory (one process)")
-    from segresearch.servers.web import PAGE_PREFIX  # fastapi: the server extra, checked before
-
     lines = [
         f"segresearch: LangGraph API at {_url(opts.host, opts.port)} · engine: {engine} · "
         f"{opts.jobs} concurrent runs per process · auth: {'on' if token_on else 'off'}",
@@ -334,8 +321,8 @@ def check_services(opts: ServeOptions, timeout: float = 5.0) -> None:
             conn.execute("SELECT 1")
     except psycopg.Error as e:
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise ServeError(f"cannot use the PostgreSQL database {redact(opts.database)}: "
-                         f"{reason.replace(opts.database, redact(opts.database))}") from None
+        raise ServeError(f"cannot use the PostgreSQL database {redact_url(opts.database)}: "
+                         f"{reason.replace(opts.database, redact_url(opts.database))}") from None
     try:
         client = redis.Redis.from_url(opts.redis, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
@@ -343,7 +330,7 @@ def check_services(opts: ServeOptions, timeout: float = 5.0) -> None:
         finally:
             client.close()
     except (redis.RedisError, ValueError, OSError) as e:
-        raise ServeError(f"cannot use Redis at {redact(opts.redis)}: {' '.join(str(e).split())}") from None
+        raise ServeError(f"cannot use Redis at {redact_url(opts.redis)}: {' '.join(str(e).split())}") from None
 
 
 def serve_graph(

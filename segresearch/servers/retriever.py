@@ -32,7 +32,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from segresearch.jsonl import iter_jsonl
+from segresearch.core.jsonl import iter_jsonl
 from segresearch.tools.search import SearchBackend, TextHit, get_backend, split_title
 
 log = logging.getLogger("segresearch.retriever")

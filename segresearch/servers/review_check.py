@@ -23,7 +23,7 @@ from typing import Any
 
 from segresearch.agents.review import ACCEPTED_FORMS, EDIT_KEYS, frames_predicate, read_reply
 from segresearch.compat.langgraph_api import THREAD_RUN_CREATION
-from segresearch.events import REVIEW
+from segresearch.core.events import REVIEW
 
 _INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
 

@@ -9,7 +9,7 @@ route behind the same bearer token and the same path policy as the API:
   needed), written under the upload root with a byte cap, opened with the project's own media
   reader before it is kept, then renamed into place as ``<sha256><ext>`` (one file per
   content, whatever its name); the answer is a path the run input may name. Uploads count
-  against the storage budget (``SEGRESEARCH_MEDIA_MAX_GB``, see ``agents/media_budget.py``).
+  against the storage budget (``SEGRESEARCH_MEDIA_MAX_GB``, see ``core/media_budget.py``).
 - ``GET /segresearch/library``: media under the configured roots a person may pick.
 - ``GET /segresearch/setup``: whether the server's default model answers (its own model
   server probed, never one a client names) and the recorded demo's settings when the path
@@ -44,8 +44,9 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from segresearch.agents.model_spec import ModelSpec
-from segresearch.envvars import env_str, setting
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.envvars import env_str, setting
+from segresearch.core.shared_cache import LoadOnce
+from segresearch.core.urls import redact_url
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_PREFIX = "/segresearch/ui"
@@ -146,7 +147,7 @@ def _upload_dir() -> Path:
 def _safe_name(name: str) -> tuple[str, str]:
     """(stem, extension) of a client's file name, reduced to harmless characters; the
     extension must be one the media reader opens."""
-    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
 
     base = Path(name.replace("\\", "/")).name
     ext = Path(base).suffix.lower()
@@ -197,7 +198,7 @@ def _content_ext(head: bytes) -> str | None:
 def _stored_upload(root: Path, digest: str, ext: str, sniffed: bool) -> Path | None:
     """The upload already holding these bytes, if any. A sniffed format has one name; an
     unrecognised one may have been kept under any extension the reader takes."""
-    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
 
     for e in [ext] if sniffed else [ext, *sorted(IMAGE_EXTS | VIDEO_EXTS)]:
         p = root / f"{digest}{e}"
@@ -209,7 +210,7 @@ def _stored_upload(root: Path, digest: str, ext: str, sniffed: bool) -> Path | N
 def _record_name(dest: Path, label: str) -> None:
     """Remember the names a file was uploaded under (newest first, a few), for the library:
     a hidden sidecar, rewritten atomically; losing a name to a race only loses a label."""
-    from segresearch.agents.media_budget import upload_meta
+    from segresearch.core.media_budget import upload_meta
 
     meta = upload_meta(dest, "names.json")
     try:
@@ -235,7 +236,7 @@ def _file_bytes(path: Path) -> int:
 
 
 def _upload_label(path: Path) -> str | None:
-    from segresearch.agents.media_budget import upload_meta
+    from segresearch.core.media_budget import upload_meta
 
     try:
         names = json.loads(upload_meta(path, "names.json").read_text()).get("names") or []
@@ -248,7 +249,7 @@ def _media_info(path: Path, name: str) -> dict[str, Any]:
     """Open the received file as media (what a run would do): a header is not enough, a
     frame must decode. The reader's message names its path; the client knows the file by
     its own name, not by the server's temporary one."""
-    from segresearch.tools.media import MediaError, open_media
+    from segresearch.core.media import MediaError, open_media
 
     try:
         media = open_media(path, roots=None)
@@ -271,8 +272,8 @@ def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict
     the names it was uploaded under go to a hidden sidecar (``label``: the newest). A new
     file counts against the storage budget (SEGRESEARCH_MEDIA_MAX_GB), which may evict
     older uploads and images."""
-    from segresearch.agents.media_budget import stamp_upload
-    from segresearch.agents.media_store import note_upload
+    from segresearch.core.media_budget import stamp_upload
+    from segresearch.core.media_store import note_upload
 
     with tmp.open("rb") as f:
         sniffed = _content_ext(f.read(64))
@@ -338,7 +339,7 @@ async def upload(request: Request, name: str) -> JSONResponse:
 
 
 def _media_kind(p: Path) -> str | None:
-    from segresearch.tools.media import IMAGE_EXTS, VIDEO_EXTS
+    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
 
     ext = p.suffix.lower()
     return "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else None
@@ -347,7 +348,7 @@ def _media_kind(p: Path) -> str | None:
 def _scan(root: Path, label: str) -> list[dict[str, Any]]:
     """Videos, images and folders of frames under ``root``, shallow and bounded: a root may
     be a whole disk, and the list is for a person to pick from, not an index."""
-    from segresearch.tools.media import IMAGE_EXTS
+    from segresearch.core.media import IMAGE_EXTS
 
     out: list[dict[str, Any]] = []
     stack = [(root, 0)]
@@ -373,7 +374,7 @@ def _scan(root: Path, label: str) -> list[dict[str, Any]]:
 
 def _library() -> dict[str, Any]:
     from segresearch.agents.path_policy import upload_root
-    from segresearch.tools.media import MEDIA_ROOTS_ENV, resolved_roots
+    from segresearch.core.media import MEDIA_ROOTS_ENV, resolved_roots
 
     items: list[dict[str, Any]] = []
     up = upload_root()
@@ -412,7 +413,6 @@ def _model_status(spec: str) -> dict[str, Any]:
     existence; a hosted endpoint is not called, only its key looked for."""
     from segresearch.agents.backends.openai_compat import API_KEY_ENV_VARS
     from segresearch.graphs.preflight import probe_endpoint
-    from segresearch.servers.langgraph_server import redact
 
     parsed = ModelSpec.parse(spec)
     out: dict[str, Any] = {"spec": spec, "ok": None, "reason": None, "address": None}
@@ -425,7 +425,7 @@ def _model_status(spec: str) -> dict[str, Any]:
             return {**out, "ok": False, "reason": "malformed"}
         if url:
             ok = probe_endpoint(url, _MODEL_PROBE_S) is None
-            return {**out, "ok": ok, "reason": None if ok else "unreachable", "address": redact(url)}
+            return {**out, "ok": ok, "reason": None if ok else "unreachable", "address": redact_url(url)}
         has_key = any(env_str(v) for v in API_KEY_ENV_VARS)
         return {**out, "ok": has_key, "reason": None if has_key else "no-key"}
     if parsed.names_file:
@@ -533,7 +533,7 @@ def _folder(values: dict[str, Any], key: str) -> Path | None:
 
 
 def _result(values: dict[str, Any]) -> dict[str, Any]:
-    from segresearch.tools.media import MediaError, open_media
+    from segresearch.core.media import MediaError, open_media
 
     run_dir, masks_dir = _folder(values, "run_dir"), _folder(values, "masks_dir")
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and _FILE_NAME.fullmatch(p.name)) if run_dir else []
@@ -605,7 +605,7 @@ def _frame_jpeg(values: dict[str, Any], fid: int, overlay: bool, max_side: int) 
     import numpy as np
     from PIL import Image
 
-    from segresearch.tools.media import MediaError, as_uint8_rgb, open_media
+    from segresearch.core.media import MediaError, as_uint8_rgb, open_media
     from segresearch.tools.segmenters.writers import read_mask
     from segresearch.tools.visualize import overlay_mask
 

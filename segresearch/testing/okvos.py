@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segresearch.coords import QWEN3
+from segresearch.core.coords import QWEN3
 from segresearch.testing.scenes import DEFAULT_SHAPES, Shape, render_scene, write_frames
 
 CLUBS = {
@@ -169,7 +169,7 @@ def oracle_turns(root: str | Path, split: str, row: dict, keyframe: int | None =
     six sampled), then the answer box and point of the mask on that frame."""
     import json
 
-    from segresearch.tools.media import sample_frame_ids
+    from segresearch.core.media import sample_frame_ids
 
     root = Path(root)
     ann = root / split / "Annotations" / str(row["video"]) / str(row["oid"])

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segresearch.tools.media import Media
+from segresearch.core.media import Media
 from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
 
 

@@ -9,9 +9,9 @@ from langchain_core.tools import BaseTool, StructuredTool
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from segresearch.agents.prompts import KEYFRAME_CAPTION
-from segresearch.agents.protocol import render_bad_keyframe
-from segresearch.tools.media import Media, SquareResize
+from segresearch.core.media import Media, SquareResize
+from segresearch.core.prompts import KEYFRAME_CAPTION
+from segresearch.core.protocol import render_bad_keyframe
 
 # The published keyframe tool (verl_tool/servers/tools/keyframe.py) opens the frame and
 # resizes it to 864×864 with LANCZOS.

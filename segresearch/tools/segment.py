@@ -14,7 +14,7 @@ from typing import Any
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from segresearch.tools.media import Media
+from segresearch.core.media import Media
 from segresearch.tools.segmenters import (
     OVERLAY_IMAGE,
     OVERLAY_VIDEO,

@@ -33,8 +33,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
 from segresearch.agents.content import block_image, content_blocks, is_image_block
-from segresearch.agents.protocol import cut_at_stop
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.protocol import cut_at_stop
+from segresearch.core.shared_cache import LoadOnce
 
 __all__ = [
     "HFChatModel",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -29,7 +29,8 @@ from langchain_openai import ChatOpenAI
 
 from segresearch.agents.content import inline_media
 from segresearch.agents.model_spec import parse_openai_spec
-from segresearch.envvars import env_str
+from segresearch.core.envvars import env_str
+from segresearch.core.urls import redact_url
 
 __all__ = [
     "OpenAICompatChatModel",
@@ -311,20 +312,6 @@ def make_openai_model(
     )
 
 
-def _redact_url(url: str) -> str:
-    """Drop user:password from a URL so it can be shown in messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def check_openai_endpoint(base_url: str, timeout: float = 3.0) -> str | None:
     """Probe ``{base_url}/models`` so the CLI fails in seconds, not after retries.
 
@@ -332,7 +319,7 @@ def check_openai_endpoint(base_url: str, timeout: float = 3.0) -> str | None:
     carries no key and the real request will report auth problems precisely. Otherwise a
     one-line message that says how to get a server (or to run without one).
     """
-    shown = _redact_url(base_url)
+    shown = redact_url(base_url)
     url = base_url.rstrip("/") + "/models"
     try:
         response = httpx.get(url, timeout=timeout)

@@ -46,8 +46,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
-from segresearch import cancel
-from segresearch.agents.protocol import cut_at_stop
+from segresearch.core import cancel
+from segresearch.core.protocol import cut_at_stop
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 

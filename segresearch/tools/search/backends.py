@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.shared_cache import LoadOnce
 from segresearch.tools.search.base import SearchBackend, SearchSettings, SearchUnavailable
 from segresearch.tools.search.bm25 import BM25KnowledgeBase
 from segresearch.tools.search.cache import CachedBackend, get_cache

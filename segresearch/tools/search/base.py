@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.shared_cache import LoadOnce
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from segresearch.jsonl import iter_jsonl
+from segresearch.core.jsonl import iter_jsonl
 from segresearch.tools.search.base import (
     ImageHit,
     SearchBackend,

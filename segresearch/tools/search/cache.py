@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.shared_cache import LoadOnce
 from segresearch.tools.search.base import ImageHit, SearchBackend, TextHit
 
 log = logging.getLogger(__name__)
@@ -341,7 +341,7 @@ class CachedBackend(SearchBackend):
         return self.inner.cache_key
 
     def _bypassing(self) -> bool:
-        from segresearch.envvars import setting
+        from segresearch.core.envvars import setting
 
         return self.bypass or bool(setting(BYPASS_ENV))
 

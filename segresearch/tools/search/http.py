@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
+from segresearch.core.urls import redact_url
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -200,7 +202,7 @@ def request_with_retries(
             break
         if deadline is not None and time.monotonic() + delay >= deadline:
             break  # the wait alone would use up the budget: report now
-        log.debug("%s %s: %s; retrying in %.2f s", method, _redact(url), last, delay)
+        log.debug("%s %s: %s; retrying in %.2f s", method, redact_url(str(url), drop_query=True), last, delay)
         _sleep(delay)
     if last is None:  # the deadline passed before the first attempt
         raise RequestFailed("no time left for the request", kind="timeout")
@@ -249,12 +251,6 @@ def _transport_reason(e: httpx.TransportError) -> str:
     if isinstance(e, httpx.RemoteProtocolError):
         return "server closed the connection"
     return type(e).__name__
-
-
-def _redact(url: str | httpx.URL) -> str:
-    """Logs get the host and path only: query strings of some APIs carry keys."""
-    u = httpx.URL(str(url))
-    return f"{u.scheme}://{u.host}{u.path}"
 
 
 # ------------------------------------------------------------------ addresses

@@ -15,14 +15,14 @@ from langchain_core.tools import BaseTool, StructuredTool
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from segresearch import cancel
-from segresearch.agents.protocol import (
+from segresearch.core import cancel
+from segresearch.core.media import SquareResize
+from segresearch.core.protocol import (
     render_image_results,
     render_search_error,
     render_text_results,
 )
-from segresearch.shared_cache import LoadOnce, thread_pool
-from segresearch.tools.media import SquareResize
+from segresearch.core.shared_cache import LoadOnce, thread_pool
 from segresearch.tools.search.base import SearchBackend, SearchUnavailable
 
 # The published image search (verl_tool/servers/tools/local_retrieval.py) resizes each hit

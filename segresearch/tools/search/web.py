@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from segresearch.envvars import env_str
-from segresearch.shared_cache import thread_pool
+from segresearch.core.envvars import env_str
+from segresearch.core.shared_cache import thread_pool
 from segresearch.tools.search.base import (
     ImageHit,
     SearchBackend,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from segresearch.tools.media import Media
+from segresearch.core.media import Media
 
 
 def stable_seed(*parts: object) -> int:

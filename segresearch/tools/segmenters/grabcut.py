@@ -35,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segresearch.tools.media import Media, as_uint8_rgb
+from segresearch.core.media import Media, as_uint8_rgb
 from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession, stable_seed
 
 __all__ = ["FLOW_METHODS", "GrabCutSegmenter", "GrabCutSession"]

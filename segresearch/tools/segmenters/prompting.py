@@ -16,7 +16,7 @@ while frames are named 0…N-1, as in OK-VOS, and an evaluation counts where the
 (``rule_differs``).
 
 Both scale model coordinates to pixels with ``CoordFrame.sam2_box`` / ``sam2_point``
-(``segresearch.coords``): float32, exactly as the published script does (``value × width /
+(``segresearch.core.coords``): float32, exactly as the published script does (``value × width /
 1000`` for Qwen3-VL's 0–1000 grid), without rounding.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from segresearch.coords import QWEN3, CoordFrame
+from segresearch.core.coords import QWEN3, CoordFrame
 from segresearch.tools.segmenters.base import Prompt
 
 KEYFRAME_RE = re.compile(r"<keyframe>\s*(\d+)\s*</keyframe>", re.S)

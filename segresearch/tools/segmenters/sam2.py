@@ -34,8 +34,8 @@ from segresearch.compat.sam2 import (
     quiet_missing_extension,
     silence_progress_bars,
 )
-from segresearch.shared_cache import LoadOnce
-from segresearch.tools.media import Media
+from segresearch.core.media import Media
+from segresearch.core.shared_cache import LoadOnce
 from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
 
 SAM2_CONFIGS = {

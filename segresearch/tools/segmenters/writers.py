@@ -15,7 +15,6 @@ when the run is resumed, and nothing else.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -29,8 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segresearch import cancel
-from segresearch.tools.media import Media, as_uint8_rgb
+from segresearch.core import cancel
+from segresearch.core.files import created_mode
+from segresearch.core.media import Media, as_uint8_rgb
 from segresearch.tools.segmenters.base import Prompt
 
 log = logging.getLogger(__name__)
@@ -54,28 +54,6 @@ class MaskSet:
     frames: int  # PNG files written (every frame of the media)
     reached: int  # frames the segmenter produced a mask for
     area: dict[int, int] = field(default_factory=dict)  # foreground pixels per frame id
-
-
-@functools.cache
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows: setting it to read
-    it back would, for an instant, give files other threads create the wrong mode."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def created_mode(base: int = 0o666) -> int:
-    """The mode an ordinary ``open``/``mkdir`` would give: ``tempfile`` makes files 0600
-    and folders 0700, which a finished output must not keep (others on the machine, a web
-    server or a shared results folder could not read it)."""
-    return base & ~_umask()
 
 
 def _partial_dir(dest: Path, kind: str) -> Path:

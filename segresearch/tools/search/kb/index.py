@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segresearch import cancel
-from segresearch.envvars import env_str, setting
-from segresearch.jsonl import iter_jsonl
-from segresearch.shared_cache import LoadOnce
+from segresearch.core import cancel
+from segresearch.core.envvars import env_str, setting
+from segresearch.core.jsonl import iter_jsonl
+from segresearch.core.shared_cache import LoadOnce
 from segresearch.tools.search.base import (
     ImageHit,
     SearchBackend,

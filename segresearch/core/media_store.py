@@ -33,7 +33,8 @@ from typing import Any
 
 from PIL import Image
 
-from segresearch.agents.media_budget import (
+from segresearch.core.envvars import env_str, setting
+from segresearch.core.media_budget import (
     DEAD_RETRY_SECONDS,
     LOCK_NAME,
     LOW_WATER,
@@ -51,10 +52,10 @@ from segresearch.agents.media_budget import (
     stamp_upload,
     upload_meta,
 )
-from segresearch.agents.media_budget import (
+from segresearch.core.media_budget import (
     _exclusive as _exclusive,  # re-exported (tests lock the budget through it)
 )
-from segresearch.agents.media_recipes import (
+from segresearch.core.media_recipes import (
     DIGEST_RE,
     RECIPE_VERSION,
     RESIZE_METHOD,
@@ -65,8 +66,7 @@ from segresearch.agents.media_recipes import (
     digest_of,
     remake,
 )
-from segresearch.envvars import env_str, setting
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.shared_cache import LoadOnce
 
 MEDIA_SCHEME = "media-ref:"
 STORE_ENV = "SEGRESEARCH_MEDIA_STORE"
@@ -335,7 +335,7 @@ def get_store() -> MediaStore:
 
 
 def _store_from_env() -> MediaStore:
-    from segresearch.tools.media import UPLOAD_ROOT_ENV
+    from segresearch.core.media import UPLOAD_ROOT_ENV
 
     mb = setting(CACHE_MB_ENV)
     return MediaStore(env_str(STORE_ENV) or None, max_bytes=int(mb * (1 << 20)),

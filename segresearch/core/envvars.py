@@ -10,7 +10,7 @@ int()`` from deep inside a run, or, for yes/no settings, was silently read as "n
 Values are converted by pydantic (booleans accept 1/0, true/false, yes/no, on/off, t/f,
 y/n in any case), are checked against the same bounds as the settings sent as JSON, and
 never accept NaN or infinity. The command line checks the whole environment once at start
-(:func:`check_environment`), so a bad variable stops it before anything is written.
+(``segresearch.agents.context.check_environment``), so a bad variable stops it before anything is written.
 
 A few settings are re-read by a long-running server on every request (the upload limit,
 the media disk budget); those are marked ``lenient``: a bad value met at run time logs a
@@ -227,26 +227,21 @@ def context_default(field_name: str, default: Any, kind: Kind | None = None, *,
                  maximum=hi, choices=choices)
 
 
-def check_environment() -> None:
-    """Parse every registered setting, every Context default and the media pixel cap now
-    (a ValueError naming the variable on the first bad one), so a command refuses a
-    malformed variable before it does any work."""
+def check_settings() -> None:
+    """Parse every registered setting now (a ValueError naming the variable on the first
+    bad one). The full start-up check, Context defaults included, is
+    ``segresearch.agents.context.check_environment``."""
     for name, spec in SETTINGS.items():
         raw = raw_value(name)
         if raw is not None:
             spec.parse(raw)
-    from segresearch.agents.context import Context
-    from segresearch.tools.media import working_max_pixels
-
-    Context()
-    working_max_pixels()
 
 
 __all__ = [
     "SETTINGS",
     "EnvError",
     "Setting",
-    "check_environment",
+    "check_settings",
     "context_default",
     "env_bool",
     "env_float",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segresearch.jsonl import read_utf8
+from segresearch.core.jsonl import read_utf8
 
 SEARCH_SYSTEM_PROMPT = """\
 You are a visual search agent. The user shows you frames sampled from a video (or a single \

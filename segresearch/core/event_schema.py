@@ -1,9 +1,9 @@
-"""The JSON Schema of every event (``segresearch.events``), for clients that do not run
+"""The JSON Schema of every event (``segresearch.core.events``), for clients that do not run
 Python: the web page, SDK clients, anything reading ``trajectory.json``.
 
 Kept apart from the types so that reading an event's names costs no pydantic import; this
 module is what builds, checks and prints the published document. ``assets/events.schema.json``
-is its output, checked in (a test keeps the two equal); ``python -m segresearch.event_schema``
+is its output, checked in (a test keeps the two equal); ``python -m segresearch.core.event_schema``
 prints it, and the README's event tables are ``markdown_table``'s output.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import Field, TypeAdapter
 
-from segresearch import events
+from segresearch.core import events
 
 # The published unions, by the name a client refers to them with (``#/$defs/<name>``). Each
 # is tagged by ``type``: within one union every shape has its own tag.

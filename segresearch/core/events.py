@@ -7,7 +7,7 @@ review pause's payload; ``State.pending`` carries the parsed action from ``reaso
 node that runs it. Those shapes are a public format, so each one is a ``TypedDict`` here:
 still a plain dict at run time (payloads and stored threads stay byte for byte what they
 were), but one definition that producers build, consumers read, and
-``segresearch.event_schema`` publishes as JSON Schema.
+``segresearch.core.event_schema`` publishes as JSON Schema.
 
 This module is in the bottom layer: it imports nothing from the rest of the package, and
 only ``typing`` (no pydantic), so the CLI and the console read these names for free.

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from segresearch.envvars import EnvError, env_float, env_str
-from segresearch.shared_cache import LoadOnce
+from segresearch.core.envvars import EnvError, env_float, env_str
+from segresearch.core.shared_cache import LoadOnce
 
 # FFmpeg inside OpenCV writes its decoder complaints ("Invalid NAL unit size", "partial
 # file") straight to the terminal, once per attempt, over the run's own output. What they

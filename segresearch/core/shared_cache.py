@@ -17,7 +17,7 @@ registered under one shared name and held weakly, so the registry never keeps an
 alive.
 
 Thread pools are made here too (:func:`thread_pool`), lazily and once per name, with their
-sizes from the settings in :mod:`segresearch.envvars`, so a deployment sizes them without
+sizes from the settings in :mod:`segresearch.core.envvars`, so a deployment sizes them without
 code and no module starts threads merely by being imported.
 """
 
@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from segresearch.envvars import setting
+from segresearch.core.envvars import setting
 
 T = TypeVar("T")
 
