@@ -35,16 +35,16 @@ install-dev: $(VENV)/.dev
 demo: $(VENV)/.core
 	$(BIN)/segresearch demo
 
-test: $(VENV)/.dev
-	$(BIN)/ruff check segresearch tests bench
+test: lint
 	$(BIN)/python -m pytest
 
+# ruff, the layer contracts in pyproject.toml (lint-imports) and mypy on the public API modules.
 lint: $(VENV)/.dev
 	$(BIN)/ruff check segresearch tests bench
-	$(BIN)/ruff format --check segresearch tests bench
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 format: $(VENV)/.dev
-	$(BIN)/ruff format segresearch tests bench
 	$(BIN)/ruff check --fix segresearch tests bench
 
 bench: $(VENV)/.dev

@@ -327,7 +327,7 @@ def tiny_checkpoint(s: Settings, family: str) -> Path:
 def load_processor(path: Path) -> Any:
     from transformers import AutoProcessor
 
-    from segresearch.agents.backends.hf_compat import install_video_processor_stub
+    from segresearch.compat.transformers import install_video_processor_stub
 
     install_video_processor_stub()  # no-op where torchvision provides the real one
     return AutoProcessor.from_pretrained(path)

@@ -102,7 +102,7 @@ async def _concurrent(n: int, one_run: Callable[[int], Awaitable[dict[str, Any]]
 
 async def in_process(cassettes: dict[str, Path], media: str, runs: int, concurrent: int,
                      rounds: int) -> dict[str, float]:
-    from segresearch.agents.context import validate_context
+    from segresearch.agents.client_settings import validate_context
     from segresearch.graphs.seg_research import graph
 
     def runner(cassette: Path) -> Callable[[int], Awaitable[dict[str, Any]]]:

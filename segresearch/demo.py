@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from segresearch.agents.context import Context
 from segresearch.core.envvars import env_str
 from segresearch.testing.scenes import render_scene, write_frames, write_masks
 
@@ -58,15 +60,25 @@ def ensure_demo_media(root: Path | None = None) -> Path:
 
 
 def ground_truth_mask(frames_dir: Path, frame_name: str) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(frames_dir.parent / "masks" / f"{frame_name}.png") as im:
         return np.asarray(im) > 127
 
 
-def demo_context(out_dir: str | Path, **overrides: Any):
-    from segresearch.agents.context import Context
+def demo_masks(frames_dir: Path, masks_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(frame names, the clip's ground-truth masks, a run's masks from ``masks_dir``), stacked
+    in frame order: what a demo run is scored on."""
+    names = sorted(p.stem for p in frames_dir.glob("*.jpg"))
+    gt = np.stack([ground_truth_mask(frames_dir, n) for n in names])
+    pred = np.stack([_mask(masks_dir / f"{n}.png") for n in names])
+    return names, gt, pred
 
+
+def _mask(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im) > 127
+
+
+def demo_context(out_dir: str | Path, **overrides: Any):
     kw: dict[str, Any] = dict(
         model=f"replay:{demo_cassette()}",
         search="local",

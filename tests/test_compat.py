@@ -196,6 +196,7 @@ def test_payload_kinds_of_requests():
     assert kind("POST", "/threads/t1/runs/stream") == "run" and kind("POST", "/runs/batch") == "batch"
     assert kind("PATCH", "/assistants/a1") == "assistant" and kind("POST", "/threads/t/state") == "state"
     assert kind("POST", "/runs/crons/search") is None and kind("GET", "/threads/t/state") is None
+    assert kind("POST", "/threads") == "thread" and kind("POST", "/threads/search") is None
 
 
 # --------------------------------------------------------------------------------- SAM 2

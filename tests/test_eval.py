@@ -20,7 +20,8 @@ from segresearch.agents.context import Context
 from segresearch.eval.datasets import load_image_set, load_okvos, safe_name
 from segresearch.eval.metrics import boundary_f, region_j
 from segresearch.eval.predictions import PredictionLog, read_predictions
-from segresearch.eval.runner import EvalError, EvalSpec, evaluate
+from segresearch.eval.runner import evaluate
+from segresearch.eval.spec import EvalError, EvalSpec
 from segresearch.testing.okvos import make_synthetic_okvos, oracle_turns, write_oracle_cassette
 from segresearch.testing.oracle import GroundTruthSegmenter
 from segresearch.tools.segmenters import Segmenter, VideoSession

@@ -22,8 +22,9 @@ from segresearch.eval.datasets import Query, check_ground_truth, load_okvos
 from segresearch.eval.postseg import SegJob, segment_jobs
 from segresearch.eval.predict import row_from_state
 from segresearch.eval.predictions import read_predictions
-from segresearch.eval.runner import EvalSpec, evaluate
+from segresearch.eval.runner import evaluate
 from segresearch.eval.scoring import score_queries
+from segresearch.eval.spec import EvalSpec
 from segresearch.testing.okvos import make_synthetic_okvos, oracle_turns
 from segresearch.testing.oracle import GroundTruthSegmenter
 from segresearch.testing.scenes import inner_point, mask_box, render_scene

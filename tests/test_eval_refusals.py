@@ -16,7 +16,8 @@ import pytest
 
 from segresearch.agents.context import Context
 from segresearch.cli import main
-from segresearch.eval.runner import EvalError, EvalSpec, evaluate, resolve_spec, settings
+from segresearch.eval.runner import evaluate
+from segresearch.eval.spec import EvalError, EvalSpec, resolve_spec, settings
 from segresearch.testing.okvos import make_synthetic_okvos, oracle_turns, write_oracle_cassette
 from segresearch.testing.oracle import GroundTruthSegmenter
 

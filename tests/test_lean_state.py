@@ -14,8 +14,9 @@ from langchain_core.load import dumpd
 from langgraph.checkpoint.memory import InMemorySaver
 
 from segresearch.agents.backends.replay import ReplayChatModel
+from segresearch.agents.client_settings import validate_context
 from segresearch.agents.content import block_image, block_url, is_image_block
-from segresearch.agents.context import Context, ContextError, validate_context
+from segresearch.agents.context import Context, ContextError
 from segresearch.agents.path_policy import PathRefused, check_input
 from segresearch.core.media import open_media, resize_square
 from segresearch.core.media_store import MediaStore, get_store

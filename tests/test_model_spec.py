@@ -12,8 +12,8 @@ from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.model_spec import SPEC_HELP, ModelSpec
 from segresearch.agents.models import clear_model_cache, resolve_model
 from segresearch.agents.path_policy import _model_problem, resolve_model_spec
-from segresearch.cli import _check_model
-from segresearch.eval.runner import resolved_model
+from segresearch.cli.model_check import check_model
+from segresearch.eval.spec import resolved_model
 from segresearch.servers.langgraph_server import _absolute_operator_paths
 from segresearch.servers.web import _model_status
 
@@ -39,7 +39,7 @@ def test_a_spec_no_backend_can_take_is_one_message_everywhere(spec, says):
     with pytest.raises(ValueError) as e:
         resolve_model(spec)
     assert str(e.value) == says
-    assert _check_model(spec, 1.0) == says
+    assert check_model(spec, 1.0) == says
 
 
 def test_the_openai_endpoint_errors_keep_their_words():
@@ -68,7 +68,7 @@ def test_every_reader_takes_a_file_spec_the_same_way(tmp_path, monkeypatch, form
         assert isinstance(resolve_model(spec), ReplayChatModel)
     finally:
         clear_model_cache()
-    assert _check_model(spec, 1.0) is None
+    assert check_model(spec, 1.0) is None
     assert _model_problem(spec) is None
     assert resolve_model_spec(spec) == spec  # nothing to resolve without the policy
     assert _model_status(spec)["ok"] is True
@@ -82,6 +82,6 @@ def test_every_reader_takes_a_file_spec_the_same_way(tmp_path, monkeypatch, form
 def test_a_missing_file_is_named_by_each_reader(tmp_path, monkeypatch):
     monkeypatch.delenv("SEGRESEARCH_MEDIA_ROOTS", raising=False)
     missing = tmp_path / "nope"
-    assert _check_model(f"hf: {missing}", 1.0) == f"model checkpoint not found: {missing}"
+    assert check_model(f"hf: {missing}", 1.0) == f"model checkpoint not found: {missing}"
     assert _model_status(f" hf:{missing}")["reason"] == "missing"
-    assert "replay cassette not found" in _check_model(f"replay:{missing}.json", 1.0)
+    assert "replay cassette not found" in check_model(f"replay:{missing}.json", 1.0)

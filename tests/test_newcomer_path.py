@@ -250,7 +250,7 @@ def test_a_first_use_build_in_a_terminal_draws_a_bar(tmp_path, monkeypatch):
 def test_the_run_printer_turns_progress_into_lines_in_a_log(monkeypatch):
     from rich.console import Console
 
-    from segresearch import console
+    from segresearch.cli import console
 
     clock = [100.0]
     monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])

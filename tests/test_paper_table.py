@@ -18,7 +18,8 @@ from segresearch.eval import results as res
 from segresearch.eval.datasets import ABILITIES, load_okvos
 from segresearch.eval.metrics import boundary_f, region_j
 from segresearch.eval.paper_table import PaperTableError, read_paper_table
-from segresearch.eval.runner import EvalError, EvalSpec, evaluate
+from segresearch.eval.runner import evaluate
+from segresearch.eval.spec import EvalError, EvalSpec
 from segresearch.testing.okvos import make_synthetic_okvos, write_oracle_cassette
 from segresearch.testing.oracle import GroundTruthSegmenter
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
-from segresearch.agents.context import Context, ContextError, validate_context
+from segresearch.agents.client_settings import validate_context
+from segresearch.agents.context import Context, ContextError
 from segresearch.agents.models import clear_model_cache, resolve_model
 from segresearch.agents.path_policy import (
     ALLOWED_URLS_ENV,

@@ -89,16 +89,19 @@ def test_image_search_results_are_256_lanczos():
     assert img.tobytes() == source.resize((256, 256), Image.Resampling.LANCZOS).tobytes()
 
 
-def test_agent_loop_defaults_are_the_tools_sizes():
-    import inspect
-
+def test_agent_loop_defaults_are_the_tools_sizes(monkeypatch):
     pytest.importorskip("verl")
-    from segresearch.rl.agent_loop import SegResearchAgentLoop
+    from segresearch.agents.context import Context
+    from segresearch.rl.agent_loop import SETTING_FIELDS
 
-    params = inspect.signature(SegResearchAgentLoop.__init__).parameters
-    assert params["frame_size"].default == FRAME_RESIZE.side
-    assert params["keyframe_size"].default == KEYFRAME_RESIZE.side
-    assert params["search_image_size"].default == SEARCH_IMAGE_RESIZE.side
+    # an agent-loop config may set the sizes; one that does not gets the Context's defaults
+    sizes = {"frame_size": FRAME_RESIZE.side, "keyframe_size": KEYFRAME_RESIZE.side,
+             "search_image_size": SEARCH_IMAGE_RESIZE.side}
+    assert set(sizes) <= set(SETTING_FIELDS)
+    for name in sizes:
+        monkeypatch.delenv(f"SEGRESEARCH_{name.upper()}", raising=False)
+    ctx = Context()
+    assert {name: getattr(ctx, name) for name in sizes} == sizes
 
 
 # ------------------------------------------------------------------ recipes and the store

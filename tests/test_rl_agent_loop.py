@@ -32,6 +32,7 @@ from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
 from segresearch.compat.verl import agent_loop_registry  # noqa: E402
+from segresearch.core import shared_cache  # noqa: E402
 from segresearch.rl.agent_loop import AGENT_NAME, SegResearchAgentLoop  # noqa: E402
 from segresearch.rl.reward import compute_score  # noqa: E402
 from segresearch.testing.tiny_vlm import (  # noqa: E402
@@ -531,6 +532,20 @@ def test_budget_settings_are_checked(tiny):
         make_loop(tiny, FakeServer(tiny.tok, []), max_action_tokens=0)
 
 
+def test_context_settings_come_from_the_config(tiny, scene_dir):
+    """Any Context field a config entry gives reaches every trajectory's Context; a bad
+    value stops the loop's construction, and what each trajectory decides is not a setting."""
+    loop = make_loop(tiny, FakeServer(tiny.tok, []), max_turns=3, text_topk=5)
+    info = row(scene_dir, frame_size=tiny.frame_size)["extra_info"]
+    ctx = loop._trajectory_context("replay:unused.json", info["frames"], {"temperature": 0.7}, info)
+    assert (ctx.max_turns, ctx.text_topk, ctx.search, ctx.temperature) == (3, 5, "none", 0.7)
+    assert (ctx.num_frames, ctx.run_segmentation, ctx.review) == (len(info["frames"]), False, False)
+    with pytest.raises(ValueError, match="max_turns"):
+        make_loop(tiny, FakeServer(tiny.tok, []), max_turns=0)
+    with pytest.raises(ValueError, match="temperature: set by each trajectory"):
+        make_loop(tiny, FakeServer(tiny.tok, []), temperature=0.5)
+
+
 @pytest.mark.parametrize("search", ["none", "local"])
 def test_prompt_counter_equals_the_rollout_prompt(tiny, scene_dir, kb_dir, search):
     """The preflight's count of a row's prompt (rl/data.py, images counted from their
@@ -544,3 +559,42 @@ def test_prompt_counter_equals_the_rollout_prompt(tiny, scene_dir, kb_dir, searc
     # one more frame is one more label and one more image's placeholders
     more = counter.count("the blue square", [*SHOWN, 12], tiny.frame_size, "qwen3")
     assert more - len(out.prompt_ids) > PUBLISHED_TOKENS[tiny.family][FRAME_PX]
+
+
+# ------------------------------------------------------------------ the prompt of a GRPO group
+# verl makes a new agent loop (and token builder) for every sample and the samples start
+# together, yet a group's prompt is rendered once per worker.
+
+
+def test_a_group_renders_its_prompt_once(tiny, scene_dir, monkeypatch):
+    renders = []
+    from verl.experimental.agent_loop.agent_loop import AgentLoopBase
+
+    real = AgentLoopBase.ct_build_initial_tokens
+
+    async def counting(self, *a, **kw):
+        renders.append(id(self))
+        await asyncio.sleep(0.05)  # a render takes a while: the siblings start meanwhile
+        return await real(self, *a, **kw)
+
+    monkeypatch.setattr(AgentLoopBase, "ct_build_initial_tokens", counting)
+    shared_cache.clear("rl.prompt_ids")
+
+    async def group(question: str, n: int = 8):
+        server = FakeServer(tiny.tok, [KEYFRAME, ANSWER])
+        # one agent loop per sample, as verl's worker builds them
+        loops = [make_loop(tiny, server) for _ in range(n)]
+        outs = await asyncio.gather(*(lp.run({"temperature": 1.0}, **row(scene_dir, question)) for lp in loops))
+        return outs, server
+
+    outs, server = asyncio.run(group("the blue square"))
+    assert len(renders) == 1
+    first = {}
+    for c in server.calls:
+        first.setdefault(c["request_id"], tuple(c["prompt_ids"]))
+    assert len(first) == 8 and len(set(first.values())) == 1  # every sample began from the same ids
+    assert all(o.num_turns >= 2 for o in outs)
+    # another question is another prompt; the same one again is a cache hit
+    asyncio.run(group("the red circle", n=4))
+    asyncio.run(group("the blue square", n=4))
+    assert len(renders) == 2

@@ -20,8 +20,9 @@ from PIL import Image
 from rich.console import Console
 
 from segresearch import __version__
-from segresearch.cli import _check_model, build_parser, main
-from segresearch.console import RunPrinter
+from segresearch.cli import build_parser, main
+from segresearch.cli.console import RunPrinter
+from segresearch.cli.model_check import check_model
 from segresearch.testing.scenes import render_scene, write_frames
 from segresearch.testing.servers import wait_for_output
 
@@ -158,7 +159,7 @@ def test_the_no_server_hint_names_a_spec_that_works(scene_dir, capsys):
     err = capsys.readouterr().err
     hinted = err.split("then use --model ", 1)[1].split(")", 1)[0]
     assert hinted.startswith("openai:")
-    problem = _check_model(hinted, timeout=1.0)  # at worst unreachable here, never a bad spec
+    problem = check_model(hinted, timeout=1.0)  # at worst unreachable here, never a bad spec
     assert problem is None or "not reachable" in problem
 
 

@@ -28,9 +28,10 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
-from segresearch.cli import _save_run_settings, main
+from segresearch.cli import main
 from segresearch.core import cancel
 from segresearch.graphs.outputs import missing_outputs
+from segresearch.graphs.run_folders import save_run_settings
 from segresearch.graphs.seg_research import build_graph
 
 EXE = str(Path(sys.executable).parent / "segresearch")
@@ -133,7 +134,7 @@ def test_resume_finishes_a_step_that_ended_after_ctrl_c(scene_dir, tmp_path, cap
     g, cfg = _graph(db), {"configurable": {"thread_id": "seg1"}}
     settings = {"model": f"replay:{cassette}", "search": "none", "segmenter": "grabcut",
                 "output_dir": str(out)}
-    _save_run_settings(g, "seg1", {"context": settings})
+    save_run_settings(g, "seg1", {"context": settings})
     ctx = Context(**settings)
     with pytest.raises(KeyboardInterrupt):  # what the main thread met, the flag unset
         for mode, chunk in g.stream({"query": "the blue square", "media": str(scene_dir / "frames")},

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -276,6 +277,26 @@ def test_state_updates_and_commands_are_checked(open_server, files):
     assert _post(open_server, f"/threads/{thread}/runs/wait", body).status_code == 403
 
 
+def test_thread_supersteps_are_checked(open_server, files):
+    """``POST /threads`` with ``supersteps`` writes state without a run (as the input, or as a
+    command whose Send the next run executes): refused like a run naming the same paths,
+    before the thread exists; a superstep inside the roots still creates it."""
+    secret = str(files["outside"] / "secret.txt")
+    meta = {"graph_id": "seg_research"}  # without it langgraph-api skips the supersteps
+    as_input = {"as_node": "__input__", "values": {"query": "q", "media": secret}}
+    send = {"as_node": "load_media", "command": {"goto": {"node": "segment", "input": {"media": secret}}}}
+    for update, where in ((as_input, "values"), (send, "command.goto.input")):
+        thread_id = str(uuid.uuid4())
+        body = {"thread_id": thread_id, "metadata": meta, "supersteps": [{"updates": [update]}]}
+        r = _post(open_server, "/threads", body)
+        assert r.status_code == 403 and SECRET not in r.text, r.text
+        assert r.json()["detail"][0].startswith(f"supersteps[0].updates[0].{where}: "), r.text
+        assert httpx.get(f"{open_server}/threads/{thread_id}").status_code == 404
+    inside = {"as_node": "__input__", "values": {"query": "q", "media": str(files["frames"])}}
+    r = _post(open_server, "/threads", {"metadata": meta, "supersteps": [{"updates": [inside]}]})
+    assert r.status_code == 200, r.text
+
+
 # ------------------------------------------------------------------ auth on
 
 
@@ -429,6 +450,36 @@ def test_guard_replays_the_body_and_leaves_other_routes_alone(monkeypatch):
     client.post("/runs/wait", content=b"not json")  # left for the server to refuse
     assert calls == ["run", "assistant", "batch"]
     assert seen[-1] == ("/runs/wait", b"not json")
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"supersteps": [{"updates": [{"as_node": "__input__", "values": {"media": 42}}]}]},
+     "supersteps[0].updates[0].values"),
+    ({"supersteps": [{"updates": [{"as_node": "load_media", "values": [[{"query": 1}, "load_media"]]}]}]},
+     "supersteps[0].updates[0].values[0]"),
+    ({"supersteps": [{"updates": []}, {"updates": [{"as_node": "reason", "command": {"update": [["media", 7]]}}]}]},
+     "supersteps[1].updates[0].command.update[0]"),
+    ({"supersteps": [{"updates": [{"as_node": "reason", "command": {
+        "goto": ["finish", {"node": "segment", "input": {"media": 7}}]}}]}]},
+     "supersteps[0].updates[0].command.goto[1].input"),
+])
+def test_guard_reads_every_state_write_of_a_new_thread(body, where):
+    """Every shape a superstep can write state in is read, and the answer names where."""
+    async def never(scope, receive, send):
+        raise AssertionError("a refused request reached the server")
+
+    r = TestClient(graph_app.RunPayloadGuard(never)).post("/threads", json=body)
+    assert r.status_code == 422, r.text
+    assert [line.split(": ")[0] for line in r.json()["detail"]] == [where], r.text
+
+
+def test_guard_reads_a_runs_command_goto_inputs():
+    async def never(scope, receive, send):
+        raise AssertionError("a refused request reached the server")
+
+    client = TestClient(graph_app.RunPayloadGuard(never))
+    r = client.post("/threads/abc/runs", json={"command": {"goto": {"node": "segment", "input": {"media": 7}}}})
+    assert r.status_code == 422 and r.json()["detail"][0].startswith("command.goto.input: "), r.text
 
 
 

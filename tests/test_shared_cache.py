@@ -137,6 +137,36 @@ def test_the_registry_names_every_cache_and_clears_them_by_name():
         shared_cache.clear("test.no_such_cache")
 
 
+def test_a_batch_caller_claims_its_keys_and_waiters_get_what_it_settles():
+    cache: LoadOnce[str] = LoadOnce(0, name="test.flights")  # shares loads, keeps nothing
+    a, mine_a = cache.claim("a")
+    b, mine_b = cache.claim("b")
+    assert mine_a and mine_b and cache.stats().locks == 2
+    with ThreadPoolExecutor(4) as pool:
+        waiting = [pool.submit(cache.get, k, lambda: pytest.fail("loaded twice")) for k in "aabb"]
+        deadline = time.monotonic() + 10
+        while cache.stats().hits < 4 and time.monotonic() < deadline:  # all four joined a load
+            time.sleep(0.01)
+        cache.settle("a", a, "A")
+        cache.settle("b", b, error=TimeoutError("backend"))
+        assert [w.result() for w in waiting[:2]] == ["A", "A"]
+        for w in waiting[2:]:
+            with pytest.raises(TimeoutError):
+                w.result()
+    assert len(cache) == 0 and cache.stats().locks == 0 and cache.claim("a")[1]
+
+
+def test_keep_newest_holds_the_last_value_however_heavy():
+    cache: LoadOnce[str] = LoadOnce(max_weight=4, weigh=len, keep_newest=True)
+    cache.put("a", "xx")
+    cache.put("big", "w" * 9)  # over the whole budget: kept alone
+    assert [cache.has(k) for k in ("a", "big")] == [False, True]
+    cache.put("b", "yy")
+    assert [cache.has(k) for k in ("big", "b")] == [False, True] and cache.stats().weight == 2
+    cache.put("b", "zz", replace=True)
+    assert cache.peek("b") == "zz"
+
+
 # Every process cache of the package, by module and the name it is registered under.
 KNOWN_CACHES = {
     "segresearch.agents.content": ["content.decoded_images"],
@@ -149,6 +179,7 @@ KNOWN_CACHES = {
     "segresearch.tools.search.base": ["search.kb_images"],
     "segresearch.tools.search.backends": ["search.backends"],
     "segresearch.tools.search.cache": ["search.caches"],
+    "segresearch.tools.search.http": ["search.fetch_client"],
     "segresearch.tools.search.tools": ["search.resized_hits"],
     "segresearch.tools.search.kb.index": ["kb.indexes"],
     "segresearch.tools.search.kb.embedders": ["kb.embedders"],
@@ -163,11 +194,17 @@ RL_CACHES = {
     "segresearch.rl.postprocess_cache": ["rl.postprocess"],  # one per processor
     "segresearch.tools.search.kb.index": ["kb.query_vectors"],  # one per knowledge base
 }
+# Caches an object owns, one per owner, registered when the owner is made: found in the source.
+OWNED_CACHES = {
+    "segresearch.core.media_store": ["media.images", "media.recipes", "media.data_urls"],  # per store
+    "segresearch.tools.search.cache": ["search.flights"],  # per SQLite cache object
+}
 PACKAGE = Path(__file__).resolve().parents[1] / "segresearch"
 # functools caches of values fixed by the code itself (no data, nothing to clear or bound):
 # pydantic adapters and bounds of a class, the process umask, a test model's template.
 CONSTANT_MEMOS = {"segresearch.agents.context", "segresearch.core.envvars",
-                  "segresearch.tools.segmenters.writers", "segresearch.testing.tiny_vlm"}
+                  "segresearch.core.files", "segresearch.testing.tiny_vlm",
+                  "segresearch.compat.transformers"}
 
 
 def _modules(known: dict[str, list[str]]) -> list:
@@ -213,8 +250,10 @@ def _source_caches() -> dict[str, list[str]]:
 
 
 def test_every_process_cache_is_a_named_load_once():
-    expected = {m: sorted(n) for m, n in {**KNOWN_CACHES, **RL_CACHES}.items()}
-    expected["segresearch.tools.search.kb.index"] = ["kb.indexes", "kb.query_vectors"]
+    expected: dict[str, list[str]] = {}
+    for known in (KNOWN_CACHES, RL_CACHES, OWNED_CACHES):
+        for module, names in known.items():
+            expected[module] = sorted(expected.get(module, []) + names)
     assert {m: sorted(n) for m, n in _source_caches().items()} == expected
 
 
@@ -267,9 +306,10 @@ def test_thread_pools_are_made_once_with_sizes_from_the_settings(monkeypatch):
 
 def _private_cache_names() -> set[str]:
     """The module globals that hold caches, and the private parts of the cache type."""
-    names = {"_items", "_loading", "_pending", "_REGISTRY", "_POOLS",
+    names = {"_items", "_flights", "_pending", "_key_locks", "_REGISTRY", "_POOLS",
              # the hand-made caches the registry replaced, so they do not come back in a test
-             "_CACHE", "_VIDEO_INDEX", "_DECODE_CACHE", "_PROMPT_CACHE", "_STORE", "_query_vecs"}
+             "_CACHE", "_VIDEO_INDEX", "_DECODE_CACHE", "_PROMPT_CACHE", "_STORE", "_query_vecs",
+             "_loading", "_inflight"}
     for module in _modules(KNOWN_CACHES):
         names |= {k for k in _module_caches(module) if k.startswith("_")}
     return names

@@ -4,6 +4,7 @@ tests that need it, each naming the missing file."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -18,3 +19,18 @@ def test_only_conftest_locates_the_shared_folder():
                  if _OWN_SHARED.search(line) and p.name != Path(__file__).name]
     assert offenders == [], f"use the shared_path fixture instead: {offenders}"
     assert _OWN_SHARED.search('SHARED = Path(__file__).resolve().parents[2] / "shared"')
+
+
+def test_test_modules_share_through_conftest_not_imports():
+    """A helper one test module imports from another drags that module's fixtures and
+    skips along with it; shared fixtures live in conftest.py, shared code in
+    ``segresearch.testing``."""
+    own = {p.stem for p in TESTS.glob("*.py")}
+    offenders = []
+    for p in sorted(TESTS.glob("test_*.py")):
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{p.name}:{node.lineno} imports {n}" for n in names
+                          if n.split(".")[0] in own or n.startswith("tests")]
+    assert offenders == []

@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from segresearch.cli import (
+from segresearch.cli import main
+from segresearch.cli.console import terminal_safe
+from segresearch.cli.model_check import check_model
+from segresearch.graphs.run_folders import (
     LOCK_NAME,
     RunDirError,
-    _check_model,
-    _claim_run_dir,
-    _lock_run_dir,
-    _release_run_dir,
-    main,
+    claim_run_dir,
+    lock_run_dir,
+    release_run_dir,
+    same_file,
 )
-from segresearch.console import terminal_safe
 
 T = "<thinking>ok</thinking>\n"
 ANSWER = '<answer>{"bbox_2d": [100, 100, 600, 600], "point_2d": [300, 300]}</answer>'
@@ -139,7 +140,7 @@ def test_an_image_listed_with_a_video_or_folder_exits_2_with_no_folder(tmp_path,
 def test_a_malformed_model_url_is_named_as_such(monkeypatch, spec, says):
     for var in ("OPENAI_API_KEY", "SEGRESEARCH_OPENAI_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    problem = _check_model(spec, 5.0)
+    problem = check_model(spec, 5.0)
     assert problem is not None and says in problem and "No API key" not in problem
 
 
@@ -219,29 +220,27 @@ def test_a_refused_folder_keeps_no_lock_file_of_ours(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="not empty"):
-        _claim_run_dir(out, overwrite=False, reuse=False, needed=[])
+        claim_run_dir(out, overwrite=False, reuse=False, needed=[])
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_lock_is_exclusive_then_released_and_taken_again(tmp_path):
-    fd = _lock_run_dir(tmp_path)
+    fd = lock_run_dir(tmp_path)
     assert (tmp_path / LOCK_NAME).read_text().strip() == str(os.getpid())
     with pytest.raises(RunDirError, match=f"pid {os.getpid()}"):
-        _lock_run_dir(tmp_path)
-    _release_run_dir(tmp_path, fd)
+        lock_run_dir(tmp_path)
+    release_run_dir(tmp_path, fd)
     assert not (tmp_path / LOCK_NAME).exists()
-    fd = _lock_run_dir(tmp_path)  # a fresh lock file, held again
+    fd = lock_run_dir(tmp_path)  # a fresh lock file, held again
     with pytest.raises(RunDirError):
-        _lock_run_dir(tmp_path)
-    _release_run_dir(tmp_path, fd)
+        lock_run_dir(tmp_path)
+    release_run_dir(tmp_path, fd)
 
 
 def test_a_lock_file_replaced_while_locking_is_not_trusted(tmp_path, monkeypatch):
     """The previous holder removes .lock just as we lock it: the lock we got is on a file
     nobody else will ever open, so the current file must be locked instead."""
     import fcntl
-
-    from segresearch import cli
 
     real_flock, swapped = fcntl.flock, []
 
@@ -253,24 +252,24 @@ def test_a_lock_file_replaced_while_locking_is_not_trusted(tmp_path, monkeypatch
             (tmp_path / LOCK_NAME).write_text("")
 
     monkeypatch.setattr(fcntl, "flock", flock_then_swap)
-    fd = cli._lock_run_dir(tmp_path)
+    fd = lock_run_dir(tmp_path)
     monkeypatch.setattr(fcntl, "flock", real_flock)
-    assert cli._same_file(fd, tmp_path / LOCK_NAME) and swapped
+    assert same_file(fd, tmp_path / LOCK_NAME) and swapped
     with pytest.raises(RunDirError):
-        cli._lock_run_dir(tmp_path)  # the current file is the locked one
-    _release_run_dir(tmp_path, fd)
+        lock_run_dir(tmp_path)  # the current file is the locked one
+    release_run_dir(tmp_path, fd)
 
 
 def test_an_empty_folder_made_for_a_run_is_removed_with_its_lock(tmp_path):
     made = tmp_path / "made"
     made.mkdir()
-    _release_run_dir(made, _lock_run_dir(made), remove_empty=True)
+    release_run_dir(made, lock_run_dir(made), remove_empty=True)
     assert not made.exists()
     kept = tmp_path / "kept"
     kept.mkdir()
-    fd = _lock_run_dir(kept)
+    fd = lock_run_dir(kept)
     (kept / "trajectory.json").write_text("{}")
-    _release_run_dir(kept, fd, remove_empty=True)
+    release_run_dir(kept, fd, remove_empty=True)
     assert sorted(p.name for p in kept.iterdir()) == ["trajectory.json"]
 
 

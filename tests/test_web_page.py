@@ -144,7 +144,8 @@ def test_only_the_page_files_are_public():
 def test_context_schema_enumerates_search_and_segmenter():
     """The page builds a choice for every field the schema enumerates; search backends and
     segmenters are listed from their registries, and the values stay as tolerant as before."""
-    from segresearch.agents.context import ContextError, validate_context
+    from segresearch.agents.client_settings import validate_context
+    from segresearch.agents.context import ContextError
     from segresearch.graphs.seg_research import graph
     from segresearch.tools.search import backend_names
     from segresearch.tools.segmenters import SEGMENTER_NAMES
@@ -640,7 +641,8 @@ def test_browser_refusals_are_shown_on_the_page(server, demo, browser, shots, mo
     assert "--" not in page and "`" not in page and "vllm" not in page, page
 
     # the server's refusals of settings, as the API words them, name the form's fields
-    from segresearch.agents.context import ContextError, validate_context
+    from segresearch.agents.client_settings import validate_context
+    from segresearch.agents.context import ContextError
 
     monkeypatch.setenv("SEGRESEARCH_MEDIA_ROOTS", str(demo["root"]))
     monkeypatch.setenv("SEGRESEARCH_OUTPUT_ROOT", str(tmp_path))

@@ -9,17 +9,24 @@ which may also be a chat-model object when called from Python.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
+import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from dataclasses import field, fields
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
+import annotated_types
 from langchain_core.language_models import BaseChatModel
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, InstanceOf, ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic.json_schema import SkipJsonSchema
 
 from segresearch.core.envvars import check_settings, context_default
 from segresearch.core.media import working_max_pixels
+from segresearch.tools.search.backends import backend_names
+from segresearch.tools.segmenters import SEGMENTER_NAMES
 
 DEFAULT_MODEL = "openai:Qwen/Qwen3-VL-4B-Instruct@http://127.0.0.1:8000/v1"
 # Bounds that keep one run's cost sane (10,000 frames or 4096-px frames are mistakes, and
@@ -40,38 +47,57 @@ class ContextError(ValueError):
 def _env(name: str, default: Any) -> Any:
     """``SEGRESEARCH_<NAME>`` as the field's type, checked against the field's own bounds
     and choices (``segresearch.core.envvars``: a bad value is an error naming the variable)."""
-    field_name = name.lower()
-    return context_default(field_name, default, bounds=_bounds().get(field_name),
-                           choices=_choices().get(field_name, ()))
+    rule = field_rules()[name.lower()]
+    return context_default(rule.name, default, bounds=rule.bounds, choices=rule.choices)
 
 
 def _env_opt_int(name: str, default: int | None) -> int | None:
-    field_name = name.lower()
-    return context_default(field_name, default, "int", bounds=_bounds().get(field_name),
-                           none_words=("none", "0", "off"))
+    rule = field_rules()[name.lower()]
+    return context_default(rule.name, default, "int", bounds=rule.bounds, none_words=("none", "0", "off"))
 
 
 def _search_choices(schema: dict[str, Any]) -> None:
     """The published schema lists the search backends by name, so a client (the web page)
     offers a choice instead of a free-text field. Read from the registry when the schema is
     made: built-in backends and any plugin registered by then, plus 'none'."""
-    from segresearch.tools.search.backends import backend_names
-
     schema["enum"] = [*backend_names(), "none"]
 
 
 def _segmenter_choices(schema: dict[str, Any]) -> None:
     """As for ``search``: the names ``get_segmenter`` takes, from the segmenters package."""
-    from segresearch.tools.segmenters import SEGMENTER_NAMES
-
     schema["enum"] = list(SEGMENTER_NAMES)
 
 
-@dataclass(kw_only=True)
+_T = TypeVar("_T")
+
+
+def _refusing_with_context_errors(cls: type[_T]) -> type[_T]:
+    """Python callers get what JSON clients get: the pydantic ``ValidationError`` of the
+    generated ``__init__`` becomes a ``ContextError``, one line per problem, worded by
+    ``_problem`` (``dataclasses.replace`` and LangGraph's ``Context(**context)`` too)."""
+    validating_init = cls.__init__
+
+    @functools.wraps(validating_init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validating_init(self, *args, **kwargs)
+        except ValidationError as e:
+            raise ContextError(list(dict.fromkeys(_problem(err) for err in e.errors()))) from None
+
+    cls.__init__ = __init__  # type: ignore[method-assign]  # the wrapper keeps the signature
+    return cls
+
+
+# The field annotations are the one statement of what a value may be: pydantic checks them
+# on every construction and publishes them as the graph's context schema. ``model`` may be
+# a chat-model object (checked by isinstance, left out of the schema) and ``search`` any
+# SearchBackend; an unknown keyword is refused, as a plain dataclass would.
+@_refusing_with_context_errors
+@dataclass(kw_only=True, config=ConfigDict(extra="forbid"))
 class Context:
     """Per-run settings of the Seg-ReSearch graph (env: ``SEGRESEARCH_<FIELD>`` upper-case)."""
 
-    model: str | BaseChatModel = field(
+    model: str | SkipJsonSchema[InstanceOf[BaseChatModel]] = field(
         default_factory=lambda: _env("MODEL", DEFAULT_MODEL),
         metadata={
             "description": "Chat model: a LangChain chat model object, or a spec string "
@@ -108,7 +134,7 @@ class Context:
             "so repeated queries cost one call and stay reproducible; '' or 'off' disables."
         },
     )
-    search_cache_ttl: Annotated[float, Field(ge=0)] = field(
+    search_cache_ttl: Annotated[float, Field(ge=0, allow_inf_nan=False)] = field(
         default_factory=lambda: _env("SEARCH_CACHE_TTL", 7 * 24 * 3600.0),
         metadata={"description": "Seconds a cached search result stays valid."},
     )
@@ -199,14 +225,14 @@ class Context:
         default_factory=lambda: _env("MAX_NEW_TOKENS", 2048),
         metadata={"description": "Tokens one model turn may generate."},
     )
-    max_response_tokens: Annotated[int, Field(ge=1, le=262144)] | None = field(
+    max_response_tokens: Annotated[int | None, Field(ge=1, le=262144)] = field(
         default_factory=lambda: _env_opt_int("MAX_RESPONSE_TOKENS", 8192),
         metadata={
             "description": "Tokens all model turns together may generate; the run ends "
             "with stop reason 'max_tokens' past it (None: no limit)."
         },
     )
-    temperature: Annotated[float, Field(ge=0, le=2)] = field(
+    temperature: Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)] = field(
         default_factory=lambda: _env("TEMPERATURE", 0.0),
         metadata={"description": "Sampling temperature (0: greedy)."},
     )
@@ -217,11 +243,11 @@ class Context:
             "format reminder instead of ending the run (0: end at once, as in training)."
         },
     )
-    request_timeout: Annotated[float, Field(gt=0, le=3600)] = field(
+    request_timeout: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = field(
         default_factory=lambda: _env("REQUEST_TIMEOUT", 120.0),
         metadata={"description": "Seconds one model request may take."},
     )
-    search_timeout: Annotated[float, Field(gt=0, le=600)] = field(
+    search_timeout: Annotated[float, Field(gt=0, le=600, allow_inf_nan=False)] = field(
         default_factory=lambda: _env("SEARCH_TIMEOUT", 10.0),
         metadata={"description": "Seconds one search call may take."},
     )
@@ -244,22 +270,6 @@ class Context:
         },
     )
 
-    def __post_init__(self) -> None:
-        if self.coord_style not in ("qwen3", "qwen25"):
-            raise ValueError(f"coord_style must be 'qwen3' or 'qwen25', not {self.coord_style!r}")
-        if self.prompt_variant not in ("auto", "search", "no_search"):
-            raise ValueError(f"unknown prompt_variant {self.prompt_variant!r}")
-        for name, (lo, lo_open, hi) in _bounds().items():
-            v = getattr(self, name)
-            if v is None and name == "max_response_tokens":
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{name} must be a number, not {type(v).__name__}")
-            if not math.isfinite(v):  # NaN passes every comparison below
-                raise ValueError(f"{name} must be a finite number {_describe((lo, lo_open, hi))}; got {v}")
-            if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-                raise ValueError(f"{name} must be {_describe((lo, lo_open, hi))}; got {v}")
-
     @property
     def use_search(self) -> bool:
         if self.prompt_variant == "no_search":
@@ -281,87 +291,78 @@ class Context:
         return out
 
 
-def _describe(bound: tuple[float | None, bool, float | None]) -> str:
-    lo, lo_open, hi = bound
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
-    if hi is not None:
-        parts.append(f"<= {hi:g}")
-    return " and ".join(parts)
+@dataclasses.dataclass(frozen=True)
+class FieldRule:
+    """What a Context field's constraints allow, in the form the environment parser
+    (``core.envvars.context_default``) and the refusal wording need."""
+
+    name: str
+    bounds: tuple[float | None, bool, float | None] | None  # (lower, lower is exclusive, upper)
+    choices: tuple[str, ...]
+    whole: bool  # an integer field
+    nullable: bool
+
+    def allowed(self, error_type: str) -> str:
+        """What the field must be, for a refusal of the kind pydantic calls ``error_type``."""
+        if self.choices:
+            quoted = [repr(c) for c in self.choices]
+            return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+        parts = []
+        if error_type not in _BOUND_ERRORS:  # the value's type was wrong, not its size
+            parts.append("a finite number" if error_type == "finite_number"
+                         else "a whole number" if self.whole else "a number")
+        lo, lo_open, hi = self.bounds or (None, False, None)
+        limits = ([f"{'>' if lo_open else '>='} {lo:g}"] if lo is not None else []) + \
+            ([f"<= {hi:g}"] if hi is not None else [])
+        parts.append(" and ".join(limits))
+        return " ".join(parts) + (" (or None)" if self.nullable else "")
+
+
+_BOUND_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
 @functools.cache
-def _bounds() -> dict[str, tuple[float | None, bool, float | None]]:
-    """(lower, lower is exclusive, upper) per bounded field, read from the ``Field``
-    constraints in the annotations, so the JSON schema the server publishes and the checks
-    made here cannot disagree."""
-    out: dict[str, tuple[float | None, bool, float | None]] = {}
-    for name, hint in get_type_hints(Context, include_extras=True).items():
-        for part in (hint, *get_args(hint)):
-            if get_origin(part) is not Annotated:
-                continue
-            lo = hi = None
-            lo_open = False
-            for meta in get_args(part)[1:]:
-                for c in getattr(meta, "metadata", []):
-                    if hasattr(c, "ge"):
-                        lo = c.ge
-                    elif hasattr(c, "gt"):
-                        lo, lo_open = c.gt, True
-                    elif hasattr(c, "le"):
-                        hi = c.le
-            if lo is not None or hi is not None:  # an annotation may carry only schema extras
-                out[name] = (lo, lo_open, hi)
+def field_rules() -> dict[str, FieldRule]:
+    """Bounds and choices of every Context field, read from the constraints its annotation
+    carries (``Field(ge=..)``, ``Literal[..]``): the values pydantic checks and the JSON
+    schema shows, so environment defaults and error messages cannot disagree with them."""
+    out: dict[str, FieldRule] = {}
+    infos: dict[str, FieldInfo] = Context.__pydantic_fields__  # type: ignore[attr-defined]
+    for name, info in infos.items():
+        lo: Any = None
+        hi: Any = None
+        lo_open = False
+        for c in info.metadata:
+            if isinstance(c, annotated_types.Ge):
+                lo = c.ge
+            elif isinstance(c, annotated_types.Gt):
+                lo, lo_open = c.gt, True
+            elif isinstance(c, annotated_types.Le):
+                hi = c.le
+        hint = info.annotation
+        members = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+        choices = tuple(str(a) for a in get_args(hint)) if get_origin(hint) is Literal else ()
+        bounds = (lo, lo_open, hi) if lo is not None or hi is not None else None
+        out[name] = FieldRule(name, bounds, choices, int in members, type(None) in members)
     return out
 
 
-@functools.cache
-def _choices() -> dict[str, tuple[str, ...]]:
-    """The allowed words of each ``Literal`` field (``coord_style``, ``prompt_variant``)."""
-    return {name: tuple(str(a) for a in get_args(hint))
-            for name, hint in get_type_hints(Context).items() if get_origin(hint) is Literal}
-
-
-@functools.cache
-def _adapter() -> TypeAdapter[Context]:
-    return TypeAdapter(Context)
+def _problem(err: Mapping[str, Any]) -> str:
+    """One line for one pydantic error, starting with the field's name (the web page puts
+    the form's label in its place)."""
+    loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
+    name = loc[0] if loc else "context"
+    kind = str(err.get("type", ""))
+    if kind == "unexpected_keyword_argument":
+        return f"unknown context key {name!r} (see the graph's context schema)"
+    rule = field_rules().get(name)
+    if rule is not None and (rule.bounds or rule.choices):
+        return f"{name}: got {err.get('input')!r}; {name} must be {rule.allowed(kind)}"
+    msg = str(err.get("msg", "invalid value"))
+    return f"{name}: {msg.removeprefix('Value error, ')}"
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(Context))
-
-
-def validate_context(data: Mapping[str, Any] | None) -> Context:
-    """A Context from JSON a client sent: unknown keys, wrong types and values out of bounds
-    are refused (a ContextError listing every problem), and paths must pass the serving
-    path policy (``PathRefused``). The graph applies the same policy again when it runs."""
-    from segresearch.agents.path_policy import check_context_paths
-
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ContextError(f"context must be a JSON object, not {type(data).__name__}")
-    problems = [f"unknown context key {k!r} (see the graph's context schema)"
-                for k in data if k not in FIELD_NAMES]
-    for k in ("model", "search"):
-        if k in data and not isinstance(data[k], str):
-            problems.append(f"{k}: must be a string")
-    known = {k: v for k, v in data.items() if k in FIELD_NAMES and k not in ("model", "search")
-             or k in ("model", "search") and isinstance(v, str)}
-    try:  # every problem in one answer, not one per request
-        ctx = _adapter().validate_python(known)
-    except ValidationError as e:
-        problems += [_pydantic_problem(err) for err in e.errors()]
-    if problems:
-        raise ContextError(problems)
-    check_context_paths(ctx, given=set(data))
-    return ctx
-
-
-def _pydantic_problem(err: Mapping[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "context"
-    msg = str(err.get("msg", "invalid value"))
-    return f"{loc}: {msg.removeprefix('Value error, ')}"
 
 
 def check_environment() -> None:

@@ -11,6 +11,9 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 
+from segresearch.agents.backends.hf_local import HFChatModel
+from segresearch.agents.backends.openai_compat import make_openai_model
+from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.model_spec import SPEC_HELP, ModelSpec
 from segresearch.agents.path_policy import resolve_model_spec
 from segresearch.core.shared_cache import LoadOnce
@@ -27,19 +30,11 @@ def _served_file(spec: ModelSpec) -> str:
 def _build(spec: ModelSpec, timeout: float) -> BaseChatModel:
     if spec.problem:
         raise ValueError(spec.problem)
-    # Each backend pulls in its own client library (openai, torch + transformers), which a
-    # run on another backend should not pay for: imported where the backend is chosen.
     if spec.backend == "openai":
-        from segresearch.agents.backends.openai_compat import make_openai_model
-
         name, url = spec.openai_endpoint()
         return make_openai_model(name, url, timeout=timeout)
-    if spec.backend == "hf":
-        from segresearch.agents.backends.hf_local import HFChatModel
-
+    if spec.backend == "hf":  # torch and transformers load with the first checkpoint
         return HFChatModel.from_spec(_served_file(spec))
-    from segresearch.agents.backends.replay import ReplayChatModel
-
     return ReplayChatModel.from_file(_served_file(spec))
 
 

@@ -32,10 +32,12 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from segresearch.agents.context import ContextError
+import httpx
+
+from segresearch.agents.context import DEFAULT_MODEL, Context, ContextError
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.core.envvars import env_bool, env_str
 from segresearch.core.media import (
@@ -48,9 +50,6 @@ from segresearch.core.media import (
     resolved_roots,
 )
 from segresearch.core.shared_cache import LoadOnce
-
-if TYPE_CHECKING:
-    from segresearch.agents.context import Context
 
 KB_ROOTS_ENV = "SEGRESEARCH_KB_ROOTS"
 MODEL_ROOTS_ENV = "SEGRESEARCH_MODEL_ROOTS"
@@ -172,8 +171,6 @@ def resolve_output(path: str) -> Path:
 
 def _operator_value(name: str) -> str:
     """What the server's own environment sets for a Context field ('' when unset)."""
-    from segresearch.agents.context import DEFAULT_MODEL
-
     default = DEFAULT_MODEL if name == "model" else ""
     return env_str(f"SEGRESEARCH_{name.upper()}", default)
 
@@ -233,8 +230,6 @@ def parse_endpoint(url: str) -> Endpoint | None:
     control characters or spaces, a query or fragment, an encoded separator, or anything
     two parsers read differently. Hosts are compared case-insensitively, IDNA-encoded,
     without a trailing dot; a missing port is the scheme's default."""
-    import httpx
-
     if not isinstance(url, str):
         return None
     text = url.strip()

@@ -13,7 +13,7 @@ Two assumptions, each pinned by a contract test in ``tests/test_compat.py``:
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from langgraph.config import get_config
 from langgraph.constants import CONFIG_KEY_CHECKPOINTER
@@ -21,7 +21,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 TESTED_VERSION = "1.2.24"
 
-G = TypeVar("G", bound=CompiledStateGraph)
+G = TypeVar("G", bound=CompiledStateGraph[Any, Any, Any, Any])
 
 def run_has_checkpointer() -> bool:
     """Whether the run of the node calling this saves checkpoints (so ``interrupt`` can pause
@@ -34,7 +34,7 @@ def run_has_checkpointer() -> bool:
     return get_config().get("configurable", {}).get(CONFIG_KEY_CHECKPOINTER) is not None
 
 
-def compiled_as(compiled: CompiledStateGraph, cls: type[G]) -> G:
+def compiled_as(compiled: CompiledStateGraph[Any, Any, Any, Any], cls: type[G]) -> G:
     """``compiled`` rebuilt as ``cls``, a subclass that overrides some of its public methods.
 
     Built through the constructor with the attributes ``compiled`` holds, the way

@@ -30,6 +30,13 @@ PAYLOAD_ROUTES: tuple[tuple[str, re.Pattern[str], str], ...] = (
     ("POST", re.compile(r"/assistants"), "assistant"),
     ("PATCH", re.compile(rf"/assistants/{_ID}"), "assistant"),
     ("POST", re.compile(rf"/threads/{_ID}/state"), "state"),
+    # Its ``supersteps`` (0.11.1: ``api/threads.create_thread`` → the runtime's
+    # ``Threads.State.bulk`` → ``Pregel.abulk_update_state``) write state without a run, into the
+    # new thread or, with ``if_exists: "do_nothing"``, an existing one: ``values`` as if node
+    # ``as_node`` had run (``"__input__"``: as the run input) and commands whose ``update`` and
+    # ``goto`` (a ``Send`` with an input the client chose) the thread's next run acts on; a
+    # command's ``resume`` is ignored there. So they are checked like a run's input and command.
+    ("POST", re.compile(r"/threads"), "thread"),
 )
 
 # The routes that start a run now (not a cron); group 1 is the thread part, if any.
@@ -44,8 +51,6 @@ WITHOUT_RUN_PAYLOAD: dict[tuple[str, str], str] = {
     ("POST", "/runs/crons/search"): "a query",
     ("POST", "/runs/crons/count"): "a query",
     ("POST", "/threads/{thread_id}/runs/{run_id}/cancel"): "cancels one run",
-    ("POST", "/threads"): "creates a thread; state its supersteps write is checked by the "
-                          "graph's own nodes when a run reads it, not early",
     ("POST", "/threads/search"): "a query",
     ("POST", "/threads/count"): "a query",
     ("POST", "/threads/prune"): "deletes threads",
@@ -68,7 +73,7 @@ SERVER_LOGGER = "langgraph_api.server"
 
 
 def payload_kind(method: str, path: str) -> str | None:
-    """Where the run payloads of a request are ("run", "batch", "assistant", "state"), or None
+    """Where the run payloads of a request are ("run", "batch", "assistant", "state", "thread"), or None
     when the request carries none; ``path`` without any mount prefix."""
     for m, pattern, kind in PAYLOAD_ROUTES:
         if m == method and pattern.fullmatch(path):
@@ -82,7 +87,7 @@ def server_app() -> tuple[Any, Any]:
     runs once the environment is prepared. The lifespan is its Starlette router's (0.11.1:
     ``app.router``), since the app's own middleware expects a runtime that the lifespan
     starts."""
-    from langgraph_api.server import app
+    from langgraph_api.server import app  # heavy: builds langgraph-api's whole app (server extra)
 
     router = getattr(app, "router", None)
     return app, (router if router is not None else app)
@@ -92,8 +97,8 @@ def writing_routes() -> list[tuple[str, str]]:
     """(method, path template) of every POST, PUT and PATCH route langgraph-api registers
     for the API (``langgraph_api.api.protected_routes`` in 0.11.1). Imports the server's
     configuration, so call it in a process whose environment names a runtime."""
-    from langgraph_api.api import protected_routes
-    from starlette.routing import Mount
+    from langgraph_api.api import protected_routes  # heavy: server extra
+    from starlette.routing import Mount  # server extra, beside langgraph-api
 
     out: list[tuple[str, str]] = []
 

@@ -37,7 +37,7 @@ def new_inference_state(predictor: Any, images: Any, num_frames: int, video_heig
     of the frames it would load itself; video frames stay on the CPU as its
     ``offload_video_to_cpu=True`` keeps them. Features are not computed: see
     :func:`cache_image_feature`."""
-    import torch
+    import torch  # heavy: optional [sam2] extra
 
     device = predictor.device
     state: dict[str, Any] = {
@@ -67,7 +67,7 @@ def cache_image_feature(predictor: Any, state: dict[str, Any], frame_idx: int) -
     """Compute frame ``frame_idx``'s image features into ``state["cached_features"]``, the
     warm-up ``init_state`` does for frame 0. sam2 1.1.0 has no public method for it:
     ``SAM2VideoPredictor._get_image_feature(inference_state, frame_idx, batch_size)``."""
-    import torch
+    import torch  # heavy: optional [sam2] extra
 
     with torch.inference_mode():
         predictor._get_image_feature(state, frame_idx=frame_idx, batch_size=1)
@@ -78,8 +78,8 @@ def silence_progress_bars() -> None:
     progress instead. ``propagate_in_video`` calls the ``tqdm`` name of its module (sam2
     1.1.0, ``sam2.sam2_video_predictor``), which is replaced with a disabled one, once per
     process (idempotent)."""
-    import sam2.sam2_video_predictor as svp
-    from tqdm import tqdm
+    import sam2.sam2_video_predictor as svp  # heavy: optional [sam2] extra
+    from tqdm import tqdm  # with SAM 2's own module, patched together
 
     if not isinstance(svp.tqdm, functools.partial):
         svp.tqdm = functools.partial(tqdm, disable=True)

@@ -58,6 +58,6 @@ def agent_loop_registry() -> Mapping[str, Mapping[str, Any]]:
     """Agent loops verl knows by name (``{"_target_": "module.Class"}`` each): the ones its
     ``@register`` decorator added, built-ins and ``external_lib`` ones included. verl 0.9.1
     keeps them in the private ``_agent_loop_registry`` and offers no accessor."""
-    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
+    from verl.experimental.agent_loop.agent_loop import _agent_loop_registry  # heavy: [rl]
 
     return _agent_loop_registry

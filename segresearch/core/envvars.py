@@ -61,13 +61,13 @@ _BOOL, _INT, _FLOAT = bool, int, float
 def _adapter(kind: type) -> Any:
     # pydantic is imported on first use, not with this module: the media reader uses this
     # module and must stay importable where only torch is installed (bench/gpu_check.py).
-    from pydantic import TypeAdapter
+    from pydantic import TypeAdapter  # optional: see above (bench/gpu_check.py)
 
     return TypeAdapter(kind)
 
 
 def _convert(kind: type, raw: str) -> Any:
-    from pydantic import ValidationError
+    from pydantic import ValidationError  # optional: as in _adapter
 
     try:
         return _adapter(kind).validate_python(raw)

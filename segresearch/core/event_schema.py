@@ -10,7 +10,7 @@ prints it, and the README's event tables are ``markdown_table``'s output.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -45,7 +45,8 @@ def json_schema() -> dict[str, Any]:
 
     Every shape is closed (``additionalProperties: false``): every key is listed, so a key
     added without being declared here is a change to the public format that the tests see."""
-    keyed = [(name, "validation", TypeAdapter(_tagged(tp))) for name, tp in UNIONS.items()]
+    keyed: list[tuple[str, Literal["validation"], TypeAdapter[Any]]] = [
+        (name, "validation", TypeAdapter(_tagged(tp))) for name, tp in UNIONS.items()]
     roots, found = TypeAdapter.json_schemas(keyed, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = dict(found.get("$defs", {}))
     for (name, _mode), schema in roots.items():

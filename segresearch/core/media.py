@@ -306,7 +306,7 @@ class Media:
         return [self.frame(f) for f in fids]
 
     def _video_frame(self, pos: int) -> Image.Image:
-        import cv2
+        import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
         with self._lock:
             bgr = self._decode_at(pos)
@@ -321,7 +321,7 @@ class Media:
         jump seeks when the stream allows it; whatever a seek returns is checked against the
         frame's timestamp, and a frame that fails the check is decoded from the start instead
         (slow, but only files that seek wrongly pay for it)."""
-        import cv2
+        import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
         if self._cap is None or not self._cap.isOpened():
             self._reopen()
@@ -350,7 +350,7 @@ class Media:
         return bgr
 
     def _reopen(self) -> Any:
-        import cv2
+        import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
         if self._cap is not None:
             self._cap.release()
@@ -368,7 +368,7 @@ class Media:
         return bgr if ok and bgr is not None else None
 
     def _is_frame(self, cap: Any, pos: int) -> bool:
-        import cv2
+        import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
         if self._msec is None:
             return True  # only decoded in order from the start: the order is the proof
@@ -742,7 +742,7 @@ def _packet_times(path: Path) -> list[float]:
     """Presentation times of the video packets in stream order, from one pass of the demuxer
     without decoding (a few ms for a 300-frame clip); empty when OpenCV cannot read packets
     raw."""
-    import cv2
+    import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
     cap = cv2.VideoCapture(str(path))
     times = []
@@ -762,7 +762,7 @@ def _increasing(times: Sequence[float]) -> bool:
 
 def _decode_times(path: Path) -> list[float]:
     """Timestamps of every frame that decodes, in order: the frames a damaged file has."""
-    import cv2
+    import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
     cap = cv2.VideoCapture(str(path))
     times = []
@@ -780,7 +780,7 @@ def _index_video(path: Path, max_pixels: int) -> _VideoIndex:
     its timestamp) shows the list is true. Otherwise (a file cut short, a stream without
     timestamps) every frame is decoded once, in order. Either way the first frame is decoded,
     and the frame size checked before that."""
-    import cv2
+    import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
     cap = cv2.VideoCapture(str(path))
     try:
@@ -829,7 +829,7 @@ def _index_video(path: Path, max_pixels: int) -> _VideoIndex:
 
 def _lands_on(cap: Any, pos: int, msec: float) -> bool:
     """Whether seeking to frame ``pos`` decodes the frame with timestamp ``msec``."""
-    import cv2
+    import cv2  # heavy: cv2 takes ~0.25 s to import; only videos and resizes need it
 
     cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
     return bool(cap.grab()) and math.isclose(

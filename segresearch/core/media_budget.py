@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segresearch.core.envvars import setting
 from segresearch.core.media_recipes import (
     DIGEST_RE,
     FrameRecipe,
@@ -523,7 +524,5 @@ def _read_refs(path: Path) -> list[str]:
 def max_disk_bytes() -> int | None:
     """``SEGRESEARCH_MEDIA_MAX_GB`` in bytes (GB = 2**30, like the other size settings);
     None when unset, 0, negative or malformed: an unreadable budget deletes nothing."""
-    from segresearch.core.envvars import setting
-
     gb = setting(MAX_GB_ENV)  # lenient: a malformed value is logged and reads as unlimited
     return int(gb * (1 << 30)) if gb > 0 else None

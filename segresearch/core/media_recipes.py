@@ -26,7 +26,13 @@ from typing import Any
 from PIL import Image
 
 from segresearch.core.files import created_mode
-from segresearch.core.media import FRAME_RESIZE, MediaError, resize_method
+from segresearch.core.media import (
+    FRAME_RESIZE,
+    MediaError,
+    open_media,
+    resize_method,
+    resize_square,
+)
 
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 # The sidecar's layout is unchanged since version 1: each recipe has always named its resize
@@ -82,8 +88,6 @@ class FrameRecipe:
                    int(getattr(media, "max_pixels", 0) or 0), Image.Resampling(resample), spec=spec)
 
     def __call__(self) -> Image.Image:
-        from segresearch.core.media import open_media, resize_square
-
         if self.spec is not None:
             return resize_square(open_media(self.spec).frame(self.frame), self.size, self.resample)
         media = open_media(self.source)  # the media roots apply, as for any run

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 from PIL import Image
 
 from segresearch.core.envvars import env_str, setting
+from segresearch.core.media import UPLOAD_ROOT_ENV
 from segresearch.core.media_budget import (
     DEAD_RETRY_SECONDS,
     LOCK_NAME,
@@ -113,6 +114,9 @@ __all__ = [
 # ---------------------------------------------------------------------- the store
 
 
+_SERIALS = itertools.count(1)
+
+
 class MediaStore:
     """Content-addressed images: memory (LRU by bytes), then an optional folder, then a
     recipe (in memory, or its JSON sidecar in the folder) that remakes the image.
@@ -124,21 +128,34 @@ class MediaStore:
                  max_recipes: int = 1 << 16, max_url_bytes: int = 64 << 20,
                  disk_max_bytes: int | None = None,
                  upload_root: str | os.PathLike | None = None) -> None:
+        # Which store made a reference: a cache of image blocks keys on it, so a block whose
+        # image lives in a store that has since been replaced is never handed out.
+        self.serial = next(_SERIALS)
         self.directory = Path(directory).expanduser() if directory else None
-        self.max_bytes = max_bytes
-        self._images: OrderedDict[str, Image.Image] = OrderedDict()
-        self._bytes = 0
-        self._recipes: OrderedDict[str, Callable[[], Image.Image]] = OrderedDict()
-        self._max_recipes = max_recipes
-        self._urls: OrderedDict[str, str] = OrderedDict()
-        self._url_bytes = 0
-        self._max_url_bytes = max_url_bytes
-        self._lock = threading.Lock()
+        # Registered under shared names (one set per store), so that tests and benchmarks
+        # count and empty them like every other cache. The newest image and URL always stay:
+        # a digest ``put`` returns must resolve, however small the budget.
+        self._images: LoadOnce[Image.Image] = LoadOnce(name="media.images", max_weight=max_bytes,
+                                                       weigh=_size, keep_newest=True)
+        self._recipes: LoadOnce[Callable[[], Image.Image]] = LoadOnce(max_recipes, name="media.recipes")
+        self._urls: LoadOnce[str] = LoadOnce(name="media.data_urls", max_weight=max_url_bytes,
+                                             weigh=len, keep_newest=True)
+        self._lock = threading.Lock()  # configure_store's changes of folder and budget
         self._sidecars: set[str] = set()  # digests known to have a recipe on disk
         self._stamped: dict[str, float] = {}  # upload -> when this process last stamped it
         self.upload_root = Path(upload_root).expanduser().resolve() if upload_root else None
         self.disk_max_bytes = disk_max_bytes
         self.budget = self._make_budget()
+
+    @property
+    def max_bytes(self) -> int:
+        """The memory budget of the images (``configure_store`` changes it; it applies from
+        the next image kept)."""
+        return self._images.max_weight or 0
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        self._images.max_weight = value
 
     def _make_budget(self) -> DiskBudget | None:
         if self.directory is None and self.upload_root is None:
@@ -152,26 +169,12 @@ class MediaStore:
         if img.mode != "RGB":
             img = img.convert("RGB")
         digest = digest_of(img)
-        with self._lock:
-            if digest in self._images:
-                self._images.move_to_end(digest)
-            else:
-                self._remember(digest, img)
-            if recipe is not None:
-                self._recipes[digest] = recipe
-                self._recipes.move_to_end(digest)
-                while len(self._recipes) > self._max_recipes:
-                    self._recipes.popitem(last=False)
+        self._images.put(digest, img)
+        if recipe is not None:
+            self._recipes.put(digest, recipe, replace=True)
         if self.directory is not None:
             self._persist(digest, img, recipe)
         return digest
-
-    def _remember(self, digest: str, img: Image.Image) -> None:
-        self._images[digest] = img
-        self._bytes += _size(img)
-        while self._bytes > self.max_bytes and len(self._images) > 1:
-            _, old = self._images.popitem(last=False)
-            self._bytes -= _size(old)
 
     def _path(self, digest: str) -> Path:
         assert self.directory is not None
@@ -205,7 +208,7 @@ class MediaStore:
         if not side.exists():
             data = json.dumps({**recipe.to_json(), "digest": digest}).encode()
             size = _atomic_write(side, lambda f: f.write(data))
-        if len(self._sidecars) >= self._max_recipes:
+        if len(self._sidecars) >= (self._recipes.maxsize or 0):
             self._sidecars.clear()
         self._sidecars.add(digest)
         return size
@@ -227,13 +230,13 @@ class MediaStore:
 
     def get(self, digest: str) -> Image.Image:
         """The image for ``digest``; ImageUnavailable (a KeyError) when no tier has it and
-        it cannot be remade exactly."""
-        with self._lock:
-            hit = self._images.get(digest)
-            if hit is not None:
-                self._images.move_to_end(digest)
-                return hit
-            recipe = self._recipes.get(digest)
+        it cannot be remade exactly. Concurrent callers for one evicted image read or
+        remake it once."""
+        return self._images.get(digest, lambda: self._load(digest))
+
+    def _load(self, digest: str) -> Image.Image:
+        """The image from the folder, or remade from its recipe (memory has none)."""
+        recipe = self._recipes.peek(digest)
         img = None
         on_disk = self.directory is not None and DIGEST_RE.fullmatch(digest) is not None
         if on_disk:
@@ -247,9 +250,6 @@ class MediaStore:
         if img is None:
             raise ImageUnavailable(f"image {digest[:12]} is no longer available (set {STORE_ENV} "
                                    "to keep the images of runs that are resumed or inspected later)")
-        with self._lock:
-            if digest not in self._images:
-                self._remember(digest, img)
         return img
 
     def _read(self, digest: str) -> Image.Image | None:
@@ -265,8 +265,7 @@ class MediaStore:
 
     def resident(self, digest: str) -> bool:
         """Whether ``get(digest)`` answers from memory (no file read, no recipe to run)."""
-        with self._lock:
-            return digest in self._images
+        return self._images.has(digest)
 
     def png_bytes(self, digest: str) -> bytes:
         if not DIGEST_RE.fullmatch(digest):
@@ -287,27 +286,16 @@ class MediaStore:
 
     def data_url(self, digest: str) -> str:
         """A JPEG data URL for backends that take images inline, made once per image."""
-        with self._lock:
-            hit = self._urls.get(digest)
-            if hit is not None:
-                self._urls.move_to_end(digest)
-                return hit
+        return self._urls.get(digest, lambda: self._jpeg_url(digest))
+
+    def _jpeg_url(self, digest: str) -> str:
         buf = io.BytesIO()
         self.get(digest).save(buf, format="JPEG", quality=JPEG_QUALITY)
-        url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-        with self._lock:
-            if digest not in self._urls:
-                self._urls[digest] = url
-                self._url_bytes += len(url)
-                while self._url_bytes > self._max_url_bytes and len(self._urls) > 1:
-                    _, old = self._urls.popitem(last=False)
-                    self._url_bytes -= len(old)
-        return url
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
     def stats(self) -> dict[str, int]:
-        with self._lock:
-            return {"images": len(self._images), "bytes": self._bytes,
-                    "recipes": len(self._recipes), "urls": len(self._urls)}
+        return {"images": len(self._images), "bytes": self._images.stats().weight,
+                "recipes": len(self._recipes), "urls": len(self._urls)}
 
     def storage(self, max_age: float = REPORT_MAX_AGE) -> dict[str, Any]:
         """What the folders hold, for operators (see ``DiskBudget.report``)."""
@@ -335,8 +323,6 @@ def get_store() -> MediaStore:
 
 
 def _store_from_env() -> MediaStore:
-    from segresearch.core.media import UPLOAD_ROOT_ENV
-
     mb = setting(CACHE_MB_ENV)
     return MediaStore(env_str(STORE_ENV) or None, max_bytes=int(mb * (1 << 20)),
                       disk_max_bytes=max_disk_bytes(),

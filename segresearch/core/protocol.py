@@ -127,7 +127,8 @@ def _parse_search(body: str) -> SearchAction:
         )
     if not isinstance(obj, dict):
         return SearchAction(name="text_search", query="", error="search call must be a JSON object")
-    args = obj.get("arguments") if isinstance(obj.get("arguments"), dict) else obj
+    raw_args = obj.get("arguments")
+    args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else obj
     name = str(obj.get("name", "text_search")).strip()
     query = args.get("query", args.get("q", ""))
     query = query.strip() if isinstance(query, str) else ""

@@ -49,7 +49,7 @@ class CacheStats:
     misses: int
     evictions: int
     weight: int = 0  # total weight (bytes) of a cache bounded by weight
-    locks: int = 0  # per-key locks held: loads under way (a bounded cache keeps no others)
+    locks: int = 0  # loads under way, and the locks handed out by key_lock
     instances: int = 1
 
 
@@ -58,16 +58,23 @@ class LoadOnce(Generic[T]):
 
     ``maxsize`` bounds the number of entries and ``max_weight`` their total ``weigh`` (bytes,
     say); least recently used first out, and a value heavier than the whole budget is
-    returned but not kept (it would evict everything else and still not fit). Both None:
-    unbounded, for a few large objects such as models. ``on_evict`` releases what an evicted
+    returned but not kept (it would evict everything else and still not fit), unless
+    ``keep_newest``: then the newest value always stays, however heavy (a store whose every
+    ``put`` must be answerable by a ``get``). Both None: unbounded, for a few large objects
+    such as models. ``maxsize=0`` keeps nothing and only makes concurrent callers share one
+    load (values that live elsewhere, e.g. in a file). ``on_evict`` releases what an evicted
     value holds (a video handle's decoder); it is not called by :meth:`clear`, since a
     cleared value may still be in use by whoever got it. ``name`` registers the cache (see
     the module docstring).
+
+    Threads share a load through one future per key (:meth:`get`, or :meth:`claim` and
+    :meth:`settle` for a caller that loads many keys in one call): its waiters get the
+    loader's value or its error, and a failure is not kept.
     """
 
     def __init__(self, maxsize: int | None = None, *, name: str | None = None,
                  on_evict: Callable[[T], None] | None = None, max_weight: int | None = None,
-                 weigh: Callable[[T], int] | None = None) -> None:
+                 weigh: Callable[[T], int] | None = None, keep_newest: bool = False) -> None:
         if (max_weight is None) != (weigh is None):
             raise ValueError("max_weight and weigh go together")
         self._items: OrderedDict[Hashable, T] = OrderedDict()
@@ -75,8 +82,10 @@ class LoadOnce(Generic[T]):
         self._weight = 0
         self.max_weight = max_weight
         self._weigh = weigh
-        self._loading: dict[Hashable, threading.Lock] = {}
+        self.keep_newest = keep_newest
+        self._flights: dict[Hashable, cf.Future[T]] = {}
         self._pending: dict[Hashable, asyncio.Future[T]] = {}
+        self._key_locks: dict[Hashable, threading.Lock] = {}
         self._lock = threading.Lock()
         self.maxsize = maxsize
         self.name = name
@@ -89,23 +98,52 @@ class LoadOnce(Generic[T]):
         with self._lock:
             if key in self._items:
                 return self._hit(key)
-            key_lock = self._loading.setdefault(key, threading.Lock())
-        with key_lock:
-            with self._lock:
-                if key in self._items:
-                    return self._hit(key)
-                self._misses += 1
-            try:
-                value = load()
-            finally:
-                if self.maxsize is not None or self.max_weight is not None:
-                    # Bounded caches see many keys: keep no lock per key once it is loaded
-                    # (a waiter still holds the old lock and then finds the value).
-                    with self._lock:
-                        if self._loading.get(key) is key_lock:
-                            del self._loading[key]
-            self._store(key, value)
-            return value
+            fut, mine = self._claim(key)
+        if not mine:
+            return fut.result()
+        try:
+            value = load()
+        except BaseException as e:
+            self.settle(key, fut, error=e)
+            raise
+        self.settle(key, fut, value)
+        return value
+
+    def claim(self, key: Hashable) -> tuple[cf.Future[T], bool]:
+        """For a caller that loads several keys in one call (a batch of queries): (future,
+        True) when it must load ``key`` and then :meth:`settle` it, whatever happens;
+        (future, False) when the value is held or another caller is loading it:
+        ``future.result()`` gives it, or raises that caller's error."""
+        with self._lock:
+            if key in self._items:
+                held: cf.Future[T] = cf.Future()
+                held.set_result(self._hit(key))
+                return held, False
+            return self._claim(key)
+
+    def _claim(self, key: Hashable) -> tuple[cf.Future[T], bool]:
+        """The load under way for ``key``, or a new one for this caller (who holds ``_lock``)."""
+        fut = self._flights.get(key)
+        if fut is not None:
+            self._hits += 1  # served by another caller's load
+            return fut, False
+        self._misses += 1
+        fut = self._flights[key] = cf.Future()
+        return fut, True
+
+    def settle(self, key: Hashable, fut: cf.Future[T], value: T | None = None, *,
+               error: BaseException | None = None) -> None:
+        """End the load that :meth:`claim` gave this caller: keep ``value`` and hand it to
+        its waiters, or hand them ``error`` and keep nothing."""
+        if error is None:
+            self._store(key, value)  # type: ignore[arg-type]
+        with self._lock:
+            if self._flights.get(key) is fut:
+                del self._flights[key]
+        if error is None:
+            fut.set_result(value)  # type: ignore[arg-type]
+        else:
+            fut.set_exception(error)
 
     async def aget(self, key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
         """:meth:`get` for coroutines: a load already under way in this event loop is
@@ -148,8 +186,10 @@ class LoadOnce(Generic[T]):
         return self._items[key]
 
     def _store(self, key: Hashable, value: T) -> None:
+        if self.maxsize == 0:
+            return
         weight = self._weigh(value) if self._weigh is not None else 0
-        if self.max_weight is not None and weight > self.max_weight:
+        if self.max_weight is not None and weight > self.max_weight and not self.keep_newest:
             return
         evicted: list[T] = []
         with self._lock:
@@ -160,8 +200,10 @@ class LoadOnce(Generic[T]):
             if self._weigh is not None:
                 self._weights[key] = weight
                 self._weight += weight
-            while self._items and ((self.maxsize is not None and len(self._items) > self.maxsize)
-                                   or (self.max_weight is not None and self._weight > self.max_weight)):
+            floor = 1 if self.keep_newest else 0
+            while len(self._items) > floor and (
+                    (self.maxsize is not None and len(self._items) > self.maxsize)
+                    or (self.max_weight is not None and self._weight > self.max_weight)):
                 old_key, old = self._items.popitem(last=False)
                 self._weight -= self._weights.pop(old_key, 0)
                 evicted.append(old)
@@ -179,10 +221,14 @@ class LoadOnce(Generic[T]):
             self._misses += 1
             return None
 
-    def put(self, key: Hashable, value: T) -> None:
-        """Keep ``value`` (computed by the caller) unless ``key`` is already held."""
+    def put(self, key: Hashable, value: T, *, replace: bool = False) -> None:
+        """Keep ``value`` (computed by the caller) unless ``key`` is already held: then the
+        held value is marked as used and stays, or with ``replace`` the new one takes its place
+        (a newer way to remake the same image)."""
         with self._lock:
-            if key in self._items:
+            if key in self._items and not replace:
+                if self.maxsize is not None or self.max_weight is not None:
+                    self._items.move_to_end(key)
                 return
         self._store(key, value)
 
@@ -202,20 +248,20 @@ class LoadOnce(Generic[T]):
     def key_lock(self, key: Hashable) -> threading.Lock:
         """A lock for other once-per-key work on the same keys (e.g. building an index)."""
         with self._lock:
-            return self._loading.setdefault(key, threading.Lock())
+            return self._key_locks.setdefault(key, threading.Lock())
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
             self._weights.clear()
             self._weight = 0
-            self._loading.clear()
+            self._key_locks.clear()  # loads under way finish and hand their waiters the value
 
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(self.name or "", len(self._items), self.maxsize, self._hits,
                               self._misses, self._evictions, self._weight,
-                              len(self._loading) + len(self._pending))
+                              len(self._flights) + len(self._pending) + len(self._key_locks))
 
 
 # ------------------------------------------------------------------------ the registry

@@ -23,16 +23,19 @@ import math
 import os
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from segresearch.core.files import write_atomic
 from segresearch.core.jsonl import iter_jsonl
-from segresearch.core.media import IMAGE_EXTS
+from segresearch.core.media import IMAGE_EXTS, MediaError, open_media
 
 ABILITIES = ("one-hop", "multi-hop", "relational", "in-video")
 _SAFE_RE = re.compile(r"[A-Za-z0-9._#+-]+")
@@ -66,8 +69,6 @@ def safe_name(qid: str) -> str:
     published layout ``seg/<id>/``), else a reversible percent-encoding."""
     if _SAFE_RE.fullmatch(qid) and qid not in (".", ".."):
         return qid
-    from urllib.parse import quote
-
     return quote(qid, safe="")
 
 
@@ -93,7 +94,7 @@ OKVOS_COLUMNS = ("question", "images", "video", "oid", "ability")
 def read_okvos_parquet(root: str | os.PathLike[str], split: str) -> tuple[Path, Any]:
     """``ROOT/{split}.parquet`` as a DataFrame (and its path), with the OK-VOS columns
     checked; shared by evaluation and the RL data conversion."""
-    import pandas as pd
+    import pandas as pd  # heavy, optional: the [rl] extra (an OK-VOS parquet needs it)
 
     src = Path(root).expanduser() / f"{split}.parquet"
     if not src.is_file():
@@ -197,8 +198,6 @@ def apply_meta_mapping(queries: Sequence[Query], mapping: dict[str, tuple[str, s
                        source: str = "meta mapping") -> list[Query]:
     """The queries with ground-truth folder and ability taken from ``mapping``, which must
     name every video query."""
-    from dataclasses import replace
-
     missing = [q.id for q in queries if q.kind == "video" and q.id not in mapping]
     if missing:
         raise DatasetError(f"{source} lacks {len(missing)} of the split's queries (e.g. {missing[0]!r})")
@@ -345,8 +344,6 @@ def image_ground_truth(q: Query, height: int, width: int) -> tuple[np.ndarray, n
 def _ground_truth_problem(q: Query) -> str | None:
     """Why a query's ground truth cannot be scored (None when it can)."""
     if q.kind == "video":
-        from PIL import Image, UnidentifiedImageError
-
         folder = Path(q.gt)
         if not folder.is_dir():
             return f"ground-truth folder not found: {folder}"
@@ -361,8 +358,6 @@ def _ground_truth_problem(q: Query) -> str | None:
                 return (f"ground-truth mask {p} cannot be read as an image (empty, damaged or "
                         "not an image file)")
         return None
-    from segresearch.core.media import MediaError, open_media
-
     try:
         media = open_media(q.segment_media)
         image_ground_truth(q, media.height, media.width)
@@ -379,8 +374,6 @@ def check_ground_truth(queries: Sequence[Query], workers: int | None = None) -> 
     of the rest as the set's score. Video queries: the mask folder exists and every PNG in
     it opens as an image (its header; the pixels are decoded when scored); image queries:
     the masks are decoded and sized against their image, as scoring will."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def key(q: Query) -> tuple[str, ...]:
         return (q.kind, q.gt, q.polygons, q.ignore, q.segment_media)
 

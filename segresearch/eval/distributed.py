@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from segresearch.eval.datasets import Query
 from segresearch.eval.postseg import (
     SEGMENT_LOG,
@@ -28,7 +30,9 @@ from segresearch.eval.postseg import (
     segment_jobs,
     segmenter_key,
 )
+from segresearch.eval.predict import predict_queries
 from segresearch.eval.predictions import PredictionLog
+from segresearch.eval.spec import OVERLAYS, RUNS, SEG, EvalSpec
 
 
 class _Collect:
@@ -44,7 +48,7 @@ class _Collect:
 class EvalWorker:
     """The body of one Ray actor."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: EvalSpec) -> None:
         self.spec = spec
         self._segmenter = None
 
@@ -52,9 +56,6 @@ class EvalWorker:
         return True
 
     def predict(self, queries: list[Query], offset: int) -> list[dict[str, Any]]:
-        from segresearch.eval.predict import predict_queries
-        from segresearch.eval.runner import RUNS
-
         spec = self.spec
         sink = _Collect()
         runs = spec.out_dir / RUNS if spec.trajectories else None
@@ -63,8 +64,6 @@ class EvalWorker:
         return sink.rows
 
     def segment(self, jobs: list[SegJob], redo: list[str]) -> list[dict[str, Any]]:
-        from segresearch.eval.runner import OVERLAYS, SEG
-
         spec = self.spec
         if self._segmenter is None:
             self._segmenter = spec.make_segmenter()
@@ -87,9 +86,9 @@ def _by_video(items: Sequence[Any], key: Any) -> list[list[Any]]:
 class RayShards:
     """A pool of EvalWorker actors for one evaluation."""
 
-    def __init__(self, spec: Any) -> None:
+    def __init__(self, spec: EvalSpec) -> None:
         try:
-            import ray
+            import ray  # heavy, optional: the [rl] extra, needed only with --ray
         except ImportError:
             raise RuntimeError("--ray needs Ray: pip install 'segresearch[rl]' or pip install ray") from None
         self.ray = ray
@@ -111,7 +110,7 @@ class RayShards:
         ray.get([a.ready.remote() for a in self.actors])
 
     def _run(self, method: str, shards: list[tuple[Any, ...]], on_result: Any) -> None:
-        from ray.util import ActorPool
+        from ray.util import ActorPool  # heavy, optional: the [rl] extra, as above
 
         pool = ActorPool(self.actors)
         for result in pool.map_unordered(lambda a, args: getattr(a, method).remote(*args), shards):
@@ -119,8 +118,6 @@ class RayShards:
 
     def predict(self, queries: Sequence[Query], log_file: PredictionLog,
                 progress: bool) -> dict[str, dict[str, Any]]:
-        from tqdm import tqdm
-
         index = {q.id: i for i, q in enumerate(queries)}
         groups = _by_video(list(queries), lambda q: q.video)
         rows: dict[str, dict[str, Any]] = {}
@@ -138,10 +135,6 @@ class RayShards:
 
     def segment(self, jobs: Sequence[SegJob], segmenter: Any, progress: bool) -> None:
         """Segment the jobs that are not done (the driver decides, workers do them all)."""
-        from tqdm import tqdm
-
-        from segresearch.eval.runner import SEG
-
         seg_root = Path(self.spec.out_dir) / SEG
         seg_root.mkdir(parents=True, exist_ok=True)
         jobs = pending_jobs(jobs, seg_root, segmenter_key(segmenter))

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from segresearch.core.coords import QWEN3, CoordFrame
 from segresearch.core.media import IMAGE_EXTS, Media, MediaError, open_media
 from segresearch.eval.datasets import DatasetError, safe_name
@@ -137,8 +139,6 @@ def segment_jobs(
     sharded run pass ``write_log=False`` and leave the log to the process that collects
     their records, and ``clean=False``: partial outputs of killed runs are removed by the
     one process that starts the work (``clean``), never beside live writers."""
-    from tqdm import tqdm
-
     seg_root = Path(seg_root)
     seg_root.mkdir(parents=True, exist_ok=True)
     if clean:

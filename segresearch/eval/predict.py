@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from tqdm import tqdm
 
 from segresearch.agents.content import content_text
 from segresearch.agents.context import Context
+from segresearch.core.media import MediaError, open_media
 from segresearch.eval.datasets import Query, safe_name
 from segresearch.eval.predictions import PredictionLog, first_keyframe
+from segresearch.graphs.seg_research import graph
 from segresearch.tools.segmenters.prompting import prompt_from_output
 
 # What an evaluation runs: a model spec string (``segresearch.agents.model_spec``) or a
@@ -94,6 +97,10 @@ def uses_search(q: Query) -> bool:
     return q.ability != "in-video"
 
 
+# The Context fields query_context sets for every query, whatever the shared settings say.
+PER_QUERY_FIELDS = ("model", "run_segmentation", "output_dir")
+
+
 def query_context(base: Context, q: Query, spec: ModelChoice, runs_dir: Path | None) -> Context:
     """The run's Context: the shared settings, this query's model, no segmentation (masks
     come later from the saved output), no search for the in-video (no-search) questions as
@@ -118,9 +125,6 @@ async def predict_queries(
 ) -> list[dict[str, Any]]:
     """Run every query, append its row as soon as it finishes, return the rows in query
     order. ``offset`` shifts the round-robin so shards spread over endpoints too."""
-    from segresearch.core.media import MediaError, open_media
-    from segresearch.graphs.seg_research import graph
-
     if not specs:
         raise ValueError("no model given")
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -163,8 +167,6 @@ def run_predictions(
     desc: str = "predict",
 ) -> list[dict[str, Any]]:
     """:func:`predict_queries` with a progress bar (rate, ETA, stop reasons so far)."""
-    from tqdm import tqdm
-
     counts: Counter[str] = Counter()
     with tqdm(total=len(queries), desc=desc, unit="query", disable=not progress,
               dynamic_ncols=True) as bar:

@@ -8,6 +8,7 @@ inputs apart from ``created``, so two runs (single process or sharded) can be co
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -15,6 +16,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from segresearch.core.files import write_atomic
 
@@ -199,11 +202,10 @@ def write_plots(out_dir: Path, results: dict[str, Any]) -> list[str]:
     Legends sit below the axes and the top keeps headroom for the bar labels alone, so
     nothing is printed over a bar near 100%; the paper's numbers, when given, are black
     ticks across the bars they compare with."""
-    import matplotlib
+    import matplotlib  # heavy: about 0.5 s, and only the plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # heavy: as above, after the Agg backend is chosen
 
     video = results["metric"] == "J&F"
     keys = ("J", "F", "J&F") if video else ("gIoU", "cIoU")
@@ -277,9 +279,7 @@ def write_plots(out_dir: Path, results: dict[str, Any]) -> list[str]:
 
 
 def _save(fig: Any, path: Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: as in write_plots
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -17,14 +17,11 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from segresearch.agents.context import Context
-from segresearch.agents.model_spec import ModelSpec
-from segresearch.core.coords import CoordFrame
 from segresearch.core.files import write_atomic
+from segresearch.eval import results as res
 from segresearch.eval.datasets import (
     ABILITIES,
     DatasetError,
@@ -36,8 +33,11 @@ from segresearch.eval.datasets import (
     read_meta_mapping,
     safe_name,
 )
+from segresearch.eval.distributed import RayShards
 from segresearch.eval.paper_table import PaperTable, PaperTableError, read_paper_table
-from segresearch.eval.predict import ModelChoice, model_label
+from segresearch.eval.postseg import SEGMENT_LOG, SegJob, segment_jobs
+from segresearch.eval.postseg import remove_stale_outputs as remove_seg_partials
+from segresearch.eval.predict import run_predictions, uses_search
 from segresearch.eval.predictions import (
     PredictionLog,
     PredictionsError,
@@ -45,146 +45,30 @@ from segresearch.eval.predictions import (
     read_predictions,
     read_usable_predictions,
 )
-from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB, Segmenter, get_segmenter
+from segresearch.eval.report_html import write_html_report
+from segresearch.eval.scoring import aggregate, score_queries
+from segresearch.eval.spec import (
+    CONFIG,
+    OVERLAYS,
+    PREDICTIONS,
+    RUNS,
+    SEG,
+    EvalError,
+    EvalSpec,
+    check_config,
+    resolve_spec,
+    settings,
+)
+from segresearch.graphs.preflight import _search_problem
+from segresearch.tools.segmenters import Segmenter
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS = "predictions.jsonl"
-CONFIG = "eval_config.json"
-SEG = "seg"
-RUNS = "runs"
-OVERLAYS = "overlays"
 # Files of an evaluation folder written with ``write_atomic`` (a temporary sibling
 # ``.<name>.XXXXXXXX.tmp`` renamed into place), by folder; a kill leaves the temporary.
 _ATOMIC_FILES = {"": (CONFIG, PREDICTIONS, "results.json", "results.md", "report.html"),
                  "plots": ("by_category.png", "score_vs_searches.png")}
 _ATOMIC_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
-# Settings that change what a prediction or a mask is: a folder is never resumed with others.
-_PINNED = ("dataset", "root", "split", "models", "search", "kb", "retriever_url", "num_frames",
-           "max_turns", "frame_size", "keyframe_size", "coord_style", "prompt_variant",
-           "system_prompt_file", "temperature", "text_topk", "image_topk", "segmenter",
-           "predictions")
-
-
-class EvalError(ValueError):
-    """An evaluation that cannot start or continue; one line for the user."""
-
-
-def resolved_path(value: str | os.PathLike[str] | None) -> str:
-    """The one form of a file setting, used both to open the file and to compare a folder's
-    settings with a resumed run's: ``~`` expanded, absolute, symlinks resolved. Typed
-    relative, absolute or through a link, the same file is the same setting, and the path
-    that was compared is the path that is used. Empty stays empty."""
-    if value is None or not str(value).strip():
-        return ""
-    return str(Path(value).expanduser().resolve())
-
-
-def resolved_model(spec: ModelChoice) -> ModelChoice:
-    """A model spec with the file of ``replay:`` / ``hf:`` resolved like any file setting
-    (other specs and model objects as they are)."""
-    if not isinstance(spec, str):
-        return spec
-    parsed = ModelSpec.parse(spec)
-    if parsed.names_file and parsed.target:
-        return parsed.with_target(resolved_path(parsed.target))
-    return spec
-
-
-# The Context's file settings an evaluation uses ("off" switches the search cache off).
-_CONTEXT_PATHS = ("kb", "system_prompt_file", "search_cache")
-
-
-def resolve_spec(spec: EvalSpec) -> EvalSpec:
-    """``spec`` with every file setting in its resolved form (:func:`resolved_path`), so
-    what ``eval_config.json`` records, what a resume is compared with and what is opened
-    are one value."""
-    c = spec.context
-    ctx_paths = {k: resolved_path(getattr(c, k)) for k in _CONTEXT_PATHS
-                 if isinstance(getattr(c, k), str) and getattr(c, k).strip()
-                 and not (k == "search_cache" and getattr(c, k).strip().lower() == "off")}
-    return replace(
-        spec, root=resolved_path(spec.root),
-        predictions=resolved_path(spec.predictions) or None,
-        meta_mapping=resolved_path(spec.meta_mapping) or None,
-        sam2_checkpoint=resolved_path(spec.sam2_checkpoint),
-        models=[resolved_model(m) for m in spec.models],
-        context=replace(c, **ctx_paths) if ctx_paths else c,
-    )
-
-
-# Settings recorded as file paths, and how a recorded value is brought to the resolved
-# form (eval_config.json of older versions kept paths as they were typed).
-_PATH_SETTINGS = ("root", "kb", "system_prompt_file", "predictions", "meta_mapping")
-
-
-def _comparable(key: str, value: Any) -> Any:
-    if key in _PATH_SETTINGS and isinstance(value, str) and value:
-        return resolved_path(value)
-    if key == "models" and isinstance(value, list):
-        return [resolved_model(m) if isinstance(m, str) else m for m in value]
-    return value
-
-
-@dataclass
-class EvalSpec:
-    """Everything one evaluation run needs (the CLI fills it from its arguments)."""
-
-    dataset: str  # "okvos" | "images"
-    root: str
-    out: str
-    split: str | None = None
-    models: Sequence[ModelChoice] = ()
-    predictions: str | None = None  # re-score a saved file instead of running a model
-    context: Context = field(default_factory=lambda: Context(run_segmentation=False))
-    segmenter: str | Segmenter = "auto"
-    sam2_checkpoint: str = ""
-    sam2_config: str = ""
-    sam2_image_size: int | None = None
-    device: str = "auto"
-    concurrency: int = 8
-    limit: int | None = None
-    workers: int = 1
-    ray: bool = False
-    ray_address: str | None = None
-    trajectories: bool = True
-    overlays: bool = False
-    html: bool = True
-    progress: bool = True
-    retry_errors: bool = False
-    force: bool = False
-    score_workers: int | None = None
-    # SAM 2 frame preparation: frames kept per video for all its queries (MiB), and threads
-    # preparing them ahead (None: by device). Neither changes a mask.
-    frame_cache_mb: float = EVAL_FRAME_CACHE_MB
-    prefetch_threads: int | None = None
-    # score against the published evaluator's [id, mask folder, ability] list instead of
-    # the parquet's folders (its relative paths resolve from the current folder, as there)
-    meta_mapping: str | None = None
-    # the paper's numbers (CSV or JSON, see segresearch.eval.paper_table), shown beside ours
-    paper_table: str | None = None
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.out).expanduser()
-
-    def make_segmenter(self) -> Segmenter:
-        try:
-            seg = get_segmenter(self.segmenter, sam2_checkpoint=self.sam2_checkpoint,
-                                sam2_config=self.sam2_config, sam2_image_size=self.sam2_image_size,
-                                device=self.device, frame_cache_mb=self.frame_cache_mb,
-                                prefetch_threads=self.prefetch_threads)
-        except ValueError as e:
-            raise EvalError(str(e)) from None
-        if seg is None:
-            raise EvalError("evaluation needs a segmenter (sam2, grabcut or auto), not 'none'")
-        return seg
-
-    @property
-    def coords(self) -> CoordFrame:
-        """The grid saved outputs answer on (Qwen2.5-VL style answers are in pixels of the
-        keyframe image the model was shown: the published answer follows a keyframe)."""
-        return CoordFrame.of(self.context.coord_style, self.context.keyframe_size)
 
 
 def load_queries(spec: EvalSpec) -> list[Query]:
@@ -201,49 +85,10 @@ def load_queries(spec: EvalSpec) -> list[Query]:
     raise EvalError(f"unknown dataset {spec.dataset!r} (okvos, images)")
 
 
-def settings(spec: EvalSpec, segmenter: Segmenter) -> dict[str, Any]:
-    c = spec.context
-    return {
-        "dataset": spec.dataset, "root": resolved_path(spec.root),
-        "split": spec.split,
-        "models": [model_label(resolved_model(m)) for m in spec.models] if spec.models else None,
-        "predictions": resolved_path(spec.predictions) or None,
-        "search": c.search_name, "kb": resolved_path(c.kb), "retriever_url": c.retriever_url,
-        "num_frames": c.num_frames, "max_turns": c.max_turns, "frame_size": c.frame_size,
-        "keyframe_size": c.keyframe_size, "coord_style": c.coord_style,
-        "prompt_variant": c.prompt_variant, "system_prompt_file": resolved_path(c.system_prompt_file),
-        "temperature": c.temperature, "text_topk": c.text_topk, "image_topk": c.image_topk,
-        "segmenter": segmenter.describe(), "concurrency": spec.concurrency,
-        "workers": spec.workers if spec.ray else 1, "limit": spec.limit,
-        "meta_mapping": resolved_path(spec.meta_mapping) or None,
-    }
-
-
-def check_config(out: Path, current: dict[str, Any], force: bool) -> None:
-    """Refuse to resume a folder made with other settings (unless forced): its predictions
-    and masks would be mixed with new ones in one table."""
-    path = out / CONFIG
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise EvalError(f"{path} is unreadable ({e}); remove it or use another --out") from None
-        diff = [k for k in _PINNED if _comparable(k, old.get(k)) != _comparable(k, current.get(k))]
-        if diff and not force:
-            shown = "; ".join(f"{k}: {old.get(k)!r} → {current.get(k)!r}" for k in diff[:4])
-            raise EvalError(
-                f"{out} holds an evaluation made with other settings ({shown}); use another "
-                "--out, or --force to continue anyway"
-            )
-    write_atomic(path, json.dumps(current, indent=1, default=str).encode())
-
-
 def remove_stale_outputs(out: Path) -> list[str]:
     """What killed runs left half written in an evaluation folder: temporaries of the files
     named in ``_ATOMIC_FILES`` and partial mask sets and overlays (paths relative to
     ``out``). Run before any writer starts, so none of it can be live."""
-    from segresearch.eval.postseg import remove_stale_outputs as remove_seg_partials
-
     removed = []
     for sub, names in _ATOMIC_FILES.items():
         folder = out / sub if sub else out
@@ -269,8 +114,6 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
     with nothing usable for this split, a search backend without what it needs, a folder
     made with other settings. ``ready`` is called once all of that has passed, so notes
     about a run that will happen are not printed above a refusal."""
-    from segresearch.eval import results as res
-
     if not spec.predictions and not spec.models:
         raise EvalError("give --model (one or more) or --predictions")
     if spec.limit is not None and spec.limit < 1:
@@ -306,19 +149,13 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
     remove_stale_outputs(out)
     if ready is not None:
         ready()
-    shards = None
-    if spec.ray:
-        from segresearch.eval.distributed import RayShards
-
-        shards = RayShards(spec)
+    shards = RayShards(spec) if spec.ray else None
     try:
         rows = _keep_rows(spec, queries, given) if given is not None else _predict(spec, queries, shards)
         seg_records = _segment(spec, queries, rows, segmenter, shards)
     finally:
         if shards is not None:
             shards.close()
-    from segresearch.eval.scoring import aggregate, score_queries
-
     scores = score_queries(queries, out / SEG, workers=spec.score_workers, progress=spec.progress)
     entries = [_entry(q, rows.get(q.id), seg_records.get(q.id), scores[q.id], out) for q in queries]
     kind = "video" if spec.dataset == "okvos" else "image"
@@ -339,8 +176,6 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
     res.write_results_json(out, results)
     write_atomic(out / "results.md", res.results_markdown(results).encode())
     if spec.html:
-        from segresearch.eval.report_html import write_html_report
-
         write_html_report(out, results, progress=spec.progress)
     return results
 
@@ -350,9 +185,6 @@ def _check_search(spec: EvalSpec, queries: Sequence[Query]) -> None:
     API key) before any query runs: each query's run would otherwise end ``error:config``
     and be scored as a miss. The check is the graph's own, and what it loads is shared
     with the runs that follow."""
-    from segresearch.eval.predict import uses_search
-    from segresearch.graphs.preflight import _search_problem
-
     searching = sum(1 for q in queries if uses_search(q))
     if not searching:
         return
@@ -411,11 +243,9 @@ def _same_video(row: dict[str, Any], q: Query) -> bool:
     return Path(str(vp)).name == Path(q.segment_media).name
 
 
-def _predict(spec: EvalSpec, queries: Sequence[Query], shards: Any) -> dict[str, dict[str, Any]]:
+def _predict(spec: EvalSpec, queries: Sequence[Query], shards: RayShards | None) -> dict[str, dict[str, Any]]:
     """Rows for every query: those already in predictions.jsonl, and new runs for the rest
     (and for earlier failures with ``retry_errors``; a changed output is segmented again)."""
-    from segresearch.eval.predict import run_predictions
-
     out = spec.out_dir
     log_file = PredictionLog(out / PREDICTIONS)
     existing = read_predictions(out / PREDICTIONS).rows
@@ -435,12 +265,10 @@ def _predict(spec: EvalSpec, queries: Sequence[Query], shards: Any) -> dict[str,
 
 def _segment(
     spec: EvalSpec, queries: Sequence[Query], rows: dict[str, dict[str, Any]],
-    segmenter: Segmenter, shards: Any,
+    segmenter: Segmenter, shards: RayShards | None,
 ) -> dict[str, dict[str, Any]]:
     """Masks for every query with a prediction, made from the data set's own media (not
     the paths a dump carries)."""
-    from segresearch.eval.postseg import SEGMENT_LOG, SegJob, segment_jobs
-
     seg_root = spec.out_dir / SEG
     jobs = [SegJob(id=q.id, media=q.segment_media, output=str(rows[q.id].get("output") or ""),
                    kind=q.kind) for q in queries if q.id in rows]

@@ -21,7 +21,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from segresearch.core.media import open_media
 from segresearch.eval.datasets import Query, image_ground_truth, safe_name
 from segresearch.eval.metrics import boundary_f, region_j
 
@@ -82,8 +84,6 @@ def per_frame_scores(names: Sequence[str], j: np.ndarray, f: np.ndarray) -> dict
 
 def score_image_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
     """IoU of one image query (ignore pixels excluded), with its intersection and union."""
-    from segresearch.core.media import open_media
-
     media = open_media(q.segment_media)
     target, ignore = image_ground_truth(q, media.height, media.width)
     pred = None
@@ -109,8 +109,6 @@ def score_queries(
     queries: Sequence[Query], seg_root: Path, *, workers: int | None = None, progress: bool = True
 ) -> dict[str, dict[str, Any]]:
     """Scores by query id; a query without a mask folder scores as empty masks."""
-    from tqdm import tqdm
-
     def one(q: Query) -> tuple[str, dict[str, Any]]:
         d = seg_root / safe_name(q.id)
         seg_dir = d if d.is_dir() else None

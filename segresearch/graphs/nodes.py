@@ -7,6 +7,7 @@ event loop). Every other node is quick CPU work or bounded by its own timeout.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -98,6 +99,7 @@ from segresearch.core.media import (
     sample_frame_ids,
 )
 from segresearch.core.media_recipes import FrameRecipe
+from segresearch.core.media_store import get_store
 from segresearch.core.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
 from segresearch.core.protocol import (
     STOP_STRINGS,
@@ -262,7 +264,7 @@ def _make_frame_block(media: Any, spec: Any, fid: int, size: int, resize: Square
 
 def _block_key(media: Any, fid: int, size: int, resize: SquareResize,
                pre: PresizedFrames | None) -> tuple[Any, ...]:
-    key = (*media.frame_key(fid), size, resize.method)
+    key = (get_store().serial, *media.frame_key(fid), size, resize.method)
     if pre is None:
         return key
     return (*key, *pre.media.frame_key(pre.media.frame_ids[media.index_of(fid)]))
@@ -507,8 +509,6 @@ async def areason(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         if not model_loaded(ctx.model, timeout=ctx.request_timeout):
             # A first load (weights, a cassette file) must not stall every other run
             # sharing the event loop; LoadOnce makes concurrent first callers wait for one.
-            import asyncio
-
             await asyncio.to_thread(resolve_model, ctx.model, timeout=ctx.request_timeout)
         model, messages, kwargs = _model_call(state, ctx)
         t0 = time.perf_counter()

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segresearch.agents.content import content_text, count_images
+from segresearch.agents.content import block_image, content_text, count_images, is_image_block
 from segresearch.agents.context import Context
 from segresearch.agents.path_policy import policy_active
 from segresearch.core.events import ERROR, FEEDBACK, MEDIA, MODEL, SEGMENT, START, TOOL
 from segresearch.core.files import created_mode, write_atomic
 from segresearch.core.media import MediaError, open_media
 from segresearch.core.protocol import clean_text
+from segresearch.tools.segmenters.writers import OVERLAY_IMAGE, OVERLAY_VIDEO
 from segresearch.tools.visualize import draw_answer
 
 TRAJECTORY = "trajectory.json"
@@ -132,8 +133,6 @@ def _frames_sheet(state: dict[str, Any]) -> Image.Image | None:
     """The frames the model saw, labelled, in one picture. The model gets them squashed to
     squares; the sheet stretches them back to the media's own proportions, since squashed
     tiles make a wide scene look unlike the video a person is comparing them with."""
-    from segresearch.agents.content import block_image, is_image_block
-
     msgs = state.get("messages") or []
     first = next((m for m in msgs if m.type == "human"), None)
     if first is None or isinstance(first.content, str):
@@ -221,8 +220,6 @@ def missing_outputs(run_dir: str | os.PathLike[str], state: dict[str, Any]) -> l
     crash is held to what an uninterrupted run writes: the record (trajectory, report), the
     frames the model saw, the annotated keyframe when there is an answer, and, when masks
     were made, one per frame plus the overlay (a video, or a picture for a single frame)."""
-    from segresearch.tools.segmenters.writers import OVERLAY_IMAGE, OVERLAY_VIDEO
-
     folder = Path(run_dir)
     wanted = [TRAJECTORY, REPORT]
     if state.get("frame_ids"):

@@ -15,9 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from segresearch.agents.backends.openai_compat import check_openai_endpoint
 from segresearch.agents.context import Context
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.models import model_loaded, resolve_model
+from segresearch.tools.search import SearchUnavailable, backend_loaded, get_backend
+from segresearch.tools.search.cache import SearchCacheError, get_cache
+from segresearch.tools.search.kb.index import index_progress
+from segresearch.tools.segment import get_segmenter
 
 # A model endpoint that answered is not probed again for this long (a server runs many
 # runs a second against the same endpoint); one that did not answer is probed every run.
@@ -46,8 +51,6 @@ def _model_problem(ctx: Context, status: Callable[[str], None]) -> str | None:
 def probe_endpoint(url: str, timeout: float) -> str | None:
     """Why the OpenAI-compatible server at ``url`` cannot be used (None: it answered).
     Shared by the CLI's early check and the graph's, so a run probes a server once."""
-    from segresearch.agents.backends.openai_compat import check_openai_endpoint
-
     with _ENDPOINTS_LOCK:
         if time.monotonic() - _ENDPOINTS.get(url, -1e9) < ENDPOINT_OK_SECONDS:
             return None
@@ -62,9 +65,6 @@ def _search_problem(ctx: Context, status: Callable[[str], None],
                     progress: Callable[[int, int], None] | None = None) -> str | None:
     if not ctx.use_search or not isinstance(ctx.search, str) or ctx.search_name == "none":
         return None
-    from segresearch.tools.search import SearchUnavailable, backend_loaded, get_backend
-    from segresearch.tools.search.kb.index import index_progress
-
     settings = {"retriever_url": ctx.retriever_url, "timeout": ctx.search_timeout,
                 "allow_private_urls": ctx.allow_private_urls}
     try:
@@ -86,8 +86,6 @@ def _search_cache_problem(ctx: Context) -> str | None:
     cache = (ctx.search_cache or "").strip()
     if not cache or cache.lower() == "off":
         return None
-    from segresearch.tools.search.cache import SearchCacheError, get_cache
-
     try:
         get_cache(cache, ctx.search_cache_ttl)
     except SearchCacheError as e:
@@ -98,8 +96,6 @@ def _search_cache_problem(ctx: Context) -> str | None:
 def _segmenter_problem(ctx: Context, writes: bool, status: Callable[[str], None]) -> str | None:
     if not ctx.run_segmentation or not writes or (ctx.segmenter or "none").strip().lower() == "none":
         return None
-    from segresearch.tools.segment import get_segmenter
-
     try:
         seg = get_segmenter(ctx.segmenter, sam2_checkpoint=ctx.sam2_checkpoint,
                             sam2_config=ctx.sam2_config, sam2_image_size=ctx.sam2_image_size or None)

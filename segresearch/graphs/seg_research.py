@@ -15,6 +15,7 @@ One compiled graph serves Python callers, the LangGraph server (``langgraph.json
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -107,15 +108,13 @@ class SyncAsyncNode(Runnable):
             return ctx.run(lambda: self._sync(input, get_runtime(Context)))
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        import asyncio
-
         with set_config_context(ensure_config(config)) as ctx:
             # A task created inside the context runs in it (on every Python version).
             task = ctx.run(lambda: asyncio.ensure_future(self._async(input, get_runtime(Context))))
             return await task
 
 
-def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> SegResearchGraph:
     """Compile the graph; pass a checkpointer (e.g. SQLite) to persist and resume runs."""
     g = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     g.add_node("load_media", _routed(nodes.load_media, route_after_load, "load_media"),
@@ -144,7 +143,7 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
 _SCHEMAS: dict[Any, dict[str, Any] | None] = {}
 
 
-class SegResearchGraph(CompiledStateGraph):
+class SegResearchGraph(CompiledStateGraph[State, Context, InputState, OutputState]):
     """The compiled graph, with its context schema made once.
 
     The LangGraph server asks for the context schema on every run (to filter the run's

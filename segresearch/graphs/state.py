@@ -1,7 +1,8 @@
 """The state of one Seg-ReSearch run.
 
-Input is a query and media; output keys are public API (DESIGN.md "Public API"). Lists that
-grow every turn use append reducers, so a node returns only what it adds.
+Input is a query and media; the output keys are public API (the final-state keys of the
+README's "Quick start in Python": users' code reads them). Lists that grow every turn use
+append reducers, so a node returns only what it adds.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import fields
 from typing import Any, get_args
 
+from langchain_core.runnables import RunnableConfig
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopBase,
     AgentLoopMetrics,
@@ -22,23 +24,20 @@ from verl.experimental.agent_loop.agent_loop import (
 )
 
 from segresearch.agents.context import Context
+from segresearch.compat.transformers import install_video_processor_stub
 from segresearch.core.events import ERROR, FEEDBACK, MODEL, TOOL
-from segresearch.core.media import FRAME_RESIZE
 from segresearch.graphs.nodes import PRESIZED_FRAMES
 from segresearch.graphs.seg_research import graph as GRAPH
+from segresearch.graphs.state import InputState
 from segresearch.rl.placeholders import install as install_geometry
 from segresearch.rl.postprocess_cache import DEFAULT_MAX_MB
 from segresearch.rl.postprocess_cache import install as install_postprocess_cache
 from segresearch.rl.postprocess_cache import uninstall as uninstall_postprocess_cache
 from segresearch.rl.verl_model import ResponseBudget, VerlChatModel
-from segresearch.tools.keyframe import KEYFRAME_RESIZE
-from segresearch.tools.search.tools import SEARCH_IMAGE_RESIZE
 
 logger = logging.getLogger(__name__)
 
 try:  # image-only Qwen-VL processors load without torchvision (no-op where it exists)
-    from segresearch.agents.backends.hf_compat import install_video_processor_stub
-
     install_video_processor_stub()
 except Exception:  # noqa: BLE001 - never block the worker over an optional shim
     logger.debug("video processor shim not installed", exc_info=True)
@@ -48,6 +47,18 @@ EXTRA_KEYS = ("stop_reason", "error", "turns", "num_search", "answer", "answer_n
               "observations_truncated", "min_global_steps", "max_global_steps", "loss_masked")
 # The graph's stop reason for a trajectory cut by the response budget (rollout.response_length).
 OVERLONG_STOP_REASON = "max_tokens"
+# The Context fields each trajectory decides (``_trajectory_context``): the policy and its
+# budget and sampling (verl's model, rollout.response_length, the sampling temperature), the
+# row's frames, and nothing after the answer (no masks, no files, no person to review). Every
+# other Context field is a setting an agent-loop config entry may give (search, kb, max_turns,
+# frame sizes, ...); what an entry leaves out keeps the Context's default (SEGRESEARCH_*).
+TRAJECTORY_FIELDS = frozenset({"model", "num_frames", "max_new_tokens", "max_response_tokens",
+                               "temperature", "segmenter", "run_segmentation", "output_dir",
+                               "review"})
+SETTING_FIELDS = tuple(f.name for f in fields(Context) if f.name not in TRAJECTORY_FIELDS)
+# Settings a row carries from its conversion (``segresearch data okvos``), which win over
+# the config's: the ground truth is in the row's coordinates, its frames at its size.
+ROW_FIELDS = ("coord_style", "frame_size")
 
 
 def _query_from(kwargs: dict[str, Any]) -> str:
@@ -61,7 +72,7 @@ def _query_from(kwargs: dict[str, Any]) -> str:
     raise ValueError("the dataset row has neither extra_info.question nor a user prompt")
 
 
-def _presized_config(info: dict[str, Any], frames: list[str], frame_size: int) -> dict[str, Any] | None:
+def _presized_config(info: dict[str, Any], frames: list[str], frame_size: int) -> RunnableConfig | None:
     """The graph's run config naming the row's pre-sized frames (``segresearch data okvos
     --presize-frames``), or None: the graph then decodes and resizes the source frames."""
     shown = info.get("shown_frames")
@@ -90,13 +101,6 @@ class SegResearchAgentLoop(AgentLoopBase):
     def __init__(
         self,
         *args: Any,
-        search: str = "local",
-        kb: str = "",
-        max_turns: int = 6,
-        coord_style: str = "qwen3",
-        frame_size: int = FRAME_RESIZE.side,
-        keyframe_size: int = KEYFRAME_RESIZE.side,
-        search_image_size: int = SEARCH_IMAGE_RESIZE.side,
         max_observation_tokens: int | None = None,
         mask_overlong_loss: bool = False,
         placeholder_counts: str = "geometry",
@@ -108,13 +112,15 @@ class SegResearchAgentLoop(AgentLoopBase):
     ) -> None:
         kwargs.pop("name", None)
         kwargs.pop("tools", None)
+        decided = sorted(k for k in kwargs if k in TRAJECTORY_FIELDS)
+        if decided:
+            raise ValueError(f"{', '.join(decided)}: set by each trajectory (the rollout's model, "
+                             "sampling and response length, the row's frames), not by the config")
+        # Context settings from the config entry; the rest of kwargs are verl's.
+        self.settings = {k: kwargs.pop(k) for k in SETTING_FIELDS if k in kwargs}
+        Context(**self.settings)  # a bad value stops the worker here, not each trajectory later
         super().__init__(*args, **kwargs)
         multi_turn = self.rollout_config.get("multi_turn", {}) or {}
-        self.settings = dict(
-            search=search, kb=kb, max_turns=int(max_turns), coord_style=coord_style,
-            frame_size=int(frame_size), keyframe_size=int(keyframe_size),
-            search_image_size=int(search_image_size),
-        )
         self.max_observation_tokens = int(
             max_observation_tokens or multi_turn.get("max_tool_response_length") or 4096
         )
@@ -126,7 +132,7 @@ class SegResearchAgentLoop(AgentLoopBase):
             raise ValueError(f"response_budget must be one of {get_args(ResponseBudget)}, got {response_budget!r}")
         if max_action_tokens is not None and int(max_action_tokens) < 1:
             raise ValueError(f"max_action_tokens must be at least 1 (or null), got {max_action_tokens!r}")
-        self.response_budget = response_budget
+        self.response_budget: ResponseBudget = response_budget  # type: ignore[assignment]  # checked above
         self.max_action_tokens = None if max_action_tokens is None else int(max_action_tokens)
         # DAPO's overlong filtering (the published DAPO script's agent.mask_overlong_loss): a
         # trajectory the response budget cut off has an unknown outcome, so it gets an all-zero
@@ -162,21 +168,26 @@ class SegResearchAgentLoop(AgentLoopBase):
         t0 = time.perf_counter()
         try:
             frames = list(info["frames"])
-            ctx = Context(
-                model=model, segmenter="none", run_segmentation=False, output_dir="",
-                num_frames=len(frames), max_response_tokens=None,
-                max_new_tokens=self.response_length,
-                temperature=float(sampling_params.get("temperature", 1.0)),
-                coord_style=info.get("coord_style", self.settings["coord_style"]),
-                frame_size=int(info.get("frame_size", self.settings["frame_size"])),
-                **{k: v for k, v in self.settings.items() if k not in ("coord_style", "frame_size")},
-            )
-            final = await GRAPH.ainvoke({"query": _query_from(kwargs), "media": frames}, context=ctx,
-                                        config=_presized_config(info, frames, ctx.frame_size))
+            ctx = self._trajectory_context(model, frames, sampling_params, info)
+            inputs: InputState = {"query": _query_from(kwargs), "media": frames}
+            final = await GRAPH.ainvoke(inputs, context=ctx, config=_presized_config(info, frames, ctx.frame_size))
         except Exception as e:  # noqa: BLE001 - a broken row is a masked sample, not a crash
             logger.warning("seg_research_agent: trajectory failed: %s", e)
             final = {"stop_reason": f"error:{type(e).__name__}", "error": str(e)}
         return self._output(model, final, time.perf_counter() - t0)
+
+    def _trajectory_context(self, model: VerlChatModel, frames: list[str],
+                            sampling_params: dict[str, Any], info: dict[str, Any]) -> Context:
+        decided: dict[str, Any] = {
+            "model": model, "num_frames": len(frames), "max_new_tokens": self.response_length,
+            "max_response_tokens": None,  # VerlChatModel counts rollout.response_length
+            "temperature": float(sampling_params.get("temperature", 1.0)),
+            "segmenter": "none", "run_segmentation": False, "output_dir": "", "review": False,
+        }
+        row = {k: info[k] for k in ROW_FIELDS if k in info}
+        if "frame_size" in row:
+            row["frame_size"] = int(row["frame_size"])
+        return Context(**{**self.settings, **row, **decided})
 
     def _output(self, model: VerlChatModel, final: dict[str, Any], seconds: float) -> AgentLoopOutput:
         t = model.trajectory
@@ -188,9 +199,9 @@ class SegResearchAgentLoop(AgentLoopBase):
         mask = list(t.mask)[:R]
         logprobs = None if t.logprobs is None else list(t.logprobs)[:R]
         if not prompt_ids:  # failed before the prompt was rendered: nothing was generated
-            prompt_ids = [self.tokenizer.pad_token_id or 0]
+            prompt_ids = [getattr(self.tokenizer, "pad_token_id", None) or 0]
         if not response_ids:  # verl needs at least one response position; it is masked
-            response_ids, mask = [self.tokenizer.pad_token_id or 0], [0]
+            response_ids, mask = [getattr(self.tokenizer, "pad_token_id", None) or 0], [0]
             logprobs = None if logprobs is None else [0.0]
         overlong_masked = self.mask_overlong_loss and stop_reason == OVERLONG_STOP_REASON
         if failed or overlong_masked:

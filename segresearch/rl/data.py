@@ -37,7 +37,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
+from segresearch.compat.transformers import install_video_processor_stub
 from segresearch.core.coords import COORD_STYLES
 from segresearch.core.media import (
     FRAME_RESIZE,
@@ -47,8 +49,11 @@ from segresearch.core.media import (
     sample_frame_ids,
 )
 from segresearch.core.media_recipes import _atomic_write
+from segresearch.core.prompts import frame_label, system_prompt
 from segresearch.core.shared_cache import LoadOnce
+from segresearch.eval.datasets import read_okvos_parquet
 from segresearch.rl.ground_truth import build_ground_truth
+from segresearch.rl.placeholders import GeometryProcessor
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ def data_source_for(ability: str) -> str:
 def _schema() -> Any:
     """An explicit schema, so that a column which happens to be all null in one split
     (``id``, ``steps``) still has the type the other split has, and the files concatenate."""
-    import pyarrow as pa
+    import pyarrow as pa  # heavy, optional: the [rl] extra
 
     return pa.schema([
         ("data_source", pa.string()),
@@ -244,8 +249,6 @@ def _rows(
     progress: bool,
     presized: Path | None = None,
 ) -> Iterator[dict[str, Any]]:
-    from tqdm import tqdm
-
     layout = _Layout(root, split)
     made: set[Path] = set()
     train = split == "train"
@@ -344,7 +347,7 @@ def _missing_list(v: Any) -> bool:
 def _write_atomic(table: Any, out: Path) -> None:
     """A crash or Ctrl-C mid-write must not leave a truncated parquet that a later
     training run would read as a (smaller) dataset."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy, optional: the [rl] extra
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -378,7 +381,7 @@ def convert_okvos(
     evaluation must cover the whole split. The counts are logged and stored in the file's
     metadata (:func:`conversion_info`). With ``presize`` the shown frames are also written,
     resized as the rollout shows them, to :func:`presized_folder` (see the module docstring)."""
-    import pyarrow as pa
+    import pyarrow as pa  # heavy, optional: the [rl] extra
 
     root = Path(root).expanduser()
     if coord_style not in COORD_STYLES:
@@ -389,8 +392,6 @@ def convert_okvos(
         raise ValueError(f"frame_size must be at least 1; got {frame_size}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must not be negative; got {limit}")
-    from segresearch.eval.datasets import read_okvos_parquet
-
     src, df = read_okvos_parquet(root, split)
     if limit is not None:
         df = df.iloc[:limit]
@@ -434,7 +435,7 @@ def convert_okvos(
 def conversion_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """How a converted file was made (settings and row counts), read from its parquet
     metadata without loading the rows."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy, optional: the [rl] extra
 
     meta = pq.read_schema(path).metadata or {}
     raw = meta.get(METADATA_KEY)
@@ -485,9 +486,9 @@ class PromptCounter:
                  use_search: bool = True, system_prompt_file: str = "",
                  chat_template_kwargs: dict[str, Any] | None = None,
                  mm_processor_kwargs: dict[str, Any] | None = None) -> None:
-        from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
-
-        from segresearch.rl.placeholders import GeometryProcessor
+        from verl.utils.tokenizer.continuous_token_wiring import (  # heavy, optional: verl ([rl])
+            create_continuous_token_builder,
+        )
 
         geometry = GeometryProcessor(processor)
         if not geometry.supported:
@@ -501,9 +502,7 @@ class PromptCounter:
     @classmethod
     def from_pretrained(cls, model: str, *, trust_remote_code: bool = False, **kwargs: Any) -> PromptCounter:
         """The counter for a model folder or hub id, loaded the way verl's workers load it."""
-        from verl.utils import hf_processor, hf_tokenizer
-
-        from segresearch.agents.backends.hf_compat import install_video_processor_stub
+        from verl.utils import hf_processor, hf_tokenizer  # heavy, optional: verl (the [rl] extra)
 
         install_video_processor_stub()  # image-only Qwen-VL processors load without torchvision
         tokenizer = hf_tokenizer(model, trust_remote_code=trust_remote_code)
@@ -515,8 +514,6 @@ class PromptCounter:
 
     def count(self, question: str, frame_ids: Sequence[int], frame_size: int, coord_style: str) -> int:
         """Prompt tokens of one row."""
-        from segresearch.core.prompts import frame_label, system_prompt
-
         frame = _blank_frame(int(frame_size))
         content: list[dict[str, Any]] = []
         for i, fid in enumerate(frame_ids):  # laid out as graphs/nodes.py load_media lays it out
@@ -541,7 +538,7 @@ _BLANK_FRAMES: LoadOnce[Image.Image] = LoadOnce(maxsize=8, name="rl.blank_frames
 def prompt_lengths(path: str | os.PathLike[str], counter: PromptCounter, limit: int) -> PromptLengths:
     """Every row's prompt tokens in a file written by :func:`convert_okvos`, against
     ``limit`` (data.max_prompt_length). Raises ``ValueError`` for a file in another layout."""
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # heavy, optional: the [rl] extra
 
     table = pq.read_table(path, columns=["extra_info"])
     infos = table.column("extra_info").to_pylist()

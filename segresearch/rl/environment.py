@@ -22,6 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 FLASH_ATTENTION = "flash_attention_2"
 SDPA = "sdpa"
 # What verl 0.9.1 uses when override_config has no attn_implementation
@@ -105,7 +108,7 @@ def configured_attention(cfg: Any, section: str = ACTOR_MODEL) -> str:
 def uses_critic(cfg: Any) -> bool:
     """Whether verl builds a critic for this config (its own rule, ``need_critic``)."""
     try:
-        from verl.trainer.ppo.utils import need_critic
+        from verl.trainer.ppo.utils import need_critic  # heavy, optional: verl
     except ImportError:
         return False  # verl itself is missing, which is reported on its own
     with warnings.catch_warnings():
@@ -166,9 +169,6 @@ def pin_problems(distribution: str) -> list[str]:
     transformers are not met by what is installed. vLLM, SGLang, torchvision and torchaudio
     compile against one torch release, and verl pins transformers: a mismatch installed with
     ``--no-deps`` or by a later upgrade imports fine and breaks at the first kernel call."""
-    from packaging.requirements import InvalidRequirement, Requirement
-    from packaging.utils import canonicalize_name
-
     own = installed_version(distribution)
     if own is None:
         return []
@@ -205,7 +205,7 @@ def cuda_problems(cfg: Any) -> list[str]:
     for (on a one-node run, all of them must be on this machine)."""
     if str(select(cfg, "trainer.device", "cuda")) != "cuda" or not is_installed("torch"):
         return []
-    import torch
+    import torch  # heavy: torch, optional ([hf]/[gpu] extras)
 
     if not torch.cuda.is_available():
         build = torch.version.cuda
@@ -228,7 +228,7 @@ def flash_attn_problem() -> str | None:
     load its extension."""
     if not is_installed("flash_attn"):
         return "flash_attn is not installed (flash-attn is built from source: pip install flash-attn --no-build-isolation)"
-    import torch
+    import torch  # heavy: torch, optional ([hf]/[gpu] extras)
 
     if not torch.cuda.is_available():
         return "flash_attn needs CUDA, which torch does not see here"
@@ -274,7 +274,7 @@ def apply_attention_implementation(cfg: Any, impl: str | None = None) -> list[st
     """Set the attention of every model section the user left at verl's default, in the
     composed ``cfg``; returns the ``key=value`` settings made (empty when the user chose).
     An explicit choice is left alone, and :func:`check_trainer_environment` judges it."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # heavy: optional [rl] extra (verl's)
 
     made: list[str] = []
     for section in model_sections(cfg):

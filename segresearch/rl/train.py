@@ -20,14 +20,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from segresearch.agents.context import Context
 from segresearch.compat.verl import agent_loop_registry
+from segresearch.rl.data import PromptCounter, prompt_lengths
 from segresearch.rl.environment import (
     ROLLOUT_ENGINES,
     apply_attention_implementation,
@@ -129,11 +135,11 @@ def compose_config(preset: str = "grpo", overrides: Sequence[str] = ()) -> Any:
     """The preset extended with ``overrides`` (Hydra syntax) and the runtime paths; raises
     ``ConfigError`` with Hydra's explanation when an override is malformed or names a key
     verl's config does not have."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-    from omegaconf.errors import OmegaConfBaseException
+    from hydra import compose, initialize_config_dir  # heavy, optional: the [rl] extra (verl's)
+    from hydra.core.global_hydra import GlobalHydra  # heavy, optional: as above
+    from hydra.errors import HydraException  # heavy, optional: as above
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup  # heavy, optional: as above
+    from omegaconf.errors import OmegaConfBaseException  # heavy, optional: as above
 
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -154,7 +160,7 @@ def compose_config(preset: str = "grpo", overrides: Sequence[str] = ()) -> Any:
 
 def _without_notes(cfg: Any) -> Any:
     """``cfg`` without the preset's ``published_unused`` notes, which are not verl settings."""
-    from omegaconf import open_dict
+    from omegaconf import open_dict  # heavy, optional: the [rl] extra (verl's)
 
     with open_dict(cfg):
         cfg.pop(UNUSED_KEY, None)
@@ -164,16 +170,13 @@ def _without_notes(cfg: Any) -> Any:
 def published_unused(preset: str) -> list[dict[str, Any]]:
     """What the preset's published script sets that its trainer never read: entries
     ``{key, script, why}`` from the preset file's ``published_unused`` section."""
-    import yaml
-
     doc = yaml.safe_load((CONFIG_DIR / f"{PRESETS[preset]}.yaml").read_text(encoding="utf-8"))
     return list(doc.get(UNUSED_KEY) or [])
 
 
 def show_preset(preset: str, cfg: Any, out=None) -> int:
     """The resolved preset as YAML, then its ``published_unused`` section."""
-    import yaml
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # heavy, optional: the [rl] extra (verl's)
 
     out = out or sys.stdout
     out.write(OmegaConf.to_yaml(cfg, resolve=True))
@@ -269,7 +272,7 @@ def iter_targets(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 def _check_agent_loops(cfg: Any, report: Report) -> None:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf  # heavy: optional [rl] extra
 
     rollout = cfg.actor_rollout_ref.rollout
     path = Path(str(rollout.agent.agent_loop_config_path))
@@ -324,7 +327,7 @@ def _check_reward(cfg: Any, report: Report) -> None:
     what = f"reward function {reward_fn.name!r} from {reward_fn.path}"
     try:
         # The loader verl's reward workers use, so path forms (file, pkg://) behave the same.
-        from verl.utils.import_utils import load_extern_object
+        from verl.utils.import_utils import load_extern_object  # heavy, optional: verl
 
         fn = load_extern_object(module_path=str(reward_fn.path), object_name=str(reward_fn.name))
     except Exception as e:
@@ -367,9 +370,7 @@ def _prompt_settings(cfg: Any) -> dict[str, Any]:
     """What besides a row decides its prompt, as the rollout worker will see it: the system
     prompt variant (the default agent loop's ``search``, and the SEGRESEARCH_ environment the
     graph's Context reads) and verl's chat-template and processor kwargs."""
-    from omegaconf import OmegaConf
-
-    from segresearch.agents.context import Context
+    from omegaconf import OmegaConf  # heavy, optional: the [rl] extra (verl's)
 
     rollout = cfg.actor_rollout_ref.rollout
     search = "local"
@@ -424,8 +425,6 @@ def check_prompt_lengths(cfg: Any, report: Report) -> None:
         return
     model = str(cfg.actor_rollout_ref.model.path)
     try:
-        from segresearch.rl.data import PromptCounter, prompt_lengths
-
         counter = PromptCounter.from_pretrained(
             model, trust_remote_code=bool(cfg.actor_rollout_ref.model.get("trust_remote_code")),
             **_prompt_settings(cfg))
@@ -457,12 +456,9 @@ def recipe_errors(cfg: Any) -> list[str]:
 
 def _check_with_verl(cfg: Any, report: Report) -> None:
     """verl's own launch-time validation (batch divisibility, micro-batch settings, ...)."""
-    import copy
-    import warnings
-
     try:
-        from verl.trainer.ppo.utils import need_critic, need_reference_policy
-        from verl.utils.config import validate_config
+        from verl.trainer.ppo.utils import need_critic, need_reference_policy  # heavy: verl
+        from verl.utils.config import validate_config  # heavy, optional: verl
     except Exception as e:
         report.import_failed("cannot import verl's config validation", e)
         return
@@ -481,7 +477,7 @@ def _check_with_verl(cfg: Any, report: Report) -> None:
 def check_config(cfg: Any) -> Report:
     """Everything a dry run verifies: each class or function the config names imports, the
     agent loop it selects exists, verl validates it, and the data files are where it says."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # heavy, optional: the [rl] extra (verl's)
 
     report = Report()
     report.errors.extend(recipe_errors(cfg))
@@ -516,7 +512,7 @@ def check_config(cfg: Any) -> Report:
 
 
 def dry_run(cfg: Any, out=None, err=None) -> int:
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # heavy, optional: the [rl] extra (verl's)
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -552,7 +548,7 @@ def launch(cfg: Any) -> None:
     function; its undecorated body (``__wrapped__``) takes a config and does what verl's own
     CLI does after composing: device selection, ``validate_config``, then ``run_ppo`` with the
     V1 or legacy task runner per ``trainer.use_v1``. Calling it keeps that dispatch verl's."""
-    from verl.trainer import main_ppo
+    from verl.trainer import main_ppo  # heavy, optional: verl (torch, ray)
 
     entry = getattr(main_ppo.main, "__wrapped__", main_ppo.main)
     entry(cfg)

@@ -18,6 +18,7 @@ import hmac
 from langgraph_sdk import Auth
 
 from segresearch.core.envvars import env_str
+from segresearch.servers.web import public_paths
 
 TOKEN_ENV = "SEGRESEARCH_API_TOKEN"
 ANONYMOUS = "anonymous"
@@ -55,8 +56,6 @@ def is_public(method: str, path: str) -> bool:
     """The web page's own files (HTML, script, stylesheet: no data) load without a token,
     so that the page can come up and ask for one. Exact paths and GET/HEAD only: nothing
     under them, and nothing else, is public."""
-    from segresearch.servers.web import public_paths
-
     return method.upper() in ("GET", "HEAD") and path in public_paths()
 
 

@@ -3,12 +3,14 @@
 langgraph-api accepts any JSON in a run's ``context`` and ``input`` and only finds out what
 is wrong once a worker has picked the run up: a typo in a context key, a frame count of a
 million or a knowledge base under ``/etc`` would surface as a failed run after queueing, or
-not at all. ``RunPayloadGuard`` checks run and assistant payloads when they arrive and answers
-at once: 422 with one line per problem for a malformed context or input, 403 for a path
-outside ``SEGRESEARCH_MEDIA_ROOTS``. The graph still checks for itself; this is the early,
-explicit answer an API client deserves. A run that resumes the review pause
-(``command.resume``) is checked against the thread's pending interrupt too
-(``review_check``): 422 for a reply the node would refuse, 409 when nothing is pending.
+not at all. ``RunPayloadGuard`` checks run and assistant payloads, and state a client writes
+into a thread (``POST /threads/{id}/state``, ``POST /threads`` with ``supersteps``, a command's
+``update`` and ``goto`` inputs), when they arrive and answers at once: 422 with one line per
+problem for a malformed context or input, 403 for a path outside ``SEGRESEARCH_MEDIA_ROOTS``.
+The graph still checks for itself; this is the early, explicit answer an API client deserves.
+A run that resumes the review pause (``command.resume``) is checked against the thread's
+pending interrupt too (``review_check``): 422 for a reply the node would refuse, 409 when
+nothing is pending.
 
 langgraph-api runs the middleware registered on this app on every route (its own and ours);
 the gateway in front of the whole server (``gateway.py``) has checked the token before, so a
@@ -37,11 +39,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segresearch import __version__
-from segresearch.agents.path_policy import KB_ROOTS_ENV, MODEL_ROOTS_ENV, OUTPUT_ROOT_ENV
+from segresearch.agents.client_settings import validate_context
+from segresearch.agents.context import FIELD_NAMES, Context, ContextError
+from segresearch.agents.path_policy import (
+    KB_ROOTS_ENV,
+    MODEL_ROOTS_ENV,
+    OUTPUT_ROOT_ENV,
+    PathRefused,
+    check_input,
+)
 from segresearch.compat.langgraph_api import RUN_CREATION, payload_kind
+from segresearch.core import media_store
 from segresearch.core.envvars import env_str, setting
 from segresearch.core.media import MEDIA_ROOTS_ENV, UPLOAD_ROOT_ENV
-from segresearch.servers import web
+from segresearch.servers import review_check, web
 from segresearch.servers.auth import auth_enabled
 
 
@@ -61,7 +72,58 @@ def _kind_of(scope: Scope) -> str | None:
     return payload_kind(scope.get("method", ""), _route_path(scope))
 
 
-def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
+Check = tuple[str, Callable[[], object]]
+
+
+def _write_checks(where: str, value: Any) -> list[Check]:
+    """Checks for a write to a thread's state, in each shape LangGraph takes one: a mapping,
+    ``[key, value]`` pairs (a command's ``update``), or a list of mappings or of
+    ``[values, as_node]`` pairs (``values`` beside ``as_node: "__copy__"``). Whichever node a
+    write claims to come from, the graph's nodes read what it wrote as they read run input."""
+    if isinstance(value, dict):
+        return [(where, functools.partial(check_input, value))]
+    checks: list[Check] = []
+    for i, item in enumerate(value if isinstance(value, list) else []):
+        if isinstance(item, list) and len(item) == 2:
+            item = {item[0]: item[1]} if isinstance(item[0], str) else item[0]
+        if isinstance(item, dict):
+            checks.append((f"{where}[{i}]", functools.partial(check_input, item)))
+    return checks
+
+
+def _command_checks(where: str, command: Any) -> list[Check]:
+    """A command's ``update`` and the input of every node its ``goto`` sends to (a ``Send``
+    runs that node on the client's input instead of the thread's state). ``resume`` is the
+    review node's reply, judged by ``review_check``."""
+    if not isinstance(command, dict):
+        return []
+    checks = _write_checks(f"{where}.update", command.get("update"))
+    goto = command.get("goto")
+    for i, send in enumerate(goto if isinstance(goto, list) else [goto]):
+        if isinstance(send, dict):
+            at = f"{where}.goto[{i}]" if isinstance(goto, list) else f"{where}.goto"
+            checks += _write_checks(f"{at}.input", send.get("input"))
+    return checks
+
+
+def _superstep_checks(supersteps: Any) -> list[Check]:
+    """``POST /threads`` with ``supersteps`` writes state without a run: into the new thread,
+    or into an existing one with ``if_exists: "do_nothing"``. Each update is written as if node
+    ``as_node`` had run (``"__input__"``: as the run input), and its command may schedule nodes
+    (``goto``, ``Send``) that the thread's next run executes on what was written, so each is
+    checked as a run's input and command are (see ``compat.langgraph_api``)."""
+    checks: list[Check] = []
+    for i, step in enumerate(supersteps if isinstance(supersteps, list) else []):
+        updates = step.get("updates") if isinstance(step, dict) else None
+        for j, update in enumerate(updates if isinstance(updates, list) else []):
+            if isinstance(update, dict):
+                at = f"supersteps[{i}].updates[{j}]"
+                checks += _write_checks(f"{at}.values", update.get("values"))
+                checks += _command_checks(f"{at}.command", update.get("command"))
+    return checks
+
+
+def _checks(kind: str, body: Any) -> list[Check]:
     """(where, check) for every part of ``body`` that configures a run or names files.
 
     ``config.configurable`` matters as much as ``context``: when a run has no context the
@@ -69,23 +131,21 @@ def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
     merged into configurable too. Only Context field names are checked there; the server
     puts its own keys (thread_id, headers, ...) beside them.
     """
-    from segresearch.agents.context import FIELD_NAMES, validate_context
-    from segresearch.agents.path_policy import check_input
-
     if kind == "batch":
         if not isinstance(body, list):
             return []
-        out: list[tuple[str, Callable[[], object]]] = []
+        out: list[Check] = []
         for i, item in enumerate(body):
             out += [(f"runs[{i}] {where}", fn) for where, fn in _checks("run", item)]
         return out
     if not isinstance(body, dict):
         return []
     if kind == "state":
-        values = body.get("values")
-        return [("values", functools.partial(check_input, values))] if isinstance(values, dict) else []
+        return _write_checks("values", body.get("values"))
+    if kind == "thread":
+        return _superstep_checks(body.get("supersteps"))
 
-    checks: list[tuple[str, Callable[[], object]]] = []
+    checks: list[Check] = []
     context = body.get("context")
     if isinstance(context, dict):
         checks.append(("context", functools.partial(validate_context, context)))
@@ -100,10 +160,7 @@ def _checks(kind: str, body: Any) -> list[tuple[str, Callable[[], object]]]:
         run_input = body.get("input")
         if isinstance(run_input, dict):
             checks.append(("input", functools.partial(check_input, run_input)))
-        command = body.get("command")
-        update = command.get("update") if isinstance(command, dict) else None
-        if isinstance(update, dict):
-            checks.append(("command.update", functools.partial(check_input, update)))
+        checks += _command_checks("command", body.get("command"))
     return checks
 
 
@@ -113,9 +170,6 @@ def _validate(kind: str, body: Any) -> tuple[int, list[str]] | None:
     Runs in a worker thread: the checks resolve paths on disk, which must not block the
     server's event loop (langgraph-api treats that as an error in development mode).
     """
-    from segresearch.agents.context import ContextError
-    from segresearch.agents.path_policy import PathRefused
-
     problems: list[str] = []
     refused = False
     checks = _checks(kind, body)
@@ -137,8 +191,6 @@ async def _review_reply_refusal(kind: str, scope: Scope, payload: Any) -> tuple[
     than blocking a worker thread on it."""
     if kind != "run" or scope.get("method") != "POST":
         return None
-    from segresearch.servers import review_check
-
     if not review_check.resume_of(payload)[0]:
         return None
     return await review_check.resume_verdict(_route_path(scope), payload, web._client())
@@ -256,10 +308,8 @@ def media(digest: str) -> Response:
     """A sync route on purpose: FastAPI runs it in a thread, so reading the store from disk
     never blocks the event loop. Anything that is not a known digest is a plain 404: the
     route must not become a way to ask the server about arbitrary names."""
-    from segresearch.core.media_store import get_store
-
     try:  # png_bytes refuses anything that is not a digest before touching the disk
-        data = get_store().png_bytes(digest)
+        data = media_store.get_store().png_bytes(digest)
     except KeyError:
         raise HTTPException(status_code=404, detail="unknown image") from None
     return Response(
@@ -281,8 +331,6 @@ def _split_roots(raw: str) -> list[str]:
 def info() -> dict[str, Any]:
     """What a client needs to form valid requests: which folders it may name. Whether auth
     is on is a bool; the token itself never leaves the server's environment."""
-    from segresearch.core import media_store
-
     roots = _split_roots(env_str(MEDIA_ROOTS_ENV))
     return {
         "version": __version__,
@@ -309,8 +357,6 @@ def info() -> dict[str, Any]:
 def _defaults() -> dict[str, Any]:
     """The context a run gets for every field it leaves out (the server's environment): a
     form shows them, so a person sees what "unset" means on this server."""
-    from segresearch.agents.context import Context
-
     try:
         return Context().public_dict()
     except (ValueError, TypeError):  # a malformed SEGRESEARCH_<FIELD>: runs will say so

@@ -20,6 +20,7 @@ works from any folder and from a wheel), and the working files go to a state fol
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -298,8 +299,6 @@ def startup_lines(opts: ServeOptions, env: Mapping[str, str]) -> list[str]:
 
 
 def _check_installed(durable: bool) -> None:
-    import importlib.util
-
     needed = ["langgraph_api", "uvicorn", "fastapi"]
     needed.append("langgraph_runtime_pg" if durable else "langgraph_runtime_inmem")
     missing = [m for m in needed if importlib.util.find_spec(m) is None]
@@ -313,8 +312,8 @@ def check_services(opts: ServeOptions, timeout: float = 5.0) -> None:
     down is one line naming it (the runtime would fail its startup with a long traceback)."""
     if not opts.durable:
         return
-    import psycopg
-    import redis
+    import psycopg  # optional: the durable engine's client, [server] extra (langgraph-runtime-pg)
+    import redis  # optional: the durable engine's client, [server] extra (langgraph-runtime-pg)
 
     try:
         with psycopg.connect(opts.database, connect_timeout=max(1, int(timeout))) as conn:
@@ -391,7 +390,7 @@ def serve_graph(
 
 
 def _run_uvicorn(opts: ServeOptions) -> int:
-    import uvicorn
+    import uvicorn  # optional: [server] extra, checked by _check_installed first
 
     config = uvicorn.Config(
         "segresearch.servers.gateway:build", factory=True, host=opts.host, port=opts.port,

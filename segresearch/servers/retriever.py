@@ -470,7 +470,7 @@ def serve_in_thread(
 ) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread; yields its base URL and stops it
     (gracefully) on exit. For tests and benchmarks that need a real HTTP server."""
-    import uvicorn
+    import uvicorn  # optional: [server] or [rl] extra; only serving needs it, not create_app
 
     sock = bind_socket(host, port)
     url = _url(sock)
@@ -510,7 +510,7 @@ def serve(
     """Serve ``get_backend(search, kb)`` until interrupted. Everything that can go wrong
     before serving (no knowledge base, unknown backend, port taken) raises here, before
     uvicorn takes over. ``opts`` go to :func:`create_app`."""
-    import uvicorn
+    import uvicorn  # optional: [server] or [rl] extra; only serving needs it, not create_app
 
     backend = get_backend(search, kb)
     app = create_app(backend, kb=kb, **opts)

@@ -20,8 +20,8 @@ route behind the same bearer token and the same path policy as the API:
   ``/frames/{fid}.jpg``: what a run left in its folder, found from the thread's stored state
   (not from anything the request names) and served only from under the output root.
 
-Only the page's own files are public (``auth.PUBLIC_PATHS``): the page must load before it
-can ask for the token. Everything carrying data needs the token when auth is on.
+Only the page's own files are public (``public_paths``, asked by ``auth.is_public``): the page
+must load before it can ask for the token. Everything carrying data needs the token when auth is on.
 """
 
 from __future__ import annotations
@@ -39,14 +39,36 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from langgraph_sdk import get_client
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from segresearch.agents.backends.openai_compat import API_KEY_ENV_VARS
+from segresearch.agents.context import DEFAULT_MODEL, Context, ContextError
 from segresearch.agents.model_spec import ModelSpec
+from segresearch.agents.path_policy import resolve_client_path, served_output, upload_root
 from segresearch.core.envvars import env_str, setting
+from segresearch.core.media import (
+    IMAGE_EXTS,
+    MEDIA_ROOTS_ENV,
+    VIDEO_EXTS,
+    MediaError,
+    as_uint8_rgb,
+    open_media,
+    resolved_roots,
+)
+from segresearch.core.media_budget import stamp_upload, upload_meta
+from segresearch.core.media_store import note_upload
 from segresearch.core.shared_cache import LoadOnce
 from segresearch.core.urls import redact_url
+from segresearch.demo import demo_cassette, demo_kb, demo_query
+from segresearch.graphs.preflight import probe_endpoint
+from segresearch.testing.scenes import render_scene, write_video
+from segresearch.tools.segmenters.writers import read_mask
+from segresearch.tools.visualize import overlay_mask
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_PREFIX = "/segresearch/ui"
@@ -135,8 +157,6 @@ def public_paths() -> frozenset[str]:
 
 
 def _upload_dir() -> Path:
-    from segresearch.agents.path_policy import upload_root
-
     root = upload_root()
     if root is None:
         raise HTTPException(status_code=503, detail="this server takes no uploads "
@@ -147,8 +167,6 @@ def _upload_dir() -> Path:
 def _safe_name(name: str) -> tuple[str, str]:
     """(stem, extension) of a client's file name, reduced to harmless characters; the
     extension must be one the media reader opens."""
-    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
-
     base = Path(name.replace("\\", "/")).name
     ext = Path(base).suffix.lower()
     if ext not in IMAGE_EXTS | VIDEO_EXTS:
@@ -198,8 +216,6 @@ def _content_ext(head: bytes) -> str | None:
 def _stored_upload(root: Path, digest: str, ext: str, sniffed: bool) -> Path | None:
     """The upload already holding these bytes, if any. A sniffed format has one name; an
     unrecognised one may have been kept under any extension the reader takes."""
-    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
-
     for e in [ext] if sniffed else [ext, *sorted(IMAGE_EXTS | VIDEO_EXTS)]:
         p = root / f"{digest}{e}"
         if p.is_file():
@@ -210,8 +226,6 @@ def _stored_upload(root: Path, digest: str, ext: str, sniffed: bool) -> Path | N
 def _record_name(dest: Path, label: str) -> None:
     """Remember the names a file was uploaded under (newest first, a few), for the library:
     a hidden sidecar, rewritten atomically; losing a name to a race only loses a label."""
-    from segresearch.core.media_budget import upload_meta
-
     meta = upload_meta(dest, "names.json")
     try:
         names = json.loads(meta.read_text()).get("names", [])
@@ -236,8 +250,6 @@ def _file_bytes(path: Path) -> int:
 
 
 def _upload_label(path: Path) -> str | None:
-    from segresearch.core.media_budget import upload_meta
-
     try:
         names = json.loads(upload_meta(path, "names.json").read_text()).get("names") or []
     except (OSError, ValueError, AttributeError):
@@ -249,8 +261,6 @@ def _media_info(path: Path, name: str) -> dict[str, Any]:
     """Open the received file as media (what a run would do): a header is not enough, a
     frame must decode. The reader's message names its path; the client knows the file by
     its own name, not by the server's temporary one."""
-    from segresearch.core.media import MediaError, open_media
-
     try:
         media = open_media(path, roots=None)
         try:
@@ -272,9 +282,6 @@ def _keep_upload(tmp: Path, digest: str, stem: str, ext: str, name: str) -> dict
     the names it was uploaded under go to a hidden sidecar (``label``: the newest). A new
     file counts against the storage budget (SEGRESEARCH_MEDIA_MAX_GB), which may evict
     older uploads and images."""
-    from segresearch.core.media_budget import stamp_upload
-    from segresearch.core.media_store import note_upload
-
     with tmp.open("rb") as f:
         sniffed = _content_ext(f.read(64))
     ext = sniffed or ext
@@ -339,8 +346,6 @@ async def upload(request: Request, name: str) -> JSONResponse:
 
 
 def _media_kind(p: Path) -> str | None:
-    from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS
-
     ext = p.suffix.lower()
     return "video" if ext in VIDEO_EXTS else "image" if ext in IMAGE_EXTS else None
 
@@ -348,8 +353,6 @@ def _media_kind(p: Path) -> str | None:
 def _scan(root: Path, label: str) -> list[dict[str, Any]]:
     """Videos, images and folders of frames under ``root``, shallow and bounded: a root may
     be a whole disk, and the list is for a person to pick from, not an index."""
-    from segresearch.core.media import IMAGE_EXTS
-
     out: list[dict[str, Any]] = []
     stack = [(root, 0)]
     while stack and len(out) < _LIBRARY_LIMIT:
@@ -373,9 +376,6 @@ def _scan(root: Path, label: str) -> list[dict[str, Any]]:
 
 
 def _library() -> dict[str, Any]:
-    from segresearch.agents.path_policy import upload_root
-    from segresearch.core.media import MEDIA_ROOTS_ENV, resolved_roots
-
     items: list[dict[str, Any]] = []
     up = upload_root()
     if up is not None and up.is_dir():
@@ -411,9 +411,6 @@ def _model_status(spec: str) -> dict[str, Any]:
     on it. Only the operator's setting is probed (never an address a client names): an
     OpenAI-compatible server by its ``/models`` route, a replay or checkpoint file by its
     existence; a hosted endpoint is not called, only its key looked for."""
-    from segresearch.agents.backends.openai_compat import API_KEY_ENV_VARS
-    from segresearch.graphs.preflight import probe_endpoint
-
     parsed = ModelSpec.parse(spec)
     out: dict[str, Any] = {"spec": spec, "ok": None, "reason": None, "address": None}
     if not parsed.backend:
@@ -437,10 +434,6 @@ def _model_status(spec: str) -> dict[str, Any]:
 def _demo() -> dict[str, Any] | None:
     """The recorded demo (the CLI demo's replay policy and knowledge base) as page
     settings, when the path policy lets a client name both files; None otherwise."""
-    from segresearch.agents.context import ContextError
-    from segresearch.agents.path_policy import resolve_client_path, upload_root
-    from segresearch.demo import demo_cassette, demo_kb, demo_query
-
     try:
         cassette = resolve_client_path(demo_cassette(), "model", name="model")
         kb = resolve_client_path(demo_kb(), "kb", name="kb")
@@ -454,8 +447,6 @@ def _demo() -> dict[str, Any] | None:
 def setup() -> dict[str, Any]:
     """What a person needs before the first run: whether the server's default model
     answers, and the recorded demo they can try instead (sync: the probe may wait)."""
-    from segresearch.agents.context import DEFAULT_MODEL, Context
-
     try:
         model = Context().model
     except (ValueError, TypeError):  # a malformed SEGRESEARCH_<FIELD>: runs will say so
@@ -465,8 +456,6 @@ def setup() -> dict[str, Any]:
 
 def _demo_clip() -> dict[str, Any]:
     """The demo clip kept as an upload (one file per content: asking again reuses it)."""
-    from segresearch.testing.scenes import render_scene, write_video
-
     root = _upload_dir()
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".part-{uuid.uuid4().hex}.mp4"
@@ -499,9 +488,6 @@ def _client() -> Any:
 
 
 def _make_client() -> Any:
-    # langgraph_sdk comes with the server (the `server` extra), not with the base package.
-    from langgraph_sdk import get_client
-
     return get_client(url=None, api_key=None)
 
 
@@ -523,8 +509,6 @@ async def _values(thread_id: str) -> dict[str, Any]:
 
 
 def _folder(values: dict[str, Any], key: str) -> Path | None:
-    from segresearch.agents.path_policy import served_output
-
     raw = values.get(key)
     if not isinstance(raw, str) or not raw:
         return None
@@ -533,8 +517,6 @@ def _folder(values: dict[str, Any], key: str) -> Path | None:
 
 
 def _result(values: dict[str, Any]) -> dict[str, Any]:
-    from segresearch.core.media import MediaError, open_media
-
     run_dir, masks_dir = _folder(values, "run_dir"), _folder(values, "masks_dir")
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and _FILE_NAME.fullmatch(p.name)) if run_dir else []
     masks = sorted(p.name for p in masks_dir.glob("*.png")) if masks_dir else []
@@ -602,13 +584,6 @@ async def masks_zip(thread_id: str) -> Response:
 
 
 def _frame_jpeg(values: dict[str, Any], fid: int, overlay: bool, max_side: int) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    from segresearch.core.media import MediaError, as_uint8_rgb, open_media
-    from segresearch.tools.segmenters.writers import read_mask
-    from segresearch.tools.visualize import overlay_mask
-
     try:  # open_media applies the media roots again: a stored state is not trusted
         media = open_media(values["media"])
         frame = media.frame(fid)

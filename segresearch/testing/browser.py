@@ -24,7 +24,7 @@ def missing_browser() -> str | None:
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         return f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian chromium, chromium-driver)"
     try:
-        import selenium.webdriver  # noqa: F401
+        import selenium.webdriver  # optional: selenium is a test dependency  # noqa: F401
     except ImportError:
         return "needs selenium"
     return None
@@ -34,8 +34,8 @@ def missing_browser() -> str | None:
 def headless_chromium(profile_dir: str | Path, *, page_load_timeout: float,
                       window: tuple[int, int] | None = None) -> Iterator[Any]:
     """A selenium Chrome driver on Debian's chromium, quit on exit whatever happened."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from selenium import webdriver  # optional: selenium is a test dependency
+    from selenium.webdriver.chrome.service import Service  # optional: selenium
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM

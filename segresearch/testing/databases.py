@@ -14,6 +14,7 @@ import os
 import pwd
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -90,7 +91,7 @@ def postgres_server(folder: Path, port: int | None = None) -> Iterator[str]:
 
 def create_database(url: str, name: str) -> str:
     """A new empty database on the server of ``url``; returns its URL."""
-    import psycopg
+    import psycopg  # optional: psycopg comes with the server extra
 
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -112,8 +113,6 @@ def redis_server(folder: Path, port: int | None = None) -> Iterator[str]:
         deadline = time.time() + 20
         while time.time() < deadline:
             try:
-                import socket
-
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):

@@ -8,14 +8,27 @@ whose emblems are the shapes, and annotated reasoning steps for the IGR reward.
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from segresearch.core.coords import QWEN3
-from segresearch.testing.scenes import DEFAULT_SHAPES, Shape, render_scene, write_frames
+from segresearch.core.media import sample_frame_ids
+from segresearch.testing.scenes import (
+    DEFAULT_SHAPES,
+    Shape,
+    inner_point,
+    mask_box,
+    render_scene,
+    write_frames,
+)
 
 CLUBS = {
     "red circle": "Crimson Circles",
@@ -84,11 +97,7 @@ def make_synthetic_okvos(
     complete, replacing an earlier one whole: a run that is killed or fails leaves the
     root as it was (its temporaries are removed by the next run), never a split with some
     videos and no parquet. ``progress``: a bar over the videos on a terminal."""
-    import shutil
-    import uuid
-
-    import pandas as pd
-    from tqdm import tqdm
+    import pandas as pd  # heavy: optional [rl] extra
 
     if not 1 <= n_videos <= MAX_SYNTHETIC_VIDEOS:
         raise ValueError(f"the number of videos must be between 1 and {MAX_SYNTHETIC_VIDEOS}; "
@@ -139,9 +148,6 @@ def make_synthetic_okvos(
 def remove_partial_split(root: Path, split: str) -> list[str]:
     """What an interrupted ``make_synthetic_okvos`` of ``split`` left in ``root``: its
     temporary folder and parquet and a replaced split on its way out (only those names)."""
-    import re
-    import shutil
-
     pattern = re.compile(rf"\.{re.escape(split)}\.(?:tmp|old|parquet\.tmp)-[0-9a-f]{{8}}")
     removed = []
     for entry in root.iterdir() if root.is_dir() else ():
@@ -156,8 +162,6 @@ def remove_partial_split(root: Path, split: str) -> list[str]:
 
 def _gt_answer(mask: np.ndarray) -> dict[str, list[int]]:
     """Box (mask extent) and inner point of a mask in 0-1000 coordinates."""
-    from segresearch.testing.scenes import inner_point, mask_box
-
     h, w = mask.shape
     return {"bbox_2d": QWEN3.from_px(list(mask_box(mask)), w, h),
             "point_2d": QWEN3.from_px(list(inner_point(mask)), w, h)}
@@ -167,10 +171,6 @@ def oracle_turns(root: str | Path, split: str, row: dict, keyframe: int | None =
     """A policy's turns that answer ``row`` from its ground truth: a search when the question
     needs knowledge, the keyframe (default: the frame where the target is largest among the
     six sampled), then the answer box and point of the mask on that frame."""
-    import json
-
-    from segresearch.core.media import sample_frame_ids
-
     root = Path(root)
     ann = root / split / "Annotations" / str(row["video"]) / str(row["oid"])
     names = sorted(str(n) for n in row["images"])
@@ -198,9 +198,7 @@ def write_oracle_cassette(
 ) -> Path:
     """A replay cassette ``{"queries": {question: turns}}`` answering every query of the
     split from the ground truth; ids in ``malformed`` answer with broken JSON."""
-    import json
-
-    import pandas as pd
+    import pandas as pd  # heavy: optional [rl] extra
 
     df = pd.read_parquet(Path(root) / f"{split}.parquet")
     queries: dict[str, list[str]] = {}
@@ -226,9 +224,7 @@ def write_oracle_predictions(root: str | Path, split: str, path: str | Path | No
     question, cannot: the synthetic set asks the same question about several videos. A
     target that none of the shown frames holds is answered with the zero box, the model's
     way of saying it found nothing."""
-    import json
-
-    import pandas as pd
+    import pandas as pd  # heavy: optional [rl] extra
 
     root = Path(root)
     path = Path(path) if path is not None else root / ORACLE_PREDICTIONS.format(split=split)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from segresearch.core.media import Media
+from segresearch.testing.scenes import mask_box
 from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession
 
 
@@ -41,8 +42,6 @@ class _Session(VideoSession):
             return np.asarray(im) > 0
 
     def masks(self, prompt: Prompt) -> Iterator[tuple[int, np.ndarray]]:
-        from segresearch.testing.scenes import mask_box
-
         best, best_iou = None, 0.0
         for obj in sorted(p for p in self.ann.iterdir() if p.is_dir()):
             m = self._mask(obj, prompt.frame)

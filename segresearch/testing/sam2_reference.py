@@ -20,7 +20,7 @@ from segresearch.tools.segmenters.base import Prompt
 def bare_published(predictor: Any, folder: str | Path, prompt: Prompt) -> tuple[dict[str, Any], np.ndarray]:
     """(the inference state, boolean masks (T, H, W)) for ``prompt`` on frame position
     ``prompt.frame`` of the JPEG folder."""
-    import torch
+    import torch  # heavy: optional [sam2] extra
 
     with torch.inference_mode():
         state = predictor.init_state(video_path=str(folder))

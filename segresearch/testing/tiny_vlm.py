@@ -45,7 +45,7 @@ from transformers import (
     Qwen3VLProcessor,
 )
 
-from segresearch.agents.backends.hf_compat import StubVideoProcessor, install_video_processor_stub
+from segresearch.compat.transformers import install_video_processor_stub, stub_video_processor_class
 
 __all__ = [
     "QWEN_SPECIAL_TOKENS",
@@ -54,7 +54,7 @@ __all__ = [
     "PUBLISHED_ADDED_TOKENS",
     "PUBLISHED_PIXELS",
     "published_template",
-    "StubVideoProcessor",
+    "stub_video_processor_class",
     "install_video_processor_stub",
     "build_tiny_tokenizer",
     "build_tiny_qwen_vl",
@@ -332,7 +332,7 @@ def _video_processor(size: dict[str, int], spec: dict[str, Any]) -> Any:
     # The stub even where torchvision exists: it is a real BaseVideoProcessor there, and the
     # saved entry names no class (see _strip_video_processor_type), so reloading picks the
     # real Qwen class. Its settings are ones both real Qwen video processors accept.
-    return StubVideoProcessor(
+    return stub_video_processor_class()(
         size=dict(size),
         patch_size=spec["patch"],
         temporal_patch_size=2,

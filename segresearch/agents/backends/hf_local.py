@@ -33,6 +33,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
 from segresearch.agents.content import block_image, content_blocks, is_image_block
+from segresearch.compat.transformers import install_video_processor_stub
 from segresearch.core.protocol import cut_at_stop
 from segresearch.core.shared_cache import LoadOnce
 
@@ -64,7 +65,7 @@ _LOADED: LoadOnce[LoadedModel] = LoadOnce(name="models.hf_local")
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
-    import torch
+    import torch  # heavy: optional [hf] extra
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -75,7 +76,7 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
     On CPU "auto" means float32: half-precision matmuls there are slow or unsupported, and
     CPU runs are small models or checks where memory is not the constraint.
     """
-    import torch
+    import torch  # heavy: optional [hf] extra
 
     if dtype == "auto":
         return "auto" if device.startswith("cuda") else torch.float32
@@ -87,9 +88,10 @@ def _resolve_dtype(dtype: str, device: str) -> Any:
 
 def _load(path: str, device: str, dtype: Any) -> LoadedModel:
     try:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from segresearch.agents.backends.hf_compat import install_video_processor_stub
+        from transformers import (  # heavy: optional [hf] extra
+            AutoModelForImageTextToText,
+            AutoProcessor,
+        )
 
         # Without torchvision the Qwen processors cannot even be built; images still work.
         install_video_processor_stub()
@@ -271,7 +273,7 @@ class HFChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        import torch
+        import torch  # heavy: optional [hf] extra
 
         loaded = self.load()
         max_new = kwargs.get("max_tokens", kwargs.get("max_new_tokens"))

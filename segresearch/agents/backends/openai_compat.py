@@ -29,6 +29,7 @@ from langchain_openai import ChatOpenAI
 
 from segresearch.agents.content import inline_media
 from segresearch.agents.model_spec import parse_openai_spec
+from segresearch.agents.path_policy import api_key_allowed
 from segresearch.core.envvars import env_str
 from segresearch.core.urls import redact_url
 
@@ -241,8 +242,6 @@ def _env_key_allowed(base_url: str | None) -> bool:
     """Whether the key in the environment (the operator's) may go to ``base_url``. When
     the graph is served a client names the model endpoint, so the key goes only where the
     operator's own settings point (see ``path_policy.api_key_allowed``); locally, always."""
-    from segresearch.agents.path_policy import api_key_allowed
-
     return api_key_allowed(base_url)
 
 

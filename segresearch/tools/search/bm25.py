@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rank_bm25 import BM25Okapi
 
 from segresearch.core.jsonl import iter_jsonl
 from segresearch.tools.search.base import (
@@ -20,15 +21,15 @@ from segresearch.tools.search.base import (
 )
 
 
-def _bm25(corpus: list[list[str]]) -> Any:
+class _LuceneBM25(BM25Okapi):
     """Okapi BM25 with Lucene's non-negative IDF: rank_bm25's classic IDF is zero or
     negative for terms in half the documents, which empties results on small corpora."""
-    from rank_bm25 import BM25Okapi
 
-    class _LuceneBM25(BM25Okapi):
-        def _calc_idf(self, nd: dict[str, int]) -> None:
-            self.idf = {w: math.log(1.0 + (self.corpus_size - n + 0.5) / (n + 0.5)) for w, n in nd.items()}
+    def _calc_idf(self, nd: dict[str, int]) -> None:
+        self.idf = {w: math.log(1.0 + (self.corpus_size - n + 0.5) / (n + 0.5)) for w, n in nd.items()}
 
+
+def _bm25(corpus: list[list[str]]) -> Any:
     return _LuceneBM25(corpus)
 
 

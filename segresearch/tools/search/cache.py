@@ -34,6 +34,7 @@ from typing import Any
 
 from PIL import Image
 
+from segresearch.core.envvars import setting
 from segresearch.core.shared_cache import LoadOnce
 from segresearch.tools.search.base import ImageHit, SearchBackend, TextHit
 
@@ -126,8 +127,9 @@ class SearchCache:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._flight_lock = threading.Lock()
-        self._inflight: dict[str, cf.Future[bytes]] = {}
+        # Concurrent identical queries share one backend call; the payloads themselves live
+        # in the file, so this keeps none in memory.
+        self.flights: LoadOnce[bytes] = LoadOnce(0, name="search.flights")
         self._counters = _Counters("hits", "misses", "writes", "errors")
         try:  # proves the file is SQLite and writable, so a search never finds out later
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,31 +234,6 @@ class SearchCache:
             conn.close()
         self._local = threading.local()
 
-    # ------------------------------------------------------------ single flight
-
-    def claim(self, key: str) -> tuple[cf.Future[bytes], bool]:
-        """(future, True) when the caller must compute ``key`` and :meth:`settle` it;
-        (future, False) when another thread already is: wait for its future."""
-        with self._flight_lock:
-            fut = self._inflight.get(key)
-            if fut is not None:
-                return fut, False
-            fut = cf.Future()
-            self._inflight[key] = fut
-            return fut, True
-
-    def settle(
-        self, key: str, fut: cf.Future[bytes], payload: bytes | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        with self._flight_lock:
-            self._inflight.pop(key, None)
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            assert payload is not None
-            fut.set_result(payload)
-
 
 _CACHES: LoadOnce[SearchCache] = LoadOnce(name="search.caches")
 
@@ -341,8 +318,6 @@ class CachedBackend(SearchBackend):
         return self.inner.cache_key
 
     def _bypassing(self) -> bool:
-        from segresearch.core.envvars import setting
-
         return self.bypass or bool(setting(BYPASS_ENV))
 
     def stats(self) -> dict[str, int]:
@@ -370,23 +345,20 @@ class CachedBackend(SearchBackend):
         if not bypass and (found := self._lookup(key, decode)) is not None:
             self._counters.add("hits")
             return found[1]
-        fut, mine = self.cache.claim(key)
-        if not mine:
-            self._counters.add("shared")
-            return decode(fut.result())
-        try:
+        answered: list[str] = []  # how this thread's load got the payload; empty: shared
+
+        def load() -> bytes:
             # Stored while we were looking: another thread has just finished this query.
             if not bypass and (found := self._lookup(key, decode, False)) is not None:
-                self.cache.settle(key, fut, found[0])
-                self._counters.add("hits")
-                return found[1]
+                answered.append("hits")
+                return found[0]
             payload = encode(compute())
-        except BaseException as e:
-            self.cache.settle(key, fut, error=e)
-            raise
-        self._counters.add("misses")
-        self.cache.put(key, payload, backend=backend, tool=tool, query=query, topk=k)
-        self.cache.settle(key, fut, payload)
+            answered.append("misses")
+            self.cache.put(key, payload, backend=backend, tool=tool, query=query, topk=k)
+            return payload
+
+        payload = self.cache.flights.get(key, load)
+        self._counters.add(answered[0] if answered else "shared")
         return decode(payload)
 
     def search_text(self, query: str, k: int) -> list[TextHit]:
@@ -413,11 +385,11 @@ class CachedBackend(SearchBackend):
         mine: dict[str, cf.Future[bytes]] = {}
         theirs: dict[str, cf.Future[bytes]] = {}
         for key in missing:
-            fut, owned = self.cache.claim(key)
+            fut, owned = self.cache.flights.claim(key)
             if not owned:
                 theirs[key] = fut
             elif not bypass and (found := self._lookup(key, decode_text, False)) is not None:
-                self.cache.settle(key, fut, found[0])  # another thread just finished it
+                self.cache.flights.settle(key, fut, found[0])  # another thread just finished it
                 payloads[key] = found[0]
                 self._counters.add("hits")
             else:
@@ -434,12 +406,12 @@ class CachedBackend(SearchBackend):
                 encoded = [encode_text(hits) for hits in results]
             except BaseException as e:
                 for key, fut in mine.items():
-                    self.cache.settle(key, fut, error=e)
+                    self.cache.flights.settle(key, fut, error=e)
                 raise
             self._counters.add("misses", len(todo))
             for key, payload in zip(todo, encoded, strict=True):
                 self.cache.put(key, payload, backend=backend, tool="text", query=query_of[key], topk=k)
-                self.cache.settle(key, mine[key], payload)
+                self.cache.flights.settle(key, mine[key], payload)
                 payloads[key] = payload
         for key, fut in theirs.items():
             payloads[key] = fut.result()

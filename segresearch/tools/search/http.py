@@ -20,7 +20,6 @@ import ipaddress
 import logging
 import random
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import Any, TypeVar
 import httpx
 from PIL import Image
 
+from segresearch.core.shared_cache import LoadOnce
 from segresearch.core.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -328,24 +328,21 @@ def resolve_checked(
 
 # ------------------------------------------------------------------ images
 
-_FETCH_CLIENT: httpx.Client | None = None
-_FETCH_CLIENT_LOCK = threading.Lock()
+# One client per process, under one key; it pools no connection, so dropping it (clearing
+# "search.fetch_client") leaves nothing open.
+_FETCH_CLIENT: LoadOnce[httpx.Client] = LoadOnce(name="search.fetch_client")
 
 
 def _fetch_client() -> httpx.Client:
     """One client for all image fetches. No proxies from the environment (a proxy would
     make the address check meaningless) and no connection reuse (a pooled connection to an
     address, verified for one host name, must not carry a request for another)."""
-    global _FETCH_CLIENT
-    with _FETCH_CLIENT_LOCK:
-        if _FETCH_CLIENT is None:
-            _FETCH_CLIENT = httpx.Client(
-                trust_env=False,
-                follow_redirects=False,
-                limits=httpx.Limits(max_keepalive_connections=0),
-                headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
-            )
-        return _FETCH_CLIENT
+    return _FETCH_CLIENT.get(None, lambda: httpx.Client(
+        trust_env=False,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
+    ))
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

@@ -500,7 +500,7 @@ class TavilyBackend(WebBackend):
         if client is None:
             self._key = _key_from_env(TAVILY_KEY_ENV, self.name)
             try:
-                from tavily import TavilyClient
+                from tavily import TavilyClient  # heavy: ~0.2 s; only --search tavily needs it
             except ImportError:
                 raise SearchUnavailable("tavily: the tavily-python package is not installed") from None
             client = TavilyClient(api_key=self._key.reveal(), api_base_url=self.base_url)
@@ -622,7 +622,7 @@ class DDGBackend(WebBackend):
             self._options["backend"] = backend
         if client is None:
             try:
-                import ddgs  # noqa: F401
+                import ddgs  # guarded: a missing package is a clear SearchUnavailable  # noqa: F401
             except ImportError:
                 raise SearchUnavailable("ddg: the ddgs package is not installed") from None
 
@@ -634,7 +634,7 @@ class DDGBackend(WebBackend):
     def _ddgs(self) -> Any:
         if self._client is not None:
             return self._client
-        from ddgs import DDGS
+        from ddgs import DDGS  # guarded: a missing package is a clear SearchUnavailable
 
         return DDGS(timeout=max(1, round(self.timeout)))
 

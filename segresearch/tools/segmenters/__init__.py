@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from segresearch.tools.segmenters.base import Prompt, Segmenter, VideoSession, stable_seed
+from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
 from segresearch.tools.segmenters.prompting import (
     ParsedOutput,
     prompt_from_answer,
@@ -77,8 +78,6 @@ def get_segmenter(
     if resolved == "none":
         return None
     if resolved == "grabcut":
-        from segresearch.tools.segmenters.grabcut import GrabCutSegmenter
-
         return GrabCutSegmenter()
     return SAM2Segmenter(sam2_checkpoint, sam2_config, device=device, image_size=sam2_image_size,
                          frame_cache_mb=frame_cache_mb, prefetch_threads=prefetch_threads)

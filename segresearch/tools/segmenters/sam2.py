@@ -85,7 +85,7 @@ def sam2_config_for(checkpoint: str, config: str = "") -> str:
 
 def sam2_available() -> bool:
     try:
-        import sam2  # noqa: F401
+        import sam2  # heavy: optional [sam2] extra  # noqa: F401
     except ImportError:
         return False
     return True
@@ -101,7 +101,7 @@ def load_predictor(
     serialises its use (its inference states are not thread-safe)."""
 
     def build() -> tuple[Any, threading.Lock]:
-        from sam2.build_sam import build_sam2_video_predictor
+        from sam2.build_sam import build_sam2_video_predictor  # heavy: optional [sam2] extra
 
         silence_progress_bars()
         extra = [f"++model.image_size={image_size}"] if image_size else []
@@ -167,7 +167,7 @@ class FrameStore:
         ``(x - mean) / std`` in float32), through a table of the 256 results per channel:
         the same bits, without the frame-sized float64 temporaries whose churn would grow
         the process's memory frame after frame."""
-        import torch
+        import torch  # heavy: optional [sam2] extra
 
         arr = self.resized(pos)
         out = np.empty((3, self.size, self.size), np.float32)
@@ -271,7 +271,7 @@ class SAM2Session(VideoSession):
             self.state = init_state(self.predictor, self.frames, segmenter.device == "cpu")
 
     def masks(self, prompt: Prompt) -> Iterator[tuple[int, np.ndarray]]:
-        import torch
+        import torch  # heavy: optional [sam2] extra
 
         pos = self.media.index_of(prompt.frame)
         ids = self.media.frame_ids
@@ -326,7 +326,7 @@ class SAM2Segmenter(Segmenter):
         self.checkpoint = str(Path(checkpoint).expanduser())
         self.config = sam2_config_for(self.checkpoint, config)
         if device == "auto":
-            import torch
+            import torch  # heavy: optional [sam2] extra
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device

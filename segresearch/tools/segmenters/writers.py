@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image
 
 from segresearch.core import cancel
 from segresearch.core.files import created_mode
 from segresearch.core.media import Media, as_uint8_rgb
 from segresearch.tools.segmenters.base import Prompt
+from segresearch.tools.visualize import annotate
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +212,6 @@ class _VideoOut:
         self._gen = None
         self._cv = None
         try:
-            import imageio_ffmpeg
-
             self._gen = imageio_ffmpeg.write_frames(
                 str(path), (w + w % 2, h + h % 2), fps=fps, codec="libx264", quality=7,
                 macro_block_size=1, ffmpeg_log_level="error",
@@ -241,8 +242,6 @@ def _overlay_frame(media: Media, masks_dir: Path, fid: int, prompt: Prompt | Non
                    label: str) -> np.ndarray:
     """One frame of an overlay: its mask tinted and outlined, the prompt's box and point
     when it is the keyframe, and a label saying which frame it is."""
-    from segresearch.tools.visualize import annotate
-
     rgb = as_uint8_rgb(media.frame(fid))
     if rgb.shape[:2] != (media.height, media.width):
         rgb = cv2.resize(rgb, (media.width, media.height))
@@ -262,8 +261,6 @@ def write_overlay_image(
 ) -> Path:
     """The overlay of a one-frame media as a JPEG picture (the counterpart of
     :func:`write_overlay_video`), written under a temporary name and renamed into place."""
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = _overlay_frame(media, masks_dir, media.frame_ids[0], prompt, label)

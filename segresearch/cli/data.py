@@ -1,0 +1,73 @@
+"""``segresearch data``: OK-VOS conversion to verl parquet, and the synthetic set."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from segresearch.cli.common import EXIT_OK, die
+from segresearch.eval.datasets import (
+    DatasetError,
+    load_okvos,
+    meta_mapping_path,
+    write_meta_mapping,
+)
+from segresearch.rl.data import conversion_info, convert_okvos
+from segresearch.testing.okvos import (
+    MAX_SYNTHETIC_VIDEOS,
+    SYNTHETIC_SPLITS,
+    make_synthetic_okvos,
+    split_seed,
+    write_oracle_predictions,
+)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """Dataset preparation; every data problem is one ``error:`` line, since a traceback
+    from deep inside a conversion hides which file or video is at fault."""
+    if args.data_command == "synthetic":
+        return _synthetic(args)
+    try:
+        path = convert_okvos(args.root, args.split, args.out, num_frames=args.num_frames,
+                             coord_style=args.coord_style, frame_size=args.frame_size,
+                             seed=args.seed, limit=args.limit, progress=sys.stderr.isatty(),
+                             presize=args.presize_frames)
+    except (ValueError, OSError) as e:
+        return die(str(e))
+    info = conversion_info(path)
+    print(f"wrote {path} ({info['rows']} rows from {info['source_rows']}; "
+          f"{info['skipped_no_target']} skipped without a target in the sampled frames)")
+    if info.get("presized_frames"):
+        print(f"pre-sized frames in {info['presized_frames']}")
+    try:
+        queries = load_okvos(args.root, args.split, args.limit)
+        meta = write_meta_mapping(queries, meta_mapping_path(args.root, args.split))
+    except (DatasetError, OSError) as e:
+        return die(str(e))
+    print(f"wrote {meta} ({len(queries)} [id, mask folder, ability] entries, absolute paths, "
+          "for the published evaluator's --meta_path)")
+    return EXIT_OK
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    import pandas as pd  # heavy, optional ([rl] extra): only to count the rows written
+
+    if not 1 <= args.videos <= MAX_SYNTHETIC_VIDEOS:
+        return die(f"--videos must be between 1 and {MAX_SYNTHETIC_VIDEOS} (videos per split); "
+                   f"got {args.videos}")
+    splits = list(dict.fromkeys(args.split or SYNTHETIC_SPLITS))
+    bad = [s for s in splits if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", s)]
+    if bad:
+        return die(f"--split {bad[0]!r}: a split name is letters, digits, '_' and '-' "
+                   "(e.g. train, test)")
+    for split in splits:
+        try:
+            path = make_synthetic_okvos(args.out, split=split, n_videos=args.videos,
+                                        seed=split_seed(split), progress=True)
+            oracle = write_oracle_predictions(args.out, split)
+        except OSError as e:
+            return die(str(e))
+        print(f"wrote {path} ({len(pd.read_parquet(path))} rows) and {oracle} "
+              "(answers from the ground truth, for eval --predictions and segment)")
+    return EXIT_OK
