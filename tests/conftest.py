@@ -32,7 +32,10 @@ def fresh_media_store():
     """The process-wide media store made anew from the environment the test sets (call
     ``media_store.get_store()`` after setting it), and dropped again afterwards so that later
     tests do not keep a store pointing into this test's folders."""
-    from segresearch.core import shared_cache
+    from segresearch.core import (
+        media_store,  # noqa: F401 - registers "media.store" on import
+        shared_cache,
+    )
 
     shared_cache.clear("media.store")
     yield

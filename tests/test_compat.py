@@ -329,6 +329,60 @@ def test_verl_merges_drive_the_builder_as_the_wrappers_do():
                      ("assistant", (1, 2), (5,)), ("align", (1, 2, 5), [-0.5])]
 
 
+def test_verl_builder_takes_the_tools_of_a_tools_mode_rollout():
+    """Tools mode (rl/verl_model.py) renders tool turns with the tool definitions: verl's
+    builder must accept them as ``tools=`` on the merge and the initial render."""
+    _verl()
+    import inspect
+
+    from verl.utils.tokenizer.continuous_token import ContinuousTokenBuilder
+
+    for method in (ContinuousTokenBuilder.merge_context_tokens, ContinuousTokenBuilder.build_initial_tokens):
+        params = inspect.signature(method).parameters
+        assert "tools" in params and params["tools"].kind is inspect.Parameter.KEYWORD_ONLY, broken(
+            "verl", f"{method.__qualname__} takes tools= as a keyword")
+
+
+def test_verl_builder_renders_with_its_chat_template_kwargs():
+    """A tools-mode rollout on Qwen2.5-VL renders with our chat template (rl/tools_template.py)
+    by giving a copy of the loop's builder other ``chat_template_kwargs``
+    (compat.verl.with_chat_template_kwargs): verl's builders must keep the kwargs in that
+    attribute and read it at every render (prompt and merges, the processor path included),
+    never only at construction."""
+    _verl()
+    from verl.utils.tokenizer.continuous_token import (
+        QwenContinuousTokenBuilder,
+        VLContinuousTokenMixin,
+    )
+
+    from segresearch.compat.verl import chat_template_kwargs, with_chat_template_kwargs
+    from segresearch.testing.tiny_vlm import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer(family="qwen2_5_vl")
+    builder = QwenContinuousTokenBuilder(tok, chat_template_kwargs={"add_vision_id": False})
+    assert chat_template_kwargs(builder) == {"add_vision_id": False}, broken(
+        "verl", "a builder keeps its chat_template_kwargs")
+    marked = tok.chat_template.replace("You are a helpful assistant.", "MARKED").replace(
+        "<tool_response>", "<tool_result>")
+    clone = with_chat_template_kwargs(builder, {"chat_template": marked})
+    chat = [{"role": "user", "content": "q"}]
+    prompt = clone.build_initial_tokens(chat)
+    assert "MARKED" in tok.decode(prompt), broken("verl", "the initial render uses chat_template_kwargs")
+    assert "MARKED" not in tok.decode(builder.build_initial_tokens(chat))  # the original is untouched
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+        "name": "keyframe", "arguments": {"index": 1}}}]}
+    tool = {"role": "tool", "content": "seen", "tool_call_id": "c0"}
+    stream = [*prompt, *tok.encode("x", add_special_tokens=False), tok.convert_tokens_to_ids("<|im_end|>")]
+    merged = clone.merge_context_tokens([*chat, call], [*chat, call, tool], stream)
+    assert "<tool_result>\nseen" in tok.decode(merged.token_ids[len(stream):]), broken(
+        "verl", "merges render with chat_template_kwargs")
+    reads = [n for n in ast.walk(_method_ast("verl.utils.tokenizer.continuous_token", "VLContinuousTokenMixin",
+                                             "render_tokens_with_mm"))
+             if isinstance(n, ast.Attribute) and n.attr == "chat_template_kwargs"]
+    assert reads and hasattr(VLContinuousTokenMixin, "render_tokens_with_mm"), broken(
+        "verl", "the processor render (VLContinuousTokenMixin.render_tokens_with_mm) reads chat_template_kwargs")
+
+
 def test_verl_registry_holds_registered_loops():
     module = _verl()
     from segresearch.compat.verl import agent_loop_registry

@@ -7,7 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segresearch.core.coords import QWEN3, CoordFrame
+from segresearch.core.coords import (
+    CONVENTIONS,
+    QWEN3,
+    CoordFrame,
+    describe_convention,
+    internal_style,
+    to_internal,
+)
 from segresearch.rl.ground_truth import build_ground_truth
 from segresearch.tools.segmenters import prompt_from_answer
 
@@ -95,8 +102,11 @@ def test_ground_truth_uses_the_same_grid():
 
 
 def test_a_grid_that_cannot_be_is_refused():
-    with pytest.raises(ValueError, match="coord_style must be 'qwen3' or 'qwen25', not 'pixels'"):
+    with pytest.raises(ValueError, match="coord_style must be one of 'qwen3', 'qwen25', 'gemini' or "
+                                         "'normalized', not 'pixels'"):
         CoordFrame.of("pixels", 864)
+    with pytest.raises(ValueError, match="'auto' stands for the model family's convention"):
+        CoordFrame.of("auto", 864)  # resolved per model (agents.coord_style) before any reading
     with pytest.raises(ValueError, match="1000 grid"):
         CoordFrame("qwen3", 864)
     for bad in (0, -864, 86.4, True):
@@ -106,3 +116,75 @@ def test_a_grid_that_cannot_be_is_refused():
         QWEN3.to_px([1, 2, 3], 10, 10)
     with pytest.raises(ValueError, match="pairs"):
         QWEN3.from_px([1, 2, 3], 10, 10)
+
+
+# One object of a 640x480 frame, known in pixels (x1, y1, x2, y2 / x, y), and how each
+# convention writes it: Qwen3-VL on 0-1000, Qwen2.5-VL in pixels of an 800² image it was
+# shown, Gemini y first on 0-1000, fractions of the frame.
+OBJECT_PX = ([64, 96, 320, 432], [192, 288])
+WRITTEN = {
+    "qwen3": ([100, 200, 500, 900], [300, 600]),
+    "qwen25": ([80, 160, 400, 720], [240, 480]),
+    "gemini": ([200, 100, 900, 500], [600, 300]),
+    "normalized": ([0.1, 0.2, 0.5, 0.9], [0.3, 0.6]),
+}
+
+
+@pytest.mark.parametrize("style", CONVENTIONS)
+def test_every_convention_lands_on_the_same_pixels(style):
+    """The same object written in each family's convention is read as the same pixels, and
+    as the same SAM 2 prompt as the Qwen3-VL answer (Qwen2.5-VL's own grid aside)."""
+    assert set(WRITTEN) == set(CONVENTIONS)
+    box, point = WRITTEN[style]
+    ibox, ipoint, grid = to_internal(style, box, point)
+    assert grid == internal_style(style) == ("qwen25" if style == "qwen25" else "qwen3")
+    coords = CoordFrame.of(style, 800)
+    assert coords.style == grid
+    assert coords.to_px(ibox, 640, 480) == OBJECT_PX[0]
+    assert coords.to_px(ipoint, 640, 480) == OBJECT_PX[1]
+    if grid == "qwen3":  # one internal frame: x-first 0-1000, the Qwen3-VL answer itself
+        assert ibox == WRITTEN["qwen3"][0] and ipoint == WRITTEN["qwen3"][1]
+        assert np.array_equal(coords.sam2_box(ibox, 640, 480), QWEN3.sam2_box(WRITTEN["qwen3"][0], 640, 480))
+
+
+def test_the_published_conventions_pass_through_unchanged():
+    """qwen3 and qwen25 answers are not touched on the way in (not even turned into floats),
+    so the published float32 products stay bit-identical."""
+    for style in ("qwen3", "qwen25"):
+        box, point = [7, 999, 333, 1], [501, 2]
+        ibox, ipoint, _ = to_internal(style, box, point)
+        assert ibox == box and ipoint == point
+        assert all(type(v) is int for v in ibox + ipoint)
+        grid = CoordFrame.of(style, 864)
+        assert np.array_equal(grid.sam2_box(ibox, 854, 480),
+                              _published(box, 854, 480, size=grid.size))
+
+
+def test_gemini_swaps_axes_and_normalized_keeps_fractions():
+    """Gemini's [ymin, xmin, ymax, xmax] / [y, x] become x-first; fractions become floats on
+    0-1000 without rounding (the graph rounds any answer the same way later)."""
+    assert to_internal("gemini", [10, 20, 30, 40], [5, 6]) == ([20, 10, 40, 30], [6, 5], "qwen3")
+    box, point, grid = to_internal("normalized", [0.1234, 0.5, 0.75, 1.0], [0.0005, 0.25])
+    assert grid == "qwen3"
+    assert box == pytest.approx([123.4, 500.0, 750.0, 1000.0]) and point == pytest.approx([0.5, 250.0])
+    assert all(isinstance(v, float) for v in box + point)
+    # CoordFrame takes float values as it does for any answer
+    assert QWEN3.to_px(box, 1000, 1000) == [123, 500, 750, 999]
+    with pytest.raises(ValueError, match="box of 4 values and a point of 2"):
+        to_internal("gemini", [1, 2, 3], [4, 5])
+    with pytest.raises(ValueError, match="resolve it for the model first"):
+        to_internal("auto", [1, 2, 3, 4], [5, 6])
+
+
+def test_describe_convention_tells_the_model_its_order_and_range():
+    """The sentence the answer tool and the tools prompt carry names the order of the values
+    and their range, per convention (the pixel one names the image side it was shown)."""
+    assert "0 to 1000" in describe_convention("qwen3", 864) and "[x1, y1, x2, y2]" in describe_convention("qwen3", 864)
+    assert "864x864 image" in describe_convention("qwen25", 864)
+    assert "448x448 image" in describe_convention("qwen25", 448)
+    gemini = describe_convention("gemini", 864)
+    assert "[ymin, xmin, ymax, xmax]" in gemini and "[y, x]" in gemini and "0 to 1000" in gemini
+    assert "0 to 1" in describe_convention("normalized", 864)
+    assert len({describe_convention(s, 864) for s in CONVENTIONS}) == len(CONVENTIONS)
+    with pytest.raises(ValueError, match="not 'xy'"):
+        describe_convention("xy", 864)

@@ -25,7 +25,7 @@ PACKAGE = Path(envvars.__file__).resolve().parent
     ("SEGRESEARCH_RUN_SEGMENTATION", "2", "not a yes/no value"),
     ("SEGRESEARCH_TEMPERATURE", "nan", "not a finite number"),
     ("SEGRESEARCH_REQUEST_TIMEOUT", "0", "above 0"),
-    ("SEGRESEARCH_COORD_STYLE", "qwen4", "one of qwen3, qwen25"),
+    ("SEGRESEARCH_COORD_STYLE", "qwen4", "one of auto, qwen3, qwen25, gemini, normalized"),
     ("SEGRESEARCH_MAX_RESPONSE_TOKENS", "lots", "not a whole number"),
 ])
 def test_a_bad_context_variable_is_an_error_naming_it(monkeypatch, name, raw, says):

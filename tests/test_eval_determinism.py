@@ -176,6 +176,9 @@ def _scores(out: Path) -> dict:
             **{k: res[k] for k in ("overall", "by_ability", "by_searches", "counts")}}
 
 
+# 35 s (64 queries, three full runs and a Ray cluster): the default suite keeps
+# test_eval.py's smaller resume and Ray-shard equality tests.
+@pytest.mark.slow
 def test_clean_resumed_and_sharded_runs_write_identical_masks(okvos64, tmp_path):
     root, dump, n = okvos64
     clean = tmp_path / "clean"

@@ -20,7 +20,7 @@ from segresearch.agents.context import Context
 from segresearch.eval.metrics import region_j
 from segresearch.graphs import seg_research
 from segresearch.graphs.seg_research import build_graph, graph
-from segresearch.testing.scenes import mask_box
+from segresearch.testing.scenes import grid_answer
 from segresearch.tools.search import SearchBackend, TextHit
 
 SHOWN = [0, 2, 4, 6, 8, 11]  # floor(linspace(0, 11, 6)) for the 12-frame scene
@@ -40,12 +40,8 @@ def keyframe(fid) -> str:
 
 
 def rel_box(scene_dir: Path, fid: int) -> tuple[list[int], list[int]]:
-    """The blue square's box and centre at frame ``fid`` in 0-1000 coordinates."""
-    m = np.load(scene_dir / "blue_square.npy")[fid]
-    h, w = m.shape
-    x1, y1, x2, y2 = mask_box(m)
-    box = [round(x1 / w * 1000), round(y1 / h * 1000), round(x2 / w * 1000), round(y2 / h * 1000)]
-    return box, [(box[0] + box[2]) // 2, (box[1] + box[3]) // 2]
+    """The blue square's box and centre at frame ``fid`` on the 0-1000 grid."""
+    return grid_answer(np.load(scene_dir / "blue_square.npy")[fid])
 
 
 def run(scene_dir, turns, tmp_path=None, query="the blue square", media=None, **ctx):

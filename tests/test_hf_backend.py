@@ -403,8 +403,10 @@ def test_graph_end_to_end_with_the_hf_backend(tiny, tok, scene_dir, tmp_path):
                          tok.convert_tokens_to_ids("<|im_end|>"))
     model = HFChatModel(model_path=str(tiny), device="cpu", max_new_tokens=96,
                         generate_kwargs={"logits_processor": LogitsProcessorList([proc])})
+    # the scripted answer is on the 0-1000 grid, whichever family answers it (a Qwen2.5-VL
+    # checkpoint would otherwise be read in its own pixel convention: coord_style "auto")
     ctx = Context(model=model, search="none", segmenter="grabcut", frame_size=56,
-                  keyframe_size=84, output_dir=str(tmp_path / "run"))
+                  keyframe_size=84, output_dir=str(tmp_path / "run"), coord_style="qwen3")
     out = graph.invoke({"query": "the blue square", "media": str(scene_dir / "frames")}, context=ctx)
     assert out["stop_reason"] == "answer", out.get("error")
     assert out["turns"] == 2 and proc.turn == 1

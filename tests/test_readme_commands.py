@@ -54,6 +54,8 @@ SKIP_RULES: list[tuple[str, str, str]] = [
      "reads and writes the operator's own /data folders"),
     ("model server", r"@http://127\.0\.0\.1:800\d/v1",
      "needs an OpenAI-compatible model server on 127.0.0.1 (vllm serve)"),
+    ("hosted model", r"--model (anthropic|google_genai):",
+     "asks a hosted model: needs the provider's API key and the internet"),
     ("elided", r"(^|\s)\.\.\.(\s|$)", "its arguments are elided with '...'"),
     ("postgres", r"--database postgresql://", "needs PostgreSQL and Redis on the hosts it names"),
     ("training", r"^segresearch train\b(?!.*--(dry-run|show-preset))",

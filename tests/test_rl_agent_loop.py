@@ -561,6 +561,37 @@ def test_prompt_counter_equals_the_rollout_prompt(tiny, scene_dir, kb_dir, searc
     assert more - len(out.prompt_ids) > PUBLISHED_TOKENS[tiny.family][FRAME_PX]
 
 
+TOOL_KEYFRAME = '<tool_call>\n{"name": "keyframe", "arguments": {"index": 6}}\n</tool_call>'
+TOOL_ANSWER = ('<tool_call>\n{"name": "answer", "arguments": {"keyframe": 6, "bbox_2d": [400, 480, 560, 720], '
+               '"point_2d": [480, 600]}}\n</tool_call>')
+
+
+@pytest.mark.parametrize("coord_style", ["qwen3", "qwen25"])
+def test_prompt_counter_equals_the_rollout_prompt_in_tools_mode(tiny, scene_dir, kb_dir, coord_style):
+    """In ``tools`` mode the preflight counts the tools-mode prompt (our tools system prompt,
+    its coordinate sentence about the keyframe, the tool definitions in the system turn, with
+    the template the rollout picks: ours on Qwen2.5-VL), and its count is the length of the
+    prompt the rollout renders, whether the counter or the row names the protocol."""
+    from segresearch.rl.data import PromptCounter
+
+    async def go():
+        server = FakeServer(tiny.tok, [TOOL_KEYFRAME, TOOL_ANSWER])
+        loop = make_loop(tiny, server, search="local", kb=str(kb_dir), protocol="tools")
+        data = row(scene_dir, frame_size=tiny.frame_size)
+        data["extra_info"]["coord_style"] = coord_style
+        return await loop.run({"temperature": 1.0, "logprobs": True}, **data)
+
+    out = asyncio.run(go())
+    assert out.extra_fields["stop_reason"] == "answer", out.extra_fields
+    assert "# Tools" in tiny.tok.decode(out.prompt_ids)
+    tools = PromptCounter.from_pretrained(str(tiny.path), use_search=True, protocol="tools",
+                                          keyframe_size=tiny.keyframe_size)
+    assert tools.count("the blue square", SHOWN, tiny.frame_size, coord_style) == len(out.prompt_ids)
+    tags = PromptCounter.from_pretrained(str(tiny.path), use_search=True, keyframe_size=tiny.keyframe_size)
+    assert tags.count("the blue square", SHOWN, tiny.frame_size, coord_style, "tools") == len(out.prompt_ids)
+    assert tags.count("the blue square", SHOWN, tiny.frame_size, coord_style) < len(out.prompt_ids)
+
+
 # ------------------------------------------------------------------ the prompt of a GRPO group
 # verl makes a new agent loop (and token builder) for every sample and the samples start
 # together, yet a group's prompt is rendered once per worker.

@@ -98,6 +98,22 @@ def test_the_no_search_prompt_is_shorter(model, data, lengths):
     assert prompt_lengths(data, counter, 100_000).longest < lengths.longest
 
 
+def test_the_tools_agent_loop_counts_the_tools_prompt(model, data, lengths):
+    """With the tools-mode agent loop as the default (seg_research_agent.yaml's
+    ``seg_research_agent_tools``) the preflight counts the tools-mode prompt: longer than the
+    tags prompt by the tool definitions, and the count a tools counter gives."""
+    tools = prompt_lengths(data, PromptCounter.from_pretrained(str(model), use_search=True, protocol="tools",
+                                                               keyframe_size=864), 100_000)
+    assert tools.longest > lengths.longest + 200  # four tool schemas in the system turn
+    loop = "actor_rollout_ref.rollout.agent.default_agent_loop=seg_research_agent_tools"
+    report = train.Report()
+    train.check_prompt_lengths(_cfg(model, data, tools.longest, loop), report)
+    assert not report.errors and any(f"longest {tools.longest} tokens" in c for c in report.checked)
+    report = train.Report()
+    train.check_prompt_lengths(_cfg(model, data, tools.longest - 1, loop), report)
+    assert report.errors and f"Raise data.max_prompt_length to {tools.longest}" in report.errors[0]
+
+
 def test_launch_is_refused_before_verl_runs(model, data, lengths, monkeypatch):
     from verl.trainer import main_ppo
 

@@ -220,11 +220,11 @@ def test_preset_keys_all_exist_in_verl():
 
 def test_agent_loop_yaml_lists_the_loop_with_its_defaults():
     entries = OmegaConf.load(train.AGENT_LOOP_CONFIG)
-    assert isinstance(entries, ListConfig) and len(entries) == 2
+    assert isinstance(entries, ListConfig) and len(entries) == 3
     assert all(isinstance(e, DictConfig) for e in entries)
     env = {k: os.environ.pop(k) for k in ("SEGRESEARCH_SEARCH", "SEGRESEARCH_KB") if k in os.environ}
     try:
-        grpo, dapo = (OmegaConf.to_container(e, resolve=True) for e in entries)
+        grpo, dapo, tools = (OmegaConf.to_container(e, resolve=True) for e in entries)
     finally:
         os.environ.update(env)
     assert grpo == {
@@ -235,6 +235,8 @@ def test_agent_loop_yaml_lists_the_loop_with_its_defaults():
         "postprocess_cache": True, "postprocess_cache_mb": 512}
     # the dapo-full entry is the same loop with overlong masking on, nothing else
     assert dapo == {**grpo, "name": "seg_research_agent_mask_overlong", "mask_overlong_loss": True}
+    # the tools entry is the same loop acting through native tool calls, nothing else
+    assert tools == {**grpo, "name": "seg_research_agent_tools", "protocol": "tools"}
 
 
 @NEEDS_AGENT_LOOP

@@ -204,3 +204,45 @@ def test_review_pause_edit_and_resume_over_the_api(deployment):
     assert final["reviewed"]["decision"] == "edit"
     assert final["answer_px"]["bbox_2d"] == [40.0, 30.0, 120.0, 90.0]
     assert len(os.listdir(final["masks_dir"])) == 8
+
+
+def test_tools_mode_run_over_the_api(deployment):
+    """A served run with ``protocol: tools`` (a recorded model answering with native tool
+    calls) looks at a frame, answers and ends with masks; the conversation carries each call
+    and the tool result answering it, and the events are the tags run's kinds."""
+    from langgraph_sdk import get_client
+
+    d = deployment
+    cassette = d["root"] / "tools.json"
+    cassette.write_text(json.dumps({"turns": [
+        {"content": "The square is clearest on frame 2.",
+         "tool_calls": [{"name": "keyframe", "args": {"index": 2}, "id": "k1"}]},
+        {"content": "", "tool_calls": [{"name": "answer", "id": "a1", "args": {
+            "keyframe": 2, "bbox_2d": [100, 200, 300, 400], "point_2d": [200, 300]}}]},
+    ]}))
+    ctx = {"model": f"replay:{cassette}", "protocol": "tools", "output_dir": "tools-run"}
+
+    async def go():
+        client = get_client(url=d["url"])
+        events, last = [], None
+        async for part in client.runs.stream(None, "seg_research", input=_input(d), context=ctx,
+                                             stream_mode=["custom", "values"]):
+            if part.event == "custom":
+                events.append(part.data)
+            elif part.event == "values":
+                last = part.data
+        return events, last
+
+    events, last = asyncio.run(go())
+    assert [e["type"] for e in events][:4] == ["media", "turn", "keyframe", "turn"] and events[-1]["type"] == "final"
+    assert last["stop_reason"] == "answer" and not last.get("error")
+    assert last["answer"] == {"keyframe": 2, "bbox_2d": [100, 200, 300, 400], "point_2d": [200, 300]}
+    assert Path(last["masks_dir"]) == d["out"] / "tools-run" / "masks"
+    assert len(os.listdir(last["masks_dir"])) == 8
+    msgs = last["messages"]
+    assert [m["type"] for m in msgs] == ["system", "human", "ai", "tool", "human", "ai"]
+    assert msgs[2]["tool_calls"][0]["name"] == "keyframe" and msgs[3]["tool_call_id"] == "k1"
+    assert msgs[5]["tool_calls"][0]["args"]["bbox_2d"] == [100, 200, 300, 400]
+    assert "<keyframe>" not in msgs[0]["content"] and "keyframe" in msgs[0]["content"]
+    model_events = [e for e in last["events"] if e["type"] == "model"]
+    assert [e["action"]["type"] for e in model_events] == ["keyframe", "answer"]

@@ -185,10 +185,13 @@ KNOWN_CACHES = {
     "segresearch.tools.search.kb.embedders": ["kb.embedders"],
     "segresearch.tools.segmenters.sam2": ["sam2.predictors"],
     "segresearch.servers.web": ["server.graph_client"],
+    "segresearch.core.tool_protocol": ["tools.definitions"],
+    "segresearch.agents.coord_style": ["models.checkpoint_families"],
 }
 # Caches whose modules need verl (slow to import here): found in the source instead.
 RL_CACHES = {
     "segresearch.rl.verl_model": ["rl.prompt_ids"],
+    "segresearch.rl.tools_template": ["rl.template_probes"],
     "segresearch.rl.placeholders": ["rl.text_renders", "rl.patch_counts"],
     "segresearch.rl.data": ["rl.blank_frames"],
     "segresearch.rl.postprocess_cache": ["rl.postprocess"],  # one per processor
@@ -201,9 +204,10 @@ OWNED_CACHES = {
 }
 PACKAGE = Path(__file__).resolve().parents[1] / "segresearch"
 # functools caches of values fixed by the code itself (no data, nothing to clear or bound):
-# pydantic adapters and bounds of a class, the process umask, a test model's template.
+# pydantic adapters and bounds of a class, the process umask, a test model's template, the
+# rollouts' own chat template.
 CONSTANT_MEMOS = {"segresearch.agents.context", "segresearch.core.envvars",
-                  "segresearch.core.files", "segresearch.testing.tiny_vlm",
+                  "segresearch.core.files", "segresearch.testing.tiny_vlm", "segresearch.rl.tools_template",
                   "segresearch.compat.transformers"}
 
 

@@ -153,7 +153,7 @@ def test_context_schema_enumerates_search_and_segmenter():
     props = graph.get_context_jsonschema()["properties"]
     assert props["search"]["enum"] == [*backend_names(), "none"] and "hybrid" in props["search"]["enum"]
     assert props["segmenter"]["enum"] == list(SEGMENTER_NAMES)
-    assert props["coord_style"]["enum"] == ["qwen3", "qwen25"]
+    assert props["coord_style"]["enum"] == ["auto", "qwen3", "qwen25", "gemini", "normalized"]
     ctx = validate_context({"search": "BM25", "segmenter": "GrabCut"})  # case as before
     assert ctx.search == "BM25" and ctx.segmenter == "GrabCut"
     for bad, needle in (({"search": 3}, "search"), ({"segmenter": 3}, "segmenter")):
@@ -531,6 +531,67 @@ def test_browser_upload_run_live_result_and_history(server, demo, browser, shots
     assert d.execute_script("return document.documentElement.scrollWidth") <= width + 2
     _shot(d, shots, "5_narrow", full=True, width=420)
     d.set_window_size(1280, 800)
+
+
+def _tool_call_cassette(path: Path) -> Path:
+    """The demo's recorded policy as native tool calls: each turn's thinking as the reply's
+    text and its step as one call (what a general chat model sends in ``protocol: tools``)."""
+    calls = [{"name": "text_search", "args": {"query": "2031 Tessellate Cup final winner"}},
+             {"name": "text_search", "args": {"query": "Cobalt Squares emblem"}},
+             {"name": "keyframe", "args": {"index": KEYFRAME}},
+             {"name": "answer", "args": {"keyframe": KEYFRAME, "bbox_2d": [365, 566, 502, 772],
+                                         "point_2d": [433, 669]}}]
+    turns = json.loads(demo_cassette().read_text())["turns"]
+    thoughts = [re.search(r"<thinking>(.*?)</thinking>", t, re.S).group(1) for t in turns]
+    recorded = [{"content": th, "tool_calls": [{**c, "id": f"call_{i}"}]}
+                for i, (th, c) in enumerate(zip(thoughts, calls, strict=True))]
+    path.write_text(json.dumps({"latency": 0.3, "turns": recorded}))
+    return path
+
+
+def test_browser_tool_calling_run_shows_its_calls(server, demo, browser, shots):
+    """The form's protocol choice runs the graph with native tool calls; the live view
+    shows each turn's call next to the step it became, the search hits, the keyframe (its
+    picture came after the tool result) and the masks, as for a tags run."""
+    from selenium.webdriver.support.ui import Select
+
+    d, url = browser, server["url"]
+    cassette = _tool_call_cassette(demo["root"] / "tool_calls.json")
+    _load(d, url)
+    assert [o.text for o in Select(d.find_element("id", "ctx-protocol")).options] == [
+        "Tags (the Seg-ReSearch models)", "Tool calls (general chat models)"]
+    assert d.execute_script("return !!document.querySelector('#common-fields #ctx-protocol')")
+    d.find_element("css selector", "input[name=source][value=server]").click()
+    Select(d.find_element("id", "library")).select_by_value(str(demo["frames"]))
+    _type(d, "ctx-model", f"replay:{cassette}")
+    Select(d.find_element("id", "ctx-protocol")).select_by_value("tools")
+    _type(d, "query", demo_query())
+    d.find_element("id", "run-button").click()
+    _wait(d, "return document.getElementById('run-badge').textContent === 'answer'"
+             " && !document.getElementById('result-panel').hidden"
+             " && document.getElementById('mask-frame').naturalWidth > 0", what="the tool-calling run's result")
+    calls = d.execute_script("return [...document.querySelectorAll('#steps li[data-kind=turn] .call')].map(p => p.textContent)")
+    assert calls == ['Tool call: text_search({"query":"2031 Tessellate Cup final winner"})',
+                     'Tool call: text_search({"query":"Cobalt Squares emblem"})',
+                     f'Tool call: keyframe({{"index":{KEYFRAME}}})',
+                     f'Tool call: answer({{"keyframe":{KEYFRAME},"bbox_2d":[365,566,502,772],"point_2d":[433,669]}})']
+    assert d.execute_script("return document.querySelectorAll('#steps li[data-kind=search] .hits li').length") >= 3
+    assert "Cobalt Squares" in _text(d, "steps")
+    assert _text(d, "keyframe-title") == f"Keyframe {KEYFRAME}" and "high resolution" in _text(d, "keyframe-caption")
+    assert "box [175, 181, 241, 247]" in _text(d, "keyframe-caption")
+    assert _text(d, "mask-frame-id") == str(KEYFRAME)
+    _shot(d, shots, "13_tool_calls", full=True)
+    # the stored run, opened from the history, draws the same steps from its state
+    _wait(d, "return document.querySelectorAll('#history button').length >= 1", what="the history")
+    d.execute_script("document.getElementById('steps').replaceChildren()")
+    d.find_element("css selector", "#history button").click()
+    _wait(d, "return document.getElementById('status').textContent.startsWith('A stored run')"
+             " && document.querySelectorAll('#steps li[data-kind=turn] .call').length === 4"
+             " && document.querySelectorAll('#steps li[data-kind=search] .hits li').length >= 3"
+             " && document.getElementById('keyframe-title').textContent === 'Keyframe " + str(KEYFRAME) + "'",
+          what="the stored tool-calling run")
+    again = d.execute_script("return [...document.querySelectorAll('#steps li[data-kind=turn] .call')].map(p => p.textContent)")
+    assert again == calls and "high resolution" in _text(d, "keyframe-caption")
 
 
 def test_browser_review_edit_and_masks_follow_the_box(server, demo, browser, shots):

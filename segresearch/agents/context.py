@@ -203,11 +203,23 @@ class Context:
         default_factory=lambda: _env("SEARCH_IMAGE_SIZE", 256),
         metadata={"description": "Side of the square image-search results are shown at."},
     )
-    coord_style: Literal["qwen3", "qwen25"] = field(
-        default_factory=lambda: _env("COORD_STYLE", "qwen3"),
+    coord_style: Literal["auto", "qwen3", "qwen25", "gemini", "normalized"] = field(
+        default_factory=lambda: _env("COORD_STYLE", "auto"),
         metadata={
-            "description": "'qwen3': integers 0-1000 relative to the frame (Qwen3-VL); "
-            "'qwen25': absolute pixels of the image as shown (Qwen2.5-VL)."
+            "description": "How the model writes positions: 'qwen3' integers 0-1000 relative to "
+            "the frame (Qwen3-VL); 'qwen25' absolute pixels of the image as shown (Qwen2.5-VL); "
+            "'gemini' [ymin, xmin, ymax, xmax] and [y, x] on 0-1000; 'normalized' fractions "
+            "0-1; 'auto' the model family's own (with the tags protocol: qwen3, or qwen25 for "
+            "a Qwen2.5-VL)."
+        },
+    )
+    protocol: Literal["tags", "tools"] = field(
+        default_factory=lambda: _env("PROTOCOL", "tags"),
+        metadata={
+            "description": "How the model acts: 'tags' (the published <search>/<keyframe>/<answer> "
+            "text the Seg-ReSearch checkpoints were trained on) or 'tools' (native tool calls "
+            "text_search, image_search, keyframe and answer bound with bind_tools, for general "
+            "chat models)."
         },
     )
     prompt_variant: Literal["auto", "search", "no_search"] = field(

@@ -9,6 +9,14 @@ upper-case backend once meant different things to different readers).
 
 The split of ``NAME@URL`` lives here too (:func:`parse_openai_spec`): it is pure string work,
 and the readers above must not have to import the OpenAI client to do it.
+
+Besides our own backends a spec may name a LangChain provider the way
+``langchain.chat_models.init_chat_model`` does (``anthropic:claude-...``,
+``google_genai:gemini-...``, ``groq:...``). ``openai:`` stays ours (the OpenAI client with the
+stop-string repair, on the default endpoint or an OpenAI-compatible server after ``@``).
+:data:`PROVIDERS` says, for each LangChain provider, which package brings it, which extra of
+ours installs that package and which environment variables hold its key, so the CLI's early
+check and the loader give the same one-line answers without importing the package.
 """
 
 from __future__ import annotations
@@ -22,9 +30,56 @@ BACKENDS = ("openai", "hf", "replay")
 # checks it and the loader opens what was checked.
 FILE_BACKENDS = ("hf", "replay")
 
+
+@dataclass(frozen=True)
+class Provider:
+    """A LangChain chat-model provider as ``init_chat_model`` names it. ``package``: the
+    pip distribution that brings its integration class (``module``); ``extra``: our optional
+    extra that installs it ('' when we ship none: the package is named instead);
+    ``key_env``: the environment variables its client reads the API key from (any one set
+    is enough; empty when the provider needs none, e.g. a local Ollama)."""
+
+    package: str
+    module: str
+    extra: str = ""
+    key_env: tuple[str, ...] = ()
+
+    @property
+    def install_hint(self) -> str:
+        """The one command that installs the integration."""
+        return (f"pip install 'segresearch[{self.extra}]'" if self.extra
+                else f"pip install {self.package}")
+
+
+# LangChain's provider names (langchain 1.x, ``init_chat_model``) that a spec may use besides
+# our own backends. ``openai`` is not among them: ``openai:`` keeps meaning our client.
+PROVIDERS: dict[str, Provider] = {
+    "anthropic": Provider("langchain-anthropic", "langchain_anthropic", "anthropic",
+                          ("ANTHROPIC_API_KEY",)),
+    "google_genai": Provider("langchain-google-genai", "langchain_google_genai", "google",
+                             ("GOOGLE_API_KEY", "GEMINI_API_KEY")),
+    "google_vertexai": Provider("langchain-google-vertexai", "langchain_google_vertexai"),
+    "google_anthropic_vertex": Provider("langchain-google-vertexai", "langchain_google_vertexai"),
+    "azure_openai": Provider("langchain-openai", "langchain_openai", "",
+                             ("AZURE_OPENAI_API_KEY",)),
+    "bedrock": Provider("langchain-aws", "langchain_aws"),
+    "bedrock_converse": Provider("langchain-aws", "langchain_aws"),
+    "cohere": Provider("langchain-cohere", "langchain_cohere", "", ("COHERE_API_KEY",)),
+    "deepseek": Provider("langchain-deepseek", "langchain_deepseek", "", ("DEEPSEEK_API_KEY",)),
+    "fireworks": Provider("langchain-fireworks", "langchain_fireworks", "",
+                          ("FIREWORKS_API_KEY",)),
+    "groq": Provider("langchain-groq", "langchain_groq", "", ("GROQ_API_KEY",)),
+    "mistralai": Provider("langchain-mistralai", "langchain_mistralai", "", ("MISTRAL_API_KEY",)),
+    "ollama": Provider("langchain-ollama", "langchain_ollama"),
+    "together": Provider("langchain-together", "langchain_together", "", ("TOGETHER_API_KEY",)),
+    "xai": Provider("langchain-xai", "langchain_xai", "", ("XAI_API_KEY",)),
+}
+
 SPEC_HELP = (
     "model spec must be 'openai:NAME@URL' (an OpenAI-compatible server such as "
-    "`vllm serve`), 'hf:/path/to/checkpoint' or 'replay:cassette.json'"
+    "`vllm serve`), 'openai:NAME' (the OpenAI API), a LangChain 'provider:model' such as "
+    "'anthropic:claude-sonnet-4-5' or 'google_genai:gemini-2.5-pro', "
+    "'hf:/path/to/checkpoint' or 'replay:cassette.json'"
 )
 
 
@@ -61,9 +116,14 @@ class ModelSpec:
         is the backend's to say)."""
         if not self.backend or not self.target:
             return f"{SPEC_HELP}; got {self.text!r}"
-        if self.backend not in BACKENDS:
+        if self.backend not in BACKENDS and self.backend not in PROVIDERS:
             return f"unknown model backend {self.backend!r}: {SPEC_HELP}"
         return None
+
+    @property
+    def provider(self) -> Provider | None:
+        """The LangChain provider this spec names (None: one of our own backends)."""
+        return PROVIDERS.get(self.backend)
 
     def openai_endpoint(self) -> tuple[str, str | None]:
         """``(model name, base URL or None)`` of an ``openai:`` spec (``ValueError`` when the

@@ -12,6 +12,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from segresearch.agents.backends.hf_local import HFChatModel
+from segresearch.agents.backends.langchain_chat import make_provider_model
 from segresearch.agents.backends.openai_compat import make_openai_model
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.model_spec import SPEC_HELP, ModelSpec
@@ -33,6 +34,8 @@ def _build(spec: ModelSpec, timeout: float) -> BaseChatModel:
     if spec.backend == "openai":
         name, url = spec.openai_endpoint()
         return make_openai_model(name, url, timeout=timeout)
+    if spec.provider is not None:  # anthropic:, google_genai:, ... built by LangChain
+        return make_provider_model(spec, timeout=timeout)
     if spec.backend == "hf":  # torch and transformers load with the first checkpoint
         return HFChatModel.from_spec(_served_file(spec))
     return ReplayChatModel.from_file(_served_file(spec))

@@ -55,6 +55,9 @@ KB_ROOTS_ENV = "SEGRESEARCH_KB_ROOTS"
 MODEL_ROOTS_ENV = "SEGRESEARCH_MODEL_ROOTS"
 OUTPUT_ROOT_ENV = "SEGRESEARCH_OUTPUT_ROOT"
 ALLOWED_URLS_ENV = "SEGRESEARCH_ALLOWED_URLS"
+# Model specs of LangChain providers (``anthropic:claude-...``) a client may name besides the
+# operator's own: such a spec spends the operator's key, so none is allowed by default.
+ALLOWED_MODELS_ENV = "SEGRESEARCH_ALLOWED_MODELS"
 # Where the openai client sends requests when neither the spec nor OPENAI_BASE_URL says.
 DEFAULT_OPENAI_BASE = "https://api.openai.com/v1"
 
@@ -345,7 +348,23 @@ def _model_problem(raw: str) -> str | None:
         if url and url_allowed(url):
             return None
         return f"model: only the server's own model endpoint may be used (or one listed in {ALLOWED_URLS_ENV})"
+    if spec.provider is not None:
+        if model_allowed(spec):
+            return None
+        return f"model: only the server's own model may be used (or one listed in {ALLOWED_MODELS_ENV})"
     return None  # an unknown backend fails on its own, with the usual message
+
+
+def _spec_key(spec: ModelSpec) -> tuple[str, str]:
+    return spec.backend, spec.target
+
+
+def model_allowed(spec: ModelSpec) -> bool:
+    """Whether a client may name the provider spec ``spec`` (``anthropic:claude-...``): an
+    entry of ``SEGRESEARCH_ALLOWED_MODELS`` (comma-separated specs, compared as parsed, so
+    ``Anthropic: claude-x`` is ``anthropic:claude-x``) must name it exactly."""
+    allowed = {_spec_key(ModelSpec.parse(e)) for e in env_str(ALLOWED_MODELS_ENV).split(",") if e.strip()}
+    return _spec_key(spec) in allowed
 
 
 def _nul_problems(ctx: Context, given: set[str] | None) -> list[str]:

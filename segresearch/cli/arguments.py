@@ -16,12 +16,15 @@ DEMO_OUT = "runs/demo"
 # Settings of one run that ``run`` takes from its command line; the rest come from the
 # environment. A resumed thread keeps those it was started with unless given again.
 RUN_SETTINGS = ("model", "search", "kb", "retriever_url", "search_cache", "segmenter", "sam2_checkpoint",
-                "max_turns", "num_frames", "coord_style", "temperature", "system_prompt_file",
+                "max_turns", "num_frames", "coord_style", "protocol", "temperature", "system_prompt_file",
                 "feedback_retries", "review")
 # The run settings ``eval`` varies; segmentation is its own step there (see SEGMENTER_SETTINGS).
 EVAL_SETTINGS = ("search", "kb", "retriever_url", "search_cache", "max_turns", "num_frames",
-                 "coord_style", "temperature", "system_prompt_file", "request_timeout")
+                 "coord_style", "protocol", "temperature", "system_prompt_file", "request_timeout")
 SEGMENTER_SETTINGS = ("segmenter", "sam2_checkpoint", "sam2_config", "sam2_image_size")
+# The coordinate styles of saved answers and training rows: the x-first grids every answer is
+# kept on (a gemini or normalized answer is stored on the 0-1000 grid once read).
+GRID_STYLES = ("qwen3", "qwen25")
 
 
 def add_run_arguments(r: argparse.ArgumentParser) -> None:
@@ -56,7 +59,8 @@ def add_data_arguments(da: argparse.ArgumentParser) -> None:
     ok.add_argument("--split", required=True, choices=["train", "test"])
     ok.add_argument("--out", help="output parquet (default ROOT/verl/SPLIT.parquet)")
     add_context_arguments(ok, ("num_frames", "coord_style", "frame_size"),
-                          defaults={"num_frames": 6, "coord_style": "qwen3", "frame_size": 448})
+                          defaults={"num_frames": 6, "coord_style": "qwen3", "frame_size": 448},
+                          choices={"coord_style": GRID_STYLES})
     ok.add_argument("--seed", type=int, default=0)
     ok.add_argument("--limit", type=int, help="only the first N rows (smoke runs)")
     ok.add_argument("--presize-frames", dest="presize_frames", action="store_true",
@@ -151,7 +155,8 @@ def add_segment_arguments(sg: argparse.ArgumentParser) -> None:
     sg.add_argument("--root", help="data set folder the rows' video paths are found under")
     sg.add_argument("--out", required=True, help="mask folder: OUT/<id>/<frame>.png (resumed)")
     sg.add_argument("--overlays", help="also write <id>.mp4 overlays into this folder")
-    add_context_arguments(sg, ("coord_style",), defaults={"coord_style": "qwen3"})
+    add_context_arguments(sg, ("coord_style",), defaults={"coord_style": "qwen3"},
+                          choices={"coord_style": GRID_STYLES})
     sg.add_argument("--coord-size", dest="coord_size", type=int,
                     help="qwen25: side of the image the model answered on (default 864)")
     which = sg.add_mutually_exclusive_group()

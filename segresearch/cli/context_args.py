@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, fields
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -21,6 +21,8 @@ from segresearch.agents.context import Context
 # otherwise sorted by name): local ones first, then the retrieval server, then the web;
 # names not here follow in their own order, and "none" always comes last.
 _READING_ORDER = ("local", "bm25", "hybrid", "retriever", "ddg", "tavily", "serper", "sam2", "grabcut", "auto")
+# Shorter spellings a field's flag also answers to (the issue's name for the setting).
+_ALIASES = {"coord_style": ("--coords",)}
 
 
 def _field(name: str) -> Field[Any]:
@@ -63,18 +65,23 @@ def _schema_enum(name: str) -> tuple[str, ...]:
 def add_context_arguments(parser: argparse.ArgumentParser, names: Iterable[str], *,
                           defaults: Mapping[str, Any] | None = None,
                           notes: Mapping[str, str] | None = None,
-                          helps: Mapping[str, str] | None = None) -> None:
+                          helps: Mapping[str, str] | None = None,
+                          choices: Mapping[str, Sequence[str]] | None = None) -> None:
     """One ``--field-name`` flag (dest ``field_name``) per Context field in ``names``.
 
     ``defaults``: a fixed default for a command whose setting does not follow the run's
     environment variable (its help then names the default instead of the variable);
     ``notes``: a remark the command adds to the field's help; ``helps``: the whole help,
-    for the rare flag whose command restricts the field (``eval`` refuses segmenter none)."""
-    defaults, notes, helps = defaults or {}, notes or {}, helps or {}
+    for the rare flag whose command restricts the field (``eval`` refuses segmenter none);
+    ``choices``: the words a command takes when it accepts fewer than the field (``segment``
+    reads saved answers on a grid, so a coordinate style there is never 'auto')."""
+    defaults, notes, helps, only = defaults or {}, notes or {}, helps or {}, choices or {}
     hints = get_type_hints(Context)
     for name in names:
         f = _field(name)
         kind, choices = _flag_type(hints[name])
+        if name in only:
+            choices = tuple(c for c in choices if c in only[name])
         flag = "--" + name.replace("_", "-")
         if name in helps:
             text = helps[name]
@@ -99,7 +106,7 @@ def add_context_arguments(parser: argparse.ArgumentParser, names: Iterable[str],
             kwargs["type"] = kind
             if choices:
                 kwargs["choices"] = list(choices)
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(flag, *_ALIASES.get(name, ()), **kwargs)
 
 
 def context_overrides(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:

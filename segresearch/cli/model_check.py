@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segresearch.agents.backends.langchain_chat import provider_problem
 from segresearch.agents.backends.openai_compat import make_openai_model
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.model_spec import ModelSpec
@@ -23,6 +24,9 @@ def check_model(spec: str, timeout: float) -> str | None:
         return probe_endpoint(url, timeout) if url else None
     if parsed.problem:
         return parsed.problem
+    if parsed.provider is not None:  # its package and its key (nothing is sent yet)
+        problem = provider_problem(parsed)
+        return f"--model {spec}: {problem}" if problem else None
     if parsed.backend == "hf":
         if not Path(parsed.target).expanduser().exists():
             return f"model checkpoint not found: {parsed.target}"

@@ -16,6 +16,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 
 from segresearch.agents.context import Context
+from segresearch.agents.coord_style import resolved_coord_style
 from segresearch.agents.path_policy import resolve_output
 from segresearch.cli.arguments import RUN_SETTINGS
 from segresearch.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, Farewell, die
@@ -194,7 +195,7 @@ def _run(args: argparse.Namespace, farewell: Farewell) -> int:
             return die(problem)
     if ctx.system_prompt_file:  # a file the user named: refused before a folder is made
         try:
-            system_prompt(ctx.use_search, ctx.coord_style, ctx.system_prompt_file)
+            system_prompt(ctx.use_search, resolved_coord_style(ctx), ctx.system_prompt_file)
         except ValueError as e:
             return die(f"--system-prompt-file: {e}")
     try:

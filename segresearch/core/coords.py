@@ -20,6 +20,13 @@ two formulas in two files:
 :meth:`CoordFrame.from_px` goes back (ground truth from masks, a reviewer's edit):
 ``round(pixel / width × size)``, divided first as RL ground truth always computed it (a
 different order can round an exact half the other way).
+
+Model families write positions in other conventions too (:data:`CONVENTIONS`): Gemini puts y
+first (``[ymin, xmin, ymax, xmax]`` and ``[y, x]`` on 0–1000), and most other models are
+asked for fractions 0–1 of the frame. The graph converts such an answer once, where it
+reads it (:func:`to_internal`), onto one of the two grids above, so everything after the
+answer (the state's ``answer``, reviews, SAM 2 prompts, evaluation) keeps working on an
+x-first grid and the published values stay exactly what they were.
 """
 
 from __future__ import annotations
@@ -30,10 +37,86 @@ from typing import Literal, get_args
 
 import numpy as np
 
+# The grids answers are kept on (x first): Qwen3-VL's 0-1000 and Qwen2.5-VL's shown pixels.
 CoordStyle = Literal["qwen3", "qwen25"]
 COORD_STYLES: tuple[str, ...] = get_args(CoordStyle)
+# The conventions a model may answer in; each lands on one of the grids above.
+Convention = Literal["qwen3", "qwen25", "gemini", "normalized"]
+CONVENTIONS: tuple[str, ...] = get_args(Convention)
+# The setting that stands for "the model family's own convention" (resolved per model).
+AUTO = "auto"
 # Qwen3-VL's grid: positions are thousandths of the frame's width and height.
 QWEN3_GRID = 1000
+
+
+def _convention(style: str) -> str:
+    """``style`` when it is a convention; otherwise the ``ValueError`` every reader raises."""
+    if style in CONVENTIONS:
+        return style
+    if style == AUTO:
+        raise ValueError("coord_style 'auto' stands for the model family's convention; resolve "
+                         "it for the model first (qwen3, qwen25, gemini or normalized)")
+    raise ValueError(f"coord_style must be one of 'qwen3', 'qwen25', 'gemini' or 'normalized', "
+                     f"not {style!r}")
+
+
+def internal_style(style: str) -> CoordStyle:
+    """The grid an answer in convention ``style`` is kept on: Qwen2.5-VL's shown pixels for
+    ``qwen25``, the 0-1000 grid for every other convention."""
+    return "qwen25" if _convention(style) == "qwen25" else "qwen3"
+
+
+def to_internal(
+    style: str, box: Sequence[float], point: Sequence[float]
+) -> tuple[list[float], list[float], CoordStyle]:
+    """An answer written in convention ``style`` as ``(bbox_2d, point_2d, grid)`` x-first on
+    the grid it is kept on (:func:`internal_style`).
+
+    ``qwen3`` and ``qwen25`` come back as they were written (the same numbers, so the
+    published float32 products stay bit-identical); ``gemini`` swaps each y, x pair;
+    ``normalized`` fractions are multiplied by 1000 and stay floats (rounding is the
+    graph's, as for any answer). Non-numeric values are the caller's to refuse first."""
+    conv = _convention(style)
+    if len(box) != 4 or len(point) != 2:
+        raise ValueError(f"an answer is a box of 4 values and a point of 2; got {len(box)} and "
+                         f"{len(point)}")
+    b, p = list(box), list(point)
+    if conv == "gemini":
+        b, p = [b[1], b[0], b[3], b[2]], [p[1], p[0]]
+    elif conv == "normalized":
+        b, p = [v * QWEN3_GRID for v in b], [v * QWEN3_GRID for v in p]
+    return b, p, internal_style(conv)
+
+
+def describe_convention(style: str, shown_size: int, frame_size: int | None = None) -> str:
+    """The sentence that tells a model how to write ``bbox_2d`` and ``point_2d`` in
+    ``style`` (the answer tool's description and the tools-mode prompt use it), for an
+    answer about an image shown at ``shown_size``² (only Qwen2.5-VL's pixels depend on it).
+    With ``frame_size`` (the sampled frames' side, when it differs), the pixel convention
+    names both images, so one sentence holds for the whole run: the prompt and the tools
+    then never disagree, and the tools a model is given do not change between turns."""
+    conv = _convention(style)
+    if conv == "qwen3":
+        return ("Coordinates are integers from 0 to 1000 relative to the image width and height "
+                "(0 is the left or top edge, 1000 the right or bottom edge): bbox_2d is "
+                "[x1, y1, x2, y2], the top-left and bottom-right corners, and point_2d is [x, y].")
+    if conv == "qwen25":
+        n = int(shown_size)
+        if frame_size is not None and int(frame_size) != n:
+            f = int(frame_size)
+            return (f"Coordinates are integer pixels of the image the answer is about, as shown to "
+                    f"you: the keyframe at {n}x{n} (0 to {n}), or a sampled frame at {f}x{f} (0 to {f}) "
+                    "if you answer without choosing a keyframe: bbox_2d is [x1, y1, x2, y2], the "
+                    "top-left and bottom-right corners, and point_2d is [x, y].")
+        return (f"Coordinates are integer pixels of the {n}x{n} image as shown to you (0 to {n}): "
+                "bbox_2d is [x1, y1, x2, y2], the top-left and bottom-right corners, and point_2d "
+                "is [x, y].")
+    if conv == "gemini":
+        return ("Coordinates are integers from 0 to 1000 relative to the image height and width, "
+                "y first: bbox_2d is [ymin, xmin, ymax, xmax] and point_2d is [y, x].")
+    return ("Coordinates are decimal fractions from 0 to 1 of the image width and height "
+            "(0 is the left or top edge, 1 the right or bottom edge): bbox_2d is [x1, y1, x2, y2], "
+            "the top-left and bottom-right corners, and point_2d is [x, y], e.g. [0.25, 0.4].")
 
 
 @dataclass(frozen=True)
@@ -56,13 +139,12 @@ class CoordFrame:
 
     @classmethod
     def of(cls, style: str, shown_size: int) -> CoordFrame:
-        """The grid for ``style`` when the model was shown a ``shown_size``² image (only
-        Qwen2.5-VL's absolute pixels depend on it; Qwen3-VL's grid is always 0–1000)."""
-        if style == "qwen3":
-            return cls("qwen3", QWEN3_GRID)
-        if style == "qwen25":
+        """The grid an answer in convention ``style`` is kept on (after :func:`to_internal`)
+        when the model was shown a ``shown_size``² image (only Qwen2.5-VL's absolute pixels
+        depend on it; every other convention is kept on the 0–1000 grid)."""
+        if internal_style(style) == "qwen25":
             return cls("qwen25", int(shown_size))
-        raise ValueError(f"coord_style must be 'qwen3' or 'qwen25', not {style!r}")
+        return cls("qwen3", QWEN3_GRID)
 
     def scales(self, width: int, height: int) -> np.ndarray:
         """Per-axis factors to pixels, ``[width / size, height / size]`` as float32: the

@@ -64,6 +64,11 @@ Always pick a keyframe before you answer. For a single image, answer about frame
 COORD_NOTES = {
     "qwen3": "as integers from 0 to 1000 relative to the image width and height.",
     "qwen25": "as integer pixel coordinates of the image as shown to you.",
+    # not taught to the published checkpoints: for a model told to answer in its own family's
+    # convention (coord_style gemini / normalized), which the answer is converted from
+    "gemini": "as integers from 0 to 1000 relative to the image height and width, written y "
+              "first: bbox_2d as [ymin, xmin, ymax, xmax] and point_2d as [y, x].",
+    "normalized": "as decimal fractions from 0 to 1 of the image width and height (e.g. 0.25).",
 }
 
 FEEDBACK_PROMPT = (
@@ -74,6 +79,38 @@ FEEDBACK_PROMPT = (
 
 KEYFRAME_CAPTION = "frame {fid} at high resolution:"
 
+# The tool-calling protocol (Context.protocol "tools") is for general chat models that were
+# never trained on the tags: the actions are offered as tools, and this prompt says what the
+# task is and how the tools fit together, in plain words. ``{search_part}`` lists the search
+# tools when the run has them; ``{coord_note}`` is the answer tool's coordinate sentence.
+TOOLS_SYSTEM_PROMPT = """\
+You help locate one object in a video or an image. The user shows you frames sampled from a \
+video (a single image is frame 0); each frame comes right after its label "frame <id>". Then \
+the user describes the target, sometimes in words that need outside knowledge.
+
+You act by calling the tools you are given, exactly one tool call per turn. Each result comes \
+back to you before your next turn. You may think briefly in plain text before a call.
+{search_part}
+Pick the frame where the target is clearest with the keyframe tool: it shows you that frame \
+at a higher resolution. Then call the answer tool once with that frame's id, a tight box \
+around the target and one point that lies on it. {coord_note}
+
+Calling answer ends the task, so make sure of the target first. Do not describe the answer \
+in text instead of calling the tool.
+"""
+
+TOOLS_SEARCH_PART = """
+When the description depends on facts the frames do not show (who someone is, which team \
+won, what a product or logo looks like), look them up: text_search returns short passages, \
+image_search returns a picture of a named person, object or logo. Search as often as you \
+need, one query per call, and refine the query when the results do not settle it.
+"""
+
+TOOLS_FEEDBACK_PROMPT = (
+    "Your last message made no usable tool call ({reason}). Call exactly one of the tools "
+    "you were given: keyframe to look closer, or answer with the keyframe id, bbox_2d and point_2d."
+)
+
 
 def system_prompt(use_search: bool, coord_style: str, prompt_file: str = "") -> str:
     """The system prompt for a run; ``prompt_file`` (if given) replaces the built-in text."""
@@ -82,6 +119,17 @@ def system_prompt(use_search: bool, coord_style: str, prompt_file: str = "") -> 
     else:
         template = SEARCH_SYSTEM_PROMPT if use_search else NO_SEARCH_SYSTEM_PROMPT
     return template.replace("{coord_note}", COORD_NOTES[coord_style])
+
+
+def tools_system_prompt(use_search: bool, coord_note: str, prompt_file: str = "") -> str:
+    """The system prompt of the tool-calling protocol; ``coord_note`` is the sentence that
+    states the answer's coordinate convention (``core.coords.describe_convention``). A
+    ``prompt_file`` replaces the built-in text, with ``{coord_note}`` filled as in tags."""
+    if prompt_file:
+        template = read_utf8(Path(prompt_file).expanduser(), "system prompt file")
+    else:
+        template = TOOLS_SYSTEM_PROMPT.replace("{search_part}", TOOLS_SEARCH_PART if use_search else "")
+    return template.replace("{coord_note}", coord_note)
 
 
 def frame_label(fid: int) -> str:

@@ -48,6 +48,9 @@ class AnswerAction:
     point_2d: list[float]
     warnings: list[str] = field(default_factory=list)
     kind: Literal["answer"] = "answer"
+    # the frame the answer is on, when the call names it (the ``answer`` tool of the tools
+    # protocol); a tag answer is about the keyframe last shown, so it stays None there
+    keyframe: int | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,13 @@ def _parse_keyframe(body: str) -> KeyframeAction:
     except OverflowError:  # more digits than a float holds: no frame has that id
         return KeyframeAction(frame=None, raw=body.strip()[:50])
     return KeyframeAction(frame=frame, raw=body.strip())
+
+
+def parse_answer_json(body: str) -> AnswerAction | NoAction:
+    """The body of an ``<answer>`` tag (or a tool call's arguments as JSON) read by the
+    tag protocol's rules: lenient JSON, four box numbers, corners put in order, a missing
+    point replaced by the box centre with a warning; ``NoAction`` with the reason otherwise."""
+    return _parse_answer(body)
 
 
 def _parse_answer(body: str) -> AnswerAction | NoAction:

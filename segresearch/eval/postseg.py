@@ -2,8 +2,9 @@
 
 Rows are grouped by video so each video is opened once and its segmenter session (SAM 2's
 inference state) serves all its queries, reset between them. Each query's prompt comes
-from its output text by the published rule (first ``<keyframe>``, strict JSON answer);
-without a usable one it gets empty masks for every frame. A query whose mask folder exists
+from its output text by the published rule (first ``<keyframe>``, strict JSON answer),
+or, for a tools-mode prediction (whose text holds tool calls, not tags), from the graph's
+structured answer saved with it; without a usable one it gets empty masks for every frame. A query whose mask folder exists
 and is recorded in ``segment.jsonl`` is complete (folders appear by rename only when every
 frame is written) and is skipped, so a killed run resumes where it stopped; what a killed
 writer left half done is removed first. Each query's prompt carries a seed made from its
@@ -30,8 +31,10 @@ from segresearch.core.media import IMAGE_EXTS, Media, MediaError, open_media
 from segresearch.eval.datasets import DatasetError, safe_name
 from segresearch.eval.predictions import PredictionLog, read_predictions
 from segresearch.tools.segmenters import (
+    ParsedOutput,
     Segmenter,
     VideoSession,
+    prompt_from_answer,
     prompt_from_output,
     remove_partial_outputs,
     stable_seed,
@@ -46,12 +49,29 @@ SEGMENT_LOG = "segment.jsonl"
 
 @dataclass
 class SegJob:
-    """One query to segment: where its frames are and what the model said."""
+    """One query to segment: where its frames are and what the model said.
+
+    A job with an ``answer`` is read from it (a tools-mode prediction: its output text holds
+    tool calls, not tags); one without is read from ``output`` by the published rule."""
 
     id: str
     media: str  # frame folder, video file or image
     output: str
     kind: str = "video"  # "image": a single frame, no keyframe tag needed
+    # the graph's structured answer {"keyframe" (a frame id), "bbox_2d", "point_2d"} on the
+    # evaluation's grid; None for the published reading
+    answer: dict[str, Any] | None = None
+    tools: bool = False  # a tools-mode row: read ``answer`` (None there: no answer was given)
+
+
+def job_from_row(qid: str, media: str, row: dict[str, Any], kind: str = "video") -> SegJob:
+    """The job for one prediction row: a ``tools`` row (``protocol`` recorded by
+    ``predict``) carries its structured answer; every other row, the published dump's
+    included, is read from its output text."""
+    tools = row.get("protocol") == "tools"
+    answer = row.get("answer") if tools and isinstance(row.get("answer"), dict) else None
+    return SegJob(id=qid, media=media, output=str(row.get("output") or ""), kind=kind,
+                  answer=answer, tools=tools)
 
 
 def resolve_media_path(path: str, root: str | os.PathLike[str] | None) -> str:
@@ -92,6 +112,14 @@ def output_hash(output: str) -> str:
     return hashlib.sha1((output or "").encode("utf-8", "replace")).hexdigest()
 
 
+def job_hash(job: SegJob) -> str:
+    """What a finished mask set was made from: the output text, and for a tools-mode job
+    its answer too (the graph's reading of the calls, which the text alone does not fix)."""
+    if not job.tools:
+        return output_hash(job.output)
+    return output_hash(job.output + "\n" + json.dumps(job.answer, sort_keys=True, default=str))
+
+
 def segmenter_key(segmenter: Segmenter) -> str:
     return json.dumps(segmenter.describe(), sort_keys=True, default=str)
 
@@ -112,7 +140,7 @@ def pending_jobs(
     for j in jobs:
         rec = records.get(j.id)
         stale = j.id in redo or rec is None or (
-            rec.get("output_sha1") != output_hash(j.output) or rec.get("segmenter_key") != key)
+            rec.get("output_sha1") != job_hash(j) or rec.get("segmenter_key") != key)
         if safe_name(j.id) not in done or stale:
             out.append(j)
     return out
@@ -196,17 +224,19 @@ def _segment_video(
         for job in group:
             t0 = time.perf_counter()
             rec: dict[str, Any] = {"id": job.id, "media": media_path, "segmenter": segmenter.name,
-                                   "output_sha1": output_hash(job.output)}
+                                   "output_sha1": job_hash(job)}
             if media is None:
                 # Nothing can be written without the frames; scoring counts every annotated
                 # frame of this query as an empty mask.
                 rec.update(prompt=None, problem=f"media unavailable: {problem}", frames=0)
                 yield rec
                 continue
-            parsed = prompt_from_output(
-                job.output, media.frame_ids, media.width, media.height, coords=coords,
-                single_image=job.kind == "image" or len(media) == 1,
-            )
+            single = job.kind == "image" or len(media) == 1
+            if job.tools:
+                parsed = _read_answer(job.answer, media, coords, single)
+            else:
+                parsed = prompt_from_output(job.output, media.frame_ids, media.width, media.height,
+                                            coords=coords, single_image=single)
             dest = seg_root / safe_name(job.id)
             if parsed.prompt is None:
                 info = write_mask_set(dest, media, ())
@@ -232,6 +262,29 @@ def _segment_video(
             session.close()
 
 
+def _read_answer(answer: dict[str, Any] | None, media: Media, coords: CoordFrame,
+                 single: bool) -> ParsedOutput:
+    """A tools-mode answer as the graph's segment step reads it (``prompt_from_answer``: the
+    same float32 scaling as the published rule). Its keyframe is a frame id, the one the
+    model was shown; a single image's frame is its only one."""
+    if answer is None:
+        return ParsedOutput(None, None, "no answer call")
+    if single and media.frame_ids:
+        answer = {**answer, "keyframe": media.frame_ids[0]}
+    key = answer.get("keyframe")
+    if key is None:
+        return ParsedOutput(None, None, "the answer names no keyframe")
+    if not single and key not in media.frame_ids:
+        return ParsedOutput(None, None, f"keyframe {key} is not a frame of the video")
+    try:
+        prompt = prompt_from_answer(answer, media.width, media.height, coords)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        return ParsedOutput(None, None, f"answer lacks a usable bbox_2d/point_2d ({type(e).__name__})")
+    if prompt is None:
+        return ParsedOutput(None, None, "answer has no usable box or point")
+    return ParsedOutput(prompt, None, None)
+
+
 def jobs_from_rows(
     rows: Iterable[dict[str, Any]], root: str | os.PathLike[str] | None = None
 ) -> tuple[list[SegJob], list[tuple[str, str]]]:
@@ -251,5 +304,5 @@ def jobs_from_rows(
             problems.append((qid, str(e)))
             continue
         kind = "image" if Path(path).is_file() and Path(path).suffix.lower() in IMAGE_EXTS else "video"
-        jobs.append(SegJob(id=qid, media=path, output=str(row.get("output") or ""), kind=kind))
+        jobs.append(job_from_row(qid, path, row, kind))
     return jobs, problems

@@ -10,6 +10,7 @@ pipeline, masks come afterwards from the saved outputs (``postseg``), grouped by
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
 from tqdm import tqdm
 
 from segresearch.agents.content import content_text
 from segresearch.agents.context import Context
 from segresearch.core.media import MediaError, open_media
+from segresearch.core.tool_protocol import tool_calls_in_order
+from segresearch.core.tool_text import render_tool_call
 from segresearch.eval.datasets import Query, safe_name
 from segresearch.eval.predictions import PredictionLog, first_keyframe
 from segresearch.graphs.seg_research import graph
@@ -33,12 +37,25 @@ from segresearch.tools.segmenters.prompting import prompt_from_output
 ModelChoice = str | BaseChatModel
 
 
+def _calls_text(msg: Any) -> str:
+    """A tools-mode turn's calls, in the order written, as the Qwen chat templates render
+    them (``<tool_call>`` JSON): the transcript then shows what the model asked for. They
+    hold no ``<keyframe>``/``<answer>`` tag, so the published reading finds no answer in
+    them; a tools-mode row is segmented from its structured ``answer`` instead."""
+    calls = tool_calls_in_order(msg) if isinstance(msg, AIMessage) else []
+    return "\n".join(render_tool_call(c["name"], c.get("raw", "") if c["args"] is None
+                                       else json.dumps(c["args"], ensure_ascii=False)) for c in calls)
+
+
 def output_text(messages: Sequence[Any]) -> str:
     """Everything after the prompt, as the published dump's ``output``: the model's turns
-    and the observations between them (images as ``<image>``)."""
+    and the observations between them (images as ``<image>``); a tool-calling turn's calls
+    follow its text."""
     parts = []
     for m in list(messages)[2:]:
-        parts.append(content_text(m.content, image_marker="<image>"))
+        text = content_text(m.content, image_marker="<image>")
+        calls = _calls_text(m)
+        parts.append(f"{text}\n{calls}" if text and calls else text or calls)
     return "\n".join(parts)
 
 
@@ -60,22 +77,28 @@ def _row(q: Query, spec: ModelChoice, seconds: float, **fields: Any) -> dict[str
 
 def row_from_state(q: Query, final: dict[str, Any], spec: ModelChoice, seconds: float,
                    media_size: tuple[int, int] | None = None,
-                   video_frame_ids: Sequence[int] | None = None) -> dict[str, Any]:
+                   video_frame_ids: Sequence[int] | None = None,
+                   protocol: str = "tags") -> dict[str, Any]:
     """The prediction row of one finished graph run (no image bytes). ``video_frame_ids``:
-    every frame of the segmented video, which the saved output's keyframe number indexes."""
+    every frame of the segmented video, which the saved output's keyframe number indexes.
+
+    ``protocol`` is recorded in the row: a ``tags`` row is segmented from its output text by
+    the published rule, a ``tools`` row (whose text has no tags) from its ``answer``, the
+    graph's structured answer (``postseg.job_from_row``)."""
     output = output_text(final.get("messages") or [])
     answer = final.get("answer")
     graph_key = None if not answer else answer.get("keyframe")
     searches = final.get("searches") or []
     row = _row(
-        q, spec, seconds, output=output, stop_reason=final.get("stop_reason"),
+        q, spec, seconds, output=output, protocol=protocol, stop_reason=final.get("stop_reason"),
         error=final.get("error"), answer=answer, answer_px=final.get("answer_px"),
         turns=final.get("turns", 0), num_search=len(searches),
         searches=[{"name": s.get("name"), "query": s.get("query")} for s in searches],
         frame_ids=final.get("frame_ids"), first_keyframe=first_keyframe(output),
         graph_keyframe=graph_key, run_dir=final.get("run_dir"),
     )
-    if answer is not None and q.kind == "video" and media_size is not None:
+    # the first-keyframe rule reads tags; a tools row is segmented from the graph's answer
+    if answer is not None and q.kind == "video" and media_size is not None and protocol != "tools":
         w, h = media_size
         ids = video_frame_ids if video_frame_ids is not None else final.get("frame_ids") or []
         parsed = prompt_from_output(output, ids, w, h)
@@ -143,7 +166,7 @@ async def predict_queries(
                     size, ids = (m.width, m.height), m.frame_ids
                 except MediaError:
                     pass
-                row = row_from_state(q, final, spec, time.perf_counter() - t0, size, ids)
+                row = row_from_state(q, final, spec, time.perf_counter() - t0, size, ids, ctx.protocol)
             except Exception as e:  # noqa: BLE001 - one broken query must not stop the set
                 row = error_row(q, spec, e, time.perf_counter() - t0)
         await asyncio.to_thread(log.append, row)

@@ -66,7 +66,7 @@ MAX_TITLED_FRAMES = 300
 # Settings that describe how a model made predictions; a run that re-scores a saved file
 # made none of them, so its page must not name them (no search backend, no model).
 _MODEL_RUN_SETTINGS = ("models", "search", "kb", "retriever_url", "num_frames", "max_turns",
-                       "frame_size", "prompt_variant", "system_prompt_file", "temperature",
+                       "frame_size", "protocol", "prompt_variant", "system_prompt_file", "temperature",
                        "text_topk", "image_topk", "concurrency", "workers")
 TEMPLATES = "templates"  # package data of segresearch.eval
 

@@ -35,7 +35,7 @@ from segresearch.eval.datasets import (
 )
 from segresearch.eval.distributed import RayShards
 from segresearch.eval.paper_table import PaperTable, PaperTableError, read_paper_table
-from segresearch.eval.postseg import SEGMENT_LOG, SegJob, segment_jobs
+from segresearch.eval.postseg import SEGMENT_LOG, job_from_row, segment_jobs
 from segresearch.eval.postseg import remove_stale_outputs as remove_seg_partials
 from segresearch.eval.predict import run_predictions, uses_search
 from segresearch.eval.predictions import (
@@ -270,8 +270,7 @@ def _segment(
     """Masks for every query with a prediction, made from the data set's own media (not
     the paths a dump carries)."""
     seg_root = spec.out_dir / SEG
-    jobs = [SegJob(id=q.id, media=q.segment_media, output=str(rows[q.id].get("output") or ""),
-                   kind=q.kind) for q in queries if q.id in rows]
+    jobs = [job_from_row(q.id, q.segment_media, rows[q.id], q.kind) for q in queries if q.id in rows]
     overlays = spec.out_dir / OVERLAYS if spec.overlays else None
     if shards is not None:
         shards.segment(jobs, segmenter, spec.progress)

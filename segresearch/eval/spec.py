@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segresearch.agents.context import Context
+from segresearch.agents.coord_style import coord_style_for
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.core.coords import CoordFrame
 from segresearch.core.files import write_atomic
@@ -117,7 +118,31 @@ class EvalSpec:
     def coords(self) -> CoordFrame:
         """The grid saved outputs answer on (Qwen2.5-VL style answers are in pixels of the
         keyframe image the model was shown: the published answer follows a keyframe)."""
-        return CoordFrame.of(self.context.coord_style, self.context.keyframe_size)
+        return CoordFrame.of(spec_coord_style(self), self.context.keyframe_size)
+
+
+# The conventions a saved tags answer can be read in (the published post-segmentation).
+TAG_STYLES = ("qwen3", "qwen25")
+
+
+def spec_coord_style(spec: EvalSpec) -> str:
+    """The convention the evaluation's models answer in: the setting, or for ``auto`` the
+    one their family uses (``agents.coord_style``). One evaluation is one convention, so
+    its folder records it and its saved answers are read on one grid; models of families
+    that answer differently are refused (``EvalError``) unless the setting names one."""
+    c = spec.context
+    models = list(spec.models) or [c.model]  # re-scoring a file: the runs' model setting
+    protocol = c.protocol
+    styles = sorted({coord_style_for(m, protocol, c.coord_style) for m in models})
+    if len(styles) > 1:
+        raise EvalError(f"the models answer in different coordinate conventions ({', '.join(styles)}); "
+                        "evaluate them separately or name one with --coord-style")
+    if protocol == "tags" and styles[0] not in TAG_STYLES:
+        # a tags row is segmented from its saved text, which is read x-first on the published
+        # grids; a y-first or 0-1 answer would be placed wrongly without a word
+        raise EvalError(f"--coord-style {styles[0]} needs --protocol tools: answers written as tags are "
+                        f"read in the published conventions ({', '.join(TAG_STYLES)})")
+    return styles[0]
 
 
 # Context fields an evaluation never takes from its options: the ones it decides for every
@@ -153,7 +178,9 @@ def resolve_spec(spec: EvalSpec) -> EvalSpec:
         meta_mapping=resolved_path(spec.meta_mapping) or None,
         sam2_checkpoint=resolved_path(spec.sam2_checkpoint),
         models=[resolved_model(m) for m in spec.models],
-        context=replace(c, **ctx_paths) if ctx_paths else c,
+        # "auto" recorded and run as the convention it stands for, so a folder made before
+        # the setting existed ("qwen3") is resumed by the same models
+        context=replace(c, **ctx_paths, coord_style=spec_coord_style(spec)),
     )
 
 
@@ -163,7 +190,7 @@ def resolve_spec(spec: EvalSpec) -> EvalSpec:
 # refuse every existing folder), so this is the one list: settings() and the comparison
 # both read it, and an unknown name fails at import.
 PINNED_CONTEXT = ("search", "kb", "retriever_url", "num_frames", "max_turns", "frame_size",
-                  "keyframe_size", "coord_style", "prompt_variant", "system_prompt_file",
+                  "keyframe_size", "coord_style", "protocol", "prompt_variant", "system_prompt_file",
                   "temperature", "text_topk", "image_topk")
 _unknown = set(PINNED_CONTEXT) - {f.name for f in fields(Context)}
 if _unknown:
@@ -174,6 +201,9 @@ _PINNED = ("dataset", "root", "split", "models", *PINNED_CONTEXT, "segmenter", "
 # form (eval_config.json of older versions kept paths as they were typed).
 _PATH_SETTINGS = ("root", "predictions", "meta_mapping",
                   *(k for k in PINNED_CONTEXT if k in _CONTEXT_PATHS))
+# What a setting recorded by no older eval_config.json stood for then: a folder made before
+# the setting existed resumes under that value (and only that one).
+_BEFORE_RECORDED = {"protocol": "tags"}
 
 
 def _context_setting(c: Context, name: str) -> Any:
@@ -215,6 +245,7 @@ def check_config(out: Path, current: dict[str, Any], force: bool) -> None:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             raise EvalError(f"{path} is unreadable ({e}); remove it or use another --out") from None
+        old = {**_BEFORE_RECORDED, **old} if isinstance(old, dict) else {}
         diff = [k for k in _PINNED if _comparable(k, old.get(k)) != _comparable(k, current.get(k))]
         if diff and not force:
             shown = "; ".join(f"{k}: {old.get(k)!r} → {current.get(k)!r}" for k in diff[:4])

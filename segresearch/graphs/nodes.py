@@ -11,8 +11,9 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from langchain_core.messages import (
     HumanMessage,
     RemoveMessage,
     SystemMessage,
+    ToolMessage,
 )
+from langchain_core.runnables import RunnableBinding
 from langgraph.config import get_config
 from langgraph.errors import GraphInterrupt
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
@@ -35,6 +38,7 @@ from segresearch.agents import review as review_rules
 from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
 from segresearch.agents.context import Context, ContextError
+from segresearch.agents.coord_style import resolved_coord_style
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.agents.models import model_loaded, resolve_model
 from segresearch.agents.path_policy import (
@@ -46,8 +50,9 @@ from segresearch.agents.path_policy import (
     resolved_field,
     served_output,
 )
+from segresearch.agents.providers import image_placement, messages_for
 from segresearch.compat.langgraph import run_has_checkpointer
-from segresearch.core.coords import CoordFrame
+from segresearch.core.coords import CoordFrame, describe_convention, to_internal
 from segresearch.core.events import (
     ANSWER,
     ERROR,
@@ -100,7 +105,13 @@ from segresearch.core.media import (
 )
 from segresearch.core.media_recipes import FrameRecipe
 from segresearch.core.media_store import get_store
-from segresearch.core.prompts import FEEDBACK_PROMPT, frame_label, system_prompt
+from segresearch.core.prompts import (
+    FEEDBACK_PROMPT,
+    TOOLS_FEEDBACK_PROMPT,
+    frame_label,
+    system_prompt,
+    tools_system_prompt,
+)
 from segresearch.core.protocol import (
     STOP_STRINGS,
     AnswerAction,
@@ -114,6 +125,16 @@ from segresearch.core.protocol import (
     render_search_error,
 )
 from segresearch.core.shared_cache import LoadOnce, thread_pool
+from segresearch.core.tool_protocol import (
+    ANSWER_TOOL,
+    KEYFRAME_TOOL,
+    TOOL_NAMES,
+    not_run_message,
+    parse_tool_calls,
+    tool_calls_in_order,
+    tool_definitions,
+    tool_observation,
+)
 from segresearch.graphs.outputs import write_outputs
 from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
@@ -319,7 +340,13 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         media_paths(state.get("media"))  # its type; open_media below checks the roots
         used = resolved_context(ctx)  # every file a client named, as checked and as opened
-        sys_text = system_prompt(ctx.use_search, ctx.coord_style, used.system_prompt_file)
+        if ctx.protocol == "tools":  # answers come after a keyframe: its size for pixel grids
+            sys_text = tools_system_prompt(
+                ctx.use_search, describe_convention(resolved_coord_style(used), ctx.keyframe_size,
+                                                    ctx.frame_size),
+                used.system_prompt_file)
+        else:
+            sys_text = system_prompt(ctx.use_search, resolved_coord_style(used), used.system_prompt_file)
     except ContextError as e:
         kind = "media" if str(e).startswith("media") else "config"
         return _fresh_run(_error(kind, e))
@@ -372,20 +399,84 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- reason
 
 
-def _model_call(state: State, ctx: Context) -> tuple[BaseChatModel, list[BaseMessage], dict[str, Any]]:
+def _model_call(state: State, ctx: Context) -> tuple[Any, list[BaseMessage], dict[str, Any]]:
     model = resolve_model(ctx.model, timeout=ctx.request_timeout)
     budget = ctx.max_new_tokens
     if ctx.max_response_tokens is not None:
         budget = max(1, min(budget, ctx.max_response_tokens - state.get("tokens_used", 0)))
+    messages = messages_for(model, state["messages"])  # a provider's class gets data URLs
+    if ctx.protocol == "tools":  # the actions as native tools; no stop strings
+        runnable, tool_kwargs = _with_tools(model, state, ctx)
+        return runnable, messages, {**tool_kwargs, "max_tokens": budget, "temperature": ctx.temperature}
     kwargs = {"stop": STOP_STRINGS, "max_tokens": budget, "temperature": ctx.temperature}
-    return model, state["messages"], kwargs
+    return model, messages, kwargs
+
+
+def _offered_tools(ctx: Context) -> tuple[str, ...]:
+    return TOOL_NAMES if ctx.use_search else (KEYFRAME_TOOL, ANSWER_TOOL)
+
+
+# What ``bind_tools`` gave for a model and a tool set, kept per model object (by id, with a
+# weak reference that removes the entry when the model goes: chat models are unhashable),
+# since a run binds the same tools on every turn.
+_BoundTools = dict[tuple, Any]
+_BOUND_TOOL_KWARGS: dict[int, tuple[weakref.ref, _BoundTools]] = {}
+
+
+def _bound_tools_of(model: Any) -> _BoundTools:
+    entry = _BOUND_TOOL_KWARGS.get(id(model))
+    if entry is not None and entry[0]() is model:
+        return entry[1]
+    key = id(model)
+
+    def forget(ref: weakref.ref, table: dict = _BOUND_TOOL_KWARGS) -> None:  # also at exit
+        if table.get(key, (None,))[0] is ref:
+            del table[key]
+
+    try:
+        ref = weakref.ref(model, forget)
+    except TypeError:  # a model object that cannot be weakly referenced: bound every turn
+        return {}
+    per_model: _BoundTools = {}
+    _BOUND_TOOL_KWARGS[key] = (ref, per_model)
+    return per_model
+
+
+def _with_tools(model: BaseChatModel, state: State, ctx: Context) -> tuple[Any, dict[str, Any]]:
+    """What to invoke for ``model`` with the run's tools bound, and the keyword arguments the
+    binding adds. The answer tool states the coordinate convention in the same words as the
+    system prompt, for the keyframe and the sampled frames alike, so the tools stay the same
+    all run (a rollout's tools are fixed by its system turn).
+
+    ``bind_tools`` returns a ``RunnableBinding``; when it only adds keyword arguments (what
+    LangChain's chat models and ours do), the model is invoked with them directly, which is
+    what the binding's ``invoke`` does, without its per-call config merging (a tenth of the
+    graph's cost per turn, ``bench/graph_overhead.py``). Anything else is invoked as bound."""
+    key = (resolved_coord_style(ctx), ctx.keyframe_size, ctx.use_search, ctx.frame_size)
+    per_model = _bound_tools_of(model)
+    found = per_model.get(key)
+    if found is not None:
+        return found
+    defs = tool_definitions(*key)
+    try:
+        bound = model.bind_tools(defs)
+    except NotImplementedError:
+        raise ValueError(f"{type(model).__name__} does not support tool calling; use protocol "
+                         f"'tags' with this model") from None
+    plain = (isinstance(bound, RunnableBinding) and bound.bound is model and not bound.config
+             and not bound.config_factories and bound.custom_input_type is None
+             and bound.custom_output_type is None)
+    found = (model, dict(bound.kwargs)) if plain else (bound, {})
+    per_model[key] = found
+    return found
 
 
 def _answer_grid(state: State, ctx: Context) -> CoordFrame:
     """The grid the model answered on: Qwen2.5-VL style answers are absolute pixels of the
-    image the model last saw of the frame (the keyframe when it picked one)."""
+    image the model last saw of the frame (the keyframe when it picked one); every other
+    convention is kept on the 0-1000 grid once read (``_answered``)."""
     shown = ctx.keyframe_size if state.get("keyframe") is not None else ctx.frame_size
-    return CoordFrame.of(ctx.coord_style, shown)
+    return CoordFrame.of(resolved_coord_style(ctx), shown)
 
 
 def _answer(state: State, ctx: Context, action: AnswerAction) -> tuple[dict, dict, list[str]]:
@@ -396,16 +487,25 @@ def _answer(state: State, ctx: Context, action: AnswerAction) -> tuple[dict, dic
     coords = _answer_grid(state, ctx)
     box, point, notes = clamp_answer(action, coords.size, coords.size)
     w, h = info["width"], info["height"]
+    extra: list[str] = []
+    if action.keyframe is not None and action.keyframe != keyframe:  # the answer tool names it
+        if action.keyframe in state["frame_ids"]:
+            keyframe = action.keyframe
+        else:
+            extra.append(f"keyframe {action.keyframe} was not shown; frame {keyframe} was used")
     answer = {"keyframe": keyframe, "bbox_2d": box, "point_2d": point}
     answer_px = {"keyframe": keyframe, "bbox_2d": coords.to_px(box, w, h),
                  "point_2d": coords.to_px(point, w, h)}
-    return answer, answer_px, list(action.warnings) + notes
+    return answer, answer_px, list(action.warnings) + notes + extra
 
 
 def _answered(state: State, ctx: Context, action: AnswerAction, event: ModelEvent) -> dict[str, Any]:
     """The update for a well-formed answer. A zero or degenerate box is still the model's
     answer (DESIGN: the published loop ends it as the model's choice to finish): it is kept
     with ``answer_note`` saying why it outlines nothing, and segmentation writes empty masks."""
+    # the model's convention (gemini's y-first, fractions) read once onto the x-first grid
+    box, point, _ = to_internal(resolved_coord_style(ctx), action.bbox_2d, action.point_2d)
+    action = replace(action, bbox_2d=box, point_2d=point)
     answer, answer_px, notes = _answer(state, ctx, action)
     note = degenerate_box(action, answer["bbox_2d"])
     if notes:
@@ -424,10 +524,14 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
     finish = (msg.response_metadata or {}).get("finish_reason")
     turns = state.get("turns", 0) + 1
     used = state.get("tokens_used", 0) + n_tokens
-    action = parse_action(text)
-    ai = msg if isinstance(msg, AIMessage) and msg.content == text and raw == text else AIMessage(
-        content=text, response_metadata=msg.response_metadata or {}
-    )
+    if ctx.protocol == "tools":
+        ai = _tool_call_message(msg, text, turns)
+        action, _ = parse_tool_calls(ai, _offered_tools(ctx))
+    else:
+        action = parse_action(text)
+        ai = msg if isinstance(msg, AIMessage) and msg.content == text and raw == text else AIMessage(
+            content=text, response_metadata=msg.response_metadata or {}
+        )
     event = ModelEvent(
         type=MODEL, turn=turns, response=text, action=_action_dict(action),
         tokens=n_tokens, finish_reason=finish, seconds=round(seconds, 4),
@@ -453,6 +557,48 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
         update["stop_reason"] = "no_action"
     update["events"] = [event]
     return update
+
+
+def _tool_call_message(msg: BaseMessage, text: str, turn: int) -> AIMessage:
+    """The model's message as the conversation keeps it in the tools protocol: its text
+    cleaned, and its tool calls (valid and invalid, each with an id: the next request must
+    carry them and answer every id, so a provider that sent none gets ``call_<turn>_<k>``)."""
+    calls = [dict(c) for c in getattr(msg, "tool_calls", None) or []]
+    invalid = [dict(c) for c in getattr(msg, "invalid_tool_calls", None) or []]
+    for k, c in enumerate(calls + invalid):
+        if not c.get("id"):
+            c["id"] = f"call_{turn}_{k}"
+    keep = {}
+    raw_calls = (getattr(msg, "additional_kwargs", None) or {}).get("tool_calls")
+    if isinstance(raw_calls, list):  # the order the calls were written in (tool_calls_in_order)
+        keep["tool_calls"] = raw_calls
+    return AIMessage(content=text, tool_calls=calls, invalid_tool_calls=invalid, additional_kwargs=keep,
+                     response_metadata=msg.response_metadata or {}, id=msg.id)
+
+
+def _last_ai(state: State) -> AIMessage | None:
+    return next((m for m in reversed(state.get("messages") or []) if isinstance(m, AIMessage)), None)
+
+
+def _reply(state: State, runtime: Runtime[Context], text: str, images: list[Any]) -> list[BaseMessage]:
+    """The messages that bring a tool's result to the model. Tags: one user turn with the
+    text and images. Tools: the result answers the call that was run (its images placed as
+    the model's provider takes them, ``image_placement``), and every other call of the turn
+    is answered as not run, all before any user message (OpenAI requires that order)."""
+    if runtime.context.protocol != "tools":
+        return [_observation(text, images)]
+    ai = _last_ai(state)
+    calls = tool_calls_in_order(ai) if ai is not None else []
+    if not calls:  # no call to answer (e.g. a feedback turn's reminder)
+        return [_observation(text, images)]
+    model = resolve_model(runtime.context.model, timeout=runtime.context.request_timeout)
+    blocks = [im if isinstance(im, dict) else media_block(im) for im in images]
+    per_model = _bound_tools_of(model)  # where its images go, read once per model object
+    placement = per_model.get(("placement",)) or per_model.setdefault(("placement",), image_placement(model))
+    obs = tool_observation(str(calls[0]["id"]), text, blocks, placement)
+    tool_msgs = [m for m in obs if isinstance(m, ToolMessage)]
+    rest = [m for m in obs if not isinstance(m, ToolMessage)]
+    return [*tool_msgs, *(not_run_message(c) for c in calls[1:]), *rest]
 
 
 def _action_dict(action: Any) -> Action:
@@ -577,7 +723,7 @@ def search(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         images = list(artifact.get("images", []))
         hits = len(artifact.get("hits") or [])
         error = artifact.get("error")
-    obs = _observation(text, images)
+    obs = _reply(state, runtime, text, images)
     seconds = round(time.perf_counter() - t0, 4)
     event = ToolEvent(type=TOOL, name=name, query=query, observation=text,
                       images=len(images), seconds=seconds)
@@ -587,7 +733,7 @@ def search(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         event["error"] = live["error"] = error
     _emit(runtime, live)
     return {
-        "messages": [obs],
+        "messages": obs,
         "tool_calls": state.get("tool_calls", 0) + 1,
         "searches": [{"name": name, "query": query, "observation": text}],
         "pending": None,
@@ -614,10 +760,10 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return _error("media", e)
     artifact = result.artifact or {}
     images = artifact.get("images", [])
-    obs = _observation(result.content, images)
+    obs = _reply(state, runtime, result.content, images)
     _emit(runtime, KeyframeEvent(type=KEYFRAME, frame=frame, valid=bool(artifact.get("valid"))))
     update: dict[str, Any] = {
-        "messages": [obs],
+        "messages": obs,
         "tool_calls": state.get("tool_calls", 0) + 1,
         "pending": None,
         "events": [ToolEvent(type=TOOL, name="keyframe", frame=frame, observation=result.content,
@@ -632,9 +778,14 @@ def keyframe(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def feedback(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Opt-in retry: tell the model what was wrong with its last turn."""
     reason_text = (state.get("pending") or {}).get("reason", "no action")
-    text = FEEDBACK_PROMPT.format(reason=reason_text)
+    if runtime.context.protocol == "tools":  # answers a malformed answer call, if there was one
+        text = TOOLS_FEEDBACK_PROMPT.format(reason=reason_text)
+        messages = _reply(state, runtime, text, [])
+    else:
+        text = FEEDBACK_PROMPT.format(reason=reason_text)
+        messages = [HumanMessage(content=text)]
     return {
-        "messages": [HumanMessage(content=text)],
+        "messages": messages,
         "feedback_used": state.get("feedback_used", 0) + 1,
         "tool_calls": state.get("tool_calls", 0) + 1,
         "pending": None,

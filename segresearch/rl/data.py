@@ -36,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from PIL import Image
 from tqdm import tqdm
 
+from segresearch.agents.context import Context
 from segresearch.compat.transformers import install_video_processor_stub
-from segresearch.core.coords import COORD_STYLES
+from segresearch.compat.verl import chat_template_kwargs, with_chat_template_kwargs
+from segresearch.core.coords import COORD_STYLES, describe_convention
 from segresearch.core.media import (
     FRAME_RESIZE,
     IMAGE_EXTS,
@@ -49,15 +52,18 @@ from segresearch.core.media import (
     sample_frame_ids,
 )
 from segresearch.core.media_recipes import _atomic_write
-from segresearch.core.prompts import frame_label, system_prompt
+from segresearch.core.prompts import frame_label, system_prompt, tools_system_prompt
 from segresearch.core.shared_cache import LoadOnce
+from segresearch.core.tool_protocol import tool_definitions
 from segresearch.eval.datasets import read_okvos_parquet
 from segresearch.rl.ground_truth import build_ground_truth
 from segresearch.rl.placeholders import GeometryProcessor
+from segresearch.rl.tools_template import tools_template_kwargs
 
 log = logging.getLogger(__name__)
 
 AGENT_NAME = "seg_research_agent"
+PROTOCOLS: tuple[str, ...] = ("tags", "tools")  # Context.protocol's values
 DATA_SOURCE_PREFIX = "Search_RVOS_"
 FRAME_EXT = ".jpg"
 MASK_EXT = ".png"
@@ -480,16 +486,25 @@ class PromptCounter:
     tokenizer and chat template. Frames are always shown at ``frame_size``², so each is
     counted from that geometry by the processor's own rule (``rl/placeholders.py``) and no
     pixel is decoded. tests/test_rl_prompt_lengths.py compares counts with the rollout's
-    prompt ids, token for token."""
+    prompt ids, token for token.
+
+    ``protocol`` ``"tools"`` (the agent loop's ``protocol``; a row's ``extra_info["protocol"]``
+    wins) counts the tool-calling prompt instead: our tools system prompt, whose coordinate
+    sentence is about the keyframe (``keyframe_size``, the loop's setting), and the tool
+    definitions in the system turn as the chat template renders them, with the template the
+    rollout picks for them (rl/tools_template.py: ours for Qwen2.5-VL)."""
 
     def __init__(self, tokenizer: Any, processor: Any, hf_model_type: str | None, *,
                  use_search: bool = True, system_prompt_file: str = "",
                  chat_template_kwargs: dict[str, Any] | None = None,
-                 mm_processor_kwargs: dict[str, Any] | None = None) -> None:
+                 mm_processor_kwargs: dict[str, Any] | None = None,
+                 protocol: str = "tags", keyframe_size: int | None = None) -> None:
         from verl.utils.tokenizer.continuous_token_wiring import (  # heavy, optional: verl ([rl])
             create_continuous_token_builder,
         )
 
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
         geometry = GeometryProcessor(processor)
         if not geometry.supported:
             raise ValueError(f"cannot count image tokens by geometry for {type(processor).__name__}")
@@ -498,6 +513,10 @@ class PromptCounter:
             mm_processor_kwargs=mm_processor_kwargs or {}, processor=geometry)
         self.use_search = use_search
         self.system_prompt_file = system_prompt_file
+        self.protocol = protocol
+        self.keyframe_size = int(keyframe_size) if keyframe_size is not None else Context().keyframe_size
+        self._processor = processor
+        self._tools_builder: Any = None
 
     @classmethod
     def from_pretrained(cls, model: str, *, trust_remote_code: bool = False, **kwargs: Any) -> PromptCounter:
@@ -512,19 +531,40 @@ class PromptCounter:
         model_type = getattr(getattr(processor, "config", None), "model_type", None)
         return cls(tokenizer, processor, model_type, **kwargs)
 
-    def count(self, question: str, frame_ids: Sequence[int], frame_size: int, coord_style: str) -> int:
-        """Prompt tokens of one row."""
+    def count(self, question: str, frame_ids: Sequence[int], frame_size: int, coord_style: str,
+              protocol: str | None = None) -> int:
+        """Prompt tokens of one row (``protocol``: the row's own, else the counter's)."""
+        protocol = protocol or self.protocol
         frame = _blank_frame(int(frame_size))
         content: list[dict[str, Any]] = []
         for i, fid in enumerate(frame_ids):  # laid out as graphs/nodes.py load_media lays it out
             content.append({"type": "text", "text": ("\n" if i else "") + frame_label(int(fid))})
             content.append({"type": "image", "image": frame})
         content.append({"type": "text", "text": "\n\n" + question.strip()})
-        messages = [
-            {"role": "system", "content": system_prompt(self.use_search, coord_style, self.system_prompt_file)},
-            {"role": "user", "content": content},
-        ]
-        return len(self.builder.build_initial_tokens(messages, images=[frame] * len(frame_ids)))
+        builder, tools = self.builder, None
+        if protocol == "tools":  # as graphs/nodes.py load_media and _with_tools write them
+            system = tools_system_prompt(
+                self.use_search, describe_convention(coord_style, self.keyframe_size, int(frame_size)),
+                self.system_prompt_file)
+            # bind_tools hands verl OpenAI tool dicts
+            tools = [convert_to_openai_tool(t) for t in tool_definitions(coord_style, self.keyframe_size,
+                                                                         self.use_search, int(frame_size))]
+            builder = self._tools()
+        elif protocol == "tags":
+            system = system_prompt(self.use_search, coord_style, self.system_prompt_file)
+        else:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+        return len(builder.build_initial_tokens(messages, tools=tools, images=[frame] * len(frame_ids)))
+
+    def _tools(self) -> Any:
+        """The builder a tools-mode rollout renders with: the chat template that renders the
+        tools (rl/tools_template.py), decided once."""
+        if self._tools_builder is None:
+            kwargs = chat_template_kwargs(self.builder)
+            chosen = tools_template_kwargs(self._processor, kwargs)
+            self._tools_builder = self.builder if chosen == kwargs else with_chat_template_kwargs(self.builder, chosen)
+        return self._tools_builder
 
 
 def _blank_frame(side: int) -> Image.Image:
@@ -550,7 +590,7 @@ def prompt_lengths(path: str | os.PathLike[str], counter: PromptCounter, limit: 
             raise ValueError(f"{path} row {row}: extra_info lacks {', '.join(needed)} "
                              "(not written by `segresearch data okvos`)")
         tokens = counter.count(str(info["question"]), info["frame_ids"], int(info["frame_size"]),
-                               str(info["coord_style"]))
+                               str(info["coord_style"]), info.get("protocol"))
         longest = max(longest, tokens)
         if tokens > limit:
             over.append(Overrun(row, info.get("id"), tokens))

@@ -5,6 +5,17 @@ that frame; tool-process reward (TPR) pays for well-formed search steps with dim
 returns; initial-guidance reward (IGR) pays when the first text query heads towards the
 reasoning steps the sample was annotated with. The rules, regexes and thresholds follow the
 published recipe exactly (README, "RL (verl)"), so scores are comparable with its runs.
+
+Rollouts in ``tools`` mode (``Context.protocol``) act through native tool calls, written as the
+chat template's ``<tool_call>{"name": …, "arguments": …}</tool_call>`` blocks. Their reading
+applies the same rules to the same quantities: the answer is the first ``answer`` call (its
+``bbox_2d`` and ``point_2d``, on the frame its ``keyframe`` names, else on the first
+``keyframe`` call's frame), format pays for a well-formed ``keyframe`` call and a well-formed
+first ``answer`` call, the tool process counts well-formed search calls, and IGR reads the
+first ``text_search`` call's query. Blocks quoted inside ``<tool_response>`` (observations)
+are not the model's calls. Which reading applies: ``extra_info["protocol"]`` when the row
+says, else the tools reading when the response has a tool-call block and no answer or
+keyframe tag; the tag reading is the published one, unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ import math
 import re
 import threading
 from typing import Any
+
+from segresearch.core.tool_text import TextToolCall, find_tool_calls
 
 KEYFRAME_RE = re.compile(r"<keyframe>\s*(\d+)\s*</keyframe>", re.DOTALL)
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")  # no DOTALL: the answer is one line
@@ -141,15 +154,126 @@ def ig_score(text: str, steps: list[str]) -> float:
     return 1.0 if max_similarity(m.group(1), steps) > IGR_THRESHOLD else 0.0
 
 
+# ------------------------------------------------------------------ tool-call reading
+
+SEARCH_CALLS = ("text_search", "image_search")
+ANSWER_KEYS = ("keyframe", "bbox_2d", "point_2d")
+
+
+def _frame_arg(value: Any) -> str | None:
+    """A frame id argument as the ground truth keys it ("6"), or None: an integer, or a float
+    or string with an integer value, as the graph's reading accepts."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and value.strip().isdigit():
+        return str(int(value.strip()))
+    return None
+
+
+def _well_formed_answer(args: dict[str, Any]) -> bool:
+    """The answer tool's schema: an integer keyframe, four numbers, two numbers (optional
+    extra fields a later schema adds are allowed)."""
+    box, point = args.get("bbox_2d"), args.get("point_2d")
+    return (
+        _frame_arg(args.get("keyframe")) is not None
+        and isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+        and isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)
+    )
+
+
+def _well_formed_search(call: TextToolCall) -> bool:
+    q = (call.args or {}).get("query")
+    return call.error is None and call.name in SEARCH_CALLS and isinstance(q, str) and bool(q.strip())
+
+
+def tool_calls(text: str) -> list[TextToolCall]:
+    """The model's ``<tool_call>`` blocks in a response (not those quoted in observations)."""
+    return find_tool_calls(text, skip_responses=True)
+
+
+def reads_tool_calls(text: str, extra_info: dict[str, Any] | None = None) -> bool:
+    """Whether ``text`` is scored by its tool calls (module docstring)."""
+    protocol = (extra_info or {}).get("protocol")
+    if protocol in ("tags", "tools"):
+        return protocol == "tools"
+    return bool(tool_calls(text)) and KEYFRAME_RE.search(text) is None and ANSWER_RE.search(text) is None
+
+
+def tool_format_score(calls: list[TextToolCall]) -> float:
+    """1 when a well-formed keyframe call exists and the first answer call is well formed
+    (the tag rule: a reasoned keyframe step, a well-formed first answer)."""
+    if not any(c.name == "keyframe" and c.args is not None and _frame_arg(c.args.get("index")) is not None
+               for c in calls):
+        return 0.0
+    first = next((c for c in calls if c.name == "answer"), None)
+    return 1.0 if first is not None and first.args is not None and _well_formed_answer(first.args) else 0.0
+
+
+def _tool_outcome(calls: list[TextToolCall]) -> tuple[str | None, dict[str, Any] | None]:
+    """(keyframe id, answer arguments) of the first answer call, or Nones."""
+    answer = next((c for c in calls if c.name == "answer"), None)
+    if answer is None or answer.args is None:
+        return None, None
+    frame = _frame_arg(answer.args.get("keyframe"))
+    if frame is None and "keyframe" not in answer.args:
+        kf = next((c for c in calls if c.name == "keyframe" and c.args is not None), None)
+        frame = None if kf is None else _frame_arg(kf.args.get("index"))  # type: ignore[union-attr]
+    return frame, answer.args
+
+
+def _score_outcome(out: dict[str, float], answer: dict[str, Any], gt: dict[str, Any]) -> None:
+    """The outcome reward's parts for an answer on a frame with ground truth (one reading
+    for the tags and the tool calls)."""
+    box, point = answer.get("bbox_2d"), answer.get("point_2d")
+    out["iou_score"] = _iou_score(box, gt.get("bbox_2d"))
+    out["box_l1_score"] = _box_l1_score(box, gt.get("bbox_2d"))
+    out["point_l1_score"] = _point_score(point, box, gt.get("point_2d"))
+    out["keyframe_score"] = float(gt.get("max_conn_area", 0.0) or 0.0)
+
+
+def _score_tool_calls(text: str, gt_all: dict[str, Any], steps: list[str]) -> dict[str, float]:
+    calls = tool_calls(text)
+    out = dict.fromkeys(COMPONENTS, 0.0)
+    frame, answer = _tool_outcome(calls)
+    if frame is not None and answer is not None and frame in gt_all:
+        _score_outcome(out, answer, gt_all[frame])
+    out["format_score"] = tool_format_score(calls)
+    k = min(sum(1 for c in calls if _well_formed_search(c)), TP_MAX_SEARCHES) + out["format_score"]
+    out["tp_score"] = 1.0 - TP_DECAY**k
+    if steps:
+        first = next((c for c in calls if c.name == "text_search" and c.args is not None
+                      and isinstance(c.args.get("query"), str)), None)
+        query = None if first is None else first.args["query"]  # type: ignore[index]
+        out["ig_score"] = 0.0 if query is None else float(max_similarity(query, steps) > IGR_THRESHOLD)
+        out["process_score"] = 0.5 * (out["ig_score"] + out["tp_score"])
+    else:
+        out["process_score"] = out["format_score"]
+    out["score"] = (
+        out["iou_score"] + out["box_l1_score"] + out["point_l1_score"]
+        + out["keyframe_score"] + out["process_score"]
+    )
+    out["num_search"] = float(sum(1 for c in calls if c.name in SEARCH_CALLS))
+    return out
+
+
 def compute_score(
     data_source: str,
     solution_str: str,
     ground_truth: Any,
     extra_info: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """verl custom reward function: the whole response text → score and its parts."""
+    """verl custom reward function: the whole response text → score and its parts (the
+    tag reading, or the tool-call reading for a ``tools`` rollout: module docstring)."""
     text = solution_str or ""
     gt_all = _ground_truth(ground_truth)
+    if reads_tool_calls(text, extra_info):
+        raw = (extra_info or {}).get("steps")
+        steps = [] if raw is None else [str(s) for s in list(raw) if s is not None]
+        return _score_tool_calls(text, gt_all, steps)
     out = dict.fromkeys(COMPONENTS, 0.0)
 
     kf = KEYFRAME_RE.search(text)
@@ -161,12 +285,7 @@ def compute_score(
         except (json.JSONDecodeError, RecursionError):
             answer = None
     if kf is not None and isinstance(answer, dict) and kf.group(1) in gt_all:
-        gt = gt_all[kf.group(1)]
-        box, point = answer.get("bbox_2d"), answer.get("point_2d")
-        out["iou_score"] = _iou_score(box, gt.get("bbox_2d"))
-        out["box_l1_score"] = _box_l1_score(box, gt.get("bbox_2d"))
-        out["point_l1_score"] = _point_score(point, box, gt.get("point_2d"))
-        out["keyframe_score"] = float(gt.get("max_conn_area", 0.0) or 0.0)
+        _score_outcome(out, answer, gt_all[kf.group(1)])
 
     out["format_score"] = format_score(text)
     k = min(len(SEARCH_STEP_RE.findall(text)), TP_MAX_SEARCHES) + out["format_score"]

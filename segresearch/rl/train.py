@@ -368,24 +368,28 @@ def _local_data_files(cfg: Any) -> list[Path]:
 
 def _prompt_settings(cfg: Any) -> dict[str, Any]:
     """What besides a row decides its prompt, as the rollout worker will see it: the system
-    prompt variant (the default agent loop's ``search``, and the SEGRESEARCH_ environment the
-    graph's Context reads) and verl's chat-template and processor kwargs."""
+    prompt variant (the default agent loop's ``search``, ``protocol`` and ``keyframe_size``,
+    and the SEGRESEARCH_ environment the graph's Context reads) and verl's chat-template and
+    processor kwargs."""
     from omegaconf import OmegaConf  # heavy, optional: the [rl] extra (verl's)
 
     rollout = cfg.actor_rollout_ref.rollout
     search = "local"
+    settings: dict[str, Any] = {}  # the entry's settings that shape the prompt, beyond search
     path = Path(str(rollout.agent.agent_loop_config_path))
     if path.is_file():
         for entry in OmegaConf.to_container(OmegaConf.load(path), resolve=True) or []:
             if isinstance(entry, dict) and entry.get("name") == rollout.agent.default_agent_loop:
                 search = str(entry.get("search", search))
-    ctx = Context(search=search)
+                settings = {k: entry[k] for k in ("protocol", "keyframe_size") if k in entry}
+    ctx = Context(search=search, **settings)
 
     def plain(key: str) -> dict[str, Any]:
         value = cfg.data.get(key)
         return dict(OmegaConf.to_container(value, resolve=True)) if OmegaConf.is_config(value) else dict(value or {})
 
     return {"use_search": ctx.use_search, "system_prompt_file": ctx.system_prompt_file,
+            "protocol": ctx.protocol, "keyframe_size": ctx.keyframe_size,
             "chat_template_kwargs": plain("apply_chat_template_kwargs"),
             "mm_processor_kwargs": plain("mm_processor_kwargs")}
 

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segresearch.core.coords import QWEN3
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -135,6 +137,17 @@ def mask_box(mask: np.ndarray) -> list[int] | None:
     if len(xs) == 0:
         return None
     return [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]
+
+
+def grid_answer(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """A mask's box and box centre on Qwen3-VL's 0-1000 grid: the answer a perfect model
+    gives for it (scripted turns and cassettes in tests)."""
+    h, w = mask.shape
+    box = mask_box(mask)
+    if box is None:
+        raise ValueError("the mask is empty")
+    grid = QWEN3.from_px(box, w, h)
+    return grid, [(grid[0] + grid[2]) // 2, (grid[1] + grid[3]) // 2]
 
 
 def inner_point(mask: np.ndarray) -> list[int] | None:

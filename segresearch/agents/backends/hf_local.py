@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -192,6 +192,9 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 class HFChatModel(BaseChatModel):
     """A LangChain chat model over a local transformers image-text-to-text checkpoint."""
+
+    # reads the graph's media-store references itself (segresearch.agents.providers.messages_for)
+    resolves_media_refs: ClassVar[bool] = True
 
     model_path: str
     device: str = "auto"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -100,6 +100,9 @@ class OpenAICompatChatModel(ChatOpenAI):
     request payload and the finished text are adjusted. Streaming is covered too, since
     LangGraph switches ``invoke`` to ``_stream`` whenever a run streams messages.
     """
+
+    # reads the graph's media-store references itself (segresearch.agents.providers.messages_for)
+    resolves_media_refs: ClassVar[bool] = True
 
     vllm_extras: bool = False
     """Send vLLM's ``include_stop_str_in_output`` and the classic ``max_tokens`` field."""

@@ -8,7 +8,7 @@ import { GRAPH, S } from "./state.js";
 import { FIELD_TEXT, OPTION_TEXT, fieldLabel, pageText } from "./text.js";
 
 // Shown first; every other field of the context schema goes under "More settings".
-const COMMON = ["model", "search", "kb", "segmenter", "max_turns", "num_frames", "review"];
+const COMMON = ["model", "search", "kb", "segmenter", "max_turns", "num_frames", "protocol", "review"];
 // Settings a person changed, kept per server (localStorage is per origin) until reset.
 const SETTINGS_KEY = "segresearch.settings.v1";
 

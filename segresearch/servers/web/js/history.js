@@ -49,22 +49,28 @@ async function openThread(tid) {
 }
 
 // The stored state holds the same pieces the live stream delivered: the trajectory's
-// events, and messages whose user turns after the first are the tools' observations, in
-// the order of the tool events. Replaying them through onUpdate draws the same view.
+// events, and messages in which each model turn (an "ai" message, with its tool calls in
+// the tool-calling protocol) is followed by the observation of its step: a user turn
+// (tags), or tool results, with a user turn after them when the pictures go there (tool
+// calls). Replaying them through onUpdate draws the same view.
 function replayValues(v) {
   const msgs = (v.messages || []).filter((m) => m && m.type !== "remove" && m.type !== "system");
-  const humans = msgs.filter((m) => m.type === "human");
-  const first = humans[0];
-  const obs = humans.slice(1);
-  let k = 0;
+  const first = msgs.find((m) => m.type === "human");
+  const turns = [];  // [ai message, the messages after it until the next ai message]
+  for (const m of msgs) {
+    if (m.type === "ai") turns.push([m, []]);
+    else if (turns.length) turns[turns.length - 1][1].push(m);
+  }
+  let k = -1;
   for (const ev of v.events || []) {
     if (!ev || ev.type === "start") continue;
     if (ev.type === "media") onUpdate("load_media", { events: [ev], messages: first ? [first] : [] });
     else if (ev.type === "model") {
-      const upd = { events: [ev] };
+      k += 1;
+      const upd = { events: [ev], messages: turns[k] ? [turns[k][0]] : [] };
       if (ev.action && ev.action.type === "answer" && v.answer_px) upd.answer_px = (v.reviewed && v.reviewed.original) || v.answer_px;
       onUpdate("reason", upd);
-    } else if (ev.type === "tool" || ev.type === "feedback") onUpdate(ev.name || ev.type, { events: [ev], messages: obs[k] ? [obs[k++]] : [] });
+    } else if (ev.type === "tool" || ev.type === "feedback") onUpdate(ev.name || ev.type, { events: [ev], messages: turns[k] ? turns[k][1] : [] });
     else onUpdate("event", { events: [ev] });
   }
   if (v.answer_px) { S.answerPx = v.answer_px; showAnswerFrame(); }

@@ -84,11 +84,14 @@ export function onUpdate(node, upd) {
   const events = (upd.events || []).filter((e) => e && e.type !== "start");
   const msgs = (upd.messages || []).filter((m) => m && m.type !== "remove");
   if (upd.answer_px) { S.answerPx = upd.answer_px; showAnswerFrame(); }
+  // A tool's images come in a user message (tags; tool calls to OpenAI-style models) or
+  // inside the tool result (tool calls to models that take them there).
+  const withImages = msgs.find((m) => (m.type === "human" || m.type === "tool") && imageBlocks(m).length);
   for (const ev of events) {
     if (ev.type === "media") showFrames(ev, msgs.find((m) => m.type === "human"));
-    else if (ev.type === "model") addTurn(ev);
-    else if (ev.type === "tool" && ev.name === "keyframe") addKeyframe(ev, msgs.find((m) => m.type === "human"));
-    else if (ev.type === "tool") addSearch(ev, msgs.find((m) => m.type === "human"));
+    else if (ev.type === "model") addTurn(ev, msgs.find((m) => m.type === "ai"));
+    else if (ev.type === "tool" && ev.name === "keyframe") addKeyframe(ev, withImages);
+    else if (ev.type === "tool") addSearch(ev, withImages);
     else if (ev.type === "feedback") addStep("turn", "Format reminder", ev.reason || "");
     else if (ev.type === "review") addReviewed(ev);
     else if (ev.type === "segment") showSegment(ev);
@@ -166,9 +169,24 @@ function addStep(kind, title, body, extra) {
   return li;
 }
 
-function addTurn(ev) {
+// The calls of a tool-calling turn as the model wrote them: name(arguments); the first is
+// the one the run takes, any other is answered as not run.
+function callsText(msg) {
+  const calls = [...((msg && msg.tool_calls) || []), ...((msg && msg.invalid_tool_calls) || [])];
+  return calls.map((c, i) => {
+    const args = typeof c.args === "string" ? c.args : JSON.stringify(c.args || {});
+    return `${c.name || "?"}(${args})` + (i ? " — not run" : "");
+  });
+}
+
+function addTurn(ev, msg) {
   const li = addStep("turn", `Turn ${ev.turn}`, thinking(ev.response), `${ev.tokens} tokens · ${fmtS(ev.seconds)}`);
   li.dataset.kind = "turn";
+  const calls = callsText(msg);
+  if (calls.length) {
+    li.dataset.calls = String(calls.length);
+    li.append(el("p", { class: "call", text: `Tool call${calls.length > 1 ? "s" : ""}: ${calls.join("; ")}` }));
+  }
   li.append(el("p", { class: "action", text: "→ " + actionText(ev.action) }));
 }
 

@@ -24,7 +24,8 @@ export const FIELD_TEXT = {
   frame_size: ["Frame size (pixels)", "The frames are shown to the model as squares of this side."],
   keyframe_size: ["Close-up size (pixels)", "The side of the square a frame is shown at when the model looks closely."],
   search_image_size: ["Search picture size (pixels)", "The side of the square search pictures are shown at."],
-  coord_style: ["How the model writes positions", "Must match the model: Qwen3-VL writes 0–1000 across the frame, Qwen2.5-VL writes pixels of the picture it saw."],
+  coord_style: ["How the model writes positions", "Automatic follows the model's family: Qwen3-VL writes 0–1000 across the frame, Qwen2.5-VL pixels of the picture it saw, Gemini 0–1000 with y first; other models are asked for fractions 0–1 when they call tools."],
+  protocol: ["How the model takes its steps", "Tags: the published Seg-ReSearch format, which its trained models write. Tool calls: the model's own function calling, for general chat models (hosted ones, Qwen3-VL-Instruct on a vLLM server started with tool calling on)."],
   prompt_variant: ["Instructions to the model", "With or without the search tools."],
   system_prompt_file: ["Instructions file", "A text file on the server that replaces the built-in instructions."],
   max_new_tokens: ["Longest reply (tokens)", "How much the model may write in one turn."],
@@ -44,7 +45,9 @@ export const OPTION_TEXT = {
             retriever: "Retrieval server", ddg: "Web: DuckDuckGo", tavily: "Web: Tavily (needs a key on the server)",
             serper: "Web: Serper (needs a key on the server)", none: "No search" },
   segmenter: { auto: "Automatic (SAM 2 when installed, else GrabCut)", sam2: "SAM 2", grabcut: "GrabCut (no model weights)", none: "None: the answer only" },
-  coord_style: { qwen3: "0–1000 across the frame (Qwen3-VL)", qwen25: "Pixels (Qwen2.5-VL)" },
+  coord_style: { auto: "Automatic (the model family's own)", qwen3: "0–1000 across the frame (Qwen3-VL)", qwen25: "Pixels (Qwen2.5-VL)",
+                 gemini: "0–1000, y first (Gemini)", normalized: "Fractions 0–1 of the frame" },
+  protocol: { tags: "Tags (the Seg-ReSearch models)", tools: "Tool calls (general chat models)" },
   prompt_variant: { auto: "As the Search setting says", search: "With search", no_search: "Without search" },
 };
 // Why a run stopped, in words.
