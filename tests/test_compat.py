@@ -238,6 +238,38 @@ def test_sam2_image_feature_method():
 
 
 @needs_sam2
+def test_sam2_memory_reads_stay_within_the_window():
+    """What :func:`drop_outputs_outside_window` relies on: SAM 2 reads earlier frames'
+    outputs only in ``_prepare_memory_conditioned_features``, through the settings
+    ``memory_window`` reads; the released tiny config reaches 15 frames back."""
+    from sam2.modeling.sam2_base import SAM2Base
+
+    from segresearch.compat.sam2 import drop_outputs_outside_window, memory_window
+
+    fn = _method_ast("sam2.modeling.sam2_base", "SAM2Base", "_prepare_memory_conditioned_features")
+    attrs = {n.attr for n in ast.walk(fn) if isinstance(n, ast.Attribute)}
+    for name in ("num_maskmem", "memory_temporal_stride_for_eval", "max_obj_ptrs_in_encoder",
+                 "use_obj_ptrs_in_encoder"):
+        assert name in attrs, broken("sam2", f"memory conditioning reads self.{name}")
+    defaults = inspect.signature(SAM2Base.__init__).parameters
+    released = SimpleNamespace(**{k: defaults[k].default for k in (
+        "num_maskmem", "memory_temporal_stride_for_eval", "max_obj_ptrs_in_encoder")},
+        use_obj_ptrs_in_encoder=True)
+    assert memory_window(released) == 15
+    # the rule itself, on a state of plain markers: keyframe 20, forward pass at frame 60
+    outputs = {"cond_frame_outputs": {20: "k"},
+               "non_cond_frame_outputs": {t: t for t in range(21, 61)}}
+    state = {"output_dict_per_obj": {0: outputs},
+             "temp_output_dict_per_obj": {0: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}}}
+    assert drop_outputs_outside_window(released, state, 60, reverse=False) == 40 - 15 - 16
+    assert sorted(outputs["non_cond_frame_outputs"]) == [*range(21, 36), *range(45, 61)]
+    outputs["non_cond_frame_outputs"].update({t: t for t in range(0, 20)})  # backward at 0
+    drop_outputs_outside_window(released, state, 0, reverse=True)
+    assert sorted(outputs["non_cond_frame_outputs"]) == [*range(0, 20), *range(21, 36)]
+    assert outputs["cond_frame_outputs"] == {20: "k"}
+
+
+@needs_sam2
 def test_sam2_progress_bar_is_the_modules_tqdm(monkeypatch):
     import functools
 

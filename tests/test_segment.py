@@ -486,3 +486,42 @@ def test_prefetch_threads_follow_the_device(tiny_sam2_checkpoint):
     got = get_segmenter("sam2", sam2_checkpoint=str(tiny_sam2_checkpoint), device="cpu",
                         frame_cache_mb=5, prefetch_threads=2)
     assert got.frame_cache_mb == 5 and got.prefetch_threads == 2
+
+
+@pytest.mark.slow  # ~15 s on 2 cores: both sides propagate 16 frames
+@needs_sam2
+def test_sam2_drops_outputs_outside_its_memory_window_with_identical_masks(
+    tiny_sam2_checkpoint, tmp_path, monkeypatch
+):
+    """Propagation keeps a fixed number of frames' outputs and still matches the bare
+    predictor bit for bit. The memory and object-pointer windows are shortened (on both sides: it is the
+    same predictor) so that a 16-frame clip drops outputs in both directions."""
+    from segresearch.compat.sam2 import memory_window
+    from segresearch.tools.segmenters import SAM2Segmenter
+
+    frames, masks = render_scene(n_frames=16, size=(64, 48))
+    write_frames(frames, tmp_path / "frames")
+    gt = masks["blue square"][8]
+    prompt = Prompt(8, tuple(float(v) for v in mask_box(gt)), tuple(float(v) for v in inner_point(gt)))
+    seg = SAM2Segmenter(str(tiny_sam2_checkpoint), device="cpu", image_size=256)
+    predictor, _ = seg.predictor()
+    monkeypatch.setattr(predictor, "num_maskmem", 3)  # the frame before and the one before it
+    monkeypatch.setattr(predictor, "max_obj_ptrs_in_encoder", 2)  # the frame before
+    window = memory_window(predictor)
+    assert window == 2
+    media = open_media(tmp_path / "frames")
+    held = []
+    ours: dict[int, np.ndarray] = {}
+    with seg.open(media) as session:
+        for fid, mask in session.masks(prompt):
+            ours[fid] = mask
+            held.append(len(session.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]))
+    _, bare = bare_published(predictor, tmp_path / "frames", prompt)
+    assert sorted(ours) == list(range(16))
+    assert all(np.array_equal(ours[f], bare[f]) for f in range(16))
+    # behind the current frame: the window; around the keyframe: the window on each side
+    assert max(held) <= 3 * window + 1
+    # forward pass at frame 15: 9..15 without drops; kept: 13..15 and the keyframe's 9, 10
+    assert held[7] == 5
+    # backward pass at frame 0: kept 0..2, 6..7 (the keyframe's) and 9, 10 (its other side)
+    assert held[-1] == 7 and len(held) == 8 + 9

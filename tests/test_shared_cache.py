@@ -187,6 +187,7 @@ KNOWN_CACHES = {
     "segresearch.servers.web": ["server.graph_client"],
     "segresearch.core.tool_protocol": ["tools.definitions"],
     "segresearch.agents.coord_style": ["models.checkpoint_families"],
+    "segresearch.eval.rvos": ["eval.rvos_mask_dicts"],
 }
 # Caches whose modules need verl (slow to import here): found in the source instead.
 RL_CACHES = {

@@ -67,6 +67,21 @@ def add_data_arguments(da: argparse.ArgumentParser) -> None:
                     help="also store each row's shown frames as the rollout shows them (FRAME-SIZE² "
                          "bicubic, lossless BMP, beside the output parquet), so rollouts read them "
                          "instead of decoding and resizing the source frames")
+    for name, layout in (("mevis", "ROOT/SPLIT/{meta_expressions.json, JPEGImages/, mask_dict.json}"),
+                         ("revos", "ROOT/{meta_expressions_valid_.json, JPEGImages/, mask_dict.json}")):
+        rv = dsub.add_parser(
+            name, help=f"check a {name} set and count its expressions (or write a synthetic one)",
+            description=f"Read the {name} layout ({layout}), check every expression's annotations "
+                        "and print how many videos, expressions and several-object expressions it "
+                        "has. With --synthetic, first write a small synthetic set of moving shapes "
+                        "in that layout at ROOT, with ROOT/oracle_predictions.jsonl (answers from "
+                        f"the ground truth, for eval {name} --predictions).")
+        rv.add_argument("--root", required=True, help="data set folder")
+        if name == "mevis":
+            rv.add_argument("--split", default="valid_u", help="split folder under ROOT (default valid_u)")
+        rv.add_argument("--synthetic", action="store_true", help="write a synthetic set there first")
+        rv.add_argument("--videos", type=int, default=2, metavar="N",
+                        help="with --synthetic: videos (default 2, 5 expressions each)")
     sy = dsub.add_parser(
         "synthetic", help="a small synthetic set in the OK-VOS layout",
         description="Write a small OK-VOS-format set of moving shapes with exact masks: "
@@ -101,14 +116,30 @@ def _add_segmenter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="no_progress", action="store_true")
 
 
+EVAL_ROOT_HELP = {
+    "okvos": "data set folder ({split}.parquet + {split}/)",
+    "images": "image set folder (queries.jsonl, or ReasonSeg <name>.jpg + .json)",
+    "mevis": "MeViS folder (holding the split folders, e.g. valid_u/)",
+    "revos": "ReVOS folder (meta_expressions_valid_.json, JPEGImages/, mask_dict.json)",
+}
+EVAL_PAPER_GROUPS = {"okvos": "one-hop, multi-hop, relational, in-video", "images": "the set's abilities",
+                     "mevis": "referring", "revos": "referring, reasoning"}
+
+
 def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     evsub = ev.add_subparsers(dest="eval_command", required=True)
     for name, helptext in (("okvos", "OK-VOS layout: J, F and J&F per ability"),
-                           ("images", "ReasonSeg-style images: gIoU and cIoU")):
+                           ("images", "ReasonSeg-style images: gIoU and cIoU"),
+                           ("mevis", "MeViS layout: J, F and J&F on the union of each "
+                            "expression's objects"),
+                           ("revos", "ReVOS layout: J, F and J&F for referring, reasoning and "
+                            "all expressions")):
         e = evsub.add_parser(name, help=helptext)
-        e.add_argument("--root", required=True,
-                       help="data set folder ({split}.parquet + {split}/)" if name == "okvos"
-                       else "image set folder (queries.jsonl, or ReasonSeg <name>.jpg + .json)")
+        e.add_argument("--root", required=True, help=EVAL_ROOT_HELP[name])
+        if name == "mevis":
+            e.add_argument("--split", default="valid_u",
+                           help="folder under ROOT with meta_expressions.json, JPEGImages/ and "
+                           "mask_dict.json (default valid_u; valid has no masks)")
         if name == "okvos":
             e.add_argument("--split", required=True, help="e.g. test")
             e.add_argument("--meta-mapping", dest="meta_mapping", metavar="FILE",
@@ -128,16 +159,15 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
         e.add_argument("--limit", type=int, help="only the first N queries (smoke runs)")
         e.add_argument("--workers", type=int, default=1, help="Ray workers (with --ray)")
         e.add_argument("--ray", action="store_true",
-                       help=f"shard {'videos' if name == 'okvos' else 'images'} over Ray workers")
+                       help=f"shard {'images' if name == 'images' else 'videos'} over Ray workers")
         e.add_argument("--ray-address", dest="ray_address",
                        help="join a running Ray cluster instead of starting a local one")
         e.add_argument("--no-trajectories", dest="no_trajectories", action="store_true",
                        help="do not keep a run folder (trajectory.json, report.md) per query")
         e.add_argument("--overlays", action="store_true", help="also write overlays/<id>.mp4")
         e.add_argument("--no-html", dest="no_html", action="store_true", help="skip report.html")
-        paper_cols = "J&F,J,F" if name == "okvos" else "gIoU,cIoU"
-        paper_groups = ("one-hop, multi-hop, relational, in-video" if name == "okvos"
-                        else "the set's abilities")
+        paper_cols = "gIoU,cIoU" if name == "images" else "J&F,J,F"
+        paper_groups = EVAL_PAPER_GROUPS[name]
         e.add_argument("--paper-table", dest="paper_table", metavar="FILE",
                        help="the paper's numbers, shown beside ours with the difference in "
                        f"results.md and report.html: CSV with the header 'group,{paper_cols}' "

@@ -1,10 +1,12 @@
-"""``segresearch data``: OK-VOS conversion to verl parquet, and the synthetic set."""
+"""``segresearch data``: OK-VOS conversion to verl parquet, the synthetic sets, and MeViS / ReVOS checks."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from collections import Counter
+from pathlib import Path
 
 from segresearch.cli.common import EXIT_OK, die
 from segresearch.eval.datasets import (
@@ -13,6 +15,7 @@ from segresearch.eval.datasets import (
     meta_mapping_path,
     write_meta_mapping,
 )
+from segresearch.eval.rvos import RVOS_DATASETS, load_rvos
 from segresearch.rl.data import conversion_info, convert_okvos
 from segresearch.testing.okvos import (
     MAX_SYNTHETIC_VIDEOS,
@@ -21,6 +24,11 @@ from segresearch.testing.okvos import (
     split_seed,
     write_oracle_predictions,
 )
+from segresearch.testing.rvos import (
+    make_synthetic_mevis,
+    make_synthetic_revos,
+    write_rvos_oracle_predictions,
+)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -28,6 +36,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from deep inside a conversion hides which file or video is at fault."""
     if args.data_command == "synthetic":
         return _synthetic(args)
+    if args.data_command in RVOS_DATASETS:
+        return _rvos(args)
     try:
         path = convert_okvos(args.root, args.split, args.out, num_frames=args.num_frames,
                              coord_style=args.coord_style, frame_size=args.frame_size,
@@ -70,4 +80,36 @@ def _synthetic(args: argparse.Namespace) -> int:
             return die(str(e))
         print(f"wrote {path} ({len(pd.read_parquet(path))} rows) and {oracle} "
               "(answers from the ground truth, for eval --predictions and segment)")
+    return EXIT_OK
+
+
+def _rvos(args: argparse.Namespace) -> int:
+    """``data mevis|revos``: optionally write a synthetic set, then read and summarise it."""
+    split = getattr(args, "split", None)
+    if split is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", split):
+        return die(f"--split {split!r}: a split name is letters, digits, '_' and '-' (e.g. valid_u)")
+    if args.synthetic:
+        if not 1 <= args.videos <= MAX_SYNTHETIC_VIDEOS:
+            return die(f"--videos must be between 1 and {MAX_SYNTHETIC_VIDEOS}; got {args.videos}")
+        try:
+            if args.data_command == "mevis":
+                make_synthetic_mevis(args.root, split, n_videos=args.videos)
+                base = Path(args.root) / split
+            else:
+                base = make_synthetic_revos(args.root, n_videos=args.videos)
+            oracle = write_rvos_oracle_predictions(base, Path(args.root) / "oracle_predictions.jsonl")
+        except OSError as e:
+            return die(str(e))
+        print(f"wrote a synthetic {args.data_command} set in {args.root} and {oracle} "
+              "(answers from the ground truth, for eval --predictions)")
+    try:
+        queries = load_rvos(args.data_command, args.root, split)
+    except DatasetError as e:
+        return die(str(e))
+    videos = {q.extra["video_name"] for q in queries}
+    several = sum(1 for q in queries if len(q.extra["anno_ids"]) > 1)
+    groups = ", ".join(f"{g} {n}" for g, n in Counter(q.ability for q in queries).items())
+    print(f"{args.data_command} {args.root}{'/' + split if split else ''}: {len(videos)} videos, "
+          f"{len(queries)} expressions ({groups}); {several} refer to several objects "
+          "(scored on the union of their masks)")
     return EXIT_OK

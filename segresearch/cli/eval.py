@@ -108,7 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except PaperTableError as e:
             return die(str(e))
     if not os.path.isdir(os.path.expanduser(args.root)):
-        kind = "data set" if args.eval_command == "okvos" else "image set"
+        kind = "image set" if args.eval_command == "images" else "data set"
         return die(f"{kind} folder not found: {args.root}")
     try:
         ctx = _eval_context(args)

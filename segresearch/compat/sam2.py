@@ -95,3 +95,44 @@ class quiet_missing_extension(warnings.catch_warnings):
         out = super().__enter__()
         warnings.filterwarnings("ignore", message=r"(?s).*post-processing")
         return out
+
+
+def memory_window(predictor: Any) -> int:
+    """How many frames back (in the direction of propagation) SAM 2 reads a frame's outputs
+    when it tracks the next one (sam2 1.1.0, ``SAM2Base._prepare_memory_conditioned_features``):
+    the mask memories of the last ``num_maskmem - 1`` frames, taken every
+    ``memory_temporal_stride_for_eval``-th frame plus the frame just before, and the object
+    pointers of the last ``max_obj_ptrs_in_encoder - 1`` frames. Outputs of frames farther
+    away are never read again during that propagation."""
+    stride = max(1, int(getattr(predictor, "memory_temporal_stride_for_eval", 1)))
+    # the farthest memory frame: 1 + (num_maskmem - 2) × stride frames back (6 by default)
+    maskmem = 1 + max(0, int(predictor.num_maskmem) - 2) * stride
+    ptrs = int(predictor.max_obj_ptrs_in_encoder) - 1 if predictor.use_obj_ptrs_in_encoder else 0
+    return max(1, maskmem, ptrs)
+
+
+def drop_outputs_outside_window(predictor: Any, state: dict[str, Any], frame_idx: int,
+                                reverse: bool) -> int:
+    """Forget the per-frame outputs SAM 2 can no longer read, once ``frame_idx`` has been
+    tracked, so that propagation holds a fixed number of frames however long the video.
+
+    Kept: every conditioning (prompted) frame's output, the outputs within
+    :func:`memory_window` behind ``frame_idx`` (the next frames read them), and those within
+    the window of a conditioning frame on either side (the other direction's pass starts
+    there and reads them). Dropped: other non-conditioning outputs (``output_dict_per_obj``
+    and the temporary ones) behind the window. The masks of the frames dropped were already
+    yielded; ``frames_tracked_per_obj`` (a few bytes a frame) is left as SAM 2 wrote it.
+    Returns how many outputs were dropped."""
+    window = memory_window(predictor)
+    dropped = 0
+    for per_obj in (state["output_dict_per_obj"], state["temp_output_dict_per_obj"]):
+        for outputs in per_obj.values():
+            cond = outputs["cond_frame_outputs"]
+            non_cond = outputs["non_cond_frame_outputs"]
+            stale = [t for t in non_cond
+                     if ((t - frame_idx) > window if reverse else (frame_idx - t) > window)
+                     and not any(abs(t - c) <= window for c in cond)]
+            for t in stale:
+                del non_cond[t]
+            dropped += len(stale)
+    return dropped

@@ -50,8 +50,9 @@ class PaperTableError(ValueError):
 
 
 def metrics_for(dataset: str) -> tuple[str, ...]:
-    """The metric columns a paper table may hold for ``dataset`` ("okvos" or "images")."""
-    return VIDEO_METRICS if dataset == "okvos" else IMAGE_METRICS
+    """The metric columns a paper table may hold for ``dataset`` ("images": gIoU, cIoU;
+    the video sets okvos, mevis, revos: J&F, J, F)."""
+    return IMAGE_METRICS if dataset == "images" else VIDEO_METRICS
 
 
 def _norm(name: str) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from segresearch.core.media import Media, MediaError, open_media, sample_frame_ids
 from segresearch.eval.datasets import DatasetError, Query, image_ground_truth
+from segresearch.eval.rvos import frame_size, union_mask
 from segresearch.tools.visualize import annotate, overlay_mask
 
 log = logging.getLogger(__name__)
@@ -248,6 +249,17 @@ def _gt_mask_reader(q: dict, media: Media) -> Callable[[int, str, Image.Image], 
         return lambda _f, _n, _i: target
     if not gt:
         raise LookupError("no ground truth recorded for this query")
+    annotations = q.get("gt_annotations")
+    if isinstance(annotations, dict):  # MeViS / ReVOS: the union of RLE annotations
+        query = Query(id=str(q.get("id")), question="", ability="", media=media.source,
+                      segment_media=media.source, gt=gt, kind="video", extra=dict(annotations))
+        index = {str(n): i for i, n in enumerate(annotations.get("frames") or [])}
+        size = frame_size(query)
+
+        def union(_fid: int, name: str, _img: Image.Image) -> np.ndarray | None:
+            return union_mask(query, index[name], size) if name in index else None
+
+        return union
     folder = Path(gt)
     if not folder.is_dir():
         raise LookupError(f"ground-truth folder not found: {folder}")

@@ -166,6 +166,7 @@ def results_markdown(results: dict[str, Any]) -> str:
             continue
         out.append(f"| {name} | {g['n']} | " + " | ".join(pct(g[k]) for k in keys) + " |")
     out += ["", f"Scores in percent. {_explain(video)}"]
+    out += _revos_row(results)
     out += _paper_markdown(results)
     out += ["", "## By number of searches", "",
             "| searches | n | " + keys[0] + " |", "|---:|---:|---:|"]
@@ -187,6 +188,22 @@ def results_markdown(results: dict[str, Any]) -> str:
     if plots:
         out += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(out) + "\n"
+
+
+# ReVOS' paper prints one row: J, F, J&F of referring, reasoning and all expressions.
+REVOS_LAYOUT = ("referring", "reasoning", "overall")
+
+
+def _revos_row(results: dict[str, Any]) -> list[str]:
+    """ReVOS' results as its paper lays them out (empty for other data sets)."""
+    if (results.get("dataset") or {}).get("name") != "revos":
+        return []
+    head = " | ".join(f"{g} {k}" for g in REVOS_LAYOUT for k in ("J", "F", "J&F"))
+    cells = " | ".join(pct(our_group(results, g).get(k)) for g in REVOS_LAYOUT for k in ("J", "F", "J&F"))
+    return ["", "## As the ReVOS paper prints it", "", f"| {head} |", "|" + "---:|" * 9, f"| {cells} |",
+            "", "overall = the mean of the referring and reasoning rows, as ReVOS' official script "
+            "computes it; expressions without a target (type 2) count in neither. The robustness "
+            "score R (it needs mask_dict_foreground.json) is not computed."]
 
 
 def _explain(video: bool) -> str:

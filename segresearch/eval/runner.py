@@ -46,6 +46,7 @@ from segresearch.eval.predictions import (
     read_usable_predictions,
 )
 from segresearch.eval.report_html import write_html_report
+from segresearch.eval.rvos import REVOS_GROUPS, RVOS_DATASETS, load_rvos, revos_overall
 from segresearch.eval.scoring import aggregate, score_queries
 from segresearch.eval.spec import (
     CONFIG,
@@ -82,7 +83,14 @@ def load_queries(spec: EvalSpec) -> list[Query]:
         return queries
     if spec.dataset == "images":
         return load_image_set(spec.root, spec.limit)
-    raise EvalError(f"unknown dataset {spec.dataset!r} (okvos, images)")
+    if spec.dataset in RVOS_DATASETS:
+        return load_rvos(spec.dataset, spec.root, spec.split, spec.limit)
+    raise EvalError(f"unknown dataset {spec.dataset!r} (okvos, images, {', '.join(RVOS_DATASETS)})")
+
+
+def dataset_groups(dataset: str) -> tuple[str, ...]:
+    """The groups a data set's table lists first, in its paper's order (overall follows)."""
+    return {"okvos": ABILITIES, "revos": REVOS_GROUPS}.get(dataset, ())
 
 
 def remove_stale_outputs(out: Path) -> list[str]:
@@ -158,8 +166,10 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
             shards.close()
     scores = score_queries(queries, out / SEG, workers=spec.score_workers, progress=spec.progress)
     entries = [_entry(q, rows.get(q.id), seg_records.get(q.id), scores[q.id], out) for q in queries]
-    kind = "video" if spec.dataset == "okvos" else "image"
-    agg = aggregate(entries, kind, ABILITIES if kind == "video" else ())
+    kind = "image" if spec.dataset == "images" else "video"
+    agg = aggregate(entries, kind, dataset_groups(spec.dataset))
+    if spec.dataset == "revos":
+        agg["overall"] = revos_overall(agg["by_ability"])
     results: dict[str, Any] = {
         "dataset": {"name": spec.dataset, "root": current["root"], "split": spec.split,
                     "queries": len(queries)},
@@ -204,7 +214,7 @@ def _rows_for_queries(spec: EvalSpec, queries: Sequence[Query],
     rows = {i: r for i, r in found.items() if i in known}
     extra = [i for i in found if i not in known]
     if not rows:
-        where = (f"split {spec.split!r} of {spec.root}" if spec.dataset == "okvos"
+        where = (f"split {spec.split!r} of {spec.root}" if spec.dataset != "images"
                  else f"the image set {spec.root}")
         if spec.limit is not None:
             where = f"the first {len(queries)} queries of {where} (--limit)"
@@ -285,7 +295,7 @@ def _paper_table(spec: EvalSpec, queries: Sequence[Query]) -> PaperTable | None:
     (a misspelt group would otherwise leave its row empty in the report)."""
     if not spec.paper_table:
         return None
-    groups = list(ABILITIES) if spec.dataset == "okvos" else []
+    groups = list(dataset_groups(spec.dataset))
     if spec.dataset == "images" and spec.limit is not None:
         # a smoke run's first queries may lack a group the set (and the paper) has
         queries = load_image_set(spec.root)
@@ -333,6 +343,9 @@ def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
         "gt": str(Path(q.gt).expanduser().resolve()) if q.gt else "",
         **({"gt_polygons": q.polygons} if q.polygons else {}),
         **({"gt_ignore": q.ignore} if q.ignore else {}),
+        # MeViS / ReVOS: the annotations (in ``gt``, mask_dict.json) whose union is the target
+        **({"gt_annotations": {"anno_ids": q.extra["anno_ids"], "frames": q.extra["frames"]}}
+           if "anno_ids" in q.extra else {}),
     }
     if score.get("per_frame"):
         e["per_frame"] = score["per_frame"]

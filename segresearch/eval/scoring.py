@@ -26,6 +26,7 @@ from tqdm import tqdm
 from segresearch.core.media import open_media
 from segresearch.eval.datasets import Query, image_ground_truth, safe_name
 from segresearch.eval.metrics import boundary_f, region_j
+from segresearch.eval.rvos import frame_size, is_rle_query, union_mask
 
 CHUNK = 32  # frames scored at once: bounded memory for long videos at full resolution
 
@@ -35,12 +36,25 @@ def _read_gray(path: Path) -> np.ndarray | None:
 
 
 def score_video_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
-    """J and F over the annotated frames of one query; missing files are empty masks."""
-    gt_dir = Path(q.gt)
-    names = sorted(p.name for p in gt_dir.glob("*.png")) if gt_dir.is_dir() else []
-    if not names:
-        return {"J": None, "F": None, "J&F": None, "annotated_frames": 0, "missing_frames": 0,
-                "score_error": f"no ground-truth masks in {gt_dir}"}
+    """J and F over the annotated frames of one query; missing files are empty masks.
+    MeViS / ReVOS queries are scored on every frame of the video against the union of
+    their objects' masks (``rvos.union_mask``), as their official evaluations score them."""
+    if is_rle_query(q):
+        names = [f"{n}.png" for n in q.extra["frames"]]
+        size = frame_size(q)
+        index = {n: i for i, n in enumerate(names)}
+
+        def read_gt(name: str) -> np.ndarray | None:
+            return union_mask(q, index[name], size).astype(np.uint8)
+    else:
+        gt_dir = Path(q.gt)
+        names = sorted(p.name for p in gt_dir.glob("*.png")) if gt_dir.is_dir() else []
+        if not names:
+            return {"J": None, "F": None, "J&F": None, "annotated_frames": 0, "missing_frames": 0,
+                    "score_error": f"no ground-truth masks in {gt_dir}"}
+
+        def read_gt(name: str) -> np.ndarray | None:
+            return _read_gray(gt_dir / name)
     js: list[np.ndarray] = []
     fs: list[np.ndarray] = []
     missing = 0
@@ -49,9 +63,9 @@ def score_video_query(q: Query, seg_dir: Path | None) -> dict[str, Any]:
         part = names[start : start + CHUNK]
         gts, preds = [], []
         for name in part:
-            gt = _read_gray(gt_dir / name)
+            gt = read_gt(name)
             if gt is None:
-                raise ValueError(f"cannot read ground-truth mask {gt_dir / name}")
+                raise ValueError(f"cannot read ground-truth mask {Path(q.gt) / name}")
             pred = _read_gray(seg_dir / name) if seg_dir is not None else None
             if pred is None:
                 missing += seg_dir is not None

@@ -15,6 +15,13 @@ direction propagation is going, and kept for the video's later queries within a 
 (``frame_cache_mb``). An evaluation gives the budget a whole video's frames
 (``EVAL_FRAME_CACHE_MB``), so each frame is prepared once for all the queries of its video;
 a single query reads each frame about once, so the graph keeps a small budget.
+
+SAM 2 keeps every tracked frame's outputs in its inference state until the state is reset
+(about 1.75 MB a frame at 1024 px). Propagation here drops each frame's outputs once they
+fall outside the window SAM 2 reads its memories from (``compat.sam2.memory_window``,
+15 frames for the released configs; prompted frames and their neighbours are kept for the
+other direction's pass), and masks are written as they come, so a session's memory does
+not grow with the video's length; the masks are bit-identical to the bare predictor's.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 
 from segresearch.compat.sam2 import (
     cache_image_feature,
+    drop_outputs_outside_window,
     new_inference_state,
     quiet_missing_extension,
     silence_progress_bars,
@@ -283,7 +291,11 @@ class SAM2Session(VideoSession):
                     for idx, _obj_ids, logits in self.predictor.propagate_in_video(
                         self.state, reverse=reverse
                     ):
-                        yield ids[idx], (logits[0, 0] > 0.0).cpu().numpy()
+                        mask = (logits[0, 0] > 0.0).cpu().numpy()
+                        del logits
+                        # outputs SAM 2 will not read again: memory stays flat with length
+                        drop_outputs_outside_window(self.predictor, self.state, idx, reverse)
+                        yield ids[idx], mask
             finally:
                 # Per-frame outputs are only needed during propagation: free them now.
                 self.predictor.reset_state(self.state)
