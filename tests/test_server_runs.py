@@ -153,11 +153,9 @@ def test_state_is_small_and_memory_flat_over_300_runs(deployment):
     assert after - before < 60 * 2**20, (before, after)
 
 
-def test_progress_events_stream_live_over_the_api(deployment):
+def _stream_run(d: dict, ctx: dict) -> tuple[list[dict], dict | None]:
+    """A stateless run streamed through the SDK: its custom events and its last state."""
     from langgraph_sdk import get_client
-
-    d = deployment
-    ctx = {"model": f"replay:{d['root'] / 'fast.json'}", "output_dir": "progress-run"}
 
     async def go():
         client = get_client(url=d["url"])
@@ -170,7 +168,14 @@ def test_progress_events_stream_live_over_the_api(deployment):
                 last = part.data
         return events, last
 
-    events, last = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_progress_events_stream_live_over_the_api(deployment):
+    d = deployment
+    ctx = {"model": f"replay:{d['root'] / 'fast.json'}", "output_dir": "progress-run"}
+
+    events, last = _stream_run(d, ctx)
     kinds = [e["type"] for e in events]
     assert kinds[:4] == ["media", "turn", "keyframe", "turn"] and kinds[-1] == "final"
     progress = [e for e in events if e["type"] == "progress"]
@@ -210,8 +215,6 @@ def test_tools_mode_run_over_the_api(deployment):
     """A served run with ``protocol: tools`` (a recorded model answering with native tool
     calls) looks at a frame, answers and ends with masks; the conversation carries each call
     and the tool result answering it, and the events are the tags run's kinds."""
-    from langgraph_sdk import get_client
-
     d = deployment
     cassette = d["root"] / "tools.json"
     cassette.write_text(json.dumps({"turns": [
@@ -222,18 +225,7 @@ def test_tools_mode_run_over_the_api(deployment):
     ]}))
     ctx = {"model": f"replay:{cassette}", "protocol": "tools", "output_dir": "tools-run"}
 
-    async def go():
-        client = get_client(url=d["url"])
-        events, last = [], None
-        async for part in client.runs.stream(None, "seg_research", input=_input(d), context=ctx,
-                                             stream_mode=["custom", "values"]):
-            if part.event == "custom":
-                events.append(part.data)
-            elif part.event == "values":
-                last = part.data
-        return events, last
-
-    events, last = asyncio.run(go())
+    events, last = _stream_run(d, ctx)
     assert [e["type"] for e in events][:4] == ["media", "turn", "keyframe", "turn"] and events[-1]["type"] == "final"
     assert last["stop_reason"] == "answer" and not last.get("error")
     assert last["answer"] == {"keyframe": 2, "bbox_2d": [100, 200, 300, 400], "point_2d": [200, 300]}
