@@ -84,6 +84,8 @@ def test_demo(tmp_path):
     assert iou > 0.9
     jf = float(r.stdout.split("J&F over all 24 frames:")[1].split()[0])
     assert jf > 0.9  # the fallback segmenter carries the mask through the whole clip
+    peak = float(r.stdout.split("peak memory:")[1].split()[0])  # the process's own peak, in MB
+    assert 50 < peak < 8192
     traj = json.loads((tmp_path / "demo" / "trajectory.json").read_text())
     assert traj["stop_reason"] == "answer" and len(traj["searches"]) == 2
     assert Path(tmp_path / "cache" / "demo-v1" / "frames" / "00023.jpg").is_file()

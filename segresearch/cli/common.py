@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import sys
 import threading
+
+try:  # POSIX; on Windows the summary has no peak-memory line
+    import resource
+except ImportError:  # pragma: no cover - not on our platforms
+    resource = None  # type: ignore[assignment]
 from collections.abc import Callable
 
 from segresearch.cli.console import terminal_safe
@@ -19,6 +24,15 @@ def die(msg: str, code: int = EXIT_USAGE) -> int:
     # a message may quote model or search text, or a file name: no escape reaches the terminal
     print(f"error: {terminal_safe(msg)}", file=sys.stderr)
     return code
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory so far, in MiB (None where the OS does not say):
+    what a long video cost, printed with a run's summary. Linux reports KiB, macOS bytes."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / (1 << 10)
 
 
 def fresh_line() -> str:

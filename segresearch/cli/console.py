@@ -203,9 +203,10 @@ class RunPrinter:
             for ev in (update or {}).get("events", []) or []:
                 self.event(ev)
 
-    def summary(self, state: dict[str, Any], show_error: bool = True) -> None:
+    def summary(self, state: dict[str, Any], show_error: bool = True, peak_mb: float | None = None) -> None:
         """The run's outcome. ``show_error=False`` when the caller prints the error itself
-        (the CLI's one ``error:`` line on stderr), so it is said once."""
+        (the CLI's one ``error:`` line on stderr), so it is said once; ``peak_mb``: the peak
+        memory of the process that ran it (not given when a finished thread is only shown)."""
         self.line("bold", "stop reason:", str(state.get("stop_reason")))
         if show_error and state.get("error"):
             self.line("red", "error:", str(state["error"]))
@@ -217,3 +218,5 @@ class RunPrinter:
             self.line("bold", "masks:", str(state["masks_dir"]) + by)
         if state.get("run_dir"):
             self.line("bold", "outputs:", str(state["run_dir"]))
+        if peak_mb is not None:
+            self.line("bold", "peak memory:", f"{peak_mb:.0f} MB")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from segresearch import demo
 from segresearch.cli.arguments import DEMO_OUT
-from segresearch.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, Farewell, die
+from segresearch.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_ERROR,
+    Farewell,
+    die,
+    peak_memory_mb,
+)
 from segresearch.cli.console import RunPrinter
 from segresearch.cli.run import stream
 from segresearch.core import cancel
@@ -41,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED
         finally:
             release_run_dir(out, lock)
-    printer.summary(final)
+    printer.summary(final, peak_mb=peak_memory_mb())
     ans = final.get("answer_px") or {}
     if final.get("masks_dir") and ans.get("keyframe") is not None:
         names, gt, pred = demo.demo_masks(frames, Path(final["masks_dir"]))

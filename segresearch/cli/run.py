@@ -19,7 +19,14 @@ from segresearch.agents.context import Context
 from segresearch.agents.coord_style import resolved_coord_style
 from segresearch.agents.path_policy import resolve_output
 from segresearch.cli.arguments import RUN_SETTINGS
-from segresearch.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_ERROR, Farewell, die
+from segresearch.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUN_ERROR,
+    Farewell,
+    die,
+    peak_memory_mb,
+)
 from segresearch.cli.console import RunPrinter
 from segresearch.cli.context_args import context_overrides
 from segresearch.cli.model_check import check_model
@@ -241,7 +248,8 @@ def _run(args: argparse.Namespace, farewell: Farewell) -> int:
     finally:
         release_run_dir(out, lock, remove_empty=created and not kept)
     problem = _unfinished(final, ctx) or _missing_outputs(final, out)
-    printer.summary(final, show_error=problem is None)  # else the error: line below says it
+    # else the error: line below says it
+    printer.summary(final, show_error=problem is None, peak_mb=peak_memory_mb())
     if args.json:
         keys = ("answer", "answer_px", "masks_dir", "stop_reason", "turns", "searches", "error", "run_dir")
         print(json.dumps({k: final.get(k) for k in keys}))
