@@ -23,6 +23,7 @@ from segresearch.agents.backends.openai_compat import (
     restore_stop_string,
 )
 from segresearch.agents.content import image_block, text_block
+from segresearch.testing.provider_servers import send_json
 
 pytestmark = pytest.mark.network
 
@@ -43,19 +44,11 @@ class FakeOpenAIServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _send_json(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
-                    self._send_json(200, {"object": "list", "data": [{"id": "fake"}]})
+                    send_json(self, 200, {"object": "list", "data": [{"id": "fake"}]})
                 else:
-                    self._send_json(404, {"error": "not found"})
+                    send_json(self, 404, {"error": "not found"})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -77,7 +70,7 @@ class FakeOpenAIServer:
                     if body.get("stream"):
                         self._stream(body, content, finish, usage)
                     else:
-                        self._send_json(
+                        send_json(self,
                             200,
                             {
                                 "id": "cmpl-1",

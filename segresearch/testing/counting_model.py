@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from segresearch.testing.provider_servers import send_json
+
 _TAG = re.compile(r"\[tag:([A-Za-z0-9_.-]+)\]")
 
 
@@ -93,19 +95,11 @@ class CountingModelServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def _json(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._json(200, {"object": "list", "data": [{"id": "counting"}]})
+                    send_json(self, 200, {"object": "list", "data": [{"id": "counting"}]})
                 else:
-                    self._json(404, {"error": "not found"})
+                    send_json(self, 404, {"error": "not found"})
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -120,7 +114,7 @@ class CountingModelServer:
                     if body.get("stream"):
                         self._stream(body, content, usage)
                     else:
-                        self._json(200, {
+                        send_json(self, 200, {
                             "id": "cmpl-count", "object": "chat.completion", "created": 0,
                             "model": body.get("model", "counting"),
                             "choices": [{"index": 0, "finish_reason": "stop",

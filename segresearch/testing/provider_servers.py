@@ -93,7 +93,7 @@ class _LoopbackServer:
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
                 except ValueError:
-                    _send_json(self, 400, {"error": {"message": "body is not JSON"}})
+                    send_json(self, 400, {"error": {"message": "body is not JSON"}})
                     return
                 server.handle_post(self, body)
 
@@ -117,7 +117,7 @@ class _LoopbackServer:
             self.script.replies.extend(replies)
 
     def handle_get(self, h: BaseHTTPRequestHandler) -> None:
-        _send_json(h, 404, {"error": {"message": f"no route {h.path}"}})
+        send_json(h, 404, {"error": {"message": f"no route {h.path}"}})
 
     def handle_post(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -134,7 +134,8 @@ class _LoopbackServer:
         self.close()
 
 
-def _send_json(h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+def send_json(h: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+    """One JSON reply with its length (every loopback fake here answers this way)."""
     data = json.dumps(payload).encode()
     h.send_response(status)
     h.send_header("Content-Type", "application/json")
@@ -170,14 +171,14 @@ class OpenAIServer(_LoopbackServer):
 
     def handle_get(self, h: BaseHTTPRequestHandler) -> None:
         if h.path.rstrip("/") == "/v1/models":
-            _send_json(h, 200, {"object": "list", "data": [
+            send_json(h, 200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "owned_by": "loopback"}]})
             return
         super().handle_get(h)
 
     def handle_post(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         if h.path.rstrip("/") != "/v1/chat/completions":
-            _send_json(h, 404, {"error": {"message": f"no route {h.path}"}})
+            send_json(h, 404, {"error": {"message": f"no route {h.path}"}})
             return
         reply, n = self.script.next(body)
         calls = [(c.id or f"call_{n}_{i}", c) for i, c in enumerate(reply.tool_calls)]
@@ -191,7 +192,7 @@ class OpenAIServer(_LoopbackServer):
                     {"id": cid, "type": "function",
                      "function": {"name": c.name, "arguments": c.arguments_json()}}
                     for cid, c in calls]
-            _send_json(h, 200, {**base, "object": "chat.completion", "choices": [
+            send_json(h, 200, {**base, "object": "chat.completion", "choices": [
                 {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
             return
@@ -225,7 +226,7 @@ class AnthropicServer(_LoopbackServer):
 
     def handle_post(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         if h.path.split("?")[0].rstrip("/") != "/v1/messages":
-            _send_json(h, 404, {"type": "error", "error": {
+            send_json(h, 404, {"type": "error", "error": {
                 "type": "not_found_error", "message": f"no route {h.path}"}})
             return
         reply, n = self.script.next(body)
@@ -240,7 +241,7 @@ class AnthropicServer(_LoopbackServer):
         message = {"id": f"msg_{n}", "type": "message", "role": "assistant", "model": model,
                    "stop_sequence": None}
         if not body.get("stream"):
-            _send_json(h, 200, {**message, "content": blocks, "stop_reason": stop, "usage": usage})
+            send_json(h, 200, {**message, "content": blocks, "stop_reason": stop, "usage": usage})
             return
         _start_sse(h)
         _sse(h, {"type": "message_start", "message": {
