@@ -288,9 +288,10 @@ def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
-def _interleaved(text: str, image_blocks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Text and images in one content list: each ``<image>`` placeholder of ``text`` is
-    followed by its image (or, when the counts differ, the images follow the text)."""
+def interleave_images(text: str, image_blocks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Text and images in one content list (a tool result here, a tags-mode observation in
+    the graph): each ``<image>`` placeholder of ``text`` is followed by its image (or, when
+    the counts differ, the images follow the text)."""
     parts = text.split("<image>")
     blocks: list[dict[str, Any]] = []
     if len(parts) - 1 == len(image_blocks):
@@ -315,7 +316,7 @@ def tool_observation(call_id: str, text: str, image_blocks: Sequence[dict[str, A
     if not image_blocks:
         return [ToolMessage(content=text, tool_call_id=call_id)]
     if placement == "inside":
-        return [ToolMessage(content=_interleaved(text, image_blocks), tool_call_id=call_id)]
+        return [ToolMessage(content=interleave_images(text, image_blocks), tool_call_id=call_id)]
     parts = text.split("<image>")
     if len(parts) - 1 == len(image_blocks):
         labelled = "".join(p + (f"[image {i + 1}]" if i < len(image_blocks) else "")

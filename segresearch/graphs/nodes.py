@@ -129,6 +129,7 @@ from segresearch.core.tool_protocol import (
     ANSWER_TOOL,
     KEYFRAME_TOOL,
     TOOL_NAMES,
+    interleave_images,
     not_run_message,
     parse_tool_calls,
     tool_calls_in_order,
@@ -174,22 +175,9 @@ def _observation(text: str, images: list[Any], recipes: list[Any] | None = None)
     item of ``images`` may already be an image block."""
     if not images:
         return HumanMessage(content=text)
-
-    def as_block(img: Any, recipe: Any) -> dict[str, Any]:
-        return img if isinstance(img, dict) else media_block(img, recipe)
-
-    parts = text.split("<image>")
-    blocks: list[dict[str, Any]] = []
-    if len(parts) - 1 == len(images):
-        for i, part in enumerate(parts):
-            if part:
-                blocks.append(text_block(part))
-            if i < len(images):
-                blocks.append(as_block(images[i], recipes[i] if recipes else None))
-    else:
-        blocks.append(text_block(text))
-        blocks.extend(as_block(im, recipes[k] if recipes else None) for k, im in enumerate(images))
-    return HumanMessage(content=blocks)
+    blocks = [img if isinstance(img, dict) else media_block(img, recipes[k] if recipes else None)
+              for k, img in enumerate(images)]
+    return HumanMessage(content=interleave_images(text, blocks))
 
 
 # ------------------------------------------------------------------ load_media
