@@ -235,20 +235,14 @@ def _score_outcome(out: dict[str, float], answer: dict[str, Any], gt: dict[str, 
     out["keyframe_score"] = float(gt.get("max_conn_area", 0.0) or 0.0)
 
 
-def _score_tool_calls(text: str, gt_all: dict[str, Any], steps: list[str]) -> dict[str, float]:
-    calls = tool_calls(text)
-    out = dict.fromkeys(COMPONENTS, 0.0)
-    frame, answer = _tool_outcome(calls)
-    if frame is not None and answer is not None and frame in gt_all:
-        _score_outcome(out, answer, gt_all[frame])
-    out["format_score"] = tool_format_score(calls)
-    k = min(sum(1 for c in calls if _well_formed_search(c)), TP_MAX_SEARCHES) + out["format_score"]
+def _score_process(out: dict[str, float], searches: int, ig: float | None) -> None:
+    """The tool-process reward from the count of well-formed searches and, when the sample
+    has reasoning steps, the initial-guidance reward ``ig``; then the total. One rule for
+    the tags and the tool calls."""
+    k = min(searches, TP_MAX_SEARCHES) + out["format_score"]
     out["tp_score"] = 1.0 - TP_DECAY**k
-    if steps:
-        first = next((c for c in calls if c.name == "text_search" and c.args is not None
-                      and isinstance(c.args.get("query"), str)), None)
-        query = None if first is None else first.args["query"]  # type: ignore[index]
-        out["ig_score"] = 0.0 if query is None else float(max_similarity(query, steps) > IGR_THRESHOLD)
+    if ig is not None:
+        out["ig_score"] = ig
         out["process_score"] = 0.5 * (out["ig_score"] + out["tp_score"])
     else:
         out["process_score"] = out["format_score"]
@@ -256,6 +250,22 @@ def _score_tool_calls(text: str, gt_all: dict[str, Any], steps: list[str]) -> di
         out["iou_score"] + out["box_l1_score"] + out["point_l1_score"]
         + out["keyframe_score"] + out["process_score"]
     )
+
+
+def _score_tool_calls(text: str, gt_all: dict[str, Any], steps: list[str]) -> dict[str, float]:
+    calls = tool_calls(text)
+    out = dict.fromkeys(COMPONENTS, 0.0)
+    frame, answer = _tool_outcome(calls)
+    if frame is not None and answer is not None and frame in gt_all:
+        _score_outcome(out, answer, gt_all[frame])
+    out["format_score"] = tool_format_score(calls)
+    ig = None
+    if steps:
+        first = next((c for c in calls if c.name == "text_search" and c.args is not None
+                      and isinstance(c.args.get("query"), str)), None)
+        query = None if first is None else first.args["query"]  # type: ignore[index]
+        ig = 0.0 if query is None else float(max_similarity(query, steps) > IGR_THRESHOLD)
+    _score_process(out, sum(1 for c in calls if _well_formed_search(c)), ig)
     out["num_search"] = float(sum(1 for c in calls if c.name in SEARCH_CALLS))
     return out
 
@@ -270,9 +280,9 @@ def compute_score(
     tag reading, or the tool-call reading for a ``tools`` rollout: module docstring)."""
     text = solution_str or ""
     gt_all = _ground_truth(ground_truth)
+    raw_steps = (extra_info or {}).get("steps")  # may be a numpy array when read from parquet
+    steps = [] if raw_steps is None else [str(s) for s in list(raw_steps) if s is not None]
     if reads_tool_calls(text, extra_info):
-        raw = (extra_info or {}).get("steps")
-        steps = [] if raw is None else [str(s) for s in list(raw) if s is not None]
         return _score_tool_calls(text, gt_all, steps)
     out = dict.fromkeys(COMPONENTS, 0.0)
 
@@ -288,18 +298,6 @@ def compute_score(
         _score_outcome(out, answer, gt_all[kf.group(1)])
 
     out["format_score"] = format_score(text)
-    k = min(len(SEARCH_STEP_RE.findall(text)), TP_MAX_SEARCHES) + out["format_score"]
-    out["tp_score"] = 1.0 - TP_DECAY**k
-    raw_steps = (extra_info or {}).get("steps")  # may be a numpy array when read from parquet
-    steps = [] if raw_steps is None else [s for s in list(raw_steps) if s is not None]
-    if steps:
-        out["ig_score"] = ig_score(text, [str(s) for s in steps])
-        out["process_score"] = 0.5 * (out["ig_score"] + out["tp_score"])
-    else:
-        out["process_score"] = out["format_score"]
-    out["score"] = (
-        out["iou_score"] + out["box_l1_score"] + out["point_l1_score"]
-        + out["keyframe_score"] + out["process_score"]
-    )
+    _score_process(out, len(SEARCH_STEP_RE.findall(text)), ig_score(text, steps) if steps else None)
     out["num_search"] = float(text.count("<search>"))
     return out
