@@ -313,6 +313,15 @@ class VerlChatModel(BaseChatModel):
             batch[i] = (_keep_tool_fields(batch[i][0], msg), images)
         else:
             raise ValueError("observation could not be fitted into max_observation_tokens")
+        self._commit_observation(record, t0, result.token_ids, new_mask, new_lps, batch)
+
+    def _commit_observation(self, record: TurnRecord, t0: float, token_ids: Any, new_mask: list[int],
+                            new_lps: list[float] | None,
+                            merged: list[tuple[dict[str, Any], list[Image.Image]]]) -> None:
+        """Keep a merged observation (its tokens, messages and images), unless no room to
+        generate would be left after it: then the trajectory stops here, with tokens and
+        images consistent."""
+        t = self._traj
         record.tokens = len(new_mask) - len(t.mask)
         record.seconds = time.perf_counter() - t0
         if self.budget_left(len(new_mask)) <= 0:
@@ -320,8 +329,8 @@ class VerlChatModel(BaseChatModel):
             t.records.append(record)
             t.exhausted = True
             return
-        t.stream, t.mask, t.logprobs = list(result.token_ids), list(new_mask), new_lps
-        for m, images in batch:
+        t.stream, t.mask, t.logprobs = list(token_ids), list(new_mask), new_lps
+        for m, images in merged:
             t.messages.append(m)
             t.images.extend(images)
         t.records.append(record)
@@ -343,18 +352,7 @@ class VerlChatModel(BaseChatModel):
             msg, images = self._shrink(msg, images, n, record)
         else:
             raise ValueError("observation could not be fitted into max_observation_tokens")
-        record.tokens = len(new_mask) - len(t.mask)
-        record.seconds = time.perf_counter() - t0
-        if self.budget_left(len(new_mask)) <= 0:
-            # No room to generate after it: stop here, keeping tokens and images consistent.
-            record.committed = False
-            t.records.append(record)
-            t.exhausted = True
-            return
-        t.stream, t.mask, t.logprobs = list(result.token_ids), list(new_mask), new_lps
-        t.messages.append(msg)
-        t.images.extend(images)
-        t.records.append(record)
+        self._commit_observation(record, t0, result.token_ids, new_mask, new_lps, [(msg, images)])
 
     def _shrink(
         self, msg: dict[str, Any], images: list[Image.Image], n_tokens: int, record: TurnRecord
