@@ -394,7 +394,7 @@ def _model_call(state: State, ctx: Context) -> tuple[Any, list[BaseMessage], dic
         budget = max(1, min(budget, ctx.max_response_tokens - state.get("tokens_used", 0)))
     messages = messages_for(model, state["messages"])  # a provider's class gets data URLs
     if ctx.protocol == "tools":  # the actions as native tools; no stop strings
-        runnable, tool_kwargs = _with_tools(model, state, ctx)
+        runnable, tool_kwargs = _with_tools(model, ctx)
         return runnable, messages, {**tool_kwargs, "max_tokens": budget, "temperature": ctx.temperature}
     kwargs = {"stop": STOP_STRINGS, "max_tokens": budget, "temperature": ctx.temperature}
     return model, messages, kwargs
@@ -430,7 +430,7 @@ def _bound_tools_of(model: Any) -> _BoundTools:
     return per_model
 
 
-def _with_tools(model: BaseChatModel, state: State, ctx: Context) -> tuple[Any, dict[str, Any]]:
+def _with_tools(model: BaseChatModel, ctx: Context) -> tuple[Any, dict[str, Any]]:
     """What to invoke for ``model`` with the run's tools bound, and the keyword arguments the
     binding adds. The answer tool states the coordinate convention in the same words as the
     system prompt, for the keyframe and the sampled frames alike, so the tools stay the same
