@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
+
+from segresearch.cli.console import terminal_safe
 
 try:  # POSIX; on Windows the summary has no peak-memory line
     import resource
 except ImportError:  # pragma: no cover - not on our platforms
     resource = None  # type: ignore[assignment]
-from collections.abc import Callable
-
-from segresearch.cli.console import terminal_safe
 
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PORT_MAX = 65535
