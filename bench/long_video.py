@@ -3,9 +3,11 @@
 A synthetic video of small frames (``--size``, default 96x64; an MJPG AVI written frame by
 frame, a square drifting over a textured background) of each length in ``--frames`` is
 segmented from one box and point on its middle frame, masks written as PNGs with
-``write_mask_set``, each length in a fresh process. Memory is that process's peak resident
-size (``ru_maxrss``) minus its resident size just before the step (modules imported, model
-loaded, video opened): what the video's length costs.
+``write_mask_set``, each length in a fresh process. Memory is that process's own peak
+resident size during the step minus its resident size just before it (modules imported,
+model loaded, video opened): what the video's length costs (``bench/_memory.py``: the
+kernel's high-water mark restarted before the step, since a spawned child's ``ru_maxrss``
+starts at its parent's peak).
 
 Segmenters (``--segmenter``):
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import StepPeak  # bench/ is on sys.path when a script runs
 
 
 def write_long_video(path: Path, n: int, w: int, h: int, fps: float = 25.0) -> tuple[float, ...]:
@@ -60,15 +62,6 @@ def write_long_video(path: Path, n: int, w: int, h: int, fps: float = 25.0) -> t
     return (float(x1), float(y1), float(x2), float(y2), (x1 + x2) / 2.0, (y1 + y2) / 2.0)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def child(args: argparse.Namespace) -> None:
     """One measurement in this fresh process: prints a JSON line."""
     from segresearch.core.media import open_media
@@ -88,16 +81,16 @@ def child(args: argparse.Namespace) -> None:
         folder = video.parent / "jpeg"  # SAM 2's loader reads a JPEG folder
         n = len(os.listdir(folder))
         prompt = Prompt(n // 2, tuple(box_point[:4]), tuple(box_point[4:]))
-        base = _rss_mb()
-        t0 = time.perf_counter()
-        _, masks = bare_published(predictor, folder, prompt)
-        out.mkdir(parents=True, exist_ok=True)
         import cv2
 
-        for i in range(len(masks)):
-            cv2.imwrite(str(out / f"{i:05d}.png"), masks[i].astype(np.uint8) * 255)
-        seconds = time.perf_counter() - t0
-        print(json.dumps({"seconds": seconds, "peak_mb": _peak_mb() - base, "frames": n}), flush=True)
+        with StepPeak() as mem:
+            t0 = time.perf_counter()
+            _, masks = bare_published(predictor, folder, prompt)
+            out.mkdir(parents=True, exist_ok=True)
+            for i in range(len(masks)):
+                cv2.imwrite(str(out / f"{i:05d}.png"), masks[i].astype(np.uint8) * 255)
+            seconds = time.perf_counter() - t0
+        print(json.dumps({"seconds": seconds, "peak_mb": mem.mb, "frames": n}), flush=True)
         return
     if args.child == "sam2":
         import torch
@@ -114,12 +107,11 @@ def child(args: argparse.Namespace) -> None:
         seg = GrabCutSegmenter()
         media = open_media(video)
     prompt = Prompt(len(media) // 2, tuple(box_point[:4]), tuple(box_point[4:]))
-    with seg.open(media) as session:
-        base = _rss_mb()
+    with seg.open(media) as session, StepPeak() as mem:
         t0 = time.perf_counter()
         written = write_mask_set(out, media, session.masks(prompt))
         seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "peak_mb": _peak_mb() - base, "frames": written.frames,
+    print(json.dumps({"seconds": seconds, "peak_mb": mem.mb, "frames": written.frames,
                       "reached": written.reached}), flush=True)
 
 

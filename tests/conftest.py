@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segresearch.testing.scenes import render_scene, write_frames, write_masks
+from segresearch.testing.scenes import (
+    inner_point,
+    mask_box,
+    render_scene,
+    write_frames,
+    write_masks,
+)
+from segresearch.tools.segmenters import Prompt
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -127,3 +134,32 @@ def own_hydra_state():
     GlobalHydra.instance().clear()
     yield
     restore_gh_from_backup(saved)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight SAM 2.1 tiny checkpoint saved the way official ones are ({"model": sd});
+    no checkpoint ships in any package, so only the code path can be tested here. Skips
+    without the [sam2] extra."""
+    pytest.importorskip("sam2")
+    import torch
+    from sam2.build_sam import build_sam2_video_predictor
+
+    torch.manual_seed(0)
+    pred = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
+    path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": pred.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sam2_clip(tmp_path_factory):
+    """6 frames, 96×64, as a JPEG folder; the frames; a prompt on the blue square of frame 2
+    with fractional pixels, as 0-1000 coordinates scaled by width/1000 give."""
+    root = tmp_path_factory.mktemp("sam2clip")
+    frames, masks = render_scene(n_frames=6, size=(96, 64))
+    write_frames(frames, root / "frames")
+    gt = masks["blue square"][2]
+    b, p = mask_box(gt), inner_point(gt)
+    prompt = Prompt(2, (b[0] + 0.5, b[1] + 0.25, b[2] - 0.3, b[3] + 0.1), (p[0] + 0.7, p[1] - 0.2))
+    return root, frames, prompt

@@ -362,7 +362,7 @@ def test_reasonseg_layout_with_ignore_polygons(tmp_path):
         "shapes": [{"label": "target", "points": [[0, 0], [29, 0], [29, 49], [0, 49]]},
                    {"label": "ignore", "points": [[0, 0], [9, 0], [9, 9], [0, 9]]},
                    {"label": "flag", "points": [[0, 0], [1, 0], [1, 1]]}]}))
-    qs = load_image_set(d)
+    qs = load_image_set(d, all_texts=True)
     assert [q.id for q in qs] == ["a#0", "a#1"] and qs[1].question == "what is on the left"
     from segresearch.eval.datasets import image_ground_truth
 

@@ -210,6 +210,7 @@ def _scores(out: Path) -> dict[str, tuple]:
     return {q["id"]: (q["J"], q["F"], q["ability"], q["annotated_frames"]) for q in res["queries"]}
 
 
+@pytest.mark.slow  # four CLI evaluations in subprocesses (about 20 s)
 def test_meta_mapping_resolves_from_any_working_directory(okvos, tmp_path):
     work, root = okvos["work"], okvos["root"]
     # written where the README says (ROOT/), from a relative --root

@@ -24,7 +24,7 @@ from segresearch.graphs.seg_research import build_graph
 T = "<thinking>ok</thinking>\n"
 BOX = '{"bbox_2d": [100, 200, 300, 400], "point_2d": [200, 300]}'
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("TrajectoryEvent", "StreamEvent", "Pending", "ReviewRequest")
+KINDS = ("TrajectoryEvent", "StreamEvent", "Pending", "ReviewRequest", "AskUserRequest")
 
 
 def _search(q: str, name: str = "text_search") -> str:
@@ -49,7 +49,8 @@ class Seen:
             for node, update in chunk.items():
                 if node == "__interrupt__":
                     for it in update:
-                        self.add("ReviewRequest", it.value)
+                        self.add("AskUserRequest" if it.value.get("type") == "ask_user" else "ReviewRequest",
+                                 it.value)
                     continue
                 for ev in (update or {}).get("events") or []:
                     self.add("TrajectoryEvent", ev)
@@ -91,6 +92,23 @@ def seen(scene_dir, kb_dir, tmp_path_factory) -> Seen:
     out = s.stream(g, Command(resume={"bbox_2d": [60, 40, 100, 80], "point_2d": [80, 60]}), cfg, ctx)
     assert out["reviewed"]["decision"] == "edit"
 
+    cfg = {"configurable": {"thread_id": "ask"}}  # a question back to the user (tools protocol)
+    ask = [{"tool_calls": [{"name": "ask_user", "args": {"question": "Which one?"}}]},
+           {"tool_calls": [{"name": "answer", "args": {"keyframe": 6, "bbox_2d": [100, 200, 300, 400],
+                                                       "point_2d": [200, 300]}}]}]
+    ctx = Context(model=ReplayChatModel(turns=ask), protocol="tools", ask_user=True, search="none",
+                  segmenter="none")
+    s.stream(g, {"query": "the square", "media": frames}, cfg, ctx)
+    s.stream(g, Command(resume=""), cfg, ctx)  # refused: asks again with a problem
+    assert s.stream(g, Command(resume="the blue one"), cfg, ctx)["questions"][0]["reply"] == "the blue one"
+
+    cfg = {"configurable": {"thread_id": "verify"}}  # a verify round that corrects the masks
+    script = [T + "<keyframe> 6 </keyframe>", T + f"<answer>{BOX}</answer>",
+              T + '<verify>{"frame": 6, "points": [[200, 300]], "labels": [1], "box": [100, 200, 300, 400]}</verify>']
+    ctx = Context(model=ReplayChatModel(turns=script), search="none", segmenter="grabcut", verify_rounds=1,
+                  output_dir=str(tmp / "verify"))
+    assert s.stream(g, {"query": "the blue square", "media": frames}, cfg, ctx)["corrections"]
+
     endings = [
         ([T + '<answer>{"bbox_2d": [0, 0, 0, 0], "point_2d": [0, 0]}</answer>'], frames, {}),  # degenerate
         ([T + '<answer>{"bbox_2d": [-5, 0, 1200, 900], "point_2d": [50, 50]}</answer>'], frames, {}),  # clamped
@@ -131,6 +149,8 @@ def test_the_runs_cover_every_shape(seen):
     assert any(e["type"] == "tool" and e.get("error") for e in traj)
     assert any(e["type"] == "tool" and e.get("valid") is False for e in traj)
     assert any(r.get("problem") for r in seen.by_kind["ReviewRequest"])
+    assert any(e["type"] == "verify" and e.get("correction") and e.get("picture") for e in traj)
+    assert any(r.get("problem") for r in seen.by_kind["AskUserRequest"])
 
 
 def test_a_payload_the_schema_does_not_describe_is_refused():

@@ -12,9 +12,13 @@ from segresearch.core.tool_protocol import tool_definitions
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _argument_text(name: str, prop: dict) -> str:
-    """One argument as the README writes it: ``name``: type, arrays with their length."""
+def _argument_text(name: str, prop: dict, required: bool = True) -> str:
+    """One argument as the README writes it: ``name``: type, arrays with their length; an
+    optional one marked so, and an array of objects as such."""
     kind = prop.get("type")
+    if not required:
+        assert kind == "array" and prop["items"].get("type") == "object", (name, prop)
+        return f"`{name}` (optional): array of objects"
     if kind == "array":
         n = prop.get("minItems")
         assert n == prop.get("maxItems"), (name, prop)
@@ -36,6 +40,8 @@ def test_readme_tool_table_matches_the_definitions():
     for d in defs:
         params = d["function"]["parameters"]
         props = params["properties"]
-        assert params["required"] == list(props), d["function"]["name"]  # "all are required"
-        expected.append((d["function"]["name"], ", ".join(_argument_text(k, p) for k, p in props.items())))
+        required = params["required"]
+        assert required == [k for k in props if k in required], d["function"]["name"]  # required first
+        expected.append((d["function"]["name"],
+                         ", ".join(_argument_text(k, p, k in required) for k, p in props.items())))
     assert _readme_rows() == expected

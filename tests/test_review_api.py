@@ -10,11 +10,14 @@ import json
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
-from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.scenes import grid_answer, render_scene, write_frames
 from segresearch.testing.servers import ServerDidNotStart, start_graph_server
 
 pytestmark = pytest.mark.network
@@ -169,3 +172,38 @@ def test_a_valid_edit_over_the_stream_endpoint(deployment):
     assert state["values"]["answer_px"]["bbox_2d"] == [0.0, 0.0, 159.0, 119.0]
     finals = [p.data for p in events if p.event == "custom" and p.data.get("type") == "final"]
     assert finals and finals[-1]["stop_reason"] == "answer"
+
+
+def test_a_two_object_pause_refuses_a_bad_object_index_then_drops_one(deployment):
+    """An answer naming two objects: the guard judges "object" against the pause's objects
+    (422 for one it does not have) and a good drop segments the other object alone."""
+    from langgraph_sdk import get_client
+
+    d = deployment
+    _, masks = render_scene(n_frames=8, size=(160, 120))
+    objs = [{"bbox_2d": grid_answer(masks[n][2])[0], "point_2d": grid_answer(masks[n][2])[1], "label": n}
+            for n in ("blue square", "red circle")]
+    (d["root"] / "two.json").write_text(json.dumps([T + "<keyframe> 2 </keyframe>",
+                                                    T + "<answer>" + json.dumps(objs) + "</answer>"]))
+    ctx = {"model": f"replay:{d['root'] / 'two.json'}", "review": True, "output_dir": "api-two"}
+
+    async def go():
+        client = get_client(url=d["url"])
+        tid = (await client.threads.create())["thread_id"]
+        await client.runs.wait(tid, GRAPH, input={"query": "both", "media": str(d["root"] / "frames")}, context=ctx)
+        pause = _pending(await client.threads.get_state(tid))[0]["value"]
+        body = {"assistant_id": GRAPH, "command": {"resume": {"decision": "drop", "object": 2}}, "context": ctx}
+        bad = httpx.post(f"{d['url']}/threads/{tid}/runs/wait", json=body, timeout=60)
+        final = await client.runs.wait(tid, GRAPH, context=ctx, command={"resume": {"decision": "drop", "object": 0}})
+        return pause, bad, final
+
+    pause, bad, final = asyncio.run(go())
+    assert [o["label"] for o in pause["objects_px"]] == ["blue square", "red circle"]
+    assert bad.status_code == 422, bad.text
+    assert bad.json()["detail"] == ["object 2 is not one of the answer's objects: the answer's 2 objects are 0 to 1"]
+    assert any("\"drop\"" in form for form in bad.json()["accepted"])
+    assert final["reviewed"]["changes"] == [{"decision": "drop", "object": 0}]
+    assert [o["label"] for o in final["objects_px"]] == ["red circle"] and final["object_masks_dirs"] is None
+    got = np.asarray(Image.open(Path(final["masks_dir"]) / "00002.png")) > 127
+    assert (got & masks["red circle"][2]).sum() > 0.75 * masks["red circle"][2].sum()
+    assert not (got & masks["blue square"][2]).any()

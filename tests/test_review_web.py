@@ -9,13 +9,16 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from segresearch.demo import demo_cassette, demo_kb, demo_query
 from segresearch.testing.browser import headless_chromium, missing_browser
-from segresearch.testing.scenes import render_scene, write_frames
+from segresearch.testing.scenes import grid_answer, mask_box, render_scene, write_frames
 from segresearch.testing.servers import ServerDidNotStart, start_graph_server
 
 pytestmark = pytest.mark.network
@@ -124,3 +127,46 @@ def test_refused_replies_bring_the_editor_back_with_the_reason(served, browser):
     assert values["reviewed"]["decision"] == "edit"
     assert values["answer_px"]["point_2d"] == [float((x1 + x2) // 2), float((y1 + y2) // 2)]
     assert json.dumps(values["answer_px"]["bbox_2d"]) == json.dumps([float(v) for v in (x1, y1, x2, y2)])
+
+
+def test_dropping_one_of_two_objects_through_the_page(served, browser):
+    """A paused run whose answer names two objects, opened from the history: the editor lists
+    both, picking one moves the editor to it, and Drop leaves it out of the reply and the masks."""
+    from langgraph_sdk import get_sync_client
+
+    d, url = browser, served["url"]
+    _, masks = render_scene()
+    objs = [{"bbox_2d": grid_answer(masks[n][13])[0], "point_2d": grid_answer(masks[n][13])[1], "label": n}
+            for n in ("blue square", "red circle")]
+    cassette = served["frames"].parent / "two.json"
+    cassette.write_text(json.dumps(["<thinking>both</thinking>\n<keyframe> 13 </keyframe>",
+                                    "<thinking>both</thinking>\n<answer>" + json.dumps(objs) + "</answer>"]))
+    client = get_sync_client(url=url)
+    tid = client.threads.create()["thread_id"]
+    client.runs.wait(tid, "seg_research", input={"query": "the square and the circle", "media": str(served["frames"])},
+                     context={"model": f"replay:{cassette}", "search": "none", "review": True, "output_dir": f"web/{tid}"})
+    d.get(url + "/segresearch/ui/")
+    _wait(d, f"return document.querySelector('#history button[data-thread=\"{tid}\"]')", "the paused run in the history")
+    d.find_element("css selector", f'#history button[data-thread="{tid}"]').click()
+    _wait(d, PAUSED, "the review pause")
+    rows = d.find_elements("css selector", "#review-objects li")
+    assert len(rows) == 2 and "red circle" in rows[1].text
+    assert _text(d, "review-edit") == "Segment these objects"
+    d.find_element("css selector", '#review-objects .pick[data-object="1"]').click()
+    assert _text(d, "review-help").startswith("Object 2 (red circle) of 2, frame 13")
+    x1, y1, x2, y2 = (int(d.find_element("id", k).get_attribute("value")) for k in ("r-x1", "r-y1", "r-x2", "r-y2"))
+    rx1, ry1, rx2, ry2 = mask_box(masks["red circle"][13])
+    assert abs(x1 - rx1) <= 3 and abs(y2 - ry2) <= 3  # the editor holds the circle's box now
+    d.find_element("css selector", '#review-objects .drop[data-object="1"]').click()
+    assert _js(d, "return document.querySelector('#review-objects li[data-object=\"1\"]').dataset.dropped") == "true"
+    d.find_element("css selector", '#review-objects .drop[data-object="0"]').click()  # the last one stays
+    assert "last object left" in _text(d, "review-problem")
+    d.find_element("id", "review-edit").click()
+    _wait(d, "return document.getElementById('run-badge').textContent === 'answer'"
+             " && !document.getElementById('result-panel').hidden", "the reviewed result", timeout=60)
+    values = httpx.get(f"{url}/threads/{tid}/state").json()["values"]
+    assert values["reviewed"]["changes"] == [{"decision": "drop", "object": 1}]
+    assert [o["label"] for o in values["objects_px"]] == ["blue square"] and values["object_masks_dirs"] is None
+    assert "dropped object 2" in _js(d, "return document.getElementById('steps').textContent")
+    got = np.asarray(Image.open(Path(values["masks_dir"]) / "00013.png")) > 127
+    assert got.any() and not (got & masks["red circle"][13]).any()

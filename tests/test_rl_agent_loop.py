@@ -31,9 +31,10 @@ from verl.experimental.agent_loop.agent_loop import (  # noqa: E402
 from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
+from segresearch.agents.context import Context  # noqa: E402
 from segresearch.compat.verl import agent_loop_registry  # noqa: E402
 from segresearch.core import shared_cache  # noqa: E402
-from segresearch.rl.agent_loop import AGENT_NAME, SegResearchAgentLoop  # noqa: E402
+from segresearch.rl.agent_loop import AGENT_NAME, SegResearchAgentLoop, refuse_unrollable  # noqa: E402
 from segresearch.rl.reward import compute_score  # noqa: E402
 from segresearch.testing.tiny_vlm import (  # noqa: E402
     build_tiny_qwen_vl,
@@ -110,7 +111,7 @@ class FakeServer:
 
 def make_loop(tiny, server, response_length=2048, observation_length=2048, **settings):
     cfg = OmegaConf.create({
-        "actor_rollout_ref": {"rollout": {"prompt_length": 4096, "response_length": response_length,
+        "actor_rollout_ref": {"rollout": {"prompt_length": 8192, "response_length": response_length,
                                           "multi_turn": {"max_tool_response_length": observation_length}}},
         "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
     })
@@ -629,3 +630,11 @@ def test_a_group_renders_its_prompt_once(tiny, scene_dir, monkeypatch):
     asyncio.run(group("the red circle", n=4))
     asyncio.run(group("the blue square", n=4))
     assert len(renders) == 2
+
+
+def test_settings_a_rollout_cannot_honour_are_refused_when_the_worker_starts():
+    refuse_unrollable(Context(protocol="tools", ask_user=True, ask_user_reply="no further information"))
+    with pytest.raises(ValueError, match="verify_rounds: rollouts make no masks"):
+        refuse_unrollable(Context(verify_rounds=1))
+    with pytest.raises(ValueError, match="ask_user: nobody answers"):
+        refuse_unrollable(Context(protocol="tools", ask_user=True))

@@ -33,6 +33,7 @@ from verl.utils.dataset.rl_dataset import RLHFDataset  # noqa: E402
 from verl.workers.rollout.replica import TokenOutput  # noqa: E402
 
 from segresearch.agents.content import image_block, text_block  # noqa: E402
+from segresearch.agents.context import Context  # noqa: E402
 from segresearch.agents.providers import image_placement  # noqa: E402
 from segresearch.compat.verl import chat_template_kwargs  # noqa: E402
 from segresearch.core.protocol import AnswerAction, KeyframeAction, SearchAction  # noqa: E402
@@ -43,6 +44,7 @@ from segresearch.core.tool_protocol import (  # noqa: E402
     tool_observation,
 )
 from segresearch.core.tool_text import parse_tool_call_text  # noqa: E402
+from segresearch.graphs.seg_research import graph  # noqa: E402
 from segresearch.rl.agent_loop import AGENT_NAME, SegResearchAgentLoop  # noqa: E402
 from segresearch.rl.reward import compute_score  # noqa: E402
 from segresearch.rl.tools_template import tools_chat_template  # noqa: E402
@@ -481,3 +483,38 @@ def test_agent_loop_rolls_out_tools_mode_through_the_graph(tiny, scene_dir, kb_d
     gt = {"6": {"bbox_2d": [400, 480, 560, 720], "point_2d": [480, 600], "max_conn_area": 1.0}}
     r = compute_score("Search_RVOS_one-hop", text, json.dumps(gt))
     assert r["iou_score"] == 1.0 and r["format_score"] == 1.0 and r["num_search"] == 1.0
+
+
+def test_a_verify_round_keeps_the_stream_the_render_of_the_final_conversation(tiny, scene_dir, tmp_path):
+    """With ``verify_rounds`` the graph's one tool set (the verify tools included) is in the
+    rollout's system turn from the first call, and the verify turns (the pictures of the
+    masks answering the answer call, a reasoning tool called there and reminded, then a
+    correction) are awaited on the async-only policy and join the stream as rendered."""
+    correct = _call("correct_masks", {"frame": 6, "points": [[300, 700]], "labels": [1]})
+    server = ToolServer(tiny.tok, [KEYFRAME, ANSWER, KEYFRAME, correct])
+
+    async def go():
+        model = _policy(_loop(tiny, server))
+        ctx = Context(model=model, protocol="tools", search="none", segmenter="grabcut", verify_rounds=1,
+                      coord_style="qwen3", frame_size=FRAME_PX, keyframe_size=FRAME_PX,
+                      output_dir=str(tmp_path / "out"))
+        out = await graph.ainvoke({"query": "the blue square", "media": str(scene_dir / "frames")}, context=ctx)
+        return model, out
+
+    model, out = asyncio.run(go())
+    assert out["stop_reason"] == "answer" and not out.get("error"), out.get("error")
+    (ev,) = [e for e in out["events"] if e["type"] == "verify"]
+    assert ev["decision"] == "correct" and ev["turns"] == 2 and len(out["corrections"]) == 1
+    t = model.trajectory
+    assert [d["function"]["name"] for d in t.tools] == ["keyframe", "answer", "accept_masks", "correct_masks"]
+    assert "accept_masks" in t.messages[0]["content"]
+    assert len(server.calls) == 4 and [m["role"] for m in t.messages].count("assistant") == 4
+    used = _used_template(tiny, model.agent_loop)
+    text = tiny.proc.apply_chat_template(t.messages, tools=t.tools, tokenize=False, **used)
+    full = tiny.proc(text=[text], images=t.images, return_tensors="pt")["input_ids"][0].tolist()
+    stream = t.stream
+    assert stream == full[: len(stream)] and full[len(stream):] == tiny.tok.encode("\n", add_special_tokens=False)
+    assert len(t.images) == len(out["frame_ids"]) + 1 + len(ev["frames"])  # frames, keyframe, the masks
+    gen = [tok for tok, m in zip(t.response_ids, t.mask, strict=True) if m == 1]
+    assert gen == [tok for ids in server.returned for tok in ids]
+    assert "keyframe cannot be called while you check the masks" in tiny.tok.decode(t.response_ids)

@@ -143,6 +143,10 @@ def test_eval_scores_the_union(sets: dict[str, Path], tmp_path: Path, dataset: s
         assert partial["overall"]["J&F"] == pytest.approx((rows["referring"]["J&F"] + rows["reasoning"]["J&F"]) / 2)
         assert rows["referring"]["n"] == 6 and rows["reasoning"]["n"] == 4
         assert "| referring J | referring F | referring J&F | reasoning J |" in md
+        # robustness R: the oracles put no mask outside the expression's objects
+        assert perfect["overall"]["R"] == pytest.approx(1.0) and partial["overall"]["R"] == pytest.approx(1.0)
+        assert all(q["R"] == pytest.approx(1.0) for q in partial["queries"])
+        assert "| overall J&F | R |" in md
     else:
         assert "As the ReVOS paper" not in md
 
@@ -158,6 +162,11 @@ def test_cli_eval_revos(sets: dict[str, Path], tmp_path: Path, capsys: pytest.Ca
     assert results["dataset"]["name"] == "revos" and results["overall"]["n"] == 2
     assert 0 < results["overall"]["J&F"] <= 1
     assert "revos" in out and "| referring |" in out
+    # the paper's layout is printed last, after the summary and the result files
+    tail = out[out.index("results: "):]
+    assert "## As the paper prints it" in tail and out.count("## As the paper prints it") == 1
+    ours = next(line for line in tail.splitlines() if line.startswith("| ours |"))
+    assert len(ours.split("|")) == 13 and 0 <= results["overall"]["R"] <= 1  # 10 columns + label
     # the report draws the ground truth (the union of the RLE annotations) beside the masks
     assert len(list((tmp_path / "out").rglob("*_gt.jpg"))) == 2
 

@@ -196,32 +196,6 @@ def test_overlay_video_is_h264_with_every_frame(tmp_path, size):
 # ---------------------------------------------------------------------- SAM 2
 
 
-@pytest.fixture(scope="module")
-def tiny_sam2_checkpoint(tmp_path_factory) -> Path:
-    """A random-weight SAM 2.1 tiny checkpoint saved the way official ones are ({"model": sd});
-    no checkpoint ships in any package, so only the code path can be tested here."""
-    import torch
-    from sam2.build_sam import build_sam2_video_predictor
-
-    torch.manual_seed(0)
-    pred = build_sam2_video_predictor("configs/sam2.1/sam2.1_hiera_t.yaml", ckpt_path=None, device="cpu")
-    path = tmp_path_factory.mktemp("sam2") / "sam2.1_hiera_tiny.pt"
-    torch.save({"model": pred.state_dict()}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sam2_clip(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sam2clip")
-    frames, masks = render_scene(n_frames=6, size=(96, 64))
-    write_frames(frames, root / "frames")
-    gt = masks["blue square"][2]
-    b, p = mask_box(gt), inner_point(gt)
-    # fractional pixels, as 0-1000 coordinates scaled by width/1000 give
-    prompt = Prompt(2, (b[0] + 0.5, b[1] + 0.25, b[2] - 0.3, b[3] + 0.1), (p[0] + 0.7, p[1] - 0.2))
-    return root, frames, prompt
-
-
 class _Recorder:
     """Wraps the predictor's propagate_in_video to keep every logits tensor it yields."""
 

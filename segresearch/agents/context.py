@@ -281,6 +281,36 @@ class Context:
             "edit or reject (LangGraph interrupt; needs a checkpointer, which the server has)."
         },
     )
+    verify_rounds: Annotated[int, Field(ge=0, le=4)] = field(
+        default_factory=lambda: _env("VERIFY_ROUNDS", 0),
+        metadata={
+            "description": "Times the model is shown its masks after segmentation (the keyframe "
+            "and the frames where the masks change most) to accept them or correct them with "
+            "points or a box, after which the masks are made again (0: never, as published)."
+        },
+    )
+    ask_user: bool = field(
+        default_factory=lambda: _env("ASK_USER", False),
+        metadata={
+            "description": "Offer the model an ask_user(question) tool that pauses the run "
+            "until the user replies (LangGraph interrupt; needs a checkpointer unless "
+            "ask_user_reply is set). Tools protocol only."
+        },
+    )
+    ask_user_reply: str | None = field(
+        default_factory=lambda: _env("ASK_USER_REPLY", None),
+        metadata={
+            "description": "Answer every ask_user question with this text at once, without "
+            "pausing (what evaluations use); unset: pause for a person's reply."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        # pydantic reports a ValueError here as a refusal like any other (``ContextError``)
+        if self.ask_user and self.protocol != "tools":
+            raise ValueError("the ask_user tool exists only with protocol 'tools' "
+                             "(the published tags have no question to the user); set "
+                             "protocol 'tools' or turn ask_user off")
 
     @property
     def use_search(self) -> bool:

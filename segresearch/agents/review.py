@@ -7,6 +7,11 @@ hears at once, with an HTTP error, what the node would have said only in its nex
 Nothing here needs the media itself: the frame size and (when known) the frame ids are
 enough, which is what the pause's payload carries.
 
+An answer naming several objects (``objects_px`` in the pause) is reviewed object by object:
+a reply may edit or drop object ``k`` (0-based, in the order the pause lists them), or send a
+list of such changes, all numbered as the pause numbers them; the old flat edit changes
+object 0. Dropping every object is refused: 'reject' says that.
+
 Coordinates are original-frame pixel indices, as ``answer_px`` is: on a ``w``×``h`` frame
 x runs over [0, w-1] and y over [0, h-1]. ``w`` itself is outside (the graph's own
 ``answer_px`` never exceeds ``w-1``, the CLI prints the frame as ``w×h`` pixels and the web
@@ -20,14 +25,19 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 ACCEPT_WORDS = ("accept", "ok", "yes", "y", "")
 REJECT_WORDS = ("reject", "no", "n")
 EDIT_KEYS = ("keyframe", "bbox_2d", "point_2d")
+# the keys of a reply that names its decision ({"decision": "edit", "object": k, "answer_px": ...})
+DECISION_KEYS = ("decision", "object", "answer_px")
 
 HELP = ("resume with 'accept', 'reject', or an edit {\"keyframe\": id, \"bbox_2d\": "
         "[x1, y1, x2, y2], \"point_2d\": [x, y]} in original-frame pixels (any of the keys)")
+# added to HELP when the answer names several objects
+OBJECTS_HELP = ("; with several objects also {\"decision\": \"edit\", \"object\": k, \"answer_px\": "
+                "{...}}, {\"decision\": \"drop\", \"object\": k} (k from 0), or a list of these")
 
 # What an API client is told when its reply is refused: every form the node understands.
 ACCEPTED_FORMS = [
@@ -37,53 +47,198 @@ ACCEPTED_FORMS = [
     "an edit {\"keyframe\": id, \"bbox_2d\": [x1, y1, x2, y2], \"point_2d\": [x, y]} with any "
     "of these keys (the others are kept from the answer): numbers in original-frame pixels, "
     "0 <= x <= width-1 and 0 <= y <= height-1, x1 < x2 and y1 < y2, the point inside the "
-    "box, the keyframe one of the media's frames",
+    "box, the keyframe one of the media's frames; it changes the first object",
+    "{\"decision\": \"edit\", \"object\": k, \"answer_px\": {an edit as above}}: change object k "
+    "(0-based, as the pause's objects_px lists them; 0 when \"object\" is left out)",
+    "{\"decision\": \"drop\", \"object\": k}: segment without object k (never the last one "
+    "left: reply 'reject' to make no masks)",
+    "{\"decision\": \"accept\"} or {\"decision\": \"reject\"}: as the words",
+    "a list of edit and drop decisions, each naming its object as the pause numbers them "
+    "(each object at most once)",
 ]
 
 # Frame ids longer than this (and not evenly spaced) are left out of a pause's payload: the
 # node still checks the keyframe, the server only the rest.
 _MAX_LISTED_FRAMES = 1000
 
-Decision = Literal["accept", "reject", "edit"]
+Decision = Literal["accept", "reject", "edit", "drop"]
 
 
 @dataclass(frozen=True)
 class Reply:
-    """A reply read against the pause it answers: a decision, or why it is refused."""
+    """A reply read against the pause it answers: a decision, or why it is refused.
+
+    For "edit" and "drop" (the reply changed the answer; "edit" when it edited any object,
+    "drop" when it only dropped some), ``objects_px`` is every object after the change, each
+    keeping its label, ``answer_px`` the first of them without its label, and ``changes`` what
+    changed, in the reply's order: {"decision": "edit", "object": k, "answer_px": {...}} or
+    {"decision": "drop", "object": k}, k numbering the objects as the pause did."""
 
     decision: Decision | None
-    answer_px: dict[str, Any] | None = None  # the edited answer (decision "edit")
+    answer_px: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
+    objects_px: list[dict[str, Any]] | None = None
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_pause_reply(pause: Mapping[str, Any], reply: Any,
+                     has_frame: Callable[[int], bool | None] | None = None) -> Reply | None:
+    """``read_reply`` against a review pause's payload (``ReviewRequest``): its answer, its
+    objects when it lists them, its frame size and, unless ``has_frame`` is given, its frame
+    ids. None when the payload lacks what the rules need (it is then not judged here). The
+    node and the server's guard both resolve a reply with this, so they cannot disagree."""
+    answer_px = pause.get("answer_px")
+    size = pause.get("frame_size")
+    if not isinstance(answer_px, Mapping) or not _is_size(size):
+        return None
+    objects = pause.get("objects_px")
+    if not (isinstance(objects, list) and objects and all(isinstance(o, Mapping) for o in objects)):
+        objects = None
+    if has_frame is None:
+        has_frame = frames_predicate(pause.get("frame_ids"))
+    return read_reply(reply, answer_px, size, has_frame, objects)
+
+
+def _is_size(size: Any) -> TypeGuard[Sequence[int]]:
+    return (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
 
 
 def read_reply(reply: Any, answer_px: Mapping[str, Any], frame_size: Sequence[int],
-               has_frame: Callable[[int], bool | None] | None = None) -> Reply:
+               has_frame: Callable[[int], bool | None] | None = None,
+               objects_px: Sequence[Mapping[str, Any]] | None = None) -> Reply:
     """The decision a reply means, or every reason it is refused (never a guessed fix).
 
     ``answer_px`` is the answer under review (an edit replaces some of its keys);
-    ``has_frame`` says whether a keyframe belongs to the media, None where that is unknown.
+    ``has_frame`` says whether a keyframe belongs to the media, None where that is unknown;
+    ``objects_px`` every object of the answer when it names several (None: the answer alone).
     """
+    objects = [dict(o) for o in objects_px] if objects_px else [{**answer_px, "label": None}]
+    if isinstance(reply, list) and len(objects) > 1:
+        return _changes(reply, objects, frame_size, has_frame)
+    if isinstance(reply, Mapping) and "decision" in reply:
+        return _decision(reply, objects, frame_size, has_frame)
     if isinstance(reply, str):
         word = reply.strip().lower()
         if word in ACCEPT_WORDS:
             return Reply("accept")
         if word in REJECT_WORDS:
             return Reply("reject")
-        return Reply(None, problems=[f"unrecognised review reply {_short(reply)}; " + HELP])
+        return Reply(None, problems=[f"unrecognised review reply {_short(reply)}; " + _help(objects)])
     if not isinstance(reply, Mapping):
         return Reply(None, problems=[f"a review reply is a string or an edit object, not "
-                                     f"{type(reply).__name__}; " + HELP])
+                                     f"{type(reply).__name__}; " + _help(objects)])
+    if "object" in reply or "answer_px" in reply:
+        return Reply(None, problems=["a reply naming an object needs its \"decision\": "
+                                     "{\"decision\": \"edit\", \"object\": k, \"answer_px\": {...}} or "
+                                     "{\"decision\": \"drop\", \"object\": k}"])
+    return _changes([{"decision": "edit", "object": 0, "answer_px": reply}], objects, frame_size,
+                    has_frame, flat=True)
+
+
+def _help(objects: Sequence[Mapping[str, Any]]) -> str:
+    return HELP + (OBJECTS_HELP if len(objects) > 1 else "")
+
+
+def _decision(reply: Mapping[str, Any], objects: list[dict[str, Any]], frame_size: Sequence[int],
+              has_frame: Callable[[int], bool | None] | None) -> Reply:
+    """A reply that names its decision: accept or reject alone, one edit or one drop."""
+    decision = reply.get("decision")
+    if decision in ("accept", "reject"):
+        extra = sorted(str(k) for k in reply if k != "decision")
+        if extra:
+            return Reply(None, problems=[f"unknown key(s) {', '.join(map(repr, extra))} beside "
+                                         f"decision {decision!r}: it takes no other key"])
+        return Reply(decision)
+    return _changes([reply], objects, frame_size, has_frame)
+
+
+def _changes(items: list[Any], objects: list[dict[str, Any]], frame_size: Sequence[int],
+             has_frame: Callable[[int], bool | None] | None, flat: bool = False) -> Reply:
+    """Edits and drops, each naming its object as the pause numbered them, applied together.
+    ``flat``: the old flat edit of the first object (its messages say nothing of objects)."""
+    if not items:
+        return Reply(None, problems=["an empty list changes nothing: reply 'accept' to segment the "
+                                     "answer as it is, or list edit and drop decisions"])
+    n = len(objects)
+    problems: list[str] = []
+    edits: dict[int, dict[str, Any]] = {}
+    drops: list[int] = []
+    changes: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        where = "" if flat or len(items) == 1 else f"change {i}: "
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}a change in a list is an object {{\"decision\": \"edit\" or "
+                            f"\"drop\", \"object\": k, ...}}, not {_short(item)}")
+            continue
+        decision = item.get("decision")
+        if decision not in ("edit", "drop"):
+            problems.append(f"{where}decision {_short(decision)} is not one of 'accept', 'reject', "
+                            f"'edit', 'drop'" + (" (accept and reject stand alone, not in a list)"
+                                                 if decision in ("accept", "reject") else ""))
+            continue
+        allowed = DECISION_KEYS if decision == "edit" else ("decision", "object")
+        extra = sorted(str(k) for k in item if k not in allowed)
+        if extra:
+            problems.append(f"{where}unknown key(s) {', '.join(map(repr, extra))} in a {decision}: "
+                            f"it takes {', '.join(allowed)}")
+            continue
+        k, why = _object_index(item.get("object", 0 if decision == "edit" else None), n)
+        if why:
+            problems.append(where + why)
+            continue
+        if k in edits or k in drops:
+            problems.append(f"{where}object {k} is changed twice: name each object at most once")
+            continue
+        if decision == "drop":
+            drops.append(k)
+            changes.append({"decision": "drop", "object": k})
+            continue
+        edited, edit_problems = _edit(item.get("answer_px"), objects[k], frame_size, has_frame)
+        if edit_problems:
+            prefix = "" if flat or n == 1 else f"object {k}: "
+            problems += [where + prefix + p for p in edit_problems]
+            continue
+        edits[k] = edited
+        changes.append({"decision": "edit", "object": k, "answer_px": edited})
+    if not problems and len(drops) >= n:
+        problems.append(f"dropping {'the only object' if n == 1 else f'all {n} objects'} leaves "
+                        "nothing to segment: reply 'reject' to make no masks")
+    if problems:
+        return Reply(None, problems=problems)
+    kept = [{**edits.get(k, objects[k]), "label": objects[k].get("label")}
+            for k in range(n) if k not in drops]
+    first = {key: kept[0][key] for key in EDIT_KEYS}
+    return Reply("edit" if edits else "drop", answer_px=first, objects_px=kept, changes=changes)
+
+
+def _object_index(k: Any, n: int) -> tuple[int, str | None]:
+    if k is None:
+        return -1, "a drop must name its \"object\" (0-based)"
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        return -1, f"object {_short(k)} must be an integer index (0-based)"
+    if not 0 <= int(k) < n:
+        which = "the answer's only object is 0" if n == 1 else f"the answer's {n} objects are 0 to {n - 1}"
+        return -1, f"object {int(k)} is not one of the answer's objects: {which}"
+    return int(k), None
+
+
+def _edit(reply: Any, original: Mapping[str, Any], frame_size: Sequence[int],
+          has_frame: Callable[[int], bool | None] | None) -> tuple[dict[str, Any], list[str]]:
+    """One object's edit merged over it, or why it is refused."""
+    if not isinstance(reply, Mapping):
+        return {}, [f"an edit's answer_px is an object {{\"keyframe\", \"bbox_2d\", \"point_2d\"}}, "
+                    f"not {_short(reply)}"]
     problems = _edit_shape(reply)
     if problems:
-        return Reply(None, problems=problems)
-    merged = {**answer_px, **reply}
+        return {}, problems
+    merged = {**{k: original.get(k) for k in EDIT_KEYS}, **reply}
     problems = _edit_values(merged, set(reply), frame_size, has_frame)
     if problems:
-        return Reply(None, problems=problems)
-    edited = {"keyframe": int(merged["keyframe"]),
-              "bbox_2d": [float(v) for v in merged["bbox_2d"]],
-              "point_2d": [float(v) for v in merged["point_2d"]]}
-    return Reply("edit", answer_px=edited)
+        return {}, problems
+    return {"keyframe": int(merged["keyframe"]),
+            "bbox_2d": [float(v) for v in merged["bbox_2d"]],
+            "point_2d": [float(v) for v in merged["point_2d"]]}, []
 
 
 def _short(value: Any, limit: int = 60) -> str:

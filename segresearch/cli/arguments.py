@@ -17,14 +17,18 @@ DEMO_OUT = "runs/demo"
 # environment. A resumed thread keeps those it was started with unless given again.
 RUN_SETTINGS = ("model", "search", "kb", "retriever_url", "search_cache", "segmenter", "sam2_checkpoint",
                 "max_turns", "num_frames", "coord_style", "protocol", "temperature", "system_prompt_file",
-                "feedback_retries", "review")
+                "feedback_retries", "review", "verify_rounds", "ask_user", "ask_user_reply")
 # The run settings ``eval`` varies; segmentation is its own step there (see SEGMENTER_SETTINGS).
 EVAL_SETTINGS = ("search", "kb", "retriever_url", "search_cache", "max_turns", "num_frames",
-                 "coord_style", "protocol", "temperature", "system_prompt_file", "request_timeout")
+                 "coord_style", "protocol", "temperature", "system_prompt_file", "request_timeout",
+                 "ask_user", "ask_user_reply")
 SEGMENTER_SETTINGS = ("segmenter", "sam2_checkpoint", "sam2_config", "sam2_image_size")
 # The coordinate styles of saved answers and training rows: the x-first grids every answer is
 # kept on (a gemini or normalized answer is stored on the 0-1000 grid once read).
 GRID_STYLES = ("qwen3", "qwen25")
+# how eval and segment read a tag <answer> holding a list (eval.postseg.ANSWER_RULES;
+# spelled out here so --help imports no segmenter)
+ANSWER_RULES = ("objects", "published")
 
 
 def add_run_arguments(r: argparse.ArgumentParser) -> None:
@@ -34,7 +38,8 @@ def add_run_arguments(r: argparse.ArgumentParser) -> None:
                    help="video file, folder of frames, image, or several frame files")
     r.add_argument("--query", help="what to segment, in words (a question or a description)")
     add_context_arguments(r, RUN_SETTINGS,
-                          notes={"review": "the answer's picture is saved as review.png in the run folder"})
+                          notes={"review": "the answer's picture is saved as review.png in the run folder",
+                                 "ask_user": "the question is asked on the terminal"})
     r.add_argument("--out", help="output folder; must be new or empty (default: a new "
                                  "runs/run-DATE-TIME-XXXXXX)")
     r.add_argument("--overwrite", action="store_true",
@@ -153,7 +158,8 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
         e.add_argument("--predictions", metavar="FILE",
                        help="score a saved predictions file (ours or the published dump) instead")
         add_context_arguments(e, EVAL_SETTINGS,
-                              notes={"search": "in-video questions never search"} if name == "okvos" else {})
+                              notes={**({"search": "in-video questions never search"} if name == "okvos" else {}),
+                                     "ask_user_reply": "default 'no further information'"})
         _add_segmenter_arguments(e)
         e.add_argument("--concurrency", type=int, default=8, help="queries in flight per process")
         e.add_argument("--limit", type=int, help="only the first N queries (smoke runs)")
@@ -166,7 +172,7 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
                        help="do not keep a run folder (trajectory.json, report.md) per query")
         e.add_argument("--overlays", action="store_true", help="also write overlays/<id>.mp4")
         e.add_argument("--no-html", dest="no_html", action="store_true", help="skip report.html")
-        paper_cols = "gIoU,cIoU" if name == "images" else "J&F,J,F"
+        paper_cols = {"images": "gIoU,cIoU", "revos": "J&F,J,F,R"}.get(name, "J&F,J,F")
         paper_groups = EVAL_PAPER_GROUPS[name]
         e.add_argument("--paper-table", dest="paper_table", metavar="FILE",
                        help="the paper's numbers, shown beside ours with the difference in "
@@ -174,6 +180,8 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
                        f"and one row per group ({paper_groups}, overall), values in percent "
                        "as printed (e.g. 55.1; empty cell: not reported; '#' lines: notes), "
                        f'or JSON {{"overall": {{"{paper_cols.split(",")[0]}": 55.1}}}}')
+        e.add_argument("--answer-rule", dest="answer_rule", choices=ANSWER_RULES, default="objects",
+                       help="how a tag output's <answer> holding a JSON list of objects is read: objects (default: each object segmented, scored on their union) or published (as the published post-segmentation reads it: no prompt); tools-mode rows always read their objects")
         e.add_argument("--retry-errors", dest="retry_errors", action="store_true",
                        help="run again the queries whose saved prediction ended in an error")
         e.add_argument("--force", action="store_true",
@@ -185,6 +193,8 @@ def add_segment_arguments(sg: argparse.ArgumentParser) -> None:
     sg.add_argument("--root", help="data set folder the rows' video paths are found under")
     sg.add_argument("--out", required=True, help="mask folder: OUT/<id>/<frame>.png (resumed)")
     sg.add_argument("--overlays", help="also write <id>.mp4 overlays into this folder")
+    sg.add_argument("--answer-rule", dest="answer_rule", choices=ANSWER_RULES, default="objects",
+                    help="how a tag output's <answer> holding a JSON list of objects is read: objects (default: each object segmented, scored on their union) or published (as the published post-segmentation reads it: no prompt); tools-mode rows always read their objects")
     add_context_arguments(sg, ("coord_style",), defaults={"coord_style": "qwen3"},
                           choices={"coord_style": GRID_STYLES})
     sg.add_argument("--coord-size", dest="coord_size", type=int,

@@ -18,7 +18,7 @@ from segresearch.core.coords import CoordFrame
 from segresearch.eval.paper_table import PaperTableError, read_paper_table
 from segresearch.eval.postseg import jobs_from_rows, segment_jobs
 from segresearch.eval.predictions import PredictionsError, read_usable_predictions
-from segresearch.eval.results import results_markdown
+from segresearch.eval.results import LAYOUT_HEADING, paper_layout_markdown, results_markdown
 from segresearch.eval.runner import evaluate
 from segresearch.eval.spec import EvalSpec, eval_context
 from segresearch.tools.keyframe import KEYFRAME_RESIZE
@@ -129,6 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overlays=args.overlays, html=not args.no_html, progress=not args.no_progress,
         retry_errors=args.retry_errors, force=args.force,
         meta_mapping=getattr(args, "meta_mapping", None), paper_table=args.paper_table,
+        answer_rule=args.answer_rule,
         **_segmenter_args(args),
     )
     try:
@@ -146,7 +147,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, RuntimeError, OSError) as e:  # EvalError, DatasetError, SAM 2 loading
         return die(" ".join(str(e).split()))
     md = results_markdown(results)
-    print(md.split("\n## By number")[0].rstrip())
+    layout_md = paper_layout_markdown(results)  # printed last: the benchmark's own table
+    head = md.split("\n## By number")[0]
+    if layout_md:
+        before, _, after = head.partition(LAYOUT_HEADING)
+        head = before + ("\n##" + after.split("\n##", 1)[1] if "\n##" in after else "")
+    print(head.rstrip())
     c = results["counts"]
     print(f"\n{c['predicted']} of {c['queries']} queries predicted, {c['missing_predictions']} missing "
           f"(scored as empty), {c['no_usable_answer']} without a usable answer, "
@@ -156,6 +162,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = spec.out_dir
     print(f"results: {out / 'results.json'}, {out / 'results.md'}"
           + (f", {out / 'report.html'}" if spec.html else ""))
+    if layout_md:
+        print("\n" + layout_md.rstrip())
     failed, warning = _run_failures(results, from_file=bool(args.predictions))
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -185,7 +193,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not rows:
         return die(f"none of the {filtered} rows has a data_source containing {args.data_source!r} "
                    "(--all segments every row)")
-    jobs, problems = jobs_from_rows(rows, args.root)
+    jobs, problems = jobs_from_rows(rows, args.root, args.answer_rule)
     for qid, why in problems[:5]:
         print(f"warning: {qid}: {why}", file=sys.stderr)
     if len(problems) > 5:

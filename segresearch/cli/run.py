@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import stat
 import sys
 import uuid
 from collections.abc import Callable
@@ -31,7 +33,7 @@ from segresearch.cli.console import RunPrinter
 from segresearch.cli.context_args import context_overrides
 from segresearch.cli.model_check import check_model
 from segresearch.core import cancel
-from segresearch.core.events import ERROR, SEGMENT
+from segresearch.core.events import ASK_USER, ERROR, SEGMENT
 from segresearch.core.media import IMAGE_EXTS, VIDEO_EXTS, MediaError, open_media
 from segresearch.core.media_store import MEDIA_SCHEME, get_store
 from segresearch.core.prompts import system_prompt
@@ -55,7 +57,8 @@ def stream(ctx: Any, query: str | None, media: Any, printer: Any, graph: Any = N
            config: dict[str, Any] | None = None, review: Any = None) -> dict[str, Any]:
     """Run (or, with ``query`` None, resume) the graph, printing as it goes. With a
     checkpointer every step is saved before the next begins, so a killed run resumes from
-    its last finished step; ``review`` answers the graph's review pauses."""
+    its last finished step; ``review`` answers the graph's pauses (review and ask_user,
+    ``answer_pauses``)."""
     if graph is None:
         graph = default_graph
     final: dict[str, Any] = {}
@@ -103,10 +106,21 @@ def ask_review(out_dir: Path) -> Callable[[dict[str, Any]], Any]:
         if pause.get("problem"):
             print(f"review: {pause['problem']}", file=sys.stderr)
         w, h = pause.get("frame_size") or ("?", "?")
-        print(f"review{where}: keyframe {px.get('keyframe')} ({w}x{h}), box {px.get('bbox_2d')}, "
-              f"point {px.get('point_2d')}", file=sys.stderr)
-        print("  Enter accepts; 'r' rejects; or type 'x1 y1 x2 y2 [px py]' in pixels "
-              "(optionally 'frame N' first):", file=sys.stderr)
+        objects = pause.get("objects_px") or []
+        if len(objects) > 1:
+            print(f"review{where}: {len(objects)} objects ({w}x{h} frames):", file=sys.stderr)
+            for k, o in enumerate(objects):
+                name = f" {o['label']}" if o.get("label") else ""
+                print(f"  {k}{name}: keyframe {o.get('keyframe')}, box {o.get('bbox_2d')}, "
+                      f"point {o.get('point_2d')}", file=sys.stderr)
+            print("  Enter accepts; 'r' rejects; 'drop K' leaves object K out; 'edit K x1 y1 x2 y2 "
+                  "[px py]' changes it (optionally 'frame N' before the numbers); several joined "
+                  "with ';'; plain numbers change object 0:", file=sys.stderr)
+        else:
+            print(f"review{where}: keyframe {px.get('keyframe')} ({w}x{h}), box {px.get('bbox_2d')}, "
+                  f"point {px.get('point_2d')}", file=sys.stderr)
+            print("  Enter accepts; 'r' rejects; or type 'x1 y1 x2 y2 [px py]' in pixels "
+                  "(optionally 'frame N' first):", file=sys.stderr)
         try:
             line = input("> ").strip()
         except EOFError:  # no one to answer: an empty line accepts, the end of input must not
@@ -114,22 +128,109 @@ def ask_review(out_dir: Path) -> Callable[[dict[str, Any]], Any]:
                 "--review got no reply: stdin ended (EOF), so nobody accepted, edited or "
                 "rejected the answer and nothing was segmented; run it in a terminal, or pipe "
                 "the reply (an empty line accepts, 'r' rejects)") from None
-        if not line:
-            return "accept"
-        if line.lower() in ("r", "reject", "n", "no"):
-            return "reject"
-        edit: dict[str, Any] = {}
-        m = re.match(r"frame\s+(\d+)\s*", line)
-        if m:
-            edit["keyframe"] = int(m.group(1))
-            line = line[m.end():]
-        nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", line)]
-        if len(nums) >= 4:
-            edit["bbox_2d"] = nums[:4]
-            edit["point_2d"] = nums[4:6] if len(nums) >= 6 else [(nums[0] + nums[2]) / 2, (nums[1] + nums[3]) / 2]
-        return edit or line  # anything else goes back to the graph, which asks again
+        return terminal_reply(line)
 
     return ask
+
+
+_CHANGE = re.compile(r"(edit|drop)\s+(-?\d+)\b\s*(.*)", re.IGNORECASE | re.DOTALL)
+
+
+def terminal_reply(line: str) -> Any:
+    """A line typed at the review prompt as the reply the graph reads: '' accepts, 'r'
+    rejects, 'drop K' / 'edit K [frame N] x1 y1 x2 y2 [px py]' change object K (several
+    joined with ';' make a list), plain '[frame N] x1 y1 x2 y2 [px py]' edits the answer (the
+    first object). Anything else goes back as typed: the graph says why and asks again."""
+    line = line.strip()
+    if not line:
+        return "accept"
+    if line.lower() in ("r", "reject", "n", "no"):
+        return "reject"
+    parts = [p.strip() for p in line.split(";") if p.strip()]
+    matches = [_CHANGE.fullmatch(p) for p in parts]
+    if parts and all(matches):
+        changes: list[dict[str, Any]] = []
+        for m in matches:
+            assert m is not None
+            k = int(m.group(2))
+            if m.group(1).lower() == "drop":
+                changes.append({"decision": "drop", "object": k})
+            else:
+                changes.append({"decision": "edit", "object": k, "answer_px": _typed_edit(m.group(3))})
+        return changes[0] if len(changes) == 1 else changes
+    return _typed_edit(line) or line
+
+
+def _typed_edit(text: str) -> dict[str, Any]:
+    """'[frame N] x1 y1 x2 y2 [px py]' as an edit (the box centre when no point is typed)."""
+    edit: dict[str, Any] = {}
+    m = re.match(r"frame\s+(\d+)\s*", text)
+    if m:
+        edit["keyframe"] = int(m.group(1))
+        text = text[m.end():]
+    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", text)]
+    if len(nums) >= 4:
+        edit["bbox_2d"] = nums[:4]
+        edit["point_2d"] = nums[4:6] if len(nums) >= 6 else [(nums[0] + nums[2]) / 2, (nums[1] + nums[3]) / 2]
+    return edit
+
+
+class QuestionUnanswered(ReviewUnanswered):
+    """``--ask-user`` met the end of stdin: nobody is there to answer the model's question."""
+
+
+def ask_question() -> Callable[[dict[str, Any]], Any]:
+    """The terminal side of ``--ask-user``: show the model's question, read one line."""
+
+    def ask(pause: dict[str, Any]) -> Any:
+        if pause.get("problem"):
+            print(f"ask_user: {pause['problem']}", file=sys.stderr)
+        print(f"the model asks: {pause.get('question')}", file=sys.stderr)
+        print("  type your answer (one line):", file=sys.stderr)
+        try:
+            return input("> ").strip()
+        except EOFError:
+            raise QuestionUnanswered(
+                "--ask-user got no reply: stdin ended (EOF), so nobody answered the model's "
+                "question; run it in a terminal, pipe the answers (one line each), or give "
+                "--ask-user-reply TEXT to answer every question without asking") from None
+
+    return ask
+
+
+def answer_pauses(review: Callable[[dict[str, Any]], Any] | None,
+                  question: Callable[[dict[str, Any]], Any] | None) -> Callable[[dict[str, Any]], Any] | None:
+    """One callback for ``stream``: each pause goes to the side that answers its kind."""
+    if review is None and question is None:
+        return None
+
+    def answer(pause: dict[str, Any]) -> Any:
+        kind = pause.get("type") if isinstance(pause, dict) else None
+        side = question if kind == ASK_USER else review
+        if side is None:  # a pause this run did not ask for (a thread resumed with other flags)
+            raise ReviewUnanswered(f"the run paused for {kind or 'a reply'}, which this command "
+                                   "was not started to answer")
+        return side(pause)
+
+    return answer
+
+
+def stdin_problem() -> str | None:
+    """Why nobody could answer a question on stdin (None when someone could): no stdin, a
+    closed one, or /dev/null. A terminal, a pipe or a file of answers is read line by line."""
+    stream_in = sys.stdin
+    if stream_in is None or stream_in.closed:
+        why = "there is no stdin"
+    else:
+        try:
+            mode = os.fstat(stream_in.fileno()).st_mode
+        except (OSError, ValueError, AttributeError):
+            return None  # e.g. a replaced stream without a file: it is read as given
+        if not (stat.S_ISCHR(mode) and not stream_in.isatty()):
+            return None
+        why = "stdin is not interactive (/dev/null)"
+    return (f"--ask-user pauses the run to ask you the model's questions on the terminal, but {why}; "
+            "run it in a terminal, pipe the answers, or give --ask-user-reply TEXT")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -200,6 +301,9 @@ def _run(args: argparse.Namespace, farewell: Farewell) -> int:
         problem = check_model(ctx.model, ctx.request_timeout)
         if problem:
             return die(problem)
+    asks = ctx.ask_user and ctx.ask_user_reply is None  # the model's questions come to us
+    if asks and stdin_problem():
+        return die(str(stdin_problem()))
     if ctx.system_prompt_file:  # a file the user named: refused before a folder is made
         try:
             system_prompt(ctx.use_search, resolved_coord_style(ctx), ctx.system_prompt_file)
@@ -220,14 +324,14 @@ def _run(args: argparse.Namespace, farewell: Farewell) -> int:
     except (RunDirError, OSError) as e:
         return die(str(e))
     ctx.output_dir = str(out)
-    if ctx.review and graph is None:  # a pause needs somewhere to keep the run meanwhile
+    if (ctx.review or asks) and graph is None:  # a pause needs somewhere to keep the run meanwhile
         graph = build_graph(checkpointer=InMemorySaver())
         config = {"configurable": {"thread_id": "review"}}
     if args.db and not resuming:
         public = {k: v for k, v in ctx.public_dict().items() if k in overrides or k == "output_dir"}
         save_run_settings(graph, config["configurable"]["thread_id"], {"context": public})
     printer = RunPrinter()
-    review = ask_review(out) if ctx.review else None
+    review = answer_pauses(ask_review(out) if ctx.review else None, ask_question() if asks else None)
     thread_id = config["configurable"]["thread_id"] if args.db else None
     farewell.text = lambda: _interrupted_line(out, args.db, thread_id)
     if resuming:  # what a killed step left half-written (we hold the folder's lock)
@@ -241,9 +345,10 @@ def _run(args: argparse.Namespace, farewell: Farewell) -> int:
         return EXIT_INTERRUPTED
     except ReviewUnanswered as e:
         kept = True
-        how = (f"; the thread waits at the review: resume with segresearch run --db {args.db} "
+        what = "a reply" if isinstance(e, QuestionUnanswered) else "the review"
+        how = (f"; the thread waits for {what}: resume with segresearch run --db {args.db} "
                f"--thread {thread_id}" if args.db
-               else "; start it with --db FILE to keep a review waiting for later")
+               else f"; start it with --db FILE to keep {what} waiting for later")
         return die(f"{e}{how}")
     finally:
         release_run_dir(out, lock, remove_empty=created and not kept)

@@ -136,3 +136,31 @@ def drop_outputs_outside_window(predictor: Any, state: dict[str, Any], frame_idx
                 del non_cond[t]
             dropped += len(stale)
     return dropped
+
+
+def cast_memory_to_feature_dtype(predictor: Any) -> None:
+    """Let memory attention read bfloat16 memories alongside float32 features, as it does
+    under CUDA autocast (idempotent, per predictor).
+
+    sam2 1.1.0 stores every frame's mask memory in bfloat16
+    (``SAM2VideoPredictor._run_single_frame_inference`` and ``_run_memory_encoder``). Its
+    memory attention usually reads them concatenated with float32 object pointers, which
+    ``torch.cat`` promotes to float32; but with several objects prompted on different frames,
+    propagation reaches an object before its own prompted frame, where it has no pointer yet,
+    and the bfloat16 memories alone meet float32 weights (``mat1 and mat2 must have the same
+    dtype``) unless autocast is on. ``MemoryAttention.forward``'s ``memory`` is cast to the
+    features' dtype then, which is the promotion ``torch.cat`` does otherwise: whenever the
+    dtypes already agree (every single-object propagation) nothing changes."""
+    attn = predictor.memory_attention
+    if getattr(attn, "_segresearch_casts_memory", False):
+        return
+    forward = attn.forward
+
+    def cast_forward(curr: Any, memory: Any, *args: Any, **kwargs: Any) -> Any:
+        ref = curr[0] if isinstance(curr, list) else curr
+        if memory.dtype != ref.dtype:
+            memory = memory.to(ref.dtype)
+        return forward(curr, memory, *args, **kwargs)
+
+    attn.forward = cast_forward
+    attn._segresearch_casts_memory = True

@@ -23,6 +23,7 @@ UNIONS: Final[dict[str, Any]] = {
     "StreamEvent": events.StreamEvent,
     "Pending": events.Pending,
     "ReviewRequest": events.ReviewRequest,
+    "AskUserRequest": events.AskUserRequest,
 }
 SCHEMA_ID: Final = "https://segresearch.invalid/events.schema.json"
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"

@@ -38,6 +38,8 @@ KEYFRAME: Final = "keyframe"
 FINAL: Final = "final"
 ANSWER: Final = "answer"
 NONE: Final = "none"
+VERIFY: Final = "verify"
+ASK_USER: Final = "ask_user"
 
 # --------------------------------------------------------------- shared pieces
 
@@ -49,6 +51,16 @@ class Answer(TypedDict):
     keyframe: int | None
     bbox_2d: list[float]
     point_2d: list[float]
+
+
+class ObjectAnswer(TypedDict):
+    """One object of an answer (``State.objects``, ``objects_px``): an ``Answer`` with the
+    object's ``label`` when the model named it."""
+
+    keyframe: int | None
+    bbox_2d: list[float]
+    point_2d: list[float]
+    label: str | None
 
 
 class SegmentPrompt(TypedDict):
@@ -95,6 +107,17 @@ class ActionAnswer(TypedDict):
     type: Literal["answer"]
     bbox_2d: list[float]
     point_2d: list[float]
+    objects: NotRequired[list[ActionObject]]  # an answer naming 2+ objects: each of them
+
+
+class ActionObject(TypedDict):
+    """One object of an answer naming several, as written (the first is also the answer's
+    ``bbox_2d`` and ``point_2d``); ``keyframe`` when the call named the object's frame."""
+
+    bbox_2d: list[float]
+    point_2d: list[float]
+    label: str | None
+    keyframe: int | None
 
 
 class ActionNone(TypedDict):
@@ -104,7 +127,16 @@ class ActionNone(TypedDict):
     reason: str
 
 
-Action = ActionSearch | ActionKeyframe | ActionAnswer | ActionNone
+class ActionAskUser(TypedDict):
+    """A question for the user (``Context.ask_user``, tools protocol); ``error`` when the
+    call was malformed (e.g. an empty question: the model is told so, nobody is asked)."""
+
+    type: Literal["ask_user"]
+    question: str
+    error: NotRequired[str]
+
+
+Action = ActionSearch | ActionKeyframe | ActionAnswer | ActionNone | ActionAskUser
 
 
 # ------------------------------------------------------------------- pending
@@ -124,7 +156,7 @@ class PendingFeedback(TypedDict):
     reason: str
 
 
-Pending = ActionSearch | ActionKeyframe | PendingAnswer | PendingFeedback
+Pending = ActionSearch | ActionKeyframe | PendingAnswer | PendingFeedback | ActionAskUser
 
 
 # ------------------------------------------------- events of both kinds
@@ -211,14 +243,28 @@ class SegmentEvent(TypedDict):
     seconds: NotRequired[float]
     empty: NotRequired[str]
     keyframe_area: NotRequired[int | None]
+    objects: NotRequired[list[SegmentObject]]  # an answer naming 2+ objects: each one's masks
+
+
+class SegmentObject(TypedDict):
+    """One object's masks (an answer naming several): its label, its mask's pixel count on
+    its own keyframe, and how many frames its masks reached."""
+
+    label: str | None
+    keyframe_area: int | None
+    reached: int | None
 
 
 class ReviewEvent(TypedDict):
-    """A reviewer's decision; an edit carries the box and point it put in its place."""
+    """A reviewer's decision; an edit carries the box and point it put in its place. With an
+    answer naming several objects, one event per object changed: ``object`` is its 0-based
+    index as the review pause listed them (an edit of a one-object answer has 0), and a
+    ``drop`` removed it."""
 
     type: Literal["review"]
-    decision: Literal["accept", "reject", "edit"]
+    decision: Literal["accept", "reject", "edit", "drop"]
     answer_px: NotRequired[Answer]
+    object: NotRequired[int]
 
 
 class ErrorEvent(TypedDict):
@@ -232,8 +278,53 @@ class ErrorEvent(TypedDict):
     note: NotRequired[str]
 
 
+class AskUserEvent(TypedDict):
+    """A question the model asked the user and the reply it got; ``auto`` when the reply was
+    the run's fixed one (``Context.ask_user_reply``, e.g. in an evaluation) rather than a
+    person's."""
+
+    type: Literal["ask_user"]
+    question: str
+    reply: str
+    auto: bool
+    seconds: float
+
+
+class Correction(TypedDict):
+    """A verify round's correction in original-frame pixels, as ``State.corrections`` holds
+    it: labelled points (1 on the object, 0 off it) and/or a box on one shown frame, for
+    object ``object`` (0-based index into the answer's objects)."""
+
+    round: int
+    object: int
+    frame: int
+    points: list[list[float]]
+    labels: list[int]
+    box: list[float] | None
+
+
+class VerifyEvent(TypedDict):
+    """One verify round (``Context.verify_rounds``): the frames the model was shown with its
+    masks drawn (``picture``, saved in the run folder), its reply, and whether it accepted
+    them or sent a ``correction`` (then the masks are made again). ``note`` when the reply
+    could not be read even after one reminder and was taken as an acceptance; ``turns``
+    model generations (2 when a reminder was needed)."""
+
+    type: Literal["verify"]
+    round: int
+    frames: list[int]
+    response: str
+    decision: Literal["accept", "correct"]
+    correction: NotRequired[Correction]
+    note: NotRequired[str]
+    picture: NotRequired[str]
+    turns: int
+    tokens: int
+    seconds: float
+
+
 TrajectoryEvent = (StartEvent | MediaEvent | ModelEvent | ToolEvent | FeedbackEvent
-                   | SegmentEvent | ReviewEvent | ErrorEvent)
+                   | SegmentEvent | ReviewEvent | ErrorEvent | VerifyEvent | AskUserEvent)
 
 
 # ------------------------------------------------------------- stream events
@@ -308,6 +399,7 @@ class FinalEvent(TypedDict):
     masks_dir: str | None
     turns: int | None
     error: str | None
+    objects_px: NotRequired[list[ObjectAnswer]]  # an answer naming 2+ objects: each, in pixels
 
 
 StreamEvent = (MediaEvent | StatusEvent | ProgressEvent | TurnEvent | SearchEvent
@@ -318,8 +410,8 @@ StreamEvent = (MediaEvent | StatusEvent | ProgressEvent | TurnEvent | SearchEven
 
 
 class ReviewRequest(TypedDict):
-    """The review pause's interrupt value: the answer in both coordinate systems, a picture
-    of it (a media reference), the frame size and ids a reply is checked against, and
+    """The review pause's interrupt value: the answer in both coordinate systems (every
+    object when it names several), a picture of it (a media reference), the frame size and ids a reply is checked against, and
     ``problem`` when it asks again after a refused reply."""
 
     type: Literal["review"]
@@ -330,4 +422,18 @@ class ReviewRequest(TypedDict):
     frame_size: list[int]
     how: str
     frame_ids: NotRequired[FrameRange | list[int]]
+    problem: NotRequired[str]
+    # an answer naming 2+ objects: each (model coordinates, frame pixels), numbered from 0 as
+    # a reply's "object" names them; the picture draws each in its colour with its number
+    objects: NotRequired[list[ObjectAnswer]]
+    objects_px: NotRequired[list[ObjectAnswer]]
+
+
+class AskUserRequest(TypedDict):
+    """The ask_user pause's interrupt value: the model's question, how to reply, and
+    ``problem`` when it asks again after a refused reply."""
+
+    type: Literal["ask_user"]
+    question: str
+    how: str
     problem: NotRequired[str]

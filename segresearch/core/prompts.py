@@ -82,7 +82,8 @@ KEYFRAME_CAPTION = "frame {fid} at high resolution:"
 # The tool-calling protocol (Context.protocol "tools") is for general chat models that were
 # never trained on the tags: the actions are offered as tools, and this prompt says what the
 # task is and how the tools fit together, in plain words. ``{search_part}`` lists the search
-# tools when the run has them; ``{coord_note}`` is the answer tool's coordinate sentence.
+# tools when the run has them, ``{verify_part}`` when the verify tools may be called
+# (``TOOLS_VERIFY_PART``); ``{coord_note}`` is the answer tool's coordinate sentence.
 TOOLS_SYSTEM_PROMPT = """\
 You help locate one object in a video or an image. The user shows you frames sampled from a \
 video (a single image is frame 0); each frame comes right after its label "frame <id>". Then \
@@ -97,7 +98,7 @@ around the target and one point that lies on it. {coord_note}
 
 Calling answer ends the task, so make sure of the target first. Do not describe the answer \
 in text instead of calling the tool.
-"""
+{verify_part}"""
 
 TOOLS_SEARCH_PART = """
 When the description depends on facts the frames do not show (who someone is, which team \
@@ -106,10 +107,72 @@ image_search returns a picture of a named person, object or logo. Search as ofte
 need, one query per call, and refine the query when the results do not settle it.
 """
 
+# With Context.verify_rounds > 0 the run's tools include accept_masks and correct_masks from
+# the first turn (a rollout's tools are fixed by its system turn); this says when they work.
+TOOLS_VERIFY_PART = """
+After your answer the target is segmented in every frame, and you may then be shown a few \
+frames with its masks. Only then call accept_masks if they cover the target, or correct_masks \
+to fix them; before your answer these two tools are not available, and while you check the \
+masks the other tools are not.
+"""
+
 TOOLS_FEEDBACK_PROMPT = (
     "Your last message made no usable tool call ({reason}). Call exactly one of the tools "
     "you were given: keyframe to look closer, or answer with the keyframe id, bbox_2d and point_2d."
 )
+
+
+# The verify step (Context.verify_rounds): after segmentation the model is shown a few frames
+# with its masks drawn and accepts them or corrects them. The published system prompt is not
+# changed; these texts come with the pictures. ``{shown}`` says which frames, ``{coord_note}`` the run's
+# coordinate sentence for the keyframe-size pictures, ``{objects_note}`` empty or the sentence
+# about several numbered objects.
+VERIFY_PROMPT = """\
+Your answer was segmented in every frame. Here {shown} with the masks drawn, each after its \
+label "frame <id>".{objects_note}
+Check whether the masks cover the target, and only the target. Begin with your reasoning inside \
+<thinking> </thinking>, then end with exactly one of:
+<verify>{{"accept": true}}</verify>
+if the masks are right, or one correction on one of these frames:
+<verify>{{"frame": id, "points": [[x, y], ...], "labels": [1, 0, ...], "box": [x1, y1, x2, y2]}}</verify>
+where a point labelled 1 lies on the target where the mask missed it, a point labelled 0 lies \
+where the mask covers something that is not the target, and the box (optional; points are \
+optional when a box is given) is tight around the target on that frame. {coord_note}
+"""
+
+TOOLS_VERIFY_PROMPT = """\
+Your answer was segmented in every frame. Here {shown} with the masks drawn, each after its \
+label "frame <id>".{objects_note}
+Check whether the masks cover the target, and only the target. Call accept_masks if they are \
+right; otherwise call correct_masks once, on one of these frames, with points on the target \
+the mask missed (label 1), points the mask covers wrongly (label 0), and/or a tight box \
+around the target. {coord_note}
+"""
+
+VERIFY_OBJECTS_NOTE = (
+    " The {count} objects of your answer are drawn in different colours, each with its number "
+    "beside it; a correction names the object it is for with \"object\": number."
+)
+
+VERIFY_RETRY_PROMPT = (
+    "Your reply could not be read ({reason}). End it with <verify>{{\"accept\": true}}</verify> "
+    "or one correction <verify>{{\"frame\": id, \"points\": [[x, y]], \"labels\": [1]}}</verify> "
+    "exactly as described."
+)
+
+TOOLS_VERIFY_RETRY_PROMPT = (
+    "Your reply could not be read ({reason}). Call exactly one tool: accept_masks, or "
+    "correct_masks with the frame id, points and their labels and/or a box."
+)
+
+
+def verify_prompt(protocol: str, n_frames: int, coord_note: str, n_objects: int = 1) -> str:
+    """The text shown with a verify round's pictures (``Context.verify_rounds``)."""
+    objects = VERIFY_OBJECTS_NOTE.format(count=n_objects) if n_objects > 1 else ""
+    shown = ("is the frame" if n_frames == 1 else
+             f"are {n_frames} of them (the keyframe, and the frames where the masks change most)")
+    template = TOOLS_VERIFY_PROMPT if protocol == "tools" else VERIFY_PROMPT
+    return template.format(shown=shown, objects_note=objects, coord_note=coord_note)
 
 
 def system_prompt(use_search: bool, coord_style: str, prompt_file: str = "") -> str:
@@ -121,14 +184,17 @@ def system_prompt(use_search: bool, coord_style: str, prompt_file: str = "") -> 
     return template.replace("{coord_note}", COORD_NOTES[coord_style])
 
 
-def tools_system_prompt(use_search: bool, coord_note: str, prompt_file: str = "") -> str:
+def tools_system_prompt(use_search: bool, coord_note: str, prompt_file: str = "",
+                        verify: bool = False) -> str:
     """The system prompt of the tool-calling protocol; ``coord_note`` is the sentence that
-    states the answer's coordinate convention (``core.coords.describe_convention``). A
+    states the answer's coordinate convention (``core.coords.describe_convention``);
+    ``verify`` (``Context.verify_rounds`` > 0) adds when the verify tools may be called. A
     ``prompt_file`` replaces the built-in text, with ``{coord_note}`` filled as in tags."""
     if prompt_file:
         template = read_utf8(Path(prompt_file).expanduser(), "system prompt file")
     else:
-        template = TOOLS_SYSTEM_PROMPT.replace("{search_part}", TOOLS_SEARCH_PART if use_search else "")
+        template = (TOOLS_SYSTEM_PROMPT.replace("{search_part}", TOOLS_SEARCH_PART if use_search else "")
+                    .replace("{verify_part}", TOOLS_VERIFY_PART if verify else ""))
     return template.replace("{coord_note}", coord_note)
 
 

@@ -20,6 +20,8 @@ SEARCH_TOOLS = ("text_search", "image_search")
 STOP_STRINGS = ["</search>", "</keyframe>"]
 SNIPPET_CHARS = 320
 MAX_JSON_CHARS = 4000
+MAX_OBJECTS = 16  # objects one answer may name (each is tracked: memory grows with them)
+MAX_LABEL_CHARS = 80
 
 _TAGS = ("search", "keyframe", "answer")
 _INT_RE = re.compile(r"^\s*(?:frame\s*)?(-?\d+(?:\.0*)?)\s*$", re.IGNORECASE)
@@ -43,6 +45,19 @@ class KeyframeAction:
 
 
 @dataclass(frozen=True)
+class AnswerObject:
+    """One object of an answer that names several: its box and point as read (the same
+    rules as a single answer's), its ``label`` when the model named it, and its frame when
+    the call names one (the tools protocol; None: the answer's keyframe)."""
+
+    bbox_2d: list[float]
+    point_2d: list[float]
+    label: str | None = None
+    keyframe: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class AnswerAction:
     bbox_2d: list[float]
     point_2d: list[float]
@@ -51,6 +66,9 @@ class AnswerAction:
     # the frame the answer is on, when the call names it (the ``answer`` tool of the tools
     # protocol); a tag answer is about the keyframe last shown, so it stays None there
     keyframe: int | None = None
+    # every object when the answer names two or more (the first is also ``bbox_2d`` and
+    # ``point_2d`` above); empty for a single-object answer, which reads exactly as before
+    objects: tuple[AnswerObject, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,13 +187,21 @@ def _parse_answer(body: str) -> AnswerAction | NoAction:
         return NoAction(reason=f"answer is not valid JSON ({e})")
     if isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], dict):
         obj = obj[0]
+    if isinstance(obj, list) and len(obj) > 1:  # several objects (the published parser refuses a list)
+        return answer_objects(obj)
     if not isinstance(obj, dict):
         return NoAction(reason="answer must be a JSON object with bbox_2d and point_2d")
+    got = _read_object(obj)
+    return NoAction(reason=f"invalid answer: {got}") if isinstance(got, str) else got
+
+
+def _read_object(obj: dict[str, Any]) -> AnswerAction | str:
+    """One answer object read by the tag rules; the problem as text when it is unusable."""
     warnings: list[str] = []
     try:
         box = _numbers(obj.get("bbox_2d", obj.get("bbox")), 4, "bbox_2d")
     except ValueError as e:
-        return NoAction(reason=f"invalid answer: {e}")
+        return str(e)
     x1, y1, x2, y2 = box
     if x1 > x2 or y1 > y2:
         box = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
@@ -188,8 +214,56 @@ def _parse_answer(body: str) -> AnswerAction | NoAction:
         try:
             point = _numbers(point_raw, 2, "point_2d")
         except ValueError as e:
-            return NoAction(reason=f"invalid answer: {e}")
+            return str(e)
     return AnswerAction(bbox_2d=box, point_2d=point, warnings=warnings)
+
+
+def read_label(value: Any) -> str | None:
+    """An object's ``label`` as text (None when absent or blank); a number is taken as
+    written, anything else is refused with ValueError. Long labels are cut."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError("label must be text")
+    text = " ".join(str(value).split())
+    if len(text) > MAX_LABEL_CHARS:
+        text = text[: MAX_LABEL_CHARS - 1] + "…"
+    return text or None
+
+
+def answer_objects(items: list[Any], keyframes: list[int | None] | None = None) -> AnswerAction | NoAction:
+    """An answer naming every object of ``items`` (parsed JSON: each a dict with
+    ``bbox_2d``, ``point_2d`` and an optional ``label``), each read by the single answer's
+    rules; one unusable element makes the whole answer ``NoAction`` naming its index.
+    ``keyframes`` (aligned with ``items``) are the objects' frames when the caller read
+    them. The first object is also the answer's ``bbox_2d``/``point_2d``/``keyframe``."""
+    if not items:
+        return NoAction(reason="answer must be a JSON object with bbox_2d and point_2d")
+    if len(items) > MAX_OBJECTS:
+        return NoAction(reason=f"invalid answer: at most {MAX_OBJECTS} objects, not {len(items)}")
+    objects: list[AnswerObject] = []
+    warnings: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return NoAction(reason=f"invalid answer: objects[{i}] must be a JSON object with bbox_2d "
+                                   "and point_2d")
+        got = _read_object(item)
+        if isinstance(got, str):
+            return NoAction(reason=f"invalid answer: objects[{i}]: {got}")
+        try:
+            label = read_label(item.get("label"))
+        except ValueError as e:
+            return NoAction(reason=f"invalid answer: objects[{i}]: {e}")
+        frame = keyframes[i] if keyframes is not None else None
+        objects.append(AnswerObject(bbox_2d=got.bbox_2d, point_2d=got.point_2d, label=label,
+                                    keyframe=frame, warnings=got.warnings))
+        warnings += [f"objects[{i}]: {w}" for w in got.warnings]
+    first = objects[0]
+    if len(objects) == 1:
+        return AnswerAction(bbox_2d=first.bbox_2d, point_2d=first.point_2d, warnings=first.warnings,
+                            keyframe=first.keyframe)
+    return AnswerAction(bbox_2d=first.bbox_2d, point_2d=first.point_2d, warnings=warnings,
+                        keyframe=first.keyframe, objects=tuple(objects))
 
 
 def _first_element(text: str) -> tuple[str, str] | None:

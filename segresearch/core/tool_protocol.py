@@ -22,6 +22,12 @@ ones. Each outcome mirrors the tag parser's treatment of the same mistake:
   (the model is told which frame ids exist), as ``<keyframe> x </keyframe>``;
 * an answer call with bad JSON or an unusable box or point → ``NoAction`` with the reason, as
   a malformed ``<answer>``; a missing point is the box centre (with a warning), as in tags;
+  an answer's optional ``objects`` list (several targets) is read element by element with
+  the same rules, one unusable element refusing the whole answer with its index, as a tag
+  ``<answer>`` holding a list of objects is;
+* an ``ask_user`` call (offered only with ``Context.ask_user``) → ``AskUserAction``; an
+  empty or missing ``question`` or bad JSON → ``AskUserAction`` with ``error`` (the model
+  reads the error as the tool's result and nobody is asked), as a malformed search;
 * several calls in one turn → the first one is run (one action per turn, as the first
   complete tag wins); every other call is answered with a ToolMessage saying it was not
   run, since OpenAI and Anthropic refuse a request with an unanswered tool call.
@@ -34,6 +40,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
@@ -47,6 +54,7 @@ from segresearch.core.protocol import (
     KeyframeAction,
     NoAction,
     SearchAction,
+    answer_objects,
     clean_text,
     clean_value,
     loads_lenient,
@@ -56,6 +64,7 @@ from segresearch.core.shared_cache import LoadOnce
 
 ANSWER_TOOL = "answer"
 KEYFRAME_TOOL = "keyframe"
+ASK_USER_TOOL = "ask_user"
 TOOL_NAMES = (*SEARCH_TOOLS, KEYFRAME_TOOL, ANSWER_TOOL)
 NOT_RUN = "Not run: only the first tool call of a turn is run. Call one tool per turn."
 IMAGES_FOLLOW = "The images returned by the last tool call:"
@@ -88,16 +97,41 @@ class KeyframeArgs(_Args):
     index: int = Field(description="The id of one of the frames you were shown (its label 'frame <id>').")
 
 
+class AnswerObjectArgs(_Args):
+    """One of several targets."""
+
+    keyframe: int | None = Field(default=None, description="The id of the frame this object's box and "
+                                                            "point are on (default: the answer's keyframe).")
+    bbox_2d: Annotated[list[float], Field(min_length=4, max_length=4)] = Field(
+        description="A tight box around this object."
+    )
+    point_2d: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(
+        description="One point that lies on this object."
+    )
+    label: str | None = Field(default=None, description="A short name for this object, e.g. 'left dog'.")
+
+
 class AnswerArgs(_Args):
     """The final answer: where the target is in the keyframe."""
 
     keyframe: int = Field(description="The id of the frame the box and point are on (the keyframe you picked).")
+    # Still required in the schema (a single-object answer is as published); a call that
+    # gives ``objects`` is read without them.
     bbox_2d: Annotated[list[float], Field(min_length=4, max_length=4)] = Field(
         description="A tight box around the target."
     )
     point_2d: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(
         description="One point that lies on the target."
     )
+    objects: list[AnswerObjectArgs] | None = Field(
+        default=None, description="Only when the query refers to several objects: every one of them, "
+                                  "in order (bbox_2d and point_2d then repeat the first one).")
+
+
+class AskUserArgs(_Args):
+    """Ask the user a question."""
+
+    question: str = Field(description="One short question the user can answer in words.")
 
 
 ARG_MODELS: dict[str, type[_Args]] = {
@@ -105,6 +139,7 @@ ARG_MODELS: dict[str, type[_Args]] = {
     "image_search": ImageSearchArgs,
     KEYFRAME_TOOL: KeyframeArgs,
     ANSWER_TOOL: AnswerArgs,
+    ASK_USER_TOOL: AskUserArgs,
 }
 
 _DESCRIPTIONS = {
@@ -116,28 +151,46 @@ _DESCRIPTIONS = {
     KEYFRAME_TOOL: "Show one of the sampled frames again at a higher resolution: pick the frame where "
                    "the target is easiest to see. Call it before answering.",
     ANSWER_TOOL: "Give the final answer and end the task: a tight box around the target in the "
-                 "keyframe and one point on the target.",
+                 "keyframe and one point on the target. When the query refers to several objects, "
+                 "list each of them in objects (its box, point, optional keyframe and label) instead.",
+    ASK_USER_TOOL: "Ask the user one short question when the query is ambiguous and neither the "
+                   "frames nor a search can settle it (which of several objects is meant, a name "
+                   "you cannot resolve). Returns the user's reply. Do not ask what you can find out.",
 }
+
+
+@dataclass(frozen=True)
+class AskUserAction:
+    """A question for the user; ``error`` when the call was malformed (nobody is asked)."""
+
+    question: str
+    error: str | None = None
 
 
 # The JSON of each (convention, size, search) combination, made once: every turn binds it.
 _DEFINITIONS: LoadOnce[str] = LoadOnce(maxsize=64, name="tools.definitions")
 
 
-def _definitions(coord_style: str, shown_size: int, use_search: bool, frame_size: int | None) -> str:
-    return _DEFINITIONS.get((coord_style, shown_size, use_search, frame_size),
-                            lambda: _make_definitions(coord_style, shown_size, use_search, frame_size))
+def _definitions(coord_style: str, shown_size: int, use_search: bool, frame_size: int | None,
+                 ask_user: bool = False) -> str:
+    return _DEFINITIONS.get((coord_style, shown_size, use_search, frame_size, ask_user),
+                            lambda: _make_definitions(coord_style, shown_size, use_search, frame_size,
+                                                      ask_user))
 
 
-def _make_definitions(coord_style: str, shown_size: int, use_search: bool, frame_size: int | None) -> str:
+def offered_tools(use_search: bool, ask_user: bool = False) -> tuple[str, ...]:
+    """The names of the tools a run offers, in the order they are bound."""
     names = TOOL_NAMES if use_search else (KEYFRAME_TOOL, ANSWER_TOOL)
+    return (*names, ASK_USER_TOOL) if ask_user else names
+
+
+def _make_definitions(coord_style: str, shown_size: int, use_search: bool, frame_size: int | None,
+                      ask_user: bool = False) -> str:
+    names = offered_tools(use_search, ask_user)
     out = []
     for name in names:
-        params = ARG_MODELS[name].model_json_schema()
-        params.pop("title", None)
+        params = _plain_schema(ARG_MODELS[name].model_json_schema())
         params.pop("description", None)
-        for prop in params.get("properties", {}).values():
-            prop.pop("title", None)
         description = _DESCRIPTIONS[name]
         if name == ANSWER_TOOL:
             description += " " + describe_convention(coord_style, shown_size, frame_size)
@@ -146,15 +199,40 @@ def _make_definitions(coord_style: str, shown_size: int, use_search: bool, frame
     return json.dumps(out)  # kept as text: every caller gets its own copy to change
 
 
+def _plain_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic schema as every provider takes it: nested models inlined (no ``$defs`` or
+    ``$ref``), no titles, and an optional field (``X | None = None``) written as plain
+    ``X`` left out of ``required`` rather than ``anyOf`` with null."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, list):
+            return [walk(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        if "$ref" in node:
+            return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+        out = {k: walk(v) for k, v in node.items() if k not in ("title", "$defs")}
+        alts = out.get("anyOf")
+        if isinstance(alts, list) and {"type": "null"} in alts and len(alts) == 2:
+            out.pop("anyOf")
+            out = {**next(a for a in alts if a != {"type": "null"}), **out}
+        if "default" in out and out["default"] is None:
+            out.pop("default")
+        return out
+
+    return walk(schema)
+
+
 def tool_definitions(coord_style: str, shown_size: int, use_search: bool,
-                     frame_size: int | None = None) -> list[dict[str, Any]]:
+                     frame_size: int | None = None, ask_user: bool = False) -> list[dict[str, Any]]:
     """The tools as OpenAI-style function dicts (what ``bind_tools`` accepts and a chat
     template's ``tools=`` renders); without the search tools when ``use_search`` is off. The
     answer tool's description states the coordinate convention for ``coord_style`` on an
     image of ``shown_size`` pixels a side (and, with ``frame_size``, on the sampled frames:
-    ``describe_convention``)."""
+    ``describe_convention``); ``ask_user`` adds the ask_user tool last."""
     return list(json.loads(_definitions(coord_style, int(shown_size), bool(use_search),
-                                        None if frame_size is None else int(frame_size))))
+                                        None if frame_size is None else int(frame_size), bool(ask_user))))
 
 
 # ------------------------------------------------------------------ reading calls
@@ -181,7 +259,8 @@ def tool_calls_in_order(msg: AIMessage) -> list[dict[str, Any]]:
     return calls
 
 
-def parse_tool_calls(msg: AIMessage, tools: Sequence[str] = TOOL_NAMES) -> tuple[Action, list[dict[str, Any]]]:
+def parse_tool_calls(msg: AIMessage, tools: Sequence[str] = TOOL_NAMES
+                     ) -> tuple[Action | AskUserAction, list[dict[str, Any]]]:
     """The action of the turn (the first call, read as the tag parser reads the same tag)
     and the calls that were not run. ``tools`` are the names offered this run, named in the
     error an unknown tool gets."""
@@ -191,7 +270,7 @@ def parse_tool_calls(msg: AIMessage, tools: Sequence[str] = TOOL_NAMES) -> tuple
     return _action(calls[0], tools), calls[1:]
 
 
-def _action(call: dict[str, Any], tools: Sequence[str]) -> Action:
+def _action(call: dict[str, Any], tools: Sequence[str]) -> Action | AskUserAction:
     name = clean_text(str(call.get("name") or "")).strip()
     args = call.get("args")
     bad_json = args is None or not isinstance(args, dict)
@@ -218,6 +297,16 @@ def _action(call: dict[str, Any], tools: Sequence[str]) -> Action:
         if bad_json:
             return NoAction(reason="answer arguments are not valid JSON")
         return _answer(args)
+    if name == ASK_USER_TOOL and name in tools:  # not offered: an unknown tool, as before
+        if bad_json:
+            return AskUserAction(question="", error='ask_user arguments are not a JSON object; '
+                                                    'write {"question": "..."}')
+        question = args.get("question")
+        if not isinstance(question, str):
+            return AskUserAction(question="", error='ask_user needs a "question" string')
+        if not question.strip():
+            return AskUserAction(question="", error="empty question: nobody was asked")
+        return AskUserAction(question=question.strip())
     listed = ", ".join(tools)
     return SearchAction(name=name or "?", query="",
                         error=f"unknown tool {name!r}; the tools are {listed}")
@@ -249,14 +338,19 @@ def _keyframe(args: dict[str, Any]) -> KeyframeAction:
 
 
 def _answer(args: dict[str, Any]) -> AnswerAction | NoAction:
-    """The tag parser's reading of the same JSON (``<answer>``), plus the keyframe."""
-    obj = {k: args[k] for k in ("bbox_2d", "point_2d", "bbox", "point") if k in args}
-    try:
-        body = json.dumps(obj)
-    except (TypeError, ValueError):
-        return NoAction(reason="answer arguments are not valid JSON")
-    # The tag parser's rules (numbers, swapped corners, a missing point) apply unchanged.
-    parsed = parse_answer_json(body)
+    """The tag parser's reading of the same JSON (``<answer>``), plus the keyframe; with
+    ``objects``, every object read so, each on its own keyframe or the answer's."""
+    items = args.get("objects")
+    if items is not None and not isinstance(items, list):
+        return NoAction(reason="invalid answer: objects must be a list of objects")
+    if items:
+        frame = None
+        if "keyframe" in args:
+            frame = _frame_id(args["keyframe"])
+            if frame is None:
+                return NoAction(reason="invalid answer: keyframe must be a frame id (an integer)")
+        return _answer_objects(items, frame, "keyframe" in args)
+    parsed = _one_object(args)
     if isinstance(parsed, NoAction):
         return parsed
     warnings = list(parsed.warnings)
@@ -269,6 +363,49 @@ def _answer(args: dict[str, Any]) -> AnswerAction | NoAction:
         warnings.append("no keyframe: the frame last shown at high resolution was used")
     return AnswerAction(bbox_2d=parsed.bbox_2d, point_2d=parsed.point_2d, warnings=warnings,
                         keyframe=frame)
+
+
+def _one_object(args: dict[str, Any]) -> AnswerAction | NoAction:
+    obj = {k: args[k] for k in ("bbox_2d", "point_2d", "bbox", "point") if k in args}
+    try:
+        body = json.dumps(obj)
+    except (TypeError, ValueError):
+        return NoAction(reason="answer arguments are not valid JSON")
+    # The tag parser's rules (numbers, swapped corners, a missing point) apply unchanged.
+    return parse_answer_json(body)
+
+
+def _answer_objects(items: list[Any], frame: int | None, named: bool) -> AnswerAction | NoAction:
+    """The ``objects`` list: each element read as a single answer is (the same outcomes),
+    the whole answer refused naming the first element that cannot be used."""
+    keyframes: list[int | None] = []
+    readable: list[Any] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            return NoAction(reason=f"invalid answer: objects[{i}] must be a JSON object with bbox_2d "
+                                   "and point_2d")
+        parsed = _one_object(item)
+        if isinstance(parsed, NoAction):
+            reason = parsed.reason.removeprefix("invalid answer: ")
+            return NoAction(reason=f"invalid answer: objects[{i}]: {reason}")
+        own = frame
+        if item.get("keyframe") is not None:
+            own = _frame_id(item["keyframe"])
+            if own is None:
+                return NoAction(reason=f"invalid answer: objects[{i}]: keyframe must be a frame id "
+                                       "(an integer)")
+        keyframes.append(own)
+        readable.append({k: item[k] for k in ("bbox_2d", "point_2d", "bbox", "point", "label") if k in item})
+    got = answer_objects(readable, keyframes)  # the same reading again, with the labels
+    if isinstance(got, NoAction) or named:
+        return got
+    unnamed = [i for i, k in enumerate(keyframes) if k is None]
+    if not unnamed:
+        return got
+    note = "no keyframe: the frame last shown at high resolution was used"
+    if not got.objects:
+        return replace(got, warnings=[*got.warnings, note])
+    return replace(got, warnings=[*got.warnings, *(f"objects[{i}]: {note}" for i in unnamed)])
 
 
 def loads_arguments(raw: str) -> dict[str, Any] | None:
@@ -335,7 +472,7 @@ def not_run_message(call: dict[str, Any]) -> ToolMessage:
 
 
 __all__ = [
-    "ANSWER_TOOL", "ARG_MODELS", "IMAGES_FOLLOW", "KEYFRAME_TOOL", "NOT_RUN", "TOOL_NAMES",
-    "AnswerArgs", "ImageSearchArgs", "KeyframeArgs", "TextSearchArgs", "loads_arguments",
-    "not_run_message", "parse_tool_calls", "tool_calls_in_order", "tool_definitions", "tool_observation",
+    "ANSWER_TOOL", "ARG_MODELS", "ASK_USER_TOOL", "IMAGES_FOLLOW", "KEYFRAME_TOOL", "NOT_RUN", "TOOL_NAMES",
+    "AnswerArgs", "AskUserAction", "AskUserArgs", "ImageSearchArgs", "KeyframeArgs", "TextSearchArgs", "loads_arguments",
+    "not_run_message", "offered_tools", "parse_tool_calls", "tool_calls_in_order", "tool_definitions", "tool_observation",
 ]

@@ -10,10 +10,17 @@ Accepted image layouts (``load_image_set``):
    query: ``image`` and ``mask`` (paths relative to the root), ``question`` (or ``text`` /
    ``query``), optional ``id`` (default: line number) and ``ignore`` (a mask of pixels left
    out of the score). Mask pixels > 0 are the target.
-2. the ReasonSeg release: ``<name>.jpg`` with ``<name>.json`` beside it holding ``text`` (a
-   list of questions, each one query, ids ``<name>#<k>``) and ``shapes`` (LabelMe polygons
-   labelled ``target``, or ``ignore`` for pixels left out of the score); larger polygons
-   are drawn first so smaller ones on top of them win.
+2. the ReasonSeg release (one folder per split, ``train/``, ``val/``, ``test/``: pass the
+   split's folder as the root): ``<name>.jpg`` with ``<name>.json`` beside it holding
+   ``text`` (a list of phrasings of the question), ``is_sentence`` (long query or short
+   phrase) and ``shapes`` (LabelMe polygons). Read as the released evaluation (LISA's
+   ``ValDataset`` with ``get_mask_from_json``) reads it: one query per image, its first
+   text (id ``<name>#0``; ``all_texts=True`` makes each text a query, ``<name>#<k>``), in
+   the group ``long`` or ``short`` by ``is_sentence`` (the test split's table reports both);
+   a polygon labelled ``flag`` is left out, one whose label contains ``ignore`` marks pixels
+   left out of the score, every other polygon is target (several are unioned); polygons are
+   drawn largest first (by their drawn area) so smaller ones on top of them win, outline
+   included, at integer vertices truncated toward zero as ``np.int32`` casts them.
 """
 
 from __future__ import annotations
@@ -239,7 +246,17 @@ def _read_json_any(path: Path) -> Any:
     raise DatasetError(f"{path}: not JSON")
 
 
-def load_image_set(root: str | os.PathLike[str], limit: int | None = None) -> list[Query]:
+def _reasonseg_group(anno: dict[str, Any]) -> str:
+    """ReasonSeg's query group: ``long`` (a sentence) or ``short`` (a phrase) by
+    ``is_sentence``; ``reason`` for annotations without it."""
+    flag = anno.get("is_sentence")
+    if isinstance(flag, bool):
+        return "long" if flag else "short"
+    return "reason"
+
+
+def load_image_set(root: str | os.PathLike[str], limit: int | None = None, *,
+                   all_texts: bool = False) -> list[Query]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"image set folder not found: {root}")
@@ -270,6 +287,10 @@ def load_image_set(root: str | os.PathLike[str], limit: int | None = None) -> li
         images = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS
                         and p.with_suffix(".json").is_file())
         if not images:
+            splits = [d.name for d in sorted(root.iterdir()) if d.is_dir() and d.name in ("train", "val", "test")]
+            if splits:
+                raise DatasetError(f"{root} holds the ReasonSeg splits {', '.join(splits)}: pass one "
+                                   f"of them as the root (e.g. {root / splits[-1]})")
             raise DatasetError(
                 f"{root}: no queries.jsonl and no <image>.jpg + <image>.json pairs (ReasonSeg layout)"
             )
@@ -280,9 +301,9 @@ def load_image_set(root: str | os.PathLike[str], limit: int | None = None) -> li
                 texts = [texts]
             if not isinstance(texts, list) or not texts:
                 raise DatasetError(f"{img.with_suffix('.json')}: no 'text' questions")
-            for k, text in enumerate(texts):
+            for k, text in enumerate(texts if all_texts else texts[:1]):
                 out.append(Query(
-                    id=f"{img.stem}#{k}", question=str(text).strip(), ability="reason",
+                    id=f"{img.stem}#{k}", question=str(text).strip(), ability=_reasonseg_group(anno),
                     media=str(img), segment_media=str(img), gt="", kind="image", video=str(img),
                     polygons=str(img.with_suffix(".json")),
                 ))
@@ -293,22 +314,35 @@ def load_image_set(root: str | os.PathLike[str], limit: int | None = None) -> li
     return out[:limit] if limit is not None else out
 
 
+def _draw_polygon(canvas: np.ndarray, points: np.ndarray, value: int) -> None:
+    """A polygon filled and outlined (one pixel), as ReasonSeg's masks are drawn."""
+    cv2.polylines(canvas, [points], True, value, 1)
+    cv2.fillPoly(canvas, [points], value)
+
+
 def polygon_masks(json_path: str | os.PathLike[str], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(target, ignore) boolean masks from a ReasonSeg annotation."""
+    """(target, ignore) boolean masks from a ReasonSeg annotation, drawn as the released
+    evaluation draws them (see the module docstring): ``flag`` polygons left out, labels
+    containing ``ignore`` ignored, every other polygon target; largest drawn area first;
+    vertices truncated to integers; the outline drawn with the fill."""
     anno = _read_json_any(Path(json_path))
-    shapes = [s for s in anno.get("shapes", []) if s.get("label") in ("target", "ignore")]
-
-    def area(s: dict[str, Any]) -> float:
-        pts = np.asarray(s.get("points") or [[0, 0]], np.float32)
-        return float(cv2.contourArea(pts)) if len(pts) >= 3 else 0.0
-
-    label = np.zeros((height, width), np.uint8)
-    for s in sorted(shapes, key=area, reverse=True):
-        pts = np.round(np.asarray(s.get("points") or [], np.float32)).astype(np.int32)
-        if len(pts) < 3:
+    polys: list[tuple[int, bool, np.ndarray]] = []  # (drawn area, ignore, vertices)
+    for s in anno.get("shapes", []) if isinstance(anno, dict) else []:
+        label = str(s.get("label", ""))
+        pts = np.asarray(s.get("points") or [], np.float64)
+        if label.lower() == "flag" or pts.ndim != 2 or pts.shape[1] != 2 or not len(pts):
             continue
-        cv2.fillPoly(label, [pts], 1 if s["label"] == "target" else 255)
-    return label == 1, label == 255
+        pts = pts.astype(np.int32)  # truncation toward zero, as the release's np.int32 cast
+        probe = np.zeros((height, width), np.uint8)
+        _draw_polygon(probe, pts, 1)
+        polys.append((int(probe.sum()), "ignore" in label.lower(), pts))
+    # largest first; of equal areas the later polygon first (a reversed ascending sort)
+    order = sorted(range(len(polys)), key=lambda i: (polys[i][0], i), reverse=True)
+    canvas = np.zeros((height, width), np.uint8)
+    for i in order:
+        _, ignore, pts = polys[i]
+        _draw_polygon(canvas, pts, 255 if ignore else 1)
+    return canvas == 1, canvas == 255
 
 
 def _read_mask(path: str, what: str) -> np.ndarray:

@@ -20,8 +20,21 @@ JSON: an object of groups, each an object of metrics (``null`` for not reported)
     {"one-hop": {"J&F": 60.1, "J": 58.0, "F": 62.2}, "overall": {"J&F": 55.3}}
 
 Groups are those of our tables (OK-VOS: one-hop, multi-hop, relational, in-video and
-overall; image sets: the set's abilities and overall), matched ignoring case, spaces and
-underscores. Metrics: J&F, J, F for OK-VOS; gIoU, cIoU for image sets.
+overall; MeViS: referring and overall; ReVOS: referring, reasoning and overall; image
+sets: the set's abilities, e.g. ReasonSeg's short and long queries, and overall), matched
+ignoring case, spaces and underscores. Metrics: J&F, J, F for the video sets (and R, the
+robustness score, for ReVOS); gIoU, cIoU for image sets.
+
+:func:`layout` gives the columns of each benchmark's own results table, in the order its
+paper prints them (``results.paper_layout_markdown`` prints our row, and the paper's
+when given, in that order):
+
+- OK-VOS: the main table (one row per ability, then overall; J&F, J, F).
+- MeViS: one row, J, F, J&F.
+- ReVOS: one row, J, F, J&F of referring, of reasoning and of overall, then R (overall).
+- ReasonSeg: one row per split (``val`` / ``test``, from ``--split`` or the folder's
+  name), gIoU and cIoU; a set with both short and long queries (``is_sentence``) shows
+  short, long and overall, as the test split is printed.
 """
 
 from __future__ import annotations
@@ -39,7 +52,11 @@ from pathlib import Path
 from typing import Any
 
 VIDEO_METRICS = ("J&F", "J", "F")
+REVOS_METRICS = (*VIDEO_METRICS, "R")
 IMAGE_METRICS = ("gIoU", "cIoU")
+# ReasonSeg's query groups (its ``is_sentence``), as its tables name them
+REASONSEG_GROUPS = ("short", "long")
+SPLITS = ("train", "val", "test")
 OVERALL = "overall"
 MAX_BYTES = 1 << 20  # a table of a few rows; anything larger is the wrong file
 _NOT_REPORTED = {"", "-", "–", "—", "n/a", "na", "none", "null"}
@@ -51,8 +68,38 @@ class PaperTableError(ValueError):
 
 def metrics_for(dataset: str) -> tuple[str, ...]:
     """The metric columns a paper table may hold for ``dataset`` ("images": gIoU, cIoU;
-    the video sets okvos, mevis, revos: J&F, J, F)."""
-    return IMAGE_METRICS if dataset == "images" else VIDEO_METRICS
+    the video sets okvos, mevis, revos: J&F, J, F; revos also R)."""
+    if dataset == "images":
+        return IMAGE_METRICS
+    return REVOS_METRICS if dataset == "revos" else VIDEO_METRICS
+
+
+def split_name(results: dict[str, Any]) -> str:
+    """The split of an evaluation as a paper's column names it: ``--split``, else the
+    image set folder's name when it is one of ReasonSeg's (``.../ReasonSeg/val``)."""
+    ds = results.get("dataset") or {}
+    if ds.get("split"):
+        return str(ds["split"])
+    root = Path(str((results.get("settings") or {}).get("root") or ds.get("root") or "")).name
+    return root if root in SPLITS else ""
+
+
+def layout(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The columns of a benchmark's results table in its paper's order, as (heading, our
+    group, metric); empty for OK-VOS, whose paper's layout is the main table itself."""
+    name = (results.get("dataset") or {}).get("name")
+    if name == "mevis":
+        return [(k, OVERALL, k) for k in ("J", "F", "J&F")]
+    if name == "revos":
+        cols = [(f"{g} {k}", g, k) for g in ("referring", "reasoning", OVERALL) for k in ("J", "F", "J&F")]
+        return [*cols, ("R", OVERALL, "R")]
+    if name == "images":
+        split = split_name(results)
+        ours = results.get("by_ability") or {}
+        groups = [*REASONSEG_GROUPS, OVERALL] if all(g in ours for g in REASONSEG_GROUPS) else [OVERALL]
+        return [(" ".join(x for x in (split, "" if g == OVERALL and len(groups) == 1 else g, k) if x), g, k)
+                for g in groups for k in IMAGE_METRICS]
+    return []
 
 
 def _norm(name: str) -> str:

@@ -4,7 +4,26 @@ Rows are grouped by video so each video is opened once and its segmenter session
 inference state) serves all its queries, reset between them. Each query's prompt comes
 from its output text by the published rule (first ``<keyframe>``, strict JSON answer),
 or, for a tools-mode prediction (whose text holds tool calls, not tags), from the graph's
-structured answer saved with it; without a usable one it gets empty masks for every frame. A query whose mask folder exists
+structured answer saved with it; without a usable one it gets empty masks for every frame.
+
+Answers naming several objects (issue 22): a tools row's structured ``objects`` (two or
+more, each on its own keyframe), and in our reading (``ANSWER_RULES``: ``objects``, the
+default) a tag output whose first ``<answer>`` holds a strict-JSON LIST of two or more
+published objects, read with ``core.protocol``'s parser on the first ``<keyframe>`` tag's
+frame, as the published rule places a single answer. The ``published`` rule reads that
+list as the published script does: it indexes ``pred["bbox_2d"]`` on a list, fails, and
+gives no prompt; every other output reads the same under both rules. Each object is
+tracked (``VideoSession.track``) and written on its own, and their union goes where a
+single answer's mask goes, which is all the scorers read:
+
+- ``<seg root>/<id>/<frame>.png``: the union (one object: its masks), as always;
+- ``<seg root>/@objects/<id>/<k>/<frame>.png``: object k (1-based, in answer order), only
+  for answers naming two or more usable objects. ``@`` is a character ``safe_name``
+  never leaves in a query's folder name, so no query's folder can be ``@objects``.
+
+A killed run leaves partial folders under ``@objects/<id>/`` too; they are removed with
+the others (:func:`remove_stale_outputs`), and a query redone with fewer objects, one, or
+none loses the folders it no longer has. A query whose mask folder exists
 and is recorded in ``segment.jsonl`` is complete (folders appear by rename only when every
 frame is written) and is skipped, so a killed run resumes where it stopped; what a killed
 writer left half done is removed first. Each query's prompt carries a seed made from its
@@ -18,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -28,10 +48,13 @@ from tqdm import tqdm
 
 from segresearch.core.coords import QWEN3, CoordFrame
 from segresearch.core.media import IMAGE_EXTS, Media, MediaError, open_media
+from segresearch.core.protocol import AnswerAction, answer_objects
 from segresearch.eval.datasets import DatasetError, safe_name
 from segresearch.eval.predictions import PredictionLog, read_predictions
 from segresearch.tools.segmenters import (
+    OverlayObject,
     ParsedOutput,
+    Prompt,
     Segmenter,
     VideoSession,
     prompt_from_answer,
@@ -39,12 +62,19 @@ from segresearch.tools.segmenters import (
     remove_partial_outputs,
     stable_seed,
     write_mask_set,
+    write_object_mask_sets,
     write_overlay_video,
 )
+from segresearch.tools.segmenters.prompting import ANSWER_RE
 
 log = logging.getLogger(__name__)
 
 SEGMENT_LOG = "segment.jsonl"
+OBJECTS_DIR = "@objects"  # per-object mask folders under the mask root (module docstring)
+# How a tag output's <answer> is read: "objects" (ours: a list of two or more objects is
+# segmented per object) or "published" (the published post-segmentation exactly: a list
+# gives no prompt). Tools rows have no published rule; they always read their objects.
+ANSWER_RULES = ("objects", "published")
 
 
 @dataclass
@@ -62,16 +92,62 @@ class SegJob:
     # evaluation's grid; None for the published reading
     answer: dict[str, Any] | None = None
     tools: bool = False  # a tools-mode row: read ``answer`` (None there: no answer was given)
+    # two or more objects the answer names (tools: the graph's objects, each with its
+    # keyframe; tags, our reading: the <answer> list's objects, no keyframe), on the
+    # evaluation's grid; None for a single-object answer
+    objects: list[dict[str, Any]] | None = None
 
 
-def job_from_row(qid: str, media: str, row: dict[str, Any], kind: str = "video") -> SegJob:
+def objects_dir(seg_root: str | os.PathLike[str], qid: str) -> Path:
+    """Where the per-object mask folders of query ``qid`` are (``<k>/``, k from 1)."""
+    return Path(seg_root) / OBJECTS_DIR / safe_name(qid)
+
+
+def tag_answer_objects(output: str) -> list[dict[str, Any]] | None:
+    """The objects of a tag output's answer when it names two or more: the first
+    ``<answer>`` on one line (the published rule's), strict JSON, a list, read element by
+    element with ``core.protocol``'s parser (``bbox_2d``, ``point_2d``, optional ``label``).
+    None for anything else, which the published rule then reads alone."""
+    m = ANSWER_RE.search(output or "")
+    if m is None:
+        return None
+    try:
+        items = json.loads(m.group(1).strip())
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(items, list) or len(items) < 2:
+        return None
+    got = answer_objects(items)
+    if not isinstance(got, AnswerAction) or not got.objects:
+        return None
+    return [{"bbox_2d": list(o.bbox_2d), "point_2d": list(o.point_2d), "label": o.label}
+            for o in got.objects]
+
+
+def _row_objects(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    objs = row.get("objects")
+    if isinstance(objs, list) and len(objs) > 1 and all(isinstance(o, dict) for o in objs):
+        return objs
+    return None
+
+
+def job_from_row(qid: str, media: str, row: dict[str, Any], kind: str = "video",
+                 rule: str = "objects") -> SegJob:
     """The job for one prediction row: a ``tools`` row (``protocol`` recorded by
-    ``predict``) carries its structured answer; every other row, the published dump's
-    included, is read from its output text."""
+    ``predict``) carries its structured answer (and its ``objects`` when it names several);
+    every other row, the published dump's included, is read from its output text, by
+    ``rule`` (``ANSWER_RULES``)."""
+    if rule not in ANSWER_RULES:
+        raise ValueError(f"unknown answer rule {rule!r} ({', '.join(ANSWER_RULES)})")
     tools = row.get("protocol") == "tools"
     answer = row.get("answer") if tools and isinstance(row.get("answer"), dict) else None
-    return SegJob(id=qid, media=media, output=str(row.get("output") or ""), kind=kind,
-                  answer=answer, tools=tools)
+    output = str(row.get("output") or "")
+    if tools:
+        objects = _row_objects(row) if answer is not None else None
+    else:
+        objects = tag_answer_objects(output) if rule == "objects" else None
+    return SegJob(id=qid, media=media, output=output, kind=kind, answer=answer, tools=tools,
+                  objects=objects)
 
 
 def resolve_media_path(path: str, root: str | os.PathLike[str] | None) -> str:
@@ -93,10 +169,12 @@ def resolve_media_path(path: str, root: str | os.PathLike[str] | None) -> str:
 
 
 def complete_ids(seg_root: Path) -> set[str]:
-    """Folder names of finished mask sets (temporary folders start with a dot)."""
+    """Folder names of finished mask sets (temporary folders start with a dot; the
+    per-object folders' root is no query's)."""
     if not seg_root.is_dir():
         return set()
-    return {p.name for p in seg_root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return {p.name for p in seg_root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and p.name != OBJECTS_DIR}
 
 
 def _segment_log_rows(seg_root: Path) -> dict[str, dict[str, Any]]:
@@ -114,10 +192,15 @@ def output_hash(output: str) -> str:
 
 def job_hash(job: SegJob) -> str:
     """What a finished mask set was made from: the output text, and for a tools-mode job
-    its answer too (the graph's reading of the calls, which the text alone does not fix)."""
-    if not job.tools:
-        return output_hash(job.output)
-    return output_hash(job.output + "\n" + json.dumps(job.answer, sort_keys=True, default=str))
+    its answer too (the graph's reading of the calls, which the text alone does not fix),
+    and for an answer read as several objects those objects (so a set segmented by the
+    other answer rule is redone; every other job's hash is what it always was)."""
+    text = job.output
+    if job.tools:
+        text += "\n" + json.dumps(job.answer, sort_keys=True, default=str)
+    if job.objects:
+        text += "\nobjects " + json.dumps(job.objects, sort_keys=True, default=str)
+    return output_hash(text)
 
 
 def segmenter_key(segmenter: Segmenter) -> str:
@@ -200,6 +283,12 @@ def remove_stale_outputs(
     """Partial mask sets and overlays of killed runs under the mask root and the overlays
     folder (only the names our writers give them)."""
     removed = remove_partial_outputs(seg_root)
+    objects_root = Path(seg_root) / OBJECTS_DIR
+    removed += [f"{OBJECTS_DIR}/{n}" for n in remove_partial_outputs(objects_root)]
+    if objects_root.is_dir():
+        for d in sorted(objects_root.iterdir()):
+            if d.is_dir() and not d.is_symlink() and not d.name.startswith("."):
+                removed += [f"{OBJECTS_DIR}/{d.name}/{n}" for n in remove_partial_outputs(d)]
     if overlays_dir is not None:
         removed += remove_partial_outputs(overlays_dir)
     return removed
@@ -232,22 +321,41 @@ def _segment_video(
                 yield rec
                 continue
             single = job.kind == "image" or len(media) == 1
-            if job.tools:
+            notes: list[str] = []
+            if job.objects:
+                parsed, prompts, notes = _read_objects(job, media, coords, single)
+            elif job.tools:
                 parsed = _read_answer(job.answer, media, coords, single)
+                prompts = [] if parsed.prompt is None else [parsed.prompt]
             else:
                 parsed = prompt_from_output(job.output, media.frame_ids, media.width, media.height,
                                             coords=coords, single_image=single)
+                prompts = [] if parsed.prompt is None else [parsed.prompt]
             dest = seg_root / safe_name(job.id)
-            if parsed.prompt is None:
+            obj_dir = objects_dir(seg_root, job.id)
+            prompts = [replace(p, seed=query_seed(job.id)) for p in prompts]
+            if not prompts:
                 info = write_mask_set(dest, media, ())
+                _remove_objects(obj_dir)
+            elif len(prompts) == 1:
+                if session is None:
+                    session = segmenter.open(media)
+                info = write_mask_set(dest, media, session.masks(prompts[0]))
+                _remove_objects(obj_dir)
             else:
                 if session is None:
                     session = segmenter.open(media)
-                prompt = replace(parsed.prompt, seed=query_seed(job.id))
-                info = write_mask_set(dest, media, session.masks(prompt))
+                info, _ = write_object_mask_sets(dest, obj_dir, media, session.track([[p] for p in prompts]),
+                                                 len(prompts))
             if overlays_dir is not None and len(media) > 1:
+                objs = None if len(prompts) < 2 else [
+                    OverlayObject(obj_dir / str(k + 1), (p,), p.label) for k, p in enumerate(prompts)]
                 write_overlay_video(media, dest, Path(overlays_dir) / f"{safe_name(job.id)}.mp4",
-                                    parsed.prompt, label=segmenter.name)
+                                    parsed.prompt, label=segmenter.name, objects=objs)
+            if len(prompts) > 1:
+                rec.update(objects=len(prompts), object_prompts=[p.as_dict() for p in prompts])
+            if notes:
+                rec["object_notes"] = notes
             rec.update(
                 prompt=None if parsed.prompt is None else parsed.prompt.as_dict(),
                 problem=parsed.problem, first_keyframe=parsed.keyframe,
@@ -260,6 +368,48 @@ def _segment_video(
     finally:
         if session is not None:
             session.close()
+
+
+def _remove_objects(obj_dir: Path) -> None:
+    """A query's per-object folders, once it is redone with fewer than two objects."""
+    if obj_dir.is_dir() and not obj_dir.is_symlink():
+        shutil.rmtree(obj_dir, ignore_errors=True)
+
+
+def _read_objects(job: SegJob, media: Media, coords: CoordFrame,
+                  single: bool) -> tuple[ParsedOutput, list[Prompt], list[str]]:
+    """(the first object's reading, every usable object's prompt, notes) of a job whose
+    answer names several objects. Tools: each object on its own keyframe, read as a single
+    tools answer is; tags: every object on the frame of the output's first ``<keyframe>``
+    tag, a position, as the published rule places a single answer. An object that gives
+    no prompt is left out with a note; none usable: the first one's problem, no prompt."""
+    assert job.objects
+    if job.tools:
+        readings = [_read_answer({**obj, "keyframe": obj.get("keyframe")}, media, coords, single)
+                    for obj in job.objects]
+    else:
+        # the keyframe as the published rule reads it (its answer part fails on a list)
+        where = prompt_from_output(job.output, media.frame_ids, media.width, media.height,
+                                   coords=coords, single_image=single)
+        if where.problem is not None and where.keyframe is None and not single:
+            return where, [], []
+        key = where.keyframe
+        if not single and (key is None or not 0 <= key < len(media.frame_ids)):
+            return where, [], []
+        frame = media.frame_ids[0] if single else media.frame_ids[key]  # type: ignore[index]
+        readings = [_read_answer({**obj, "keyframe": frame}, media, coords, single)
+                    for obj in job.objects]
+        readings = [replace(r, keyframe=key) for r in readings]
+    prompts: list[Prompt] = []
+    notes: list[str] = []
+    for i, (obj, r) in enumerate(zip(job.objects, readings, strict=True)):
+        if r.prompt is None:
+            notes.append(f"objects[{i}] left out: {r.problem}")
+            continue
+        label = obj.get("label")
+        prompts.append(replace(r.prompt, label=str(label)) if label else r.prompt)
+    first = next((r for r in readings if r.prompt is not None), readings[0])
+    return first, prompts, notes
 
 
 def _read_answer(answer: dict[str, Any] | None, media: Media, coords: CoordFrame,
@@ -286,10 +436,11 @@ def _read_answer(answer: dict[str, Any] | None, media: Media, coords: CoordFrame
 
 
 def jobs_from_rows(
-    rows: Iterable[dict[str, Any]], root: str | os.PathLike[str] | None = None
+    rows: Iterable[dict[str, Any]], root: str | os.PathLike[str] | None = None,
+    rule: str = "objects",
 ) -> tuple[list[SegJob], list[tuple[str, str]]]:
-    """Jobs for prediction rows (ours or the published dump's), and (id, problem) for rows
-    whose media cannot be found."""
+    """Jobs for prediction rows (ours or the published dump's), read by ``rule``
+    (``ANSWER_RULES``), and (id, problem) for rows whose media cannot be found."""
     jobs: list[SegJob] = []
     problems: list[tuple[str, str]] = []
     for row in rows:
@@ -304,5 +455,5 @@ def jobs_from_rows(
             problems.append((qid, str(e)))
             continue
         kind = "image" if Path(path).is_file() and Path(path).suffix.lower() in IMAGE_EXTS else "video"
-        jobs.append(job_from_row(qid, path, row, kind))
+        jobs.append(job_from_row(qid, path, row, kind, rule))
     return jobs, problems

@@ -84,7 +84,9 @@ def row_from_state(q: Query, final: dict[str, Any], spec: ModelChoice, seconds: 
 
     ``protocol`` is recorded in the row: a ``tags`` row is segmented from its output text by
     the published rule, a ``tools`` row (whose text has no tags) from its ``answer``, the
-    graph's structured answer (``postseg.job_from_row``)."""
+    graph's structured answer (``postseg.job_from_row``), and from its ``objects`` (every
+    object, each with its keyframe) when the answer names several; a tags row's objects are
+    read again from its text."""
     output = output_text(final.get("messages") or [])
     answer = final.get("answer")
     graph_key = None if not answer else answer.get("keyframe")
@@ -97,6 +99,13 @@ def row_from_state(q: Query, final: dict[str, Any], spec: ModelChoice, seconds: 
         frame_ids=final.get("frame_ids"), first_keyframe=first_keyframe(output),
         graph_keyframe=graph_key, run_dir=final.get("run_dir"),
     )
+    objects = final.get("objects") or []
+    if len(objects) > 1:  # an answer naming several objects: each, on the evaluation's grid
+        row["objects"] = [{k: o.get(k) for k in ("keyframe", "bbox_2d", "point_2d", "label")}
+                          for o in objects]
+    if final.get("questions"):  # ask_user exchanges (only rows of runs that asked carry them)
+        row["questions"] = [{"question": x.get("question"), "reply": x.get("reply")}
+                            for x in final["questions"]]
     # the first-keyframe rule reads tags; a tools row is segmented from the graph's answer
     if answer is not None and q.kind == "video" and media_size is not None and protocol != "tools":
         w, h = media_size
@@ -122,13 +131,22 @@ def uses_search(q: Query) -> bool:
 
 # The Context fields query_context sets for every query, whatever the shared settings say.
 PER_QUERY_FIELDS = ("model", "run_segmentation", "output_dir")
+# What an evaluation answers the model's ask_user questions with when no reply is set: nobody
+# is there to answer, and a run must never pause (``--ask-user-reply`` changes it).
+EVAL_ASK_USER_REPLY = "no further information"
+
+
+def eval_reply(ctx: Context) -> str:
+    """The fixed reply an evaluation gives to every ask_user question."""
+    return EVAL_ASK_USER_REPLY if ctx.ask_user_reply is None else ctx.ask_user_reply
 
 
 def query_context(base: Context, q: Query, spec: ModelChoice, runs_dir: Path | None) -> Context:
     """The run's Context: the shared settings, this query's model, no segmentation (masks
     come later from the saved output), no search for the in-video (no-search) questions as
-    in the published evaluation, and a run folder per query when trajectories are kept."""
-    changes: dict[str, Any] = {"model": spec, "run_segmentation": False,
+    in the published evaluation, a run folder per query when trajectories are kept, and
+    the evaluation's fixed reply to any question the model asks (it never pauses)."""
+    changes: dict[str, Any] = {"model": spec, "run_segmentation": False, "ask_user_reply": eval_reply(base),
                                "output_dir": str(runs_dir / safe_name(q.id)) if runs_dir else ""}
     if not uses_search(q):
         changes["search"] = "none"

@@ -490,8 +490,12 @@ def _score(q: dict) -> ScoreView:
     frames = ""
     if n and _head_key(q) != "IoU":
         frames = f"scored on {n} frame{'s' if n != 1 else ''}"
-    return ScoreView([Metric(k, pct(q.get(k))) for k in keys], bar, str(stop or "none"),
-                     stop == "answer", frames)
+    metrics = [Metric(k, pct(q.get(k))) for k in keys]
+    if q.get("object_J") is not None:  # per-object matching (MeViS / ReVOS)
+        metrics.append(Metric("object J", pct(q["object_J"])))
+        named = f"{q.get('objects_pred')} of {q.get('objects_gt')} objects named"
+        frames = f"{frames}; {named}" if frames else named
+    return ScoreView(metrics, bar, str(stop or "none"), stop == "answer", frames)
 
 
 def _figure(p: Picture, alt: str, cls: str) -> Figure:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from segresearch.core.files import write_atomic
+from segresearch.eval.paper_table import layout
 
 PLOTS = "plots"
 
@@ -47,6 +48,9 @@ def counts(entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
         # NaN itself by the published script (a difference from its rule, so counted)
         "nonfinite_coordinates": sum(1 for e in entries if e.get("nonfinite")),
         "score_errors": sum(1 for e in entries if e.get("score_error")),
+        # ask_user (Context.ask_user): how often the model asked
+        "asked": sum(1 for e in entries if e.get("questions")),
+        "questions": sum(len(e.get("questions") or []) for e in entries),
     }
 
 
@@ -166,8 +170,11 @@ def results_markdown(results: dict[str, Any]) -> str:
             continue
         out.append(f"| {name} | {g['n']} | " + " | ".join(pct(g[k]) for k in keys) + " |")
     out += ["", f"Scores in percent. {_explain(video)}"]
-    out += _revos_row(results)
+    layout_md = paper_layout_markdown(results)
+    if layout_md:
+        out += ["", *layout_md.rstrip("\n").split("\n")]
     out += _paper_markdown(results)
+    out += objects_markdown(results)
     out += ["", "## By number of searches", "",
             "| searches | n | " + keys[0] + " |", "|---:|---:|---:|"]
     for k, g in results.get("by_searches", {}).items():
@@ -182,6 +189,9 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"- answers with NaN/inf coordinates (prompted with their finite part; the "
             f"published script would pass the NaN to SAM 2): {c.get('nonfinite_coordinates', 0)}",
             "- stop reasons: " + (", ".join(f"{k} {v}" for k, v in c["stop_reasons"].items()) or "—")]
+    if st.get("ask_user"):
+        out.append(f"- questions to the user (answered {st.get('ask_user_reply')!r}): "
+                   f"{c.get('questions', 0)} in {c.get('asked', 0)} of {c['predicted']} queries")
     if c.get("score_errors"):
         out.append(f"- queries that could not be scored: {c['score_errors']} (see results.json)")
     plots = results.get("plots") or []
@@ -190,20 +200,60 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-# ReVOS' paper prints one row: J, F, J&F of referring, reasoning and all expressions.
-REVOS_LAYOUT = ("referring", "reasoning", "overall")
-
-
-def _revos_row(results: dict[str, Any]) -> list[str]:
-    """ReVOS' results as its paper lays them out (empty for other data sets)."""
-    if (results.get("dataset") or {}).get("name") != "revos":
+def objects_markdown(results: dict[str, Any]) -> list[str]:
+    """Per-object matching (MeViS / ReVOS; ``scoring.object_groups``) as a table: the mean
+    object J and how many queries named as many objects as the expression has. Empty where
+    the ground truth lists no objects (OK-VOS, images)."""
+    objs = results.get("objects")
+    if not objs:
         return []
-    head = " | ".join(f"{g} {k}" for g in REVOS_LAYOUT for k in ("J", "F", "J&F"))
-    cells = " | ".join(pct(our_group(results, g).get(k)) for g in REVOS_LAYOUT for k in ("J", "F", "J&F"))
-    return ["", "## As the ReVOS paper prints it", "", f"| {head} |", "|" + "---:|" * 9, f"| {cells} |",
-            "", "overall = the mean of the referring and reasoning rows, as ReVOS' official script "
-            "computes it; expressions without a target (type 2) count in neither. The robustness "
-            "score R (it needs mask_dict_foreground.json) is not computed."]
+    out = ["", "## Per object", "",
+           "| group | n | object J | right number of objects | expressions with 2+ objects |",
+           "|---|---:|---:|---:|---:|"]
+    rows = [*(objs.get("by_ability") or {}).items(), ("**overall**", objs.get("overall"))]
+    for name, g in rows:
+        if g:
+            out.append(f"| {name} | {g['n']} | {pct(g['object_J'])} | {g['right_count']} of {g['n']} | "
+                       f"{g['several_gt']} |")
+    several = sum(1 for q in results.get("queries") or [] if (q.get("objects_pred") or 0) > 1)
+    out += ["", "Object J: every object the answer named is paired one to one with an object of the "
+            "expression (Hungarian on video-level J: per-frame mask IoU averaged over the video), "
+            "the paired J summed and divided by the larger of the two counts, so a missing or an "
+            f"extra object costs a full zero; the union scores above are unchanged. {several} "
+            "answers named several objects (segmented per object; answer rule "
+            f"{(results.get('settings') or {}).get('answer_rule', 'objects')!r})."]
+    return out
+
+
+LAYOUT_HEADING = "## As the paper prints it"
+
+
+def paper_layout_markdown(results: dict[str, Any]) -> str:
+    """The benchmark's results table in its paper's column order (``paper_table.layout``):
+    our row, and when ``--paper-table`` gave them the paper's row and the difference.
+    Empty for OK-VOS, whose paper's layout is the main table."""
+    cols = layout(results)
+    if not cols:
+        return ""
+    paper = (results.get("paper") or {}).get("rows") or {}
+    out = [LAYOUT_HEADING, "", "| | " + " | ".join(h for h, _, _ in cols) + " |",
+           "|---|" + "---:|" * len(cols),
+           "| ours | " + " | ".join(pct(our_group(results, g).get(k)) for _, g, k in cols) + " |"]
+    if any(k in (paper.get(g) or {}) for _, g, k in cols):
+        out.append("| paper | " + " | ".join(pct((paper.get(g) or {}).get(k)) for _, g, k in cols) + " |")
+        out.append("| Δ | " + " | ".join(pct_diff(our_group(results, g).get(k), (paper.get(g) or {}).get(k))
+                                         for _, g, k in cols) + " |")
+    name = (results.get("dataset") or {}).get("name")
+    if name == "revos":
+        out += ["", "overall = the mean of the referring and reasoning rows, as ReVOS' official "
+                "script computes it; expressions without a target (type 2) count in neither. R: "
+                "robustness, 1 − (mask outside the expression's objects) / (the video's annotated "
+                "foreground) per frame, floored at 0."]
+    elif name == "images":
+        out += ["", "gIoU: mean of per-query IoU; cIoU: total intersection / total union "
+                "(ignore polygons left out); one query per image, its first text, as LISA's "
+                "validation scores ReasonSeg."]
+    return "\n".join(out) + "\n"
 
 
 def _explain(video: bool) -> str:

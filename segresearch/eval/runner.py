@@ -35,7 +35,13 @@ from segresearch.eval.datasets import (
 )
 from segresearch.eval.distributed import RayShards
 from segresearch.eval.paper_table import PaperTable, PaperTableError, read_paper_table
-from segresearch.eval.postseg import SEGMENT_LOG, job_from_row, segment_jobs
+from segresearch.eval.postseg import (
+    ANSWER_RULES,
+    OBJECTS_DIR,
+    SEGMENT_LOG,
+    job_from_row,
+    segment_jobs,
+)
 from segresearch.eval.postseg import remove_stale_outputs as remove_seg_partials
 from segresearch.eval.predict import run_predictions, uses_search
 from segresearch.eval.predictions import (
@@ -47,7 +53,7 @@ from segresearch.eval.predictions import (
 )
 from segresearch.eval.report_html import write_html_report
 from segresearch.eval.rvos import REVOS_GROUPS, RVOS_DATASETS, load_rvos, revos_overall
-from segresearch.eval.scoring import aggregate, score_queries
+from segresearch.eval.scoring import aggregate, object_groups, score_objects, score_queries
 from segresearch.eval.spec import (
     CONFIG,
     OVERLAYS,
@@ -126,6 +132,8 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
         raise EvalError("give --model (one or more) or --predictions")
     if spec.limit is not None and spec.limit < 1:
         raise EvalError(f"--limit must be at least 1 (a number of queries); got {spec.limit}")
+    if spec.answer_rule not in ANSWER_RULES:
+        raise EvalError(f"unknown answer rule {spec.answer_rule!r} ({', '.join(ANSWER_RULES)})")
     spec = resolve_spec(spec)
     file_rows = None
     if spec.predictions:
@@ -165,6 +173,9 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
         if shards is not None:
             shards.close()
     scores = score_queries(queries, out / SEG, workers=spec.score_workers, progress=spec.progress)
+    objs = score_objects(queries, out / SEG, seg_records, workers=spec.score_workers)
+    for qid, s in objs.items():
+        scores[qid].update(s)
     entries = [_entry(q, rows.get(q.id), seg_records.get(q.id), scores[q.id], out) for q in queries]
     kind = "image" if spec.dataset == "images" else "video"
     agg = aggregate(entries, kind, dataset_groups(spec.dataset))
@@ -180,6 +191,9 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
         "counts": res.counts(entries),
         "queries": entries,
     }
+    per_object = object_groups(entries, dataset_groups(spec.dataset))
+    if per_object is not None:
+        results["objects"] = per_object
     if paper is not None:
         results["paper"] = paper.to_json()
     results["plots"] = res.write_plots(out, results)
@@ -280,7 +294,8 @@ def _segment(
     """Masks for every query with a prediction, made from the data set's own media (not
     the paths a dump carries)."""
     seg_root = spec.out_dir / SEG
-    jobs = [job_from_row(q.id, q.segment_media, rows[q.id], q.kind) for q in queries if q.id in rows]
+    jobs = [job_from_row(q.id, q.segment_media, rows[q.id], q.kind, spec.answer_rule)
+            for q in queries if q.id in rows]
     overlays = spec.out_dir / OVERLAYS if spec.overlays else None
     if shards is not None:
         shards.segment(jobs, segmenter, spec.progress)
@@ -325,6 +340,7 @@ def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
         "error": row.get("error"),
         "num_search": int(row["num_search"]) if "num_search" in row else _count_searches(row.get("output")),
         "searches": row.get("searches") or [],
+        "questions": row.get("questions") or [],
         "answer": row.get("answer"),
         "prompt": seg.get("prompt"),
         "problem": seg.get("problem") if row else "no prediction for this query",
@@ -347,6 +363,17 @@ def _entry(q: Query, row: dict[str, Any] | None, seg: dict[str, Any] | None,
         **({"gt_annotations": {"anno_ids": q.extra["anno_ids"], "frames": q.extra["frames"]}}
            if "anno_ids" in q.extra else {}),
     }
+    if score.get("R") is not None:  # ReVOS' robustness score
+        e["R"] = score["R"]
+    if "object_J" in score:  # per-object matching (MeViS / ReVOS)
+        e.update({k: score.get(k) for k in ("object_J", "objects_pred", "objects_gt", "object_pairs")})
+        if score.get("object_score_error"):
+            e["object_score_error"] = score["object_score_error"]
+    if seg.get("objects"):  # an answer segmented per object: its folders and prompts
+        e["objects_dir"] = f"{SEG}/{OBJECTS_DIR}/{safe_name(q.id)}"
+        e["object_prompts"] = seg.get("object_prompts")
+    if seg.get("object_notes"):
+        e["object_notes"] = seg["object_notes"]
     if score.get("per_frame"):
         e["per_frame"] = score["per_frame"]
     if score.get("score_error"):

@@ -16,8 +16,35 @@ Layouts:
 - ReVOS: ``ROOT/meta_expressions_valid_.json``, ``ROOT/JPEGImages/``,
   ``ROOT/mask_dict.json``; ``type_id`` 0 is a referring expression, 1 a reasoning one.
 
-A query's ``gt`` is the ``mask_dict.json`` path and ``extra`` holds its ``anno_ids`` and
-the video's ``frames``; :func:`union_mask` gives the ground truth of one frame.
+A query's ``gt`` is the ``mask_dict.json`` path and ``extra`` holds its ``anno_ids``, the
+video's ``frames`` and ``video_anno_ids`` (every annotation an expression of the video
+names); :func:`union_mask` gives the ground truth of one frame, :func:`foreground_mask` the
+video's foreground.
+
+ReVOS' robustness score R as its released evaluation computes it (VISA ``tools/eval_revos.py``
+with ``tools/metrics.py``): per frame ``max(1 - |pred minus gt| / (|foreground| + 1e-6), 0)``,
+the foreground being the union of every annotated object of the video (what its
+``mask_dict_foreground.json`` holds; ``generate_foreground_mask.py`` makes that file from the
+same two files, so it is derived here instead of required), averaged over the frames of
+the video, then over the expressions of a group; overall is the mean of the referring and
+the reasoning rows, as for J and F. It punishes mask on what the expression does not name,
+against how much of the video is annotated at all. Two quirks of that script are not
+followed, since each depends on how a PNG is stored rather than on the mask: it counts
+``(1 - gt) * pred`` in uint8, so a prediction stored 0/255 (ours, and the published
+Seg-ReSearch writer) weighs each false-positive pixel 255 times, and a pixel where two of
+the expression's objects overlap (ground truth summed to 2) wraps to 255 and counts as a
+false positive. Here masks are binary and the ground truth is their union: the script's
+number for 0/1 masks of objects that do not overlap.
+
+Against the official J&F scripts (MeViS ``eval_mevis.py``, ReVOS ``eval_revos.py``): both
+score every frame of the video against the union of the expression's objects with DAVIS'
+``db_eval_iou`` / ``db_eval_boundary`` (which ``eval.metrics`` follows), and a group's J&F
+is the mean of J and F over its expressions, as here. Differences: where a video's
+prediction folder is missing they score J = F = 0 (the ReVOS script also 0 for an
+expression with a missing or unreadable frame), where here a missing folder or frame is
+an empty mask, which scores 1 on the frames where the expression's objects are absent;
+and the ReVOS script rounds each expression's J, F and R to 0.01 percentage points before
+the group means (at most 0.005 points from ours).
 """
 
 from __future__ import annotations
@@ -135,20 +162,26 @@ def _load(meta_path: Path, base: Path, dataset: str, limit: int | None) -> list[
         folder = frames_root / vid
         if not folder.is_dir():
             raise DatasetError(f"{where_v}: frame folder not found: {folder}")
+        # every annotation of the video is checked before its first expression: the
+        # foreground (robustness R) is the union of all of them
+        video_annos: dict[int, None] = {}
         for exp_id, exp in v["expressions"].items():
-            if limit is not None and len(out) >= limit:
-                return out
             where = f"{where_v} expression {exp_id}"
             if not isinstance(exp, dict) or not isinstance(exp.get("exp"), str) or not exp["exp"].strip():
                 raise DatasetError(f"{where}: no 'exp' text")
-            anno_ids = _ids(exp.get("anno_id", []), where, "anno_id")
-            for a in anno_ids:
+            for a in _ids(exp.get("anno_id", []), where, "anno_id"):
                 runs = masks.get(str(a))
                 if not isinstance(runs, list):
                     raise DatasetError(f"{where}: annotation {a} not in {masks_path}")
                 if len(runs) != len(frames):
                     raise DatasetError(f"{masks_path}: annotation {a} has {len(runs)} frame masks, "
                                        f"its video {vid} {len(frames)} frames")
+                video_annos[a] = None
+        for exp_id, exp in v["expressions"].items():
+            if limit is not None and len(out) >= limit:
+                return out
+            where = f"{where_v} expression {exp_id}"
+            anno_ids = _ids(exp.get("anno_id", []), where, "anno_id")
             out.append(Query(
                 id=f"{vid}_{exp_id}", question=" ".join(exp["exp"].split()),
                 ability=_group(dataset, exp, where),
@@ -156,7 +189,8 @@ def _load(meta_path: Path, base: Path, dataset: str, limit: int | None) -> list[
                 segment_media=str(folder), gt=str(masks_path), kind="video", video=str(folder),
                 extra={"dataset": dataset, "video_name": vid, "exp_id": str(exp_id),
                        "obj_ids": _ids(exp.get("obj_id", []), where, "obj_id"),
-                       "anno_ids": anno_ids, "frames": list(frames)},
+                       "anno_ids": anno_ids, "video_anno_ids": list(video_annos),
+                       "frames": list(frames)},
             ))
     return out
 
@@ -181,10 +215,14 @@ def frame_size(q: Query) -> tuple[int, int]:
 def union_mask(q: Query, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
     """The ground truth of frame ``index`` of a MeViS / ReVOS query: the union of the masks
     of every annotation it names (empty where none of its objects is visible)."""
+    return _union(q, q.extra["anno_ids"], index, size)
+
+
+def _union(q: Query, anno_ids: list[int], index: int, size: tuple[int, int] | None) -> np.ndarray:
     masks = mask_dict(q.gt)
     h, w = size or frame_size(q)
     out = np.zeros((h, w), bool)
-    for a in q.extra["anno_ids"]:
+    for a in anno_ids:
         rle = masks[str(a)][index]
         if rle is None:
             continue
@@ -199,14 +237,39 @@ def union_mask(q: Query, index: int, size: tuple[int, int] | None = None) -> np.
     return out
 
 
+def object_mask(q: Query, anno_id: int, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One of the query's objects on frame ``index``: annotation ``anno_id``'s own mask
+    (empty where it is absent), for matching objects one to one."""
+    return _union(q, [anno_id], index, size)
+
+
+def foreground_mask(q: Query, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The foreground of frame ``index`` of a query's video: the union of every object any
+    expression of the video names (ReVOS' ``mask_dict_foreground.json``)."""
+    return _union(q, q.extra.get("video_anno_ids", q.extra["anno_ids"]), index, size)
+
+
+def robustness(gt: np.ndarray, pred: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """ReVOS' robustness per frame of (T, H, W) masks: ``max(1 - |pred minus gt| /
+    (|foreground| + 1e-6), 0)`` (binary masks; see the module docstring)."""
+    g, p, f = (np.asarray(m) > 0 for m in (gt, pred, foreground))
+    if not g.shape == p.shape == f.shape or g.ndim != 3:
+        raise ValueError(f"robustness: masks must be (T, H, W) of one shape, got {g.shape}, "
+                         f"{p.shape}, {f.shape}")
+    neg = np.count_nonzero(p & ~g, axis=(1, 2)).astype(np.float64)
+    pos = np.count_nonzero(f, axis=(1, 2)).astype(np.float64)
+    return np.maximum(1.0 - neg / (pos + 1e-6), 0.0)
+
+
 def revos_overall(by_group: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """ReVOS' overall row as its official script computes it: the mean of the referring and
-    the reasoning rows (not of all expressions), each metric on its own; expressions of
-    other types count in neither. With one of the two groups only (a ``--limit`` run), that
-    group's row."""
+    the reasoning rows (not of all expressions), each metric (J, F, J&F and R) on its own;
+    expressions of other types count in neither. With one of the two groups only (a
+    ``--limit`` run), that group's row."""
     rows = [by_group[g] for g in REVOS_GROUPS if by_group.get(g)]
     if not rows:
         return None
-    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in ("J", "F", "J&F")}
+    keys = ("J", "F", "J&F") + (("R",) if all(r.get("R") is not None for r in rows) else ())
+    out: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     out["n"] = sum(int(r["n"]) for r in rows)
     return out

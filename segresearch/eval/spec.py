@@ -24,7 +24,7 @@ from segresearch.agents.coord_style import coord_style_for
 from segresearch.agents.model_spec import ModelSpec
 from segresearch.core.coords import CoordFrame
 from segresearch.core.files import write_atomic
-from segresearch.eval.predict import PER_QUERY_FIELDS, ModelChoice, model_label
+from segresearch.eval.predict import PER_QUERY_FIELDS, ModelChoice, eval_reply, model_label
 from segresearch.tools.segmenters import EVAL_FRAME_CACHE_MB, Segmenter, get_segmenter
 
 # The folder's layout.
@@ -97,6 +97,10 @@ class EvalSpec:
     meta_mapping: str | None = None
     # the paper's numbers (CSV or JSON, see segresearch.eval.paper_table), shown beside ours
     paper_table: str | None = None
+    # how a tag output's <answer> is read (postseg.ANSWER_RULES): "objects" segments a list
+    # of two or more objects per object; "published" reads it as the published script does
+    # (no prompt). Not pinned: a query whose masks the other rule made is segmented again.
+    answer_rule: str = "objects"
 
     @property
     def out_dir(self) -> Path:
@@ -196,7 +200,10 @@ _unknown = set(PINNED_CONTEXT) - {f.name for f in fields(Context)}
 if _unknown:
     raise ImportError(f"PINNED_CONTEXT names no Context field: {sorted(_unknown)}")
 # Settings that change what a prediction or a mask is: a folder is never resumed with others.
-_PINNED = ("dataset", "root", "split", "models", *PINNED_CONTEXT, "segmenter", "predictions")
+# The ask_user reply is recorded (and pinned) only by runs that offer the tool, so folders
+# made without it, before or after the setting existed, resume unchanged.
+_PINNED = ("dataset", "root", "split", "models", *PINNED_CONTEXT, "segmenter", "predictions",
+           "ask_user", "ask_user_reply")
 # Settings recorded as file paths, and how a recorded value is brought to the resolved
 # form (eval_config.json of older versions kept paths as they were typed).
 _PATH_SETTINGS = ("root", "predictions", "meta_mapping",
@@ -233,6 +240,8 @@ def settings(spec: EvalSpec, segmenter: Segmenter) -> dict[str, Any]:
         "segmenter": segmenter.describe(), "concurrency": spec.concurrency,
         "workers": spec.workers if spec.ray else 1, "limit": spec.limit,
         "meta_mapping": resolved_path(spec.meta_mapping) or None,
+        "answer_rule": spec.answer_rule,
+        **({"ask_user": True, "ask_user_reply": eval_reply(spec.context)} if spec.context.ask_user else {}),
     }
 
 

@@ -1,22 +1,24 @@
 """The nodes of the Seg-ReSearch graph: plain functions of (state, runtime).
 
-``reason`` is the only node that waits on a model, so it also has an async twin that
-awaits the model instead of blocking a thread (RL rollouts run hundreds of graphs in one
-event loop). Every other node is quick CPU work or bounded by its own timeout.
+``reason`` and ``verify`` are the nodes that wait on a model, so each also has an async
+twin that awaits the model instead of blocking a thread (RL rollouts run hundreds of graphs
+in one event loop). Every other node is quick CPU work or bounded by its own timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -34,6 +36,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from PIL import Image
 
+from segresearch.agents import ask_user as ask_rules
 from segresearch.agents import review as review_rules
 from segresearch.agents.backends.replay import approx_tokens
 from segresearch.agents.content import content_text, media_block, text_block
@@ -55,6 +58,7 @@ from segresearch.compat.langgraph import run_has_checkpointer
 from segresearch.core.coords import CoordFrame, describe_convention, to_internal
 from segresearch.core.events import (
     ANSWER,
+    ASK_USER,
     ERROR,
     FEEDBACK,
     FINAL,
@@ -70,11 +74,17 @@ from segresearch.core.events import (
     STATUS,
     TOOL,
     TURN,
+    VERIFY,
     Action,
     ActionAnswer,
+    ActionAskUser,
     ActionKeyframe,
     ActionNone,
+    ActionObject,
     ActionSearch,
+    AskUserEvent,
+    AskUserRequest,
+    Correction,
     ErrorEvent,
     FeedbackEvent,
     FinalEvent,
@@ -89,11 +99,13 @@ from segresearch.core.events import (
     ReviewRequest,
     SearchEvent,
     SegmentEvent,
+    SegmentObject,
     StartEvent,
     StatusEvent,
     StreamEvent,
     ToolEvent,
     TurnEvent,
+    VerifyEvent,
 )
 from segresearch.core.media import (
     FRAME_RESIZE,
@@ -108,9 +120,12 @@ from segresearch.core.media_store import get_store
 from segresearch.core.prompts import (
     FEEDBACK_PROMPT,
     TOOLS_FEEDBACK_PROMPT,
+    TOOLS_VERIFY_RETRY_PROMPT,
+    VERIFY_RETRY_PROMPT,
     frame_label,
     system_prompt,
     tools_system_prompt,
+    verify_prompt,
 )
 from segresearch.core.protocol import (
     STOP_STRINGS,
@@ -126,17 +141,26 @@ from segresearch.core.protocol import (
 )
 from segresearch.core.shared_cache import LoadOnce, thread_pool
 from segresearch.core.tool_protocol import (
-    ANSWER_TOOL,
-    KEYFRAME_TOOL,
-    TOOL_NAMES,
+    AskUserAction,
     interleave_images,
     not_run_message,
+    offered_tools,
     parse_tool_calls,
     tool_calls_in_order,
     tool_definitions,
     tool_observation,
 )
-from segresearch.graphs.outputs import write_outputs
+from segresearch.core.verify_protocol import (
+    VERIFY_STOP,
+    VerifyCorrect,
+    VerifyProblem,
+    VerifyReply,
+    parse_verify_calls,
+    parse_verify_tags,
+    verify_tool_definitions,
+    verify_tool_too_early,
+)
+from segresearch.graphs.outputs import write_outputs, write_verify_picture
 from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
 from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
@@ -150,7 +174,8 @@ from segresearch.tools.search import (
 from segresearch.tools.search.cache import SearchCacheError
 from segresearch.tools.segment import get_segmenter, make_segment_tool
 from segresearch.tools.segmenters import Prompt, prompt_from_answer
-from segresearch.tools.visualize import draw_answer
+from segresearch.tools.verify_view import verify_frames, verify_picture, verify_sheet
+from segresearch.tools.visualize import OBJECT_COLOURS, DrawnObject, annotate_objects, draw_answer
 
 logger = logging.getLogger(__name__)
 
@@ -189,13 +214,16 @@ def _fresh_run(update: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "stop_reason": None, "error": None, "pending": None, "run_dir": None,
         "answer": None, "answer_px": None, "answer_note": None, "masks_dir": None, "keyframe": None,
-        "segmenter": None, "reviewed": None,
+        "objects": None, "objects_px": None, "object_masks_dirs": None,
+        "segmenter": None, "reviewed": None, "verify_round": 0, "verify_done": False,
         "turns": 0, "tool_calls": 0, "tokens_used": 0, "feedback_used": 0, "frame_ids": [],
         **update,
     }
     out["messages"] = [RemoveMessage(id=REMOVE_ALL_MESSAGES), *update.get("messages", [])]
     out["events"] = [StartEvent(type=START, time=time.time()), *update.get("events", [])]
     out["searches"] = None
+    out["corrections"] = None
+    out["questions"] = None
     return out
 
 
@@ -332,7 +360,7 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
             sys_text = tools_system_prompt(
                 ctx.use_search, describe_convention(resolved_coord_style(used), ctx.keyframe_size,
                                                     ctx.frame_size),
-                used.system_prompt_file)
+                used.system_prompt_file, verify=ctx.verify_rounds > 0)
         else:
             sys_text = system_prompt(ctx.use_search, resolved_coord_style(used), used.system_prompt_file)
     except ContextError as e:
@@ -344,6 +372,11 @@ def load_media(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         return _fresh_run(_error("config", "review pauses the run before segmentation, which needs "
                                            "a checkpointer: build_graph(checkpointer=...), the CLI's "
                                            "--db, or the LangGraph server"))
+    if ctx.ask_user and ctx.ask_user_reply is None and not run_has_checkpointer():
+        return _fresh_run(_error("config", "ask_user pauses the run for the user's reply, which needs "
+                                           "a checkpointer: build_graph(checkpointer=...), the CLI, or "
+                                           "the LangGraph server; or set ask_user_reply to answer "
+                                           "every question without pausing"))
     try:
         spec = state["media"]
         media = open_media(spec)
@@ -401,7 +434,9 @@ def _model_call(state: State, ctx: Context) -> tuple[Any, list[BaseMessage], dic
 
 
 def _offered_tools(ctx: Context) -> tuple[str, ...]:
-    return TOOL_NAMES if ctx.use_search else (KEYFRAME_TOOL, ANSWER_TOOL)
+    """The tools a reasoning turn may call. With ``verify_rounds`` the run's bound tools
+    (``_with_tools``) also hold the verify tools, which only a verify turn reads."""
+    return offered_tools(ctx.use_search, ctx.ask_user)
 
 
 # What ``bind_tools`` gave for a model and a tool set, kept per model object (by id, with a
@@ -434,18 +469,22 @@ def _with_tools(model: BaseChatModel, ctx: Context) -> tuple[Any, dict[str, Any]
     """What to invoke for ``model`` with the run's tools bound, and the keyword arguments the
     binding adds. The answer tool states the coordinate convention in the same words as the
     system prompt, for the keyframe and the sampled frames alike, so the tools stay the same
-    all run (a rollout's tools are fixed by its system turn).
+    all run (a rollout's tools are fixed by its system turn). With ``verify_rounds`` > 0 the
+    set also holds accept_masks and correct_masks, and verify turns bind the same set.
 
     ``bind_tools`` returns a ``RunnableBinding``; when it only adds keyword arguments (what
     LangChain's chat models and ours do), the model is invoked with them directly, which is
     what the binding's ``invoke`` does, without its per-call config merging (a tenth of the
     graph's cost per turn, ``bench/graph_overhead.py``). Anything else is invoked as bound."""
-    key = (resolved_coord_style(ctx), ctx.keyframe_size, ctx.use_search, ctx.frame_size)
+    key = (resolved_coord_style(ctx), ctx.keyframe_size, ctx.use_search, ctx.frame_size, ctx.ask_user,
+           ctx.verify_rounds > 0)
     per_model = _bound_tools_of(model)
     found = per_model.get(key)
     if found is not None:
         return found
-    defs = tool_definitions(*key)
+    defs = tool_definitions(*key[:5])
+    if ctx.verify_rounds > 0:  # positions on the keyframe-size pictures of a verify turn
+        defs += verify_tool_definitions(describe_convention(key[0], ctx.keyframe_size))
     try:
         bound = model.bind_tools(defs)
     except NotImplementedError:
@@ -490,7 +529,10 @@ def _answer(state: State, ctx: Context, action: AnswerAction) -> tuple[dict, dic
 def _answered(state: State, ctx: Context, action: AnswerAction, event: ModelEvent) -> dict[str, Any]:
     """The update for a well-formed answer. A zero or degenerate box is still the model's
     answer (DESIGN: the published loop ends it as the model's choice to finish): it is kept
-    with ``answer_note`` saying why it outlines nothing, and segmentation writes empty masks."""
+    with ``answer_note`` saying why it outlines nothing, and segmentation writes empty masks.
+    An answer naming several objects is read object by object (``_answered_objects``)."""
+    if action.objects:
+        return _answered_objects(state, ctx, action, event)
     # the model's convention (gemini's y-first, fractions) read once onto the x-first grid
     box, point, _ = to_internal(resolved_coord_style(ctx), action.bbox_2d, action.point_2d)
     action = replace(action, bbox_2d=box, point_2d=point)
@@ -501,7 +543,53 @@ def _answered(state: State, ctx: Context, action: AnswerAction, event: ModelEven
     if note:
         event["answer_note"] = note
     return {"answer": answer, "answer_px": answer_px, "answer_note": note, "stop_reason": "answer",
+            "objects": [{**answer, "label": None}], "objects_px": [{**answer_px, "label": None}],
             "pending": PendingAnswer(type=ANSWER)}
+
+
+def _answered_objects(state: State, ctx: Context, action: AnswerAction, event: ModelEvent) -> dict[str, Any]:
+    """An answer naming several objects: each converted as a single answer is, on its own
+    keyframe (the run's when it names none). An object that outlines nothing (a degenerate
+    box, no known frame) is left out, with a note, when another object is usable; when none
+    is, all are kept and ``answer_note`` says why the first outlines nothing, as for one."""
+    style = resolved_coord_style(ctx)
+    notes = list(action.warnings)
+    read: list[tuple[dict[str, Any], dict[str, Any], str | None]] = []
+    for i, obj in enumerate(action.objects):
+        box, point, _ = to_internal(style, obj.bbox_2d, obj.point_2d)
+        one = AnswerAction(bbox_2d=box, point_2d=point, keyframe=obj.keyframe)
+        answer, answer_px, extra = _answer(state, ctx, one)
+        notes += [f"objects[{i}]: {n}" for n in extra]
+        why = degenerate_box(one, answer["bbox_2d"])
+        if why is None and answer["keyframe"] is None:
+            why = "no keyframe, so its frame is unknown"
+        read.append(({**answer, "label": obj.label}, {**answer_px, "label": obj.label}, why))
+    usable = [r for r in read if r[2] is None]
+    if usable and len(usable) < len(read):
+        notes += [f"objects[{i}] left out: {why}" for i, (_, _, why) in enumerate(read) if why]
+        read = usable
+    objects, objects_px = [r[0] for r in read], [r[1] for r in read]
+    note = degenerate_box(AnswerAction(bbox_2d=list(action.bbox_2d), point_2d=list(action.point_2d)),
+                          objects[0]["bbox_2d"]) if not usable else None
+    event["action"]["objects"] = [  # type: ignore[typeddict-unknown-key]
+        ActionObject(bbox_2d=_as_written(o.bbox_2d), point_2d=_as_written(o.point_2d), label=o.label,
+                     keyframe=o.keyframe) for o in action.objects]
+    if notes:
+        event["notes"] = notes
+    if note:
+        event["answer_note"] = note
+    return {"answer": _without_label(objects[0]), "answer_px": _without_label(objects_px[0]),
+            "answer_note": note, "stop_reason": "answer", "objects": objects, "objects_px": objects_px,
+            "pending": PendingAnswer(type=ANSWER)}
+
+
+def _without_label(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: obj[k] for k in ("keyframe", "bbox_2d", "point_2d")}
+
+
+def _as_written(vs: list[float]) -> list[float | int]:
+    """Numbers as the model wrote them: ints as ints; a huge float stays a float."""
+    return [int(v) if float(v).is_integer() and abs(v) < 2**53 else v for v in vs]
 
 
 def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -> dict[str, Any]:
@@ -515,6 +603,8 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
     if ctx.protocol == "tools":
         ai = _tool_call_message(msg, text, turns)
         action, _ = parse_tool_calls(ai, _offered_tools(ctx))
+        if ctx.verify_rounds > 0:  # the verify tools are bound too, but not callable yet
+            action = verify_tool_too_early(action, _offered_tools(ctx))
     else:
         action = parse_action(text)
         ai = msg if isinstance(msg, AIMessage) and msg.content == text and raw == text else AIMessage(
@@ -530,7 +620,7 @@ def _after_model(state: State, ctx: Context, msg: BaseMessage, seconds: float) -
 
     if isinstance(action, AnswerAction):
         update.update(_answered(state, ctx, action, event))
-    elif isinstance(action, (SearchAction, KeyframeAction)):
+    elif isinstance(action, (SearchAction, KeyframeAction, AskUserAction)):
         if not tools_left:
             update["stop_reason"] = "max_turns"
         elif out_of_tokens:
@@ -597,6 +687,11 @@ def _action_dict(action: Any) -> Action:
         return d
     if isinstance(action, KeyframeAction):
         return ActionKeyframe(type=KEYFRAME, frame=action.frame, raw=action.raw)
+    if isinstance(action, AskUserAction):
+        ask = ActionAskUser(type=ASK_USER, question=action.question)
+        if action.error:
+            ask["error"] = action.error
+        return ask
     if isinstance(action, AnswerAction):
         def tidy(vs: list[float]) -> list[float | int]:
             # ints as written; a huge float stays a float (no 300-digit int in the state)
@@ -868,9 +963,12 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         masks_dir = run_dir / "masks"
         tool = make_segment_tool(media, segmenter, masks_dir,
                                  _progress(runtime, "segment", segmenter.name))
-        args = {"keyframe": None}
+        args: dict[str, Any] = {"keyframe": None}
+        objects = _segment_objects(state, ctx, media.width, media.height, prompt)
         if prompt is not None:
             args = {"keyframe": prompt.frame, "bbox_2d": prompt.box, "point_2d": prompt.point}
+        if objects is not None:  # several objects, or verify rounds' corrections: tracked together
+            args["objects"] = objects
         result = tool.invoke(_tool_call("segment", args))
     except Exception as e:  # noqa: BLE001 - the answer stands; only the masks failed
         err = _error("segment", e)
@@ -889,8 +987,282 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
         event["empty"] = _no_prompt_reason(state)
     else:
         event["keyframe_area"] = area.get(prompt.frame)
+    per_object = art.get("objects") or []
+    if len(per_object) > 1:
+        event["objects"] = [SegmentObject(label=o.get("label"), keyframe_area=o.get("keyframe_area"),
+                                          reached=o.get("reached")) for o in per_object]
+    dirs = [str(o["dir"]) for o in per_object] if len(per_object) > 1 else None
     return {"masks_dir": str(masks_dir), "run_dir": str(run_dir), "segmenter": segmenter.name,
-            "events": [event]}
+            "object_masks_dirs": dirs, **_synced_objects(state), "events": [event]}
+
+
+def _segment_objects(state: State, ctx: Context, w: int, h: int,
+                     first: Prompt | None) -> list[dict[str, Any]] | None:
+    """The segment tool's ``objects`` (frame pixels) when the answer named several objects
+    or verify rounds corrected it: each object's answer prompt (the first is ``first``, the
+    answer's own or the reviewer's edit) with its corrections in order. None otherwise,
+    and when there is nothing to prompt with: the single-object call, exactly as before."""
+    objects = state.get("objects") or []
+    corrections = state.get("corrections") or []
+    if first is None or (len(objects) < 2 and not corrections):
+        return None
+    grid = _answer_grid(state, ctx)
+    px_list = state.get("objects_px") or []
+    out: list[dict[str, Any]] = []
+    for k in range(max(1, len(objects))):
+        obj = objects[k] if k < len(objects) else {}
+        prompt = first if k == 0 else prompt_from_answer(obj, w, h, grid)
+        if prompt is None:  # no usable box or point on the grid: the pixels the answer gave
+            px = px_list[k]
+            prompt = Prompt(px["keyframe"], tuple(float(v) for v in px["bbox_2d"]),  # type: ignore[arg-type]
+                            tuple(float(v) for v in px["point_2d"]))  # type: ignore[arg-type]
+        out.append({
+            "keyframe": prompt.frame,
+            "bbox_2d": None if prompt.box is None else list(prompt.box),
+            "point_2d": None if prompt.point is None else list(prompt.point),
+            "label": obj.get("label"),
+            "corrections": [{"frame": c["frame"], "points": c["points"], "labels": c["labels"],
+                             "box": c.get("box")} for c in corrections if c.get("object") == k],
+        })
+    return out
+
+
+def _synced_objects(state: State) -> dict[str, Any]:
+    """After a reviewer's edit, the object lists agree with the answer (the first object).
+    ``review`` already writes both lists (edits and drops of any object), so this only
+    guards a state whose answer was changed without them; nothing otherwise."""
+    if (state.get("reviewed") or {}).get("decision") != "edit" or not state.get("objects"):
+        return {}
+    objects, objects_px = list(state["objects"] or []), list(state.get("objects_px") or [])
+    if state.get("answer"):
+        objects[0] = {**state["answer"], "label": objects[0].get("label")}
+    if objects_px and state.get("answer_px"):
+        objects_px[0] = {**state["answer_px"], "label": objects_px[0].get("label")}
+    return {"objects": objects, "objects_px": objects_px}
+
+
+# ---------------------------------------------------------------------- verify
+
+
+def _verify_dirs(state: State) -> list[Path]:
+    """One mask folder per object when the answer named several, else the masks folder."""
+    dirs = state.get("object_masks_dirs") or []
+    return [Path(d) for d in dirs] if len(dirs) > 1 else [Path(str(state.get("masks_dir")))]
+
+
+def _verify_reply(ctx: Context, msg: BaseMessage, text: str, turn: int) -> tuple[AIMessage, VerifyReply]:
+    if ctx.protocol == "tools":
+        ai = _tool_call_message(msg, text, turn)
+        return ai, parse_verify_calls(ai)
+    return AIMessage(content=text, response_metadata=msg.response_metadata or {}), parse_verify_tags(text)
+
+
+def _check_correction(reply: VerifyReply, shown: list[int], n_objects: int) -> VerifyReply:
+    """A correction must be on a frame that was shown, for an object that exists."""
+    if not isinstance(reply, VerifyCorrect):
+        return reply
+    if reply.frame not in shown:
+        return VerifyProblem(f"frame {reply.frame} was not shown; the frames shown are {shown}")
+    if reply.object >= n_objects:
+        return VerifyProblem(f"object {reply.object + 1} does not exist; the answer has {n_objects}")
+    return reply
+
+
+def _correction_px(ctx: Context, reply: VerifyCorrect, round_: int, w: int, h: int) -> Correction:
+    """A correction from the model's convention on the shown picture of its frame (the
+    keyframe size, like a keyframe) to original-frame pixels (``CoordFrame.to_px``)."""
+    style = resolved_coord_style(ctx)
+    grid = CoordFrame.of(style, ctx.keyframe_size)
+    points = [grid.to_px(to_internal(style, [0, 0, 0, 0], p)[1], w, h) for p in reply.points]
+    box = None if reply.box is None else grid.to_px(to_internal(style, reply.box, [0, 0])[0], w, h)
+    return Correction(round=round_, object=reply.object, frame=reply.frame,
+                      points=[[float(x), float(y)] for x, y in points], labels=list(reply.labels),
+                      box=None if box is None else [float(v) for v in box])
+
+
+@dataclass
+class _VerifyRound:
+    """One verify round as its steps fill it in: ``verify`` and ``averify`` share every
+    step and differ only in how they wait on the model (and on the pictures)."""
+
+    round_: int
+    t0: float
+    dirs: list[Path]
+    turns: int
+    used: int
+    width: int = 0
+    height: int = 0
+    shown: list[int] = field(default_factory=list)
+    pictures: list[Any] = field(default_factory=list)
+    picture: str | None = None
+    new: list[BaseMessage] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    reply: VerifyReply = field(default_factory=lambda: VerifyProblem("no reply"))
+    attempts: int = 0
+
+    def done(self) -> dict[str, Any]:
+        return {"verify_round": self.round_, "verify_done": True, "pending": None}
+
+
+def _verify_begin(state: State) -> _VerifyRound:
+    return _VerifyRound(round_=state.get("verify_round", 0) + 1, t0=time.perf_counter(),
+                        dirs=_verify_dirs(state), turns=state.get("turns", 0),
+                        used=state.get("tokens_used", 0))
+
+
+def _verify_look(state: State, ctx: Context, r: _VerifyRound) -> None:
+    """The round's frames and pictures, the sheet saved in the run folder (reads the frames
+    and the mask PNGs; raises ``MediaError``, ``OSError`` or ``ValueError``)."""
+    media = open_media(state["media"])
+    r.width, r.height = media.width, media.height
+    r.shown = verify_frames(media, r.dirs, (state.get("answer_px") or {}).get("keyframe"))
+    r.pictures = [verify_picture(media, fid, r.dirs, ctx.keyframe_size) for fid in r.shown]
+    run_dir = _run_dir(state, ctx)
+    r.picture = write_verify_picture(run_dir, r.round_, verify_sheet(r.pictures)) if run_dir else None
+    r.pictures = [media_block(p) for p in r.pictures]  # stored here, off the event loop (averify)
+
+
+def _verify_unseen(r: _VerifyRound, e: BaseException) -> dict[str, Any]:
+    """No pictures: the masks stand and verifying ends."""
+    return {**r.done(), "events": [ErrorEvent(type=ERROR, kind="output", message=_one_line(e),
+                                              note="the masks are kept as they were")]}
+
+
+def _verify_show(state: State, runtime: Runtime[Context], r: _VerifyRound) -> None:
+    """Say what the model checks, and the messages that show it the pictures."""
+    ctx = runtime.context
+    _emit(runtime, StatusEvent(type=STATUS, message=f"verify round {r.round_}: the model checks its masks "
+                                                    f"on frames {r.shown}"))
+    style_note = describe_convention(resolved_coord_style(ctx), ctx.keyframe_size)
+    text = verify_prompt(ctx.protocol, len(r.shown), style_note, len(r.dirs)) + "\n" + "".join(
+        f"{frame_label(fid)}<image>\n" for fid in r.shown)
+    r.new = list(_reply(state, runtime, text, r.pictures))
+
+
+def _verify_call(state: State, ctx: Context, r: _VerifyRound) -> tuple[Any, list[BaseMessage], dict[str, Any]]:
+    """What a verify turn invokes, on which messages, with which arguments: in tools mode
+    the run's model with the run's tools (``_with_tools``: the verify tools are among them
+    from the first turn); in tags mode the model stopped after ``</verify>``."""
+    model = resolve_model(ctx.model, timeout=ctx.request_timeout)
+    budget = ctx.max_new_tokens
+    if ctx.max_response_tokens is not None:
+        budget = max(1, min(budget, ctx.max_response_tokens - r.used))
+    kwargs: dict[str, Any] = {"max_tokens": budget, "temperature": ctx.temperature}
+    messages = messages_for(model, [*state.get("messages", []), *r.new])
+    if ctx.protocol != "tools":
+        return model, messages, {**kwargs, "stop": [VERIFY_STOP]}
+    runnable, tool_kwargs = _with_tools(model, ctx)
+    return runnable, messages, {**tool_kwargs, **kwargs}
+
+
+def _verify_failed(r: _VerifyRound, e: BaseException) -> dict[str, Any]:
+    """The model call failed: the answer and its masks stand."""
+    return {**r.done(), "messages": r.new, "turns": r.turns, "tokens_used": r.used,
+            "events": [ErrorEvent(type=ERROR, kind="model", message=_one_line(e),
+                                  note="verifying ended; the masks are kept as they were")]}
+
+
+def _verify_read(state: State, runtime: Runtime[Context], r: _VerifyRound, msg: BaseMessage) -> bool:
+    """Read one reply into ``r``; True when the round is decided (a readable reply, or the
+    second unreadable one), else the reminder is added for another try."""
+    ctx = runtime.context
+    reply_text = clean_text(content_text(msg.content))
+    usage = getattr(msg, "usage_metadata", None) or {}
+    r.turns += 1
+    r.attempts += 1
+    r.used += int(usage.get("output_tokens") or approx_tokens(reply_text))
+    ai, reply = _verify_reply(ctx, msg, reply_text, r.turns)
+    r.reply = _check_correction(reply, r.shown, len(r.dirs))
+    r.new.append(ai)
+    r.replies.append(reply_text if ctx.protocol != "tools" else (reply_text + "\n" + _calls_text(ai)).strip())
+    if not isinstance(r.reply, VerifyProblem) or r.attempts > 1:
+        return True
+    template = TOOLS_VERIFY_RETRY_PROMPT if ctx.protocol == "tools" else VERIFY_RETRY_PROMPT
+    view = cast(State, {**state, "messages": [*state.get("messages", []), *r.new]})
+    r.new += _reply(view, runtime, template.format(reason=r.reply.reason), [])
+    return False
+
+
+def _verify_end(state: State, ctx: Context, r: _VerifyRound) -> dict[str, Any]:
+    """The round's update: its event, and a correction in frame pixels that makes the masks
+    again; an acceptance or an unreadable reply ends verifying."""
+    event = VerifyEvent(type=VERIFY, round=r.round_, frames=r.shown, response="\n\n".join(r.replies),
+                        decision="accept", turns=len(r.replies), tokens=r.used - state.get("tokens_used", 0),
+                        seconds=round(time.perf_counter() - r.t0, 4))
+    if r.picture:
+        event["picture"] = r.picture
+    update: dict[str, Any] = {**r.done(), "messages": r.new, "turns": r.turns, "tokens_used": r.used}
+    if isinstance(r.reply, VerifyCorrect):
+        corr = _correction_px(ctx, r.reply, r.round_, r.width, r.height)
+        event["decision"], event["correction"] = "correct", corr
+        update["verify_done"] = False
+        update["corrections"] = [dict(corr)]
+    elif isinstance(r.reply, VerifyProblem):
+        event["note"] = (f"the reply could not be read twice ({r.reply.reason}); taken as an "
+                         f"acceptance, the masks are kept")
+    update["events"] = [event]
+    return update
+
+
+def verify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """One verify round (``Context.verify_rounds``): show the model the keyframe and the
+    frames where its masks change most, masks drawn, and read its reply. An acceptance ends
+    verifying; a correction (points and/or a box on a shown frame, converted to frame
+    pixels) is appended to ``corrections`` and the masks are made again. A reply that
+    cannot be read gets one reminder; a second unreadable reply is taken as an acceptance
+    with a ``note`` saying so (the masks stay as they are). The pictures are saved in the
+    run folder as ``verify_round_<r>.jpg``; the turns count in ``turns`` and tokens.
+    ``averify`` is the same round for async callers."""
+    ctx = runtime.context
+    r = _verify_begin(state)
+    try:
+        _verify_look(state, ctx, r)
+    except (MediaError, OSError, ValueError) as e:
+        return _verify_unseen(r, e)
+    _verify_show(state, runtime, r)
+    while True:
+        try:
+            model, messages, kwargs = _verify_call(state, ctx, r)
+            msg = model.invoke(messages, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the answer and its masks stand
+            return _verify_failed(r, e)
+        if _verify_read(state, runtime, r, msg):
+            return _verify_end(state, ctx, r)
+
+
+async def averify(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """``verify`` awaiting the model, with the first model load and the pictures (frames and
+    mask PNGs read from disk) in a thread, so no other run on the event loop waits on them."""
+    ctx = runtime.context
+    r = _verify_begin(state)
+    try:
+        await asyncio.to_thread(_verify_look, state, ctx, r)
+    except (MediaError, OSError, ValueError) as e:
+        return _verify_unseen(r, e)
+    try:
+        if not model_loaded(ctx.model, timeout=ctx.request_timeout):  # as areason
+            await asyncio.to_thread(resolve_model, ctx.model, timeout=ctx.request_timeout)
+    except Exception as e:  # noqa: BLE001
+        return _verify_failed(r, e)
+    _verify_show(state, runtime, r)
+    while True:
+        try:
+            model, messages, kwargs = _verify_call(state, ctx, r)
+            msg = await model.ainvoke(messages, **kwargs)
+        except Exception as e:  # noqa: BLE001 - the answer and its masks stand
+            return _verify_failed(r, e)
+        if _verify_read(state, runtime, r, msg):
+            return _verify_end(state, ctx, r)
+
+
+def _calls_text(ai: AIMessage) -> str:
+    """A tools-mode reply's calls as text for the trajectory (name and JSON arguments)."""
+    return "\n".join(f"{c['name']}({json.dumps(c.get('args'), ensure_ascii=False)})"
+                     for c in tool_calls_in_order(ai))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 REVIEW_HELP = review_rules.HELP
@@ -905,7 +1277,7 @@ def _ask_reviewer(runtime: Runtime[Context], payload: ReviewRequest) -> Any:
     except GraphInterrupt:
         if payload.get("problem"):
             _emit(runtime, ReviewRefusedEvent(type=REVIEW, decision="refused",
-                                              problem=payload["problem"], how=REVIEW_HELP))
+                                              problem=payload["problem"], how=payload["how"]))
         raise
 
 
@@ -916,55 +1288,146 @@ def _model_coords(state: State, ctx: Context, edited: dict[str, Any], w: int, h:
             "point_2d": coords.from_px(edited["point_2d"], w, h)}
 
 
+def _review_picture(media: Any, objects_px: list[dict[str, Any]]) -> Image.Image:
+    """The answer as the reviewer sees it: its keyframe with the box and point (one object,
+    as always), or every object in its colour (``OBJECT_COLOURS``) tagged with the number a
+    reply names it by and its label; objects on several keyframes make one panel each, side
+    by side. Each panel is at most 1024 px on its long side."""
+    panels: list[Image.Image] = []
+    for fid in dict.fromkeys(o["keyframe"] for o in objects_px):
+        frame = media.frame(fid)
+        scale = min(1.0, 1024 / max(frame.size))
+        shown = frame.resize((round(frame.width * scale), round(frame.height * scale)))
+        if len(objects_px) == 1:
+            o = objects_px[0]
+            panels.append(draw_answer(shown, [v * scale for v in o["bbox_2d"]],
+                                      [v * scale for v in o["point_2d"]], None, f"frame {fid}"))
+            continue
+        drawn = [DrawnObject(box=[v * scale for v in o["bbox_2d"]], point=[v * scale for v in o["point_2d"]],
+                             name=f"{k}" + (f" {o['label']}" if o.get("label") else ""),
+                             colour=OBJECT_COLOURS[k % len(OBJECT_COLOURS)],
+                             box_colour=OBJECT_COLOURS[k % len(OBJECT_COLOURS)])
+                 for k, o in enumerate(objects_px) if o["keyframe"] == fid]
+        rgb = np.asarray(shown.convert("RGB"), dtype=np.uint8)
+        panels.append(Image.fromarray(annotate_objects(rgb, drawn, f"frame {fid}")))
+    if len(panels) == 1:
+        return panels[0]
+    sheet = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
+    x = 0
+    for p in panels:
+        sheet.paste(p, (x, 0))
+        x += p.width
+    return sheet
+
+
+def _reviewed_objects(state: State, ctx: Context, got: review_rules.Reply, objects_px: list[dict[str, Any]],
+                      w: int, h: int) -> dict[str, Any]:
+    """The update for a reply that edited or dropped objects: both object lists, the answer
+    (the first object left) and ``reviewed`` saying what changed, so that ``segment`` prompts
+    with exactly the reviewed objects."""
+    objects = list(state.get("objects") or [{**(state.get("answer") or {}), "label": None}])
+    edits = {c["object"]: c["answer_px"] for c in got.changes if c["decision"] == "edit"}
+    drops = {c["object"] for c in got.changes if c["decision"] == "drop"}
+    kept = [{**_model_coords(state, ctx, edits[k], w, h), "label": objects[k].get("label")} if k in edits
+            else objects[k] for k in range(len(objects)) if k not in drops]
+    reviewed: dict[str, Any] = {"decision": got.decision, "original": state.get("answer_px"),
+                                "changes": got.changes}
+    if len(objects_px) > 1:
+        reviewed["original_objects_px"] = objects_px
+    events = [ReviewEvent(type=REVIEW, decision=c["decision"], object=c["object"],
+                          **({"answer_px": c["answer_px"]} if c["decision"] == "edit" else {}))  # type: ignore[typeddict-item]
+              for c in got.changes]
+    return {"answer_px": got.answer_px, "answer": _without_label(kept[0]), "objects": kept,
+            "objects_px": got.objects_px, "reviewed": reviewed, "events": events}
+
+
 def review(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Pause before segmentation (``Context.review``) so that a person accepts, edits or
     rejects the answer; the reply arrives through ``Command(resume=...)``. The payload says
     what the model answered, in both coordinate systems, with a picture of it, and the frame
-    size and ids a reply is checked against. A reply that is refused (see
-    ``segresearch.agents.review``) pauses again with a ``problem`` saying why, and a
-    ``custom`` stream event ``{"type": "review", "decision": "refused"}``: the thread keeps
-    waiting, and nothing is segmented from a guess at what the reviewer meant."""
+    size and ids a reply is checked against; an answer naming several objects lists them
+    (``objects``, ``objects_px``), and a reply may edit or drop any one of them, or several
+    at once. A reply that is refused (see ``segresearch.agents.review``) pauses again with a
+    ``problem`` saying why, and a ``custom`` stream event ``{"type": "review", "decision":
+    "refused"}``: the thread keeps waiting, and nothing is segmented from a guess at what the
+    reviewer meant. After an edit or a drop, ``answer``/``answer_px`` and the object lists are
+    the reviewed ones and ``reviewed["changes"]`` lists each change."""
     px = state.get("answer_px") or {}
+    objects_px = [o for o in state.get("objects_px") or [] if isinstance(o, dict)]
+    if len(objects_px) < 2:
+        objects_px = [{**px, "label": None}]
     try:
         media = open_media(state["media"])
-        frame = media.frame(px["keyframe"])
-        scale = min(1.0, 1024 / max(frame.size))
-        shown = frame.resize((round(frame.width * scale), round(frame.height * scale)))
-        picture = draw_answer(shown, [v * scale for v in px["bbox_2d"]],
-                              [v * scale for v in px["point_2d"]], None, f"frame {px['keyframe']}")
-        image_ref = media_block(picture)["image_url"]["url"]
+        image_ref = media_block(_review_picture(media, objects_px))["image_url"]["url"]
     except (MediaError, KeyError, TypeError):
         return {"reviewed": {"decision": "accept", "note": "nothing to review"}}
     frames = review_rules.describe_frames(media.frame_ids)
     has_frame = set(media.frame_ids).__contains__  # the node always checks the keyframe
-    size = (media.width, media.height)
+    several = len(objects_px) > 1
     problem = ""
     while True:
         payload = ReviewRequest(type=REVIEW, query=state.get("query"), answer=state.get("answer"),
                                 answer_px=px, image=image_ref, frame_size=[media.width, media.height],
-                                how=REVIEW_HELP)
+                                how=REVIEW_HELP + (review_rules.OBJECTS_HELP if several else ""))
+        if several:
+            payload["objects"] = state.get("objects") or []  # type: ignore[typeddict-item]
+            payload["objects_px"] = objects_px  # type: ignore[typeddict-item]
         if frames is not None:
             payload["frame_ids"] = frames
         if problem:
             payload["problem"] = problem
-        # the same rules the server's guard applies (segresearch.agents.review)
-        got = review_rules.read_reply(_ask_reviewer(runtime, payload), px, size, has_frame)
+        # the function the server's guard resolves a reply with (segresearch.agents.review)
+        got = review_rules.read_pause_reply(payload, _ask_reviewer(runtime, payload), has_frame)
+        assert got is not None  # the payload is the node's own: it always has what is needed
         if got.decision in ("accept", "reject"):
             return {"reviewed": {"decision": got.decision},
                     "events": [ReviewEvent(type=REVIEW, decision=got.decision)]}
-        if got.decision == "edit" and got.answer_px is not None:
-            edited = got.answer_px
-            return {"answer_px": edited,
-                    "answer": _model_coords(state, runtime.context, edited, media.width, media.height),
-                    "reviewed": {"decision": "edit", "original": px},
-                    "events": [ReviewEvent(type=REVIEW, decision="edit", answer_px=edited)]}
+        if got.decision in ("edit", "drop") and got.objects_px:
+            return _reviewed_objects(state, runtime.context, got, objects_px, media.width, media.height)
         problem = "; ".join(got.problems)
+
+
+def ask_user(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
+    """The model's question to the user (``Context.ask_user``, tools protocol). With
+    ``ask_user_reply`` set every question gets that text at once (an evaluation: nobody is
+    there); else the run pauses with an ``AskUserRequest`` and the reply arrives through
+    ``Command(resume=...)``: text, or ``{"reply": text}``. A reply that is refused
+    (``segresearch.agents.ask_user``, the rules the server's guard applies too) pauses again
+    with a ``problem``. The reply is the tool's result for the model; a malformed call (an
+    empty question) is answered with its error and nobody is asked. Either way it counts as
+    a tool call against ``max_turns``."""
+    ctx = runtime.context
+    action = state.get("pending") or {}
+    question = str(action.get("question") or "")
+    t0 = time.perf_counter()
+    done: dict[str, Any] = {"tool_calls": state.get("tool_calls", 0) + 1, "pending": None}
+    if action.get("error"):
+        text = f"Error: {action['error']}"
+        return {**done, "messages": _reply(state, runtime, text, []),
+                "events": [ToolEvent(type=TOOL, name="ask_user", observation=text, images=0,
+                                     error=str(action["error"]), seconds=round(time.perf_counter() - t0, 4))]}
+    auto = ctx.ask_user_reply is not None
+    reply = str(ctx.ask_user_reply) if auto else ""
+    problem = ""
+    while not auto:
+        payload = AskUserRequest(type=ASK_USER, question=question, how=ask_rules.HOW)
+        if problem:
+            payload["problem"] = problem
+        got = ask_rules.read_answer(interrupt(payload))
+        if got.reply is not None:
+            reply = got.reply
+            break
+        problem = "; ".join(got.problems)
+    return {**done, "messages": _reply(state, runtime, reply, []),
+            "questions": [{"question": question, "reply": reply, "auto": auto}],
+            "events": [AskUserEvent(type=ASK_USER, question=question, reply=reply, auto=auto,
+                                    seconds=round(time.perf_counter() - t0, 4))]}
 
 
 def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Write trajectory.json and the annotated keyframe (when there is somewhere to write)."""
     ctx = runtime.context
-    update: dict[str, Any] = {"pending": None}
+    update: dict[str, Any] = {"pending": None, **_synced_objects(state)}
     if not state.get("stop_reason"):
         update["stop_reason"] = "no_action"
     if state.get("turns") is None:
@@ -980,10 +1443,13 @@ def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     except (OSError, ValueError) as e:  # ValueError: a folder the policy refused (PathRefused)
         update["events"] = [ErrorEvent(type=ERROR, kind="output", message=str(e))]
     final = {**state, **update}
-    _emit(runtime, FinalEvent(type=FINAL, stop_reason=final.get("stop_reason"),
-                              answer=final.get("answer"), answer_px=final.get("answer_px"),
-                              answer_note=final.get("answer_note"),
-                              masks_dir=final.get("masks_dir"), turns=final.get("turns"),
-                              error=final.get("error")))
+    last = FinalEvent(type=FINAL, stop_reason=final.get("stop_reason"),
+                      answer=final.get("answer"), answer_px=final.get("answer_px"),
+                      answer_note=final.get("answer_note"),
+                      masks_dir=final.get("masks_dir"), turns=final.get("turns"),
+                      error=final.get("error"))
+    if len(final.get("objects_px") or []) > 1:
+        last["objects_px"] = final["objects_px"]
+    _emit(runtime, last)
     return update
 

@@ -21,17 +21,28 @@ from PIL import Image
 from segresearch.agents.content import block_image, content_text, count_images, is_image_block
 from segresearch.agents.context import Context
 from segresearch.agents.path_policy import policy_active
-from segresearch.core.events import ERROR, FEEDBACK, MEDIA, MODEL, SEGMENT, START, TOOL
+from segresearch.core.events import (
+    ASK_USER,
+    ERROR,
+    FEEDBACK,
+    MEDIA,
+    MODEL,
+    SEGMENT,
+    START,
+    TOOL,
+    VERIFY,
+)
 from segresearch.core.files import created_mode, write_atomic
 from segresearch.core.media import MediaError, open_media
 from segresearch.core.protocol import clean_text
 from segresearch.tools.segmenters.writers import OVERLAY_IMAGE, OVERLAY_VIDEO
-from segresearch.tools.visualize import draw_answer
+from segresearch.tools.visualize import OBJECT_COLOURS, DrawnObject, annotate_objects, draw_answer
 
 TRAJECTORY = "trajectory.json"
 REPORT = "report.md"
 ANNOTATED = "keyframe_annotated.jpg"
 FRAMES_SHOWN = "frames_shown.jpg"
+VERIFY_PICTURE = "verify_round_{round}.jpg"  # the frames a verify round showed, masks drawn
 
 
 def mask_for(masks_dir: str | None, name: str) -> np.ndarray | None:
@@ -69,9 +80,14 @@ def trajectory(state: dict[str, Any], ctx: Context) -> dict[str, Any]:
         "answer": state.get("answer"),
         "answer_px": state.get("answer_px"),
         "answer_note": state.get("answer_note"),
+        "objects": state.get("objects"),
+        "objects_px": state.get("objects_px"),
         "masks_dir": state.get("masks_dir"),
+        "object_masks_dirs": state.get("object_masks_dirs"),
         "segmenter": state.get("segmenter"),
         "searches": state.get("searches", []),
+        "corrections": state.get("corrections") or [],
+        "questions": state.get("questions") or [],
         "timings": {
             "total_s": round(time.time() - started, 3) if started else None,
             "model_s": round(model_s, 3),
@@ -111,18 +127,82 @@ def report(traj: dict[str, Any], files: list[str]) -> str:
                 p = ev["prompt"]
                 body += (f"\n\nprompt on frame {p['frame']} (pixels): box {_fmt(p.get('box'))}, "
                          f"point {_fmt(p.get('point'))}; box first, then the point")
+            for k, o in enumerate(ev.get("objects") or [], 1):
+                body += (f"\n- object {k}{_named(o.get('label'))}: {o.get('keyframe_area')} pixels on its "
+                         f"keyframe, masks on {o.get('reached')} frames")
             out += ["## Segmentation", "", body, ""]
         elif kind == ERROR:
             out += [f"**error ({ev.get('kind')})**: {ev.get('message')}", ""]
+        elif kind == VERIFY:
+            out += _verify_section(ev)
+        elif kind == ASK_USER:
+            out += _ask_user_section(ev)
     if traj.get("answer"):
         out += ["## Answer", "", f"- model coordinates: `{traj['answer']}`",
                 f"- pixels: `{traj['answer_px']}`"]
         if traj.get("answer_note"):
             out.append(f"- note: {traj['answer_note']}; the masks are empty")
+        out += _objects_lines(traj)
         out.append("")
     for name in files:
         out.append(f"![{name}]({name})" if name.endswith(".jpg") else f"- [{name}]({name})")
     return "\n".join(out) + "\n"
+
+
+def _verify_section(ev: dict[str, Any]) -> list[str]:
+    """One verify round: what the model was shown, its reply and what it decided."""
+    out = [f"## Verify round {ev.get('round')}", "", f"frames shown: {ev.get('frames')}", "",
+           "```text", str(ev.get("response", "")).strip(), "```", ""]
+    corr = ev.get("correction")
+    if ev.get("decision") == "correct" and corr:
+        pts = ", ".join(f"{_fmt(p)} ({'on' if lab else 'off'})"
+                        for p, lab in zip(corr.get("points") or [], corr.get("labels") or [], strict=False))
+        out.append(f"**correction** of object {corr.get('object', 0) + 1} on frame {corr.get('frame')} "
+                   f"(pixels): points {pts or '—'}; box {_fmt(corr.get('box'))}; the masks are made again")
+    else:
+        out.append("**accepted**" + (f" — {ev['note']}" if ev.get("note") else ""))
+    out.append("")
+    if ev.get("picture"):
+        out += [f"![{ev['picture']}]({ev['picture']})", ""]
+    return out
+
+
+def write_verify_picture(run_dir: Path, round_: int, picture: Image.Image) -> str:
+    """Save a verify round's pictures in the run folder; returns the file's name."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = VERIFY_PICTURE.format(round=round_)
+    _save_jpeg(picture, run_dir / name)
+    return name
+
+
+def _ask_user_section(ev: dict[str, Any]) -> list[str]:
+    """A question the model asked the user and the reply (``auto``: the run's fixed reply)."""
+    who = "fixed reply (ask_user_reply)" if ev.get("auto") else "the user"
+    return [f"**ask_user** `{ev.get('question')}` →", "", f"{who}: {ev.get('reply')}", ""]
+
+
+def _named(label: Any) -> str:
+    return f" ({label})" if label else ""
+
+
+def _objects_lines(traj: dict[str, Any]) -> list[str]:
+    """Every object of an answer naming several (the answer above is the first): label,
+    keyframe, box and point in model coordinates and in pixels, and its mask folder."""
+    objects = traj.get("objects") or []
+    if len(objects) < 2:
+        return []
+    pixels = traj.get("objects_px") or []
+    dirs = traj.get("object_masks_dirs") or []
+    out = ["", f"{len(objects)} objects (the masks folder holds their union):", ""]
+    for k, o in enumerate(objects):
+        px = pixels[k] if k < len(pixels) else {}
+        line = (f"{k + 1}. **{o.get('label') or 'unlabelled'}**: keyframe {o.get('keyframe')}, box "
+                f"`{o.get('bbox_2d')}`, point `{o.get('point_2d')}` (pixels: box {_fmt(px.get('bbox_2d'))}, "
+                f"point {_fmt(px.get('point_2d'))})")
+        if k < len(dirs):
+            line += f"; masks `{dirs[k]}`"
+        out.append(line)
+    return out
 
 
 def _fmt(v: list[float] | None) -> str:
@@ -238,6 +318,11 @@ def missing_outputs(run_dir: str | os.PathLike[str], state: dict[str, Any]) -> l
         overlay = OVERLAY_IMAGE if frames == 1 else OVERLAY_VIDEO
         if not (folder / overlay).is_file():
             missing.append(overlay)
+        for d in state.get("object_masks_dirs") or []:  # an answer naming several objects
+            objects = Path(d)
+            found = sum(1 for _ in objects.glob("*.png")) if objects.is_dir() else 0
+            if isinstance(frames, int) and found < frames:
+                missing.append(f"objects/{objects.name}/ ({found} of {frames} frame masks)")
     return missing
 
 
@@ -268,6 +353,11 @@ def _write_annotated(run_dir: Path, state: dict[str, Any]) -> list[str]:
         name = media.frame_name(ans["keyframe"])
     except MediaError:
         return []
+    objects = state.get("objects_px") or []
+    if len(objects) > 1 and not state.get("answer_note"):
+        picture = _annotated_objects(run_dir, state, frame, name, ans["keyframe"], objects)
+        _save_jpeg(picture, run_dir / ANNOTATED)
+        return [ANNOTATED]
     mask = mask_for(_own_masks(run_dir, state.get("masks_dir")), name)
     label = f"frame {ans['keyframe']}" + (" + mask" if mask is not None else "")
     box, point = ans["bbox_2d"], ans["point_2d"]
@@ -276,3 +366,38 @@ def _write_annotated(run_dir: Path, state: dict[str, Any]) -> list[str]:
         box, point, label = None, None, label + ": no box"
     _save_jpeg(draw_answer(frame, box, point, mask, label), run_dir / ANNOTATED)
     return [ANNOTATED]
+
+
+def _annotated_objects(run_dir: Path, state: dict[str, Any], frame: Image.Image, name: str,
+                       keyframe: int, objects: list[dict[str, Any]]) -> Image.Image:
+    """The answer's keyframe with every object in its own colour (``OBJECT_COLOURS``): its
+    mask on this frame, and its box, point and label when its keyframe is this one (an
+    object answered on another frame shows its mask only)."""
+    dirs = _own_object_masks(run_dir, state.get("object_masks_dirs"))
+    drawn = []
+    for k, obj in enumerate(objects):
+        colour = OBJECT_COLOURS[k % len(OBJECT_COLOURS)]
+        here = obj.get("keyframe") == keyframe
+        drawn.append(DrawnObject(
+            mask=mask_for(dirs[k], name) if k < len(dirs) else None,
+            box=obj.get("bbox_2d") if here else None, point=obj.get("point_2d") if here else None,
+            name=(obj.get("label") or f"object {k + 1}") if here else None,
+            colour=colour, box_colour=colour))
+    if not dirs:  # no per-object folders (not segmented): the union, if there is one
+        union = mask_for(_own_masks(run_dir, state.get("masks_dir")), name)
+        if union is not None:
+            drawn.insert(0, DrawnObject(mask=union))
+    masked = any(d.mask is not None for d in drawn)
+    label = f"frame {keyframe}: {len(objects)} objects" + (" + masks" if masked else "")
+    rgb = np.asarray(frame.convert("RGB"), dtype=np.uint8)
+    return Image.fromarray(annotate_objects(rgb, drawn, label))
+
+
+def _own_object_masks(run_dir: Path, dirs: Any) -> list[str | None]:
+    """The per-object mask folders to draw from; when served, only this run's own
+    ``objects/<k>`` folders (as ``_own_masks``)."""
+    if not isinstance(dirs, list):
+        return []
+    if not policy_active():
+        return list(dirs)
+    return [d if d == str(run_dir / "objects" / str(k)) else None for k, d in enumerate(dirs, 1)]

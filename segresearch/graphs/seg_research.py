@@ -3,10 +3,15 @@
     START → load_media → reason ─┬─ search   → reason
                                  ├─ keyframe → reason
                                  ├─ feedback → reason   (opt-in retry on a turn without action)
+                                 ├─ ask_user → reason   (Context.ask_user, tools protocol: a
+                                 │                       question back to the user; pauses)
                                  ├─ review → segment    (Context.review: a person accepts,
                                  │                       edits or rejects the answer)
                                  ├─ segment  → finish → END   (answer; no_action, max_turns and
-                                 │                             max_tokens get empty masks)
+                                 │     ↕                       max_tokens get empty masks)
+                                 │   verify → finish      (Context.verify_rounds: the model sees
+                                 │                         its masks and accepts them, or corrects
+                                 │                         them and segment runs again)
                                  └─ finish → END        (errors)
 
 One compiled graph serves Python callers, the LangGraph server (``langgraph.json`` points at
@@ -34,7 +39,7 @@ from segresearch.compat.langgraph import compiled_as
 from segresearch.graphs import nodes
 from segresearch.graphs.state import InputState, OutputState, State
 
-ACTION_NODES = ("search", "keyframe", "feedback")
+ACTION_NODES = ("search", "keyframe", "feedback", "ask_user")
 
 
 class RouteView(TypedDict, total=False):
@@ -42,6 +47,13 @@ class RouteView(TypedDict, total=False):
 
     pending: dict[str, Any] | None
     stop_reason: str
+    error: str | None
+    masks_dir: str | None
+    segmenter: str | None
+    answer_note: str | None
+    tokens_used: int
+    verify_round: int
+    verify_done: bool
 
 
 def route_after_load(state: RouteView, ctx: Context | None = None) -> str:
@@ -63,6 +75,26 @@ def route_after_reason(state: RouteView, ctx: Context | None = None) -> str:
 
 def route_after_tool(state: RouteView, ctx: Context | None = None) -> str:
     return "finish" if state.get("stop_reason") else "reason"
+
+
+def route_after_segment(state: RouteView, ctx: Context | None = None) -> str:
+    """Verify (``Context.verify_rounds``) while rounds are left, the model has not accepted
+    its masks and there are masks to show: an answered run whose segmenter wrote them, with
+    no error and tokens left; otherwise finish."""
+    if ctx is None or ctx.verify_rounds <= state.get("verify_round", 0) or state.get("verify_done"):
+        return "finish"
+    if state.get("stop_reason") != "answer" or state.get("error") or state.get("answer_note"):
+        return "finish"
+    if not state.get("masks_dir") or (state.get("segmenter") or "none") == "none":
+        return "finish"
+    if ctx.max_response_tokens is not None and state.get("tokens_used", 0) >= ctx.max_response_tokens:
+        return "finish"
+    return "verify"
+
+
+def route_after_verify(state: RouteView, ctx: Context | None = None) -> str:
+    """A correction makes the masks again; an acceptance (or an unreadable reply) finishes."""
+    return "finish" if state.get("verify_done", True) else "segment"
 
 
 def _routed(node: Callable[..., dict], route: Callable[..., str], name: str) -> Callable:
@@ -119,22 +151,25 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> SegResearchG
     g = StateGraph(State, context_schema=Context, input_schema=InputState, output_schema=OutputState)
     g.add_node("load_media", _routed(nodes.load_media, route_after_load, "load_media"),
                destinations=("reason", "finish"))
-    # reason has a sync and an async body so that async callers never park a thread on it.
+    # reason and verify have a sync and an async body: async callers never park a thread on them.
     g.add_node(
         "reason",
         SyncAsyncNode("reason", _routed(nodes.reason, route_after_reason, "reason"),
                       _routed_async(nodes.areason, route_after_reason, "reason")),
-        destinations=("search", "keyframe", "feedback", "review", "segment", "finish"),
+        destinations=("search", "keyframe", "feedback", "ask_user", "review", "segment", "finish"),
     )
     for name in ACTION_NODES:
         g.add_node(name, _routed(getattr(nodes, name), route_after_tool, name),
                    destinations=("reason", "finish"))
     g.add_node("review", nodes.review)
     g.add_edge("review", "segment")
-    g.add_node("segment", nodes.segment)
+    g.add_node("segment", _routed(nodes.segment, route_after_segment, "segment"),
+               destinations=("verify", "finish"))
+    g.add_node("verify", SyncAsyncNode("verify", _routed(nodes.verify, route_after_verify, "verify"),
+                                       _routed_async(nodes.averify, route_after_verify, "verify")),
+               destinations=("segment", "finish"))
     g.add_node("finish", nodes.finish)
     g.add_edge(START, "load_media")
-    g.add_edge("segment", "finish")
     g.add_edge("finish", END)
     # Rebuilt as the subclass, so the copies the server makes per run keep the class.
     return compiled_as(g.compile(checkpointer=checkpointer, name="seg_research"), SegResearchGraph)

@@ -39,6 +39,14 @@ class InputState(TypedDict):
 class OutputState(TypedDict, total=False):
     answer: dict[str, Any] | None  # {"keyframe", "bbox_2d", "point_2d"}, model coordinates
     answer_px: dict[str, Any] | None  # the same in original-frame pixels
+    # Every object of the answer, each {"keyframe", "bbox_2d", "point_2d", "label"}, in model
+    # coordinates (a one-object answer is a one-element list; ``answer`` is the first without
+    # its label); None when the run has no answer. ``objects_px``: the same in frame pixels.
+    objects: list[dict[str, Any]] | None
+    objects_px: list[dict[str, Any]] | None
+    # one mask folder per object (run_dir/objects/1..n) when the answer named 2+ objects;
+    # ``masks_dir`` is then their union (what an evaluation and the reward score)
+    object_masks_dirs: list[str] | None
     # Why a well-formed answer outlines nothing, e.g. "degenerate box [0, 0, 0, 0]: all zeros
     # (the model found nothing)"; None otherwise. Such a run still ends "answer" (the published
     # loop's "model chose to finish") and gets empty masks; the one key added to DESIGN's list.
@@ -54,6 +62,11 @@ class OutputState(TypedDict, total=False):
     run_dir: str | None
     segmenter: str | None  # the segmenter that wrote masks_dir (what "auto" resolved to)
     reviewed: dict[str, Any] | None  # a reviewer's decision (Context.review): accept|edit|reject
+    # verify-round corrections in original-frame pixels {"round", "object", "frame", "points",
+    # "labels", "box"} (Context.verify_rounds): made by verify, read by segment; cleared at run start
+    corrections: Annotated[list[dict[str, Any]], search_log]
+    # ask_user exchanges {"question", "reply", "auto"} (Context.ask_user); cleared at run start
+    questions: Annotated[list[dict[str, Any]], search_log]
 
 
 class State(InputState, OutputState):
@@ -63,3 +76,5 @@ class State(InputState, OutputState):
     keyframe: NotRequired[int | None]  # last keyframe shown
     pending: NotRequired[Pending | None]  # the parsed action awaiting its node
     feedback_used: NotRequired[int]
+    verify_round: NotRequired[int]  # verify rounds done (Context.verify_rounds)
+    verify_done: NotRequired[bool]  # the model accepted its masks (or verifying ended)

@@ -61,6 +61,19 @@ SETTING_FIELDS = tuple(f.name for f in fields(Context) if f.name not in TRAJECTO
 ROW_FIELDS = ("coord_style", "frame_size")
 
 
+def refuse_unrollable(ctx: Context) -> None:
+    """Settings a rollout cannot honour, refused when the worker starts rather than ignored:
+    a verify round shows the model its masks, and rollouts make none (segmentation comes
+    after the reward, outside the loop); a question to the user pauses the run for a person
+    who is not there, unless every question gets a fixed reply."""
+    if ctx.verify_rounds:
+        raise ValueError("verify_rounds: rollouts make no masks for the model to check "
+                         "(segmentation is off in the agent loop); set it to 0")
+    if ctx.ask_user and ctx.ask_user_reply is None:
+        raise ValueError("ask_user: nobody answers a rollout's questions; set ask_user_reply to "
+                         "the text every question gets (e.g. 'no further information')")
+
+
 def _query_from(kwargs: dict[str, Any]) -> str:
     info = kwargs.get("extra_info") or {}
     if info.get("question"):
@@ -118,7 +131,8 @@ class SegResearchAgentLoop(AgentLoopBase):
                              "sampling and response length, the row's frames), not by the config")
         # Context settings from the config entry; the rest of kwargs are verl's.
         self.settings = {k: kwargs.pop(k) for k in SETTING_FIELDS if k in kwargs}
-        Context(**self.settings)  # a bad value stops the worker here, not each trajectory later
+        checked = Context(**self.settings)  # a bad value stops the worker here, not each trajectory later
+        refuse_unrollable(checked)
         super().__init__(*args, **kwargs)
         multi_turn = self.rollout_config.get("multi_turn", {}) or {}
         self.max_observation_tokens = int(

@@ -498,7 +498,8 @@ class PromptCounter:
                  use_search: bool = True, system_prompt_file: str = "",
                  chat_template_kwargs: dict[str, Any] | None = None,
                  mm_processor_kwargs: dict[str, Any] | None = None,
-                 protocol: str = "tags", keyframe_size: int | None = None) -> None:
+                 protocol: str = "tags", keyframe_size: int | None = None,
+                 ask_user: bool = False) -> None:
         from verl.utils.tokenizer.continuous_token_wiring import (  # heavy, optional: verl ([rl])
             create_continuous_token_builder,
         )
@@ -515,6 +516,7 @@ class PromptCounter:
         self.system_prompt_file = system_prompt_file
         self.protocol = protocol
         self.keyframe_size = int(keyframe_size) if keyframe_size is not None else Context().keyframe_size
+        self.ask_user = bool(ask_user)  # the ask_user tool is in the tools-mode prompt too
         self._processor = processor
         self._tools_builder: Any = None
 
@@ -547,8 +549,8 @@ class PromptCounter:
                 self.use_search, describe_convention(coord_style, self.keyframe_size, int(frame_size)),
                 self.system_prompt_file)
             # bind_tools hands verl OpenAI tool dicts
-            tools = [convert_to_openai_tool(t) for t in tool_definitions(coord_style, self.keyframe_size,
-                                                                         self.use_search, int(frame_size))]
+            tools = [convert_to_openai_tool(t) for t in tool_definitions(
+                coord_style, self.keyframe_size, self.use_search, int(frame_size), ask_user=self.ask_user)]
             builder = self._tools()
         elif protocol == "tags":
             system = system_prompt(self.use_search, coord_style, self.system_prompt_file)

@@ -37,10 +37,14 @@ def mask_stats(mask: np.ndarray) -> dict[str, Any] | None:
 
 
 def build_ground_truth(
-    masks: dict[str, np.ndarray], coord_style: str = "qwen3", frame_size: int = 448
+    masks: dict[str, np.ndarray], coord_style: str = "qwen3", frame_size: int = 448,
+    object_masks: dict[str, list[np.ndarray]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{frame id: {bbox_2d, point_2d, area, max_conn_area}}`` for frames whose mask is not
-    empty; ``masks`` maps frame id strings to boolean H×W masks."""
+    empty; ``masks`` maps frame id strings to boolean H×W masks (the union of the target's
+    objects). With ``object_masks`` (frame id → one mask per object) every entry also lists
+    ``objects``: the box and point of each object present on that frame, which the reward
+    reads to score answers naming several objects (``rl.reward``)."""
     coords = CoordFrame.of(coord_style, frame_size)  # qwen25: pixels of the frame shown
     stats = {fid: s for fid, m in masks.items() if (s := mask_stats(m)) is not None}
     if not stats:
@@ -56,4 +60,8 @@ def build_ground_truth(
             "area": round(s["area"] / max_area, 6),
             "max_conn_area": round(s["conn"] / max_conn, 6) if max_conn else 0.0,
         }
+        if object_masks is not None:
+            present = [o for m in object_masks.get(fid, []) if (o := mask_stats(m)) is not None]
+            out[fid]["objects"] = [{"bbox_2d": coords.from_px(o["box"], w, h),
+                                    "point_2d": coords.from_px(o["point"], w, h)} for o in present]
     return out

@@ -16,6 +16,16 @@ first ``text_search`` call's query. Blocks quoted inside ``<tool_response>`` (ob
 are not the model's calls. Which reading applies: ``extra_info["protocol"]`` when the row
 says, else the tools reading when the response has a tool-call block and no answer or
 keyframe tag; the tag reading is the published one, unchanged.
+
+Several objects: where a sample's ground truth lists the target's objects per frame
+(``"objects"`` beside the union's ``bbox_2d``/``point_2d``, written by ``build_ground_truth``
+from per-object masks: MeViS and ReVOS expressions name several), an answer may name several
+objects (a JSON list in the ``<answer>`` tag, an ``objects`` list on the ``answer`` call). The
+box terms then score the box around all of them against the union's box (the benchmarks
+score the union), the point term pairs each answered object with a ground-truth one
+(Hungarian on box IoU, ``core.matching``) and pays the share of pairs whose point is right,
+and ``object_iou``/``objects_named`` report the pairing (not part of the score). Samples
+without ``"objects"`` are read exactly as published: there a list answer earns nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import re
 import threading
 from typing import Any
 
+from segresearch.core.matching import match_objects
 from segresearch.core.tool_text import TextToolCall, find_tool_calls
 
 KEYFRAME_RE = re.compile(r"<keyframe>\s*(\d+)\s*</keyframe>", re.DOTALL)
@@ -87,8 +98,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def format_score(text: str) -> float:
-    """1 when a reasoned keyframe step exists and the first reasoned answer is well formed."""
+def format_score(text: str, objects: bool = False) -> float:
+    """1 when a reasoned keyframe step exists and the first reasoned answer is well formed
+    (with ``objects``, a list of well-formed objects is too)."""
     if FORMAT_KEYFRAME_RE.search(text) is None:
         return 0.0
     m = FORMAT_ANSWER_RE.search(text)
@@ -98,6 +110,8 @@ def format_score(text: str) -> float:
         obj = json.loads(m.group(1))
     except (json.JSONDecodeError, RecursionError):
         return 0.0
+    if objects and isinstance(obj, list):
+        return 1.0 if answered_objects(obj) is not None else 0.0
     if not isinstance(obj, dict) or set(obj) != {"bbox_2d", "point_2d"}:
         return 0.0
     box, point = obj["bbox_2d"], obj["point_2d"]
@@ -106,6 +120,46 @@ def format_score(text: str) -> float:
         and isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)
     )
     return 1.0 if ok else 0.0
+
+
+OBJECT_KEYS = {"bbox_2d", "point_2d", "label", "keyframe"}
+
+
+def _numbers_list(v: Any, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(_is_number(x) for x in v)
+
+
+def answered_objects(answer: Any) -> list[dict[str, Any]] | None:
+    """The objects of a several-object answer (a list of published objects, each with an
+    optional label or keyframe), or None when it is not one."""
+    if not isinstance(answer, list) or not answer:
+        return None
+    for obj in answer:
+        if not (isinstance(obj, dict) and set(obj) <= OBJECT_KEYS and _numbers_list(obj.get("bbox_2d"), 4)
+                and _numbers_list(obj.get("point_2d"), 2)):
+            return None
+    return answer
+
+
+def has_objects(gt_all: dict[str, Any]) -> bool:
+    """Whether the ground truth lists objects per frame (then list answers are read)."""
+    return any(isinstance(v, dict) and "objects" in v for v in gt_all.values())
+
+
+def _score_objects(out: dict[str, float], objects: list[dict[str, Any]], gt: dict[str, Any]) -> None:
+    """The outcome parts for a several-object answer (module docstring)."""
+    boxes = [[float(v) for v in o["bbox_2d"]] for o in objects]
+    around = [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    out["iou_score"] = _iou_score(around, gt.get("bbox_2d"))
+    out["box_l1_score"] = _box_l1_score(around, gt.get("bbox_2d"))
+    out["keyframe_score"] = float(gt.get("max_conn_area", 0.0) or 0.0)
+    truth = [t for t in gt.get("objects") or [] if isinstance(t, dict) and _numbers_list(t.get("bbox_2d"), 4)]
+    ious = [[box_iou_inclusive(b, t["bbox_2d"]) for t in truth] for b in boxes]
+    match = match_objects(ious if truth else [[] for _ in boxes])
+    right = sum(_point_score(objects[p]["point_2d"], boxes[p], truth[g].get("point_2d")) for p, g, _ in match.pairs)
+    out["point_l1_score"] = right / max(len(boxes), len(truth))
+    out["object_iou"] = match.mean_iou
+    out["objects_named"] = float(len(boxes))
 
 
 def _ground_truth(ground_truth: Any) -> dict[str, Any]:
@@ -203,14 +257,20 @@ def reads_tool_calls(text: str, extra_info: dict[str, Any] | None = None) -> boo
     return bool(tool_calls(text)) and KEYFRAME_RE.search(text) is None and ANSWER_RE.search(text) is None
 
 
-def tool_format_score(calls: list[TextToolCall]) -> float:
+def tool_format_score(calls: list[TextToolCall], objects: bool = False) -> float:
     """1 when a well-formed keyframe call exists and the first answer call is well formed
-    (the tag rule: a reasoned keyframe step, a well-formed first answer)."""
+    (the tag rule: a reasoned keyframe step, a well-formed first answer); with ``objects``
+    (the ground truth lists objects) an answer naming its objects in a list is well formed too."""
     if not any(c.name == "keyframe" and c.args is not None and _frame_arg(c.args.get("index")) is not None
                for c in calls):
         return 0.0
     first = next((c for c in calls if c.name == "answer"), None)
-    return 1.0 if first is not None and first.args is not None and _well_formed_answer(first.args) else 0.0
+    if first is None or first.args is None:
+        return 0.0
+    if objects and _frame_arg(first.args.get("keyframe")) is not None \
+            and answered_objects(first.args.get("objects")) is not None:
+        return 1.0
+    return 1.0 if _well_formed_answer(first.args) else 0.0
 
 
 def _tool_outcome(calls: list[TextToolCall]) -> tuple[str | None, dict[str, Any] | None]:
@@ -256,9 +316,19 @@ def _score_tool_calls(text: str, gt_all: dict[str, Any], steps: list[str]) -> di
     calls = tool_calls(text)
     out = dict.fromkeys(COMPONENTS, 0.0)
     frame, answer = _tool_outcome(calls)
+    multi = has_objects(gt_all)
+    objects = None
+    if multi:
+        out.update(object_iou=0.0, objects_named=0.0)
+        if answer is not None:
+            objects = answered_objects(answer.get("objects")) or answered_objects([
+                {k: answer[k] for k in ("bbox_2d", "point_2d") if k in answer}])
     if frame is not None and answer is not None and frame in gt_all:
-        _score_outcome(out, answer, gt_all[frame])
-    out["format_score"] = tool_format_score(calls)
+        if objects is not None:
+            _score_objects(out, objects, gt_all[frame])
+        elif not multi:
+            _score_outcome(out, answer, gt_all[frame])
+    out["format_score"] = tool_format_score(calls, multi)
     ig = None
     if steps:
         first = next((c for c in calls if c.name == "text_search" and c.args is not None
@@ -294,10 +364,18 @@ def compute_score(
             answer = json.loads(ans.group(1).strip())
         except (json.JSONDecodeError, RecursionError):
             answer = None
-    if kf is not None and isinstance(answer, dict) and kf.group(1) in gt_all:
-        _score_outcome(out, answer, gt_all[kf.group(1)])
+    multi = has_objects(gt_all)
+    objects = None
+    if multi:
+        out.update(object_iou=0.0, objects_named=0.0)
+        objects = answered_objects(answer if isinstance(answer, list) else [answer])
+    if kf is not None and kf.group(1) in gt_all:
+        if objects is not None:
+            _score_objects(out, objects, gt_all[kf.group(1)])
+        elif isinstance(answer, dict) and not multi:
+            _score_outcome(out, answer, gt_all[kf.group(1)])
 
-    out["format_score"] = format_score(text)
+    out["format_score"] = format_score(text, multi)
     _score_process(out, len(SEARCH_STEP_RE.findall(text)), ig_score(text, steps) if steps else None)
     out["num_search"] = float(text.count("<search>"))
     return out

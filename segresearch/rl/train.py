@@ -381,7 +381,8 @@ def _prompt_settings(cfg: Any) -> dict[str, Any]:
         for entry in OmegaConf.to_container(OmegaConf.load(path), resolve=True) or []:
             if isinstance(entry, dict) and entry.get("name") == rollout.agent.default_agent_loop:
                 search = str(entry.get("search", search))
-                settings = {k: entry[k] for k in ("protocol", "keyframe_size") if k in entry}
+                settings = {k: entry[k] for k in ("protocol", "keyframe_size", "ask_user", "ask_user_reply")
+                            if k in entry}
     ctx = Context(search=search, **settings)
 
     def plain(key: str) -> dict[str, Any]:
@@ -390,6 +391,7 @@ def _prompt_settings(cfg: Any) -> dict[str, Any]:
 
     return {"use_search": ctx.use_search, "system_prompt_file": ctx.system_prompt_file,
             "protocol": ctx.protocol, "keyframe_size": ctx.keyframe_size,
+            "ask_user": ctx.ask_user and ctx.protocol == "tools",
             "chat_template_kwargs": plain("apply_chat_template_kwargs"),
             "mm_processor_kwargs": plain("mm_processor_kwargs")}
 

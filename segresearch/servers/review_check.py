@@ -11,7 +11,8 @@ refuses such a request before any run exists:
   for a reply the node would refuse (the thread stays paused, waiting for a good one);
 - 409 for a resume to a thread with nothing pending (never ran, finished, or busy).
 
-The rules are the node's own (``segresearch.agents.review``), so the two cannot disagree.
+The rules are the node's own (``segresearch.agents.review``; for the ask_user pause,
+``segresearch.agents.ask_user``), so the two cannot disagree.
 The node still checks: a reply can race another one, and a Python caller bypasses the server.
 """
 
@@ -21,9 +22,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from segresearch.agents.review import ACCEPTED_FORMS, EDIT_KEYS, frames_predicate, read_reply
+from segresearch.agents import ask_user
+from segresearch.agents.review import ACCEPTED_FORMS, DECISION_KEYS, EDIT_KEYS, read_pause_reply
 from segresearch.compat.langgraph_api import THREAD_RUN_CREATION
-from segresearch.core.events import REVIEW
+from segresearch.core.events import ASK_USER, REVIEW
 
 _INTERRUPT_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -32,21 +34,16 @@ Verdict = tuple[int, dict[str, Any]]
 
 def check_resume(resume_value: Any, interrupt_payload: Any) -> list[str]:
     """Why the review node would refuse ``resume_value`` as a reply to the pause whose payload
-    is ``interrupt_payload`` (empty when it would take it). A payload that is not a review
-    pause, or lacks what the rules need, is not judged here: the node has the last word."""
+    is ``interrupt_payload`` (empty when it would take it); an ask_user pause's reply is read
+    by the ask_user node's rules. A payload of another kind, or lacking what the rules need,
+    is not judged here: the node has the last word."""
+    if isinstance(interrupt_payload, Mapping) and interrupt_payload.get("type") == ASK_USER:
+        return ask_user.read_answer(resume_value).problems
     if not isinstance(interrupt_payload, Mapping) or interrupt_payload.get("type") != REVIEW:
         return []
-    answer_px = interrupt_payload.get("answer_px")
-    size = interrupt_payload.get("frame_size")
-    if not isinstance(answer_px, Mapping) or not _is_size(size):
-        return []
-    has_frame = frames_predicate(interrupt_payload.get("frame_ids"))
-    return read_reply(resume_value, answer_px, size, has_frame).problems
-
-
-def _is_size(size: Any) -> bool:
-    return (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
+    # the node resolves its reply with the same function (read_pause_reply), on its own payload
+    got = read_pause_reply(interrupt_payload, resume_value)
+    return got.problems if got is not None else []
 
 
 def resume_of(body: Any) -> tuple[bool, Any]:
@@ -110,7 +107,7 @@ def _is_id_mapping(value: Any, ids: set[str]) -> bool:
     """Whether a resume value is keyed by interrupt id rather than being an edit. Keys that
     look like interrupt ids but name none pending are taken as ids too (a stale id), so the
     client hears that, rather than "unknown key" about what it meant as an id."""
-    if not isinstance(value, Mapping) or not value or any(k in EDIT_KEYS for k in value):
+    if not isinstance(value, Mapping) or not value or any(k in EDIT_KEYS or k in DECISION_KEYS for k in value):
         return False
     return all(isinstance(k, str) and (k in ids or _INTERRUPT_ID.fullmatch(k)) for k in value)
 
@@ -152,7 +149,25 @@ async def resume_verdict(path: str, body: Any, client: Any) -> Verdict | None:
     if not interrupts:
         return nothing_pending(thread_id, await _status(client, thread_id))
     problems = resume_problems(value, interrupts)
+    if problems and all(_kind(i) == ASK_USER for i in interrupts):
+        return refused_answer(problems)
     return refused(problems) if problems else None
+
+
+def _kind(interrupt: Mapping[str, Any]) -> Any:
+    value = interrupt.get("value")
+    return value.get("type") if isinstance(value, Mapping) else None
+
+
+def refused_answer(problems: list[str]) -> Verdict:
+    """A reply to the model's question (the ask_user pause) that the node would refuse."""
+    return 422, {
+        "detail": problems,
+        "accepted": ask_user.ACCEPTED_FORMS,
+        "thread_status": "interrupted",
+        "message": "the reply was refused and nothing was run: the thread is still interrupted, "
+                   "waiting for an answer to the model's question in one of the accepted forms",
+    }
 
 
 def _checkpoint_of(body: Mapping[str, Any]) -> dict[str, Any]:

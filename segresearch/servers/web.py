@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
@@ -68,7 +69,7 @@ from segresearch.demo import demo_cassette, demo_kb, demo_query
 from segresearch.graphs.preflight import probe_endpoint
 from segresearch.testing.scenes import render_scene, write_video
 from segresearch.tools.segmenters.writers import read_mask
-from segresearch.tools.visualize import overlay_mask
+from segresearch.tools.visualize import MASK_COLOUR, OBJECT_COLOURS, overlay_mask
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 PAGE_PREFIX = "/segresearch/ui"
@@ -583,6 +584,22 @@ async def masks_zip(thread_id: str) -> Response:
         "Cache-Control": "private, no-cache"})
 
 
+def _overlay_folders(values: dict[str, Any]) -> list[tuple[tuple[int, int, int], Path]]:
+    """The mask folders a frame is tinted with: each object's in its own colour (the overlay
+    video's) when the answer named several, else the masks folder. Every folder passes the
+    output policy (``_folder``); an object folder it refuses is left out, not the frame."""
+    dirs = values.get("object_masks_dirs")
+    if isinstance(dirs, list) and len(dirs) > 1:
+        out = []
+        for k, raw in enumerate(dirs):
+            folder = _folder({"d": raw}, "d")
+            if folder is not None:
+                out.append((OBJECT_COLOURS[k % len(OBJECT_COLOURS)], folder))
+        return out
+    masks_dir = _folder(values, "masks_dir")
+    return [] if masks_dir is None else [(MASK_COLOUR, masks_dir)]
+
+
 def _frame_jpeg(values: dict[str, Any], fid: int, overlay: bool, max_side: int) -> bytes:
     try:  # open_media applies the media roots again: a stored state is not trusted
         media = open_media(values["media"])
@@ -594,10 +611,13 @@ def _frame_jpeg(values: dict[str, Any], fid: int, overlay: bool, max_side: int) 
     if scale < 1:
         frame = frame.resize((round(frame.width * scale), round(frame.height * scale)), Image.Resampling.BILINEAR)
     rgb = as_uint8_rgb(frame)
-    masks_dir = _folder(values, "masks_dir") if overlay else None
-    mask = read_mask(masks_dir / f"{name}.png") if masks_dir is not None else None
-    if mask is not None:
-        rgb = overlay_mask(rgb, mask)
+    for colour, folder in _overlay_folders(values) if overlay else ():
+        mask = read_mask(folder / f"{name}.png")
+        if mask is not None:
+            if mask.shape != rgb.shape[:2]:
+                mask = cv2.resize(mask.astype(np.uint8), (rgb.shape[1], rgb.shape[0]),
+                                  interpolation=cv2.INTER_NEAREST) > 0
+            rgb = overlay_mask(rgb, mask, colour)
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=85)
     return buf.getvalue()

@@ -9,8 +9,9 @@ objects matter: an answer with one of the two shapes cannot score J&F 1.
 
 :class:`UnionGroundTruthSegmenter` answers a prompt with the union of the annotated objects
 its box holds, and :func:`write_rvos_oracle_predictions` writes the published
-validation-dump rows whose answers box each expression's objects (or only its first one),
-so an evaluation's expected score is known exactly.
+validation-dump rows whose answers box each expression's objects (their union in one box,
+each object in a list of its own, or only its first one; as tag text or as tools-mode rows
+with a structured answer), so an evaluation's expected score is known exactly.
 """
 
 from __future__ import annotations
@@ -144,15 +145,31 @@ class UnionGroundTruthSegmenter(Segmenter):
         return {"name": self.name}
 
 
-def write_rvos_oracle_predictions(base: str | Path, path: str | Path, *, first_object_only: bool = False) -> Path:
+def write_rvos_oracle_predictions(base: str | Path, path: str | Path, *, first_object_only: bool = False,
+                                  per_object: bool = False, protocol: str = "tags") -> Path:
     """Rows (``id``, ``data_source``, ``video_path``, ``output``) answering every expression of
     the set in ``base`` (the folder holding the expressions file) with the box of its
     objects' union on the sampled frame where the union is largest, or with the box of its
-    first object only. Ids are ``<video>_<exp_id>`` as the readers name queries."""
+    first object only. ``per_object``: an expression of several objects is answered with
+    every object, each its own box and point (labelled with its shape), on the sampled frame
+    where the smallest of them is largest: an ``<answer>`` holding a JSON list. ``protocol``
+    ``"tools"``: rows as a tools-mode evaluation saves them (no tags in ``output``; the
+    structured ``answer`` on the frame id, and ``objects`` when there are several). Ids are
+    ``<video>_<exp_id>`` as the readers name queries."""
+    if protocol not in ("tags", "tools"):
+        raise ValueError(f"protocol must be tags or tools, not {protocol!r}")
     base = Path(base)
     meta = json.loads(sorted(base.glob("meta_expressions*.json"))[0].read_text(encoding="utf-8"))
     masks = json.loads((base / "mask_dict.json").read_text(encoding="utf-8"))
     lines = []
+    # the shapes' names by annotation id, for the objects' labels (the synthetic sets name
+    # their objects in shape order, obj_id k being DEFAULT_SHAPES[k])
+    names: dict[int, str] = {}
+    for video in meta["videos"].values():
+        for e in video["expressions"].values():
+            for o, a in zip(e.get("obj_id", []), e["anno_id"], strict=False):
+                if 0 <= o < len(DEFAULT_SHAPES):
+                    names[a] = DEFAULT_SHAPES[o].name
     for vid, video in meta["videos"].items():
         frames = video["frames"]
         folder = base / "JPEGImages" / vid
@@ -169,15 +186,38 @@ def write_rvos_oracle_predictions(base: str | Path, path: str | Path, *, first_o
                 return out
 
             shown = sample_frame_ids(list(range(len(frames))), 6)
-            key = max(shown, key=lambda i: int(union(i).sum()))
+            several = per_object and len(objs) > 1
+            if several:
+                key = max(shown, key=lambda i: (min(int(_mask(masks[str(a)], i, shape).sum()) for a in objs),
+                                                 int(union(i).sum())))
+            else:
+                key = max(shown, key=lambda i: int(union(i).sum()))
             m = union(key)
             h, w = m.shape
-            answer = {"bbox_2d": QWEN3.from_px(list(mask_box(m)), w, h),
-                      "point_2d": QWEN3.from_px(list(inner_point(_mask(masks[str(objs[0])], key, shape))), w, h)}
-            output = (f"<thinking>Found it.</thinking>\n<keyframe> {int(frames[key])} </keyframe>"
-                      f"<answer>{json.dumps(answer)}</answer>")
-            lines.append(json.dumps({"id": f"{vid}_{exp_id}", "data_source": "Search_RVOS_referring",
-                                     "video_path": str(folder.resolve()), "output": output}))
+
+            def box_of(mask: np.ndarray, first: np.ndarray, w: int = w, h: int = h) -> dict[str, Any]:
+                return {"bbox_2d": QWEN3.from_px(list(mask_box(mask)), w, h),
+                        "point_2d": QWEN3.from_px(list(inner_point(first)), w, h)}
+
+            answer = box_of(m, _mask(masks[str(objs[0])], key, shape))
+            objects = [{**box_of(om, om), "label": names.get(a, f"object {a}")}
+                       for a in objs for om in (_mask(masks[str(a)], key, shape),)] if several else []
+            row: dict[str, Any] = {"id": f"{vid}_{exp_id}", "data_source": "Search_RVOS_referring",
+                                   "video_path": str(folder.resolve())}
+            if protocol == "tools":
+                fid = int(frames[key])
+                if several:
+                    objects = [{"keyframe": fid, **o} for o in objects]
+                    answer = {k: objects[0][k] for k in ("keyframe", "bbox_2d", "point_2d")}
+                else:
+                    answer = {"keyframe": fid, **answer}
+                row.update(output="", protocol="tools", answer=answer, stop_reason="answer",
+                           **({"objects": objects} if several else {}))
+            else:
+                said = json.dumps(objects if several else answer)
+                row["output"] = (f"<thinking>Found it.</thinking>\n<keyframe> {int(frames[key])} </keyframe>"
+                                 f"<answer>{said}</answer>")
+            lines.append(json.dumps(row))
     path = Path(path)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image
 
 MASK_COLOUR = (255, 64, 160)
+# One colour per object of an answer, in order; the first is MASK_COLOUR, so a single object
+# looks as it always did.
+OBJECT_COLOURS: tuple[tuple[int, int, int], ...] = (
+    MASK_COLOUR, (40, 160, 255), (255, 200, 0), (0, 200, 120), (170, 90, 255), (255, 120, 40),
+)
 BOX_COLOUR = (0, 220, 0)
 POINT_COLOUR = (255, 40, 40)
 
@@ -48,6 +54,83 @@ def annotate(
     if label:
         draw_label(out, label)
     return out
+
+
+NEGATIVE_POINT_COLOUR = (30, 30, 30)
+
+
+@dataclass(frozen=True)
+class DrawnObject:
+    """One object of an answer as a frame shows it: its mask (None: none on this frame),
+    the box and point prompted on this frame, extra labelled points ``(x, y, 1 or 0)``, its
+    name (written beside its box) and its colours."""
+
+    mask: np.ndarray | None = None
+    box: Sequence[float] | None = None
+    point: Sequence[float] | None = None
+    points: Sequence[Sequence[float]] = ()
+    name: str | None = None
+    colour: Sequence[int] = MASK_COLOUR
+    box_colour: Sequence[int] = BOX_COLOUR
+
+
+def annotate_objects(rgb: np.ndarray, objects: Sequence[DrawnObject], label: str = "") -> np.ndarray:
+    """A copy of an RGB frame with every object's mask tinted in its colour, then its box,
+    point and labelled points (positive red, negative dark), its name beside its box (or its
+    point) and ``label`` in the corner. One object without name or extra points is drawn
+    exactly as :func:`annotate` draws it."""
+    out = rgb.copy()
+    for obj in objects:
+        if obj.mask is not None:
+            out = overlay_mask(out, obj.mask, obj.colour)
+    thick = max(2, out.shape[0] // 200)
+    r = max(4, out.shape[0] // 80)
+    for obj in objects:
+        if obj.box is not None:
+            x1, y1, x2, y2 = (int(round(float(v))) for v in obj.box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), tuple(int(c) for c in obj.box_colour), thick)
+        marks = ([(obj.point[0], obj.point[1], 1)] if obj.point is not None else []) + list(obj.points)
+        for x, y, positive in marks:
+            c = (int(round(float(x))), int(round(float(y))))
+            cv2.circle(out, c, r, POINT_COLOUR if positive else NEGATIVE_POINT_COLOUR, -1)
+            cv2.circle(out, c, r, (255, 255, 255), max(1, thick // 2))
+            if not positive:  # a minus sign: told apart without colour
+                cv2.line(out, (c[0] - r // 2, c[1]), (c[0] + r // 2, c[1]), (255, 255, 255),
+                         max(1, thick // 2))
+        if obj.name:
+            at = obj.box[:2] if obj.box is not None else obj.point
+            if at is None and obj.points:
+                at = obj.points[0][:2]
+            if at is not None:
+                draw_tag(out, obj.name, float(at[0]), float(at[1]), obj.colour)
+    if label:
+        draw_label(out, label)
+    return out
+
+
+def draw_tag(rgb: np.ndarray, text: str, x: float, y: float, colour: Sequence[int]) -> None:
+    """``text`` in white on a dark box just above ``(x, y)`` (below it at the top edge), with
+    a bar in ``colour`` on its left, kept inside the frame; in place. ASCII only, like
+    :func:`draw_label`."""
+    h, w = rgb.shape[:2]
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text).strip()
+    if not text or h < 8 or w < 8:
+        return
+    scale = max(_MIN_LABEL_SCALE, h / 1400)
+    weight = max(1, int(round(2 * scale)))
+    (tw, th), base = cv2.getTextSize(text, LABEL_FONT, scale, weight)
+    pad = max(2, int(round(4 * scale)))
+    bar = max(3, pad)
+    bw, bh = min(w, tw + 2 * pad + bar), min(h, th + base + 2 * pad)
+    x0 = int(min(max(0, round(x)), w - bw))
+    y0 = int(round(y)) - bh - 1
+    if y0 < 0:
+        y0 = int(min(max(0, round(y) + 1), h - bh))
+    box = rgb[y0:y0 + bh, x0:x0 + bw]
+    box[:] = (box.astype(np.float32) * (1 - LABEL_BACKING)).astype(np.uint8)
+    rgb[y0:y0 + bh, x0:x0 + bar] = tuple(int(c) for c in colour)
+    cv2.putText(rgb, text, (x0 + bar + pad, y0 + pad + th), LABEL_FONT, scale, (255, 255, 255),
+                weight, cv2.LINE_AA)
 
 
 LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX

@@ -29,9 +29,11 @@ from segresearch.tools.segmenters.writers import (
     OVERLAY_IMAGE,
     OVERLAY_VIDEO,
     MaskSet,
+    OverlayObject,
     remove_partial_outputs,
     write_empty_mask_set,
     write_mask_set,
+    write_object_mask_sets,
     write_overlay_image,
     write_overlay_video,
 )
@@ -41,11 +43,11 @@ SEGMENTER_NAMES = ("sam2", "grabcut", "none", "auto")
 __all__ = [
     "DEFAULT_FRAME_CACHE_MB", "DEFAULT_SAM2_CONFIG", "EVAL_FRAME_CACHE_MB", "OVERLAY_IMAGE",
     "OVERLAY_VIDEO",
-    "SAM2_CONFIGS", "SEGMENTER_NAMES", "MaskSet", "ParsedOutput", "Prompt", "SAM2Segmenter",
+    "SAM2_CONFIGS", "SEGMENTER_NAMES", "MaskSet", "OverlayObject", "ParsedOutput", "Prompt", "SAM2Segmenter",
     "Segmenter", "VideoSession", "get_segmenter", "prompt_from_answer", "prompt_from_output",
     "remove_partial_outputs", "resolve_segmenter_name", "sam2_available", "sam2_config_for",
-    "stable_seed", "write_empty_mask_set", "write_mask_set", "write_overlay_image",
-    "write_overlay_video",
+    "stable_seed", "write_empty_mask_set", "write_mask_set", "write_object_mask_sets",
+    "write_overlay_image", "write_overlay_video",
 ]
 
 

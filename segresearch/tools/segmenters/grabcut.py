@@ -6,7 +6,9 @@ over all frames) mean something on CPU. It follows SAM 2's order of work: the pr
 keyframe first, then forward to the last frame, then backward to the first.
 
 Keyframe: GrabCut from the box (probable foreground) and a disk around the point (sure
-foreground). Each neighbouring frame: dense optical flow from the new frame to the one
+foreground); a prompt's extra labelled points add sure-foreground (positive) or
+sure-background (negative) disks, and a prompt of points alone is read as its first
+positive point with the others. Each neighbouring frame: dense optical flow from the new frame to the one
 before, a backward warp of the previous mask (no holes), then GrabCut on the new frame
 initialised from the warped mask, inside a region around it, with the object's colours
 remembered from the keyframe; the result is kept only when its area stays close to the
@@ -186,6 +188,11 @@ class GrabCutSession(VideoSession):
         if prompt.point is not None and all(math.isfinite(v) for v in prompt.point):
             point = (min(max(prompt.point[0] * sx, 0.0), pw - 1.0),
                      min(max(prompt.point[1] * sy, 0.0), ph - 1.0))
+        # extra labelled points at processing scale (only those on the frame)
+        extra = [(x * sx, y * sy, int(lab)) for x, y, lab in prompt.points
+                 if math.isfinite(x) and math.isfinite(y) and 0 <= x < ow and 0 <= y < oh]
+        if point is None and any(lab for *_, lab in extra):
+            point = next((x, y) for x, y, lab in extra if lab)
         box_o = _clamp_box(prompt.box, ow, oh) if prompt.box is not None else None
         if box_o is None and point is None:
             return np.zeros((ph, pw), bool), np.zeros((oh, ow), bool)
@@ -198,7 +205,7 @@ class GrabCutSession(VideoSession):
             assert box is not None
             if box[2] - box[0] + 1 < _MIN_BOX_SIDE or box[3] - box[1] + 1 < _MIN_BOX_SIDE:
                 return _box_mask(box, pw, ph), _box_mask(box_o, ow, oh)
-        mask = _grabcut_box(frame.rgb, box, point, self.seg.iterations, seed)
+        mask = _grabcut_box(frame.rgb, box, point, self.seg.iterations, seed, extra)
         if mask is None:  # nothing separable: the box is the best mask there is
             exact = _box_mask(box_o, ow, oh) if box_o is not None else None
             return _box_mask(box, pw, ph), exact
@@ -336,11 +343,14 @@ def _grabcut_box(
     point: tuple[float, float] | None,
     iterations: int,
     rng_seed: int,
+    extra: list[tuple[float, float, int]] | None = None,
 ) -> np.ndarray | None:
     """GrabCut with the box as probable foreground and a disk at the point as sure
     foreground, inside the box plus a margin: the background model is learnt from what
     surrounds the object rather than from the whole frame, which is both closer to what the
-    boundary has to separate and cheaper. None when nothing beyond the seed separates."""
+    boundary has to separate and cheaper. ``extra``: labelled points ``(x, y, 1 or 0)``
+    inside that region, disks of sure foreground or sure background (a correction's
+    clicks). None when nothing beyond the seed separates."""
     h, w = rgb.shape[:2]
     x1, y1, x2, y2 = box
     bw, bh = x2 - x1 + 1, y2 - y1 + 1
@@ -351,6 +361,11 @@ def _grabcut_box(
         px, py = round(point[0]), round(point[1])
         if x1 <= px <= x2 and y1 <= py <= y2:
             cv2.circle(tri, (px - rx1, py - ry1), max(1, min(bw, bh) // 20), cv2.GC_FGD, -1)
+    for ex, ey, lab in extra or ():
+        qx, qy = round(ex), round(ey)
+        if rx1 <= qx < rx2 and ry1 <= qy < ry2:
+            cv2.circle(tri, (qx - rx1, qy - ry1), max(1, min(bw, bh) // 20),
+                       cv2.GC_FGD if lab else cv2.GC_BGD, -1)
     seed = tri == cv2.GC_FGD
     if not (tri == cv2.GC_BGD).any():  # the box fills the frame: no background to model
         return None

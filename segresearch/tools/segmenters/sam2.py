@@ -22,14 +22,22 @@ fall outside the window SAM 2 reads its memories from (``compat.sam2.memory_wind
 15 frames for the released configs; prompted frames and their neighbours are kept for the
 other direction's pass), and masks are written as they come, so a session's memory does
 not grow with the video's length; the masks are bit-identical to the bare predictor's.
+
+Several objects (:meth:`SAM2Session.track`) are tracked the way SAM 2 tracks several objects:
+one object id each (k + 1 for object k), every prompt of every object added before one
+forward and one backward propagation (both start from the earliest prompted frame of any
+object, as ``propagate_in_video`` decides), every object's mask yielded per frame. An
+object's prompts are added in order, each as the published pair of calls (box, then point)
+followed by its extra labelled points, which join the points already on that frame.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,7 @@ import numpy as np
 
 from segresearch.compat.sam2 import (
     cache_image_feature,
+    cast_memory_to_feature_dtype,
     drop_outputs_outside_window,
     new_inference_state,
     quiet_missing_extension,
@@ -120,6 +129,7 @@ def load_predictor(
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad file
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ValueError(f"cannot load SAM 2 checkpoint {checkpoint} with {config}: {first}") from None
+        cast_memory_to_feature_dtype(pred)  # objects prompted on different frames
         return pred, threading.Lock()
 
     return _PREDICTORS.get((config, checkpoint, device, image_size), build)
@@ -254,16 +264,26 @@ def init_state(predictor: Any, frames: FrameStore, offload_state_to_cpu: bool) -
     return state
 
 
-def add_prompt(predictor: Any, state: dict[str, Any], pos: int, prompt: Prompt) -> None:
-    """The published two calls: the box, then the point (which refines the box's mask)."""
+def add_prompt(predictor: Any, state: dict[str, Any], pos: int, prompt: Prompt,
+               obj_id: int = 1) -> None:
+    """The published two calls: the box, then the point (which refines the box's mask);
+    then the prompt's extra labelled points, added to the points already on that frame for
+    this object (``clear_old_points=False``), so a correction refines rather than replaces."""
     if prompt.box is not None:
         predictor.add_new_points_or_box(
-            inference_state=state, frame_idx=pos, obj_id=1, box=np.asarray(prompt.box, np.float32)
+            inference_state=state, frame_idx=pos, obj_id=obj_id,
+            box=np.asarray(prompt.box, np.float32),
         )
     if prompt.point is not None:
         predictor.add_new_points_or_box(
-            inference_state=state, frame_idx=pos, obj_id=1,
+            inference_state=state, frame_idx=pos, obj_id=obj_id,
             points=np.asarray([prompt.point], np.float32), labels=np.array([1], np.int32),
+        )
+    if prompt.points:
+        predictor.add_new_points_or_box(
+            inference_state=state, frame_idx=pos, obj_id=obj_id, clear_old_points=False,
+            points=np.asarray([(x, y) for x, y, _ in prompt.points], np.float32),
+            labels=np.asarray([lab for _, _, lab in prompt.points], np.int32),
         )
 
 
@@ -279,23 +299,40 @@ class SAM2Session(VideoSession):
             self.state = init_state(self.predictor, self.frames, segmenter.device == "cpu")
 
     def masks(self, prompt: Prompt) -> Iterator[tuple[int, np.ndarray]]:
+        with closing(self.track([[prompt]])) as masks:  # closed at once if left early
+            for _k, fid, mask in masks:
+                yield fid, mask
+
+    def track(self, objects: Sequence[Sequence[Prompt]]) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Every object tracked jointly: one reset, object k's prompts added in order with
+        object id k + 1, one forward and one backward propagation yielding each object's
+        mask on each frame. One object with one prompt is exactly the published protocol
+        (:meth:`masks`)."""
         import torch  # heavy: optional [sam2] extra
 
-        pos = self.media.index_of(prompt.frame)
+        objects = [list(prompts) for prompts in objects]
+        if not objects:
+            return
+        if any(not prompts for prompts in objects):
+            raise ValueError("every object needs at least one prompt")
         ids = self.media.frame_ids
         with self._lock, torch.inference_mode(), quiet_missing_extension():
             self.predictor.reset_state(self.state)
             try:
-                add_prompt(self.predictor, self.state, pos, prompt)
+                for k, prompts in enumerate(objects):
+                    for prompt in prompts:
+                        add_prompt(self.predictor, self.state, self.media.index_of(prompt.frame),
+                                   prompt, obj_id=k + 1)
                 for reverse in (False, True):
-                    for idx, _obj_ids, logits in self.predictor.propagate_in_video(
+                    for idx, obj_ids, logits in self.predictor.propagate_in_video(
                         self.state, reverse=reverse
                     ):
-                        mask = (logits[0, 0] > 0.0).cpu().numpy()
+                        masks = (logits[:, 0] > 0.0).cpu().numpy()
                         del logits
                         # outputs SAM 2 will not read again: memory stays flat with length
                         drop_outputs_outside_window(self.predictor, self.state, idx, reverse)
-                        yield ids[idx], mask
+                        for row, obj_id in enumerate(obj_ids):
+                            yield int(obj_id) - 1, ids[idx], masks[row]
             finally:
                 # Per-frame outputs are only needed during propagation: free them now.
                 self.predictor.reset_state(self.state)

@@ -11,6 +11,10 @@ A run killed mid-write leaves its temporary folder (``.<id>.tmp-XXXXXXXX``), or 
 replaced set on its way out (``.<id>.old-XXXXXXXX``), or a half-written overlay
 (``.<id>.tmp-XXXXXXXX.mp4``); :func:`remove_partial_outputs` removes exactly those names
 when the run is resumed, and nothing else.
+
+Several objects (:func:`write_object_mask_sets`): one folder per object (``objects/1`` …
+``objects/n``) and their union in the usual mask folder, which is what scores read; each
+folder is written and renamed into place like a single set.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +38,13 @@ from segresearch.core import cancel
 from segresearch.core.files import created_mode
 from segresearch.core.media import Media, as_uint8_rgb
 from segresearch.tools.segmenters.base import Prompt
-from segresearch.tools.visualize import annotate
+from segresearch.tools.visualize import (
+    BOX_COLOUR,
+    OBJECT_COLOURS,
+    DrawnObject,
+    annotate,
+    annotate_objects,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +139,56 @@ def mask_names(media: Media) -> dict[int, str]:
     return names
 
 
+class _SetWriter:
+    """One mask set on its way into ``dest``: PNGs written to a temporary sibling folder by
+    ``pool`` as masks arrive, completed with empty masks, then renamed into place."""
+
+    def __init__(self, dest: Path, media: Media, names: dict[int, str], pool: ThreadPoolExecutor) -> None:
+        self.dest, self.media, self.names, self.pool = dest, media, names, pool
+        self.tmp = _partial_dir(dest, "tmp")
+        self.area: dict[int, int] = {}
+        self.pending: dict[int, Future] = {}
+        self.reached = 0
+        self.reached_ids: set[int] = set()  # frames the segmenter gave a mask for
+
+    def add(self, fid: int, mask: np.ndarray) -> None:
+        h, w = self.media.height, self.media.width
+        if fid not in self.names:
+            raise ValueError(f"segmenter returned frame id {fid}, not a frame of {self.media.source}")
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (h, w):
+            m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+        self.area[fid] = int(np.count_nonzero(m))
+        prev = self.pending.pop(fid, None)
+        if prev is not None:  # the same file again: let the earlier write finish first
+            prev.result()
+        self.pending[fid] = self.pool.submit(_imwrite, self.tmp / self.names[fid], m.astype(np.uint8) * 255)
+        done = [f for f, fut in self.pending.items() if fut.done()]
+        for f in done:
+            self.pending.pop(f).result()
+
+    def complete(self) -> None:
+        """Empty masks for the frames never reached; every file written when it returns."""
+        self.reached_ids = set(self.area)
+        self.reached = len(self.area)
+        if self.reached < len(self.names):
+            zero = np.zeros((self.media.height, self.media.width), np.uint8)
+            for fid, name in self.names.items():
+                if fid not in self.area:
+                    self.pending[fid] = self.pool.submit(_imwrite, self.tmp / name, zero)
+                    self.area[fid] = 0
+        for fut in self.pending.values():
+            fut.result()
+        self.pending.clear()
+
+    def commit(self) -> MaskSet:
+        replace_dir(self.tmp, self.dest)
+        return MaskSet(path=self.dest, frames=len(self.names), reached=self.reached, area=self.area)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def write_mask_set(
     dest: Path,
     media: Media,
@@ -145,43 +205,107 @@ def write_mask_set(
     dest = Path(dest)
     names = mask_names(media)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial_dir(dest, "tmp")
-    h, w = media.height, media.width
-    area: dict[int, int] = {}
-    pending: dict[int, Future] = {}
+    writer: _SetWriter | None = None
     try:
         with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mask-png") as pool:
+            writer = _SetWriter(dest, media, names, pool)
             for fid, mask in masks:
                 cancel.check()  # Ctrl-C between frames (a frame is the segmenter's step)
-                if fid not in names:
-                    raise ValueError(f"segmenter returned frame id {fid}, not a frame of {media.source}")
-                m = np.asarray(mask, dtype=bool)
-                if m.shape != (h, w):
-                    m = cv2.resize(m.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
-                area[fid] = int(np.count_nonzero(m))
-                prev = pending.pop(fid, None)
-                if prev is not None:  # the same file again: let the earlier write finish first
-                    prev.result()
-                pending[fid] = pool.submit(_imwrite, tmp / names[fid], m.astype(np.uint8) * 255)
+                writer.add(fid, mask)
                 if on_frame is not None:
                     on_frame(fid)
-                done = [f for f, fut in pending.items() if fut.done()]
-                for f in done:
-                    pending.pop(f).result()
-            reached = len(area)
-            if reached < len(names):
-                zero = np.zeros((h, w), np.uint8)
-                for fid, name in names.items():
-                    if fid not in area:
-                        pending[fid] = pool.submit(_imwrite, tmp / name, zero)
-                        area[fid] = 0
-            for fut in pending.values():
-                fut.result()
-        replace_dir(tmp, dest)
+            writer.complete()
+        return writer.commit()
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if writer is not None:
+            writer.discard()
         raise
-    return MaskSet(path=dest, frames=len(names), reached=reached, area=area)
+
+
+def write_object_mask_sets(
+    masks_dir: Path,
+    objects_dir: Path,
+    media: Media,
+    stream: Iterable[tuple[int, int, np.ndarray]],
+    n_objects: int,
+    *,
+    on_frame: Callable[[int], None] | None = None,
+    workers: int = 2,
+) -> tuple[MaskSet, list[MaskSet]]:
+    """Consume ``stream`` (``(object index, frame id, bool mask)``, as
+    ``VideoSession.track`` yields it; per object the last mask of a frame wins) and write
+    the masks of ``n_objects`` objects.
+
+    One object: ``masks_dir`` only, exactly as :func:`write_mask_set` writes it, and no
+    object sets. Two or more: ``objects_dir/1`` … ``objects_dir/n`` (an object the stream
+    never names gets empty masks) and their union in ``masks_dir``; returns (the union, the
+    object sets). Each folder is complete or absent: all are written to temporary folders,
+    the union read back from the objects' files one frame at a time (memory does not grow
+    with the video), and only then renamed into place; a failure leaves none of them.
+    Numbered folders in ``objects_dir`` beyond ``n`` (an earlier answer's) are removed.
+    ``on_frame(fid)`` hears of every mask of the stream."""
+    masks_dir, objects_dir = Path(masks_dir), Path(objects_dir)
+    if n_objects < 1:
+        raise ValueError(f"n_objects must be at least 1, got {n_objects}")
+    if n_objects == 1:
+        def only() -> Iterable[tuple[int, np.ndarray]]:
+            for k, fid, mask in stream:
+                if k != 0:
+                    raise ValueError(f"object index {k} in a stream of 1 object")
+                yield fid, mask
+
+        union = write_mask_set(masks_dir, media, only(), on_frame=on_frame, workers=workers)
+        _remove_stale_objects(objects_dir, 0)
+        return union, []
+    names = mask_names(media)
+    made_root = not objects_dir.exists()
+    objects_dir.mkdir(parents=True, exist_ok=True)
+    writers: list[_SetWriter] = []
+    try:
+        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mask-png") as pool:
+            for k in range(n_objects):
+                writers.append(_SetWriter(objects_dir / str(k + 1), media, names, pool))
+            for k, fid, mask in stream:
+                cancel.check()
+                if not 0 <= k < n_objects:
+                    raise ValueError(f"object index {k} in a stream of {n_objects} objects")
+                writers[k].add(fid, mask)
+                if on_frame is not None:
+                    on_frame(fid)
+            for w in writers:
+                w.complete()
+
+        def union_masks() -> Iterable[tuple[int, np.ndarray]]:
+            for fid, name in names.items():
+                if not any(fid in w.reached_ids for w in writers):
+                    continue  # no object reached it: left to write_mask_set's empty masks
+                m = np.zeros((media.height, media.width), bool)
+                for w in writers:
+                    if w.area.get(fid):
+                        got = read_mask(w.tmp / name)
+                        if got is None:
+                            raise OSError(f"cannot read {w.tmp / name}")
+                        m |= got
+                yield fid, m
+
+        union = write_mask_set(masks_dir, media, union_masks(), workers=workers)
+    except BaseException:
+        for w in writers:
+            w.discard()
+        if made_root:
+            shutil.rmtree(objects_dir, ignore_errors=True)
+        raise
+    sets = [w.commit() for w in writers]
+    _remove_stale_objects(objects_dir, n_objects)
+    return union, sets
+
+
+def _remove_stale_objects(objects_dir: Path, n_objects: int) -> None:
+    if not objects_dir.is_dir():
+        return
+    for entry in objects_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink() and entry.name.isdigit() and int(entry.name) > n_objects:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def write_empty_mask_set(dest: Path, media: Media) -> MaskSet:
@@ -238,13 +362,53 @@ class _VideoOut:
             self._cv.release()
 
 
-def _overlay_frame(media: Media, masks_dir: Path, fid: int, prompt: Prompt | None,
+@dataclass(frozen=True)
+class OverlayObject:
+    """One object of an overlay: its mask folder, its prompts (the answer's first, drawn on
+    its frame with the object's name beside the box; then corrections, drawn on theirs) and
+    its name."""
+
+    masks_dir: Path
+    prompts: tuple[Prompt, ...] = ()
+    label: str | None = None
+
+
+def _objects_frame(rgb: np.ndarray, media: Media, fid: int, objects: Sequence[OverlayObject],
                    label: str) -> np.ndarray:
+    """A frame with each object in its colour (``OBJECT_COLOURS``; one object keeps the
+    usual green box), its prompts on their frames and its name beside its box."""
+    name = f"{media.frame_name(fid)}.png"
+    several = len(objects) > 1
+    drawn = []
+    on_key = False
+    for k, obj in enumerate(objects):
+        colour = OBJECT_COLOURS[k % len(OBJECT_COLOURS)]
+        mask = read_mask(obj.masks_dir / name)
+        here = [(i, p) for i, p in enumerate(obj.prompts) if p.frame == fid]
+        if not here:
+            drawn.append(DrawnObject(mask=mask, colour=colour))
+            continue
+        on_key = on_key or any(i == 0 for i, _ in here)
+        for n, (i, p) in enumerate(here):
+            drawn.append(DrawnObject(
+                mask=mask if n == 0 else None, box=p.box, point=p.point,
+                points=[(x, y, lab) for x, y, lab in p.points],
+                name=obj.label if i == 0 else None, colour=colour,
+                box_colour=colour if several else BOX_COLOUR))
+    text = f"frame {fid}" + (" (keyframe)" if on_key else "") + (f"  {label}" if label else "")
+    return annotate_objects(rgb, drawn, text)
+
+
+def _overlay_frame(media: Media, masks_dir: Path, fid: int, prompt: Prompt | None,
+                   label: str, objects: Sequence[OverlayObject] | None = None) -> np.ndarray:
     """One frame of an overlay: its mask tinted and outlined, the prompt's box and point
-    when it is the keyframe, and a label saying which frame it is."""
+    when it is the keyframe, and a label saying which frame it is. With ``objects``, each
+    object's mask and prompts instead (``masks_dir`` and ``prompt`` unused)."""
     rgb = as_uint8_rgb(media.frame(fid))
     if rgb.shape[:2] != (media.height, media.width):
         rgb = cv2.resize(rgb, (media.width, media.height))
+    if objects:
+        return _objects_frame(rgb, media, fid, objects, label)
     mask = read_mask(masks_dir / f"{media.frame_name(fid)}.png")
     on_key = prompt is not None and fid == prompt.frame
     text = f"frame {fid}" + (" (keyframe)" if on_key else "") + (f"  {label}" if label else "")
@@ -258,12 +422,15 @@ def write_overlay_image(
     path: Path,
     prompt: Prompt | None = None,
     label: str = "",
+    *,
+    objects: Sequence[OverlayObject] | None = None,
 ) -> Path:
     """The overlay of a one-frame media as a JPEG picture (the counterpart of
-    :func:`write_overlay_video`), written under a temporary name and renamed into place."""
+    :func:`write_overlay_video`), written under a temporary name and renamed into place.
+    ``objects``: several objects, each in its colour (see :func:`write_overlay_video`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture = _overlay_frame(media, masks_dir, media.frame_ids[0], prompt, label)
+    picture = _overlay_frame(media, masks_dir, media.frame_ids[0], prompt, label, objects)
     tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         Image.fromarray(picture).save(tmp, format="JPEG", quality=92)
@@ -282,9 +449,14 @@ def write_overlay_video(
     prompt: Prompt | None = None,
     fps: float | None = None,
     label: str = "",
+    *,
+    objects: Sequence[OverlayObject] | None = None,
 ) -> Path:
     """Every frame with its mask tinted and outlined, the prompt's box and point drawn on
-    the keyframe; frames and masks are read one at a time, so any length fits in memory."""
+    the keyframe; frames and masks are read one at a time, so any length fits in memory.
+    ``objects``: instead of ``masks_dir`` and ``prompt``, each object's masks tinted in its
+    own colour (the first in the usual one), its prompts on their frames and its name beside
+    its box."""
     fps = float(fps or media.fps or 12.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +465,7 @@ def write_overlay_video(
     try:
         for fid in media.frame_ids:
             cancel.check()
-            out.write(_overlay_frame(media, masks_dir, fid, prompt, label))
+            out.write(_overlay_frame(media, masks_dir, fid, prompt, label, objects))
         out.close()
         os.replace(tmp, path)
     except BaseException:

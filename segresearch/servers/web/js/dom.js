@@ -47,3 +47,41 @@ export function drawBox(g, box, point, width) {
     g.lineWidth = 2; g.strokeStyle = "#fff"; g.stroke();
   }
 }
+
+// Each object of an answer naming several, in the order of the overlay's colours
+// (segresearch/tools/visualize.py OBJECT_COLOURS), so the page and the files agree.
+export const OBJECT_COLOURS = [[255, 64, 160], [40, 160, 255], [255, 200, 0], [0, 200, 120], [170, 90, 255], [255, 120, 40]];
+
+export function objectColour(i) {
+  const [r, g, b] = OBJECT_COLOURS[i % OBJECT_COLOURS.length];
+  return `rgb(${r}, ${g}, ${b})`;
+}
+
+// One object of several: its box and point in its colour, its number and label at the box.
+export function drawObject(g, i, box, point, label, width) {
+  const colour = objectColour(i);
+  const lw = Math.max(2, Math.round(width / 240));
+  if (box) {
+    g.lineWidth = lw + 2; g.strokeStyle = "rgba(0,0,0,.6)";
+    g.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+    g.lineWidth = lw; g.strokeStyle = colour;
+    g.strokeRect(box[0], box[1], box[2] - box[0], box[3] - box[1]);
+  }
+  if (point) {
+    const r = Math.max(5, Math.round(width / 90));
+    g.beginPath(); g.arc(point[0], point[1], r, 0, 2 * Math.PI);
+    g.fillStyle = colour; g.fill();
+    g.lineWidth = 2; g.strokeStyle = "#fff"; g.stroke();
+  }
+  if (box) {
+    const text = `${i + 1}${label ? " " + label : ""}`;
+    const size = Math.max(12, Math.round(width / 48));
+    g.font = `600 ${size}px system-ui, sans-serif`;
+    const w = g.measureText(text).width + 8;
+    const y = box[1] >= size + 6 ? box[1] - size - 6 : box[3] + 2;
+    g.fillStyle = colour;
+    g.fillRect(box[0], y, w, size + 6);
+    g.fillStyle = "#000";
+    g.fillText(text, box[0] + 4, y + size);
+  }
+}

@@ -8,7 +8,9 @@ import { GRAPH, S } from "./state.js";
 import { FIELD_TEXT, OPTION_TEXT, fieldLabel, pageText } from "./text.js";
 
 // Shown first; every other field of the context schema goes under "More settings".
-const COMMON = ["model", "search", "kb", "segmenter", "max_turns", "num_frames", "protocol", "review"];
+const COMMON = ["model", "search", "kb", "segmenter", "max_turns", "num_frames", "protocol", "review", "verify_rounds", "ask_user"];
+// Settings that exist only in the tool-calling protocol: off and disabled with the tags.
+const TOOLS_ONLY = ["ask_user", "ask_user_reply"];
 // Settings a person changed, kept per server (localStorage is per origin) until reset.
 const SETTINGS_KEY = "segresearch.settings.v1";
 
@@ -144,6 +146,7 @@ export function startForm(fromReset) {
   $("settings-saved").textContent = restored ? `${restored} setting${restored === 1 ? "" : "s"} restored from your last visit; changes are remembered in this browser.`
     : "Settings you change are remembered in this browser.";
   modelNote();
+  protocolChoices();
   $("settings").dataset.ready = "1";
 }
 
@@ -212,7 +215,22 @@ async function useDemo() {
 }
 
 $("demo-button").addEventListener("click", useDemo);
-$("settings").addEventListener("change", () => { saveSettings(); modelNote(); });
+// The choices that depend on the protocol follow it: with the tags (the published format)
+// the model has no ask_user tool, so the question setting is off, disabled and says why.
+function protocolChoices() {
+  const p = field("protocol");
+  const tools = !p || p.input.value === "tools";
+  for (const name of TOOLS_ONLY) {
+    const f = field(name);
+    if (!f) continue;
+    f.input.disabled = !tools;
+    f.input.closest("[data-field]").classList.toggle("off", !tools);
+    f.input.title = tools ? f.input.title.replace(/ \(tool calls only\)$/, "") : f.input.title.replace(/( \(tool calls only\))?$/, " (tool calls only)");
+    if (!tools && f.t.kind === "bool") f.input.checked = false;
+  }
+}
+
+$("settings").addEventListener("change", () => { protocolChoices(); saveSettings(); modelNote(); });
 $("settings").addEventListener("input", (ev) => { if (ev.target && ev.target.id === "ctx-model") modelNote(); });
 $("reset-settings").addEventListener("click", () => {
   try { localStorage.removeItem(SETTINGS_KEY); } catch (_) { /* storage off */ }
@@ -229,6 +247,7 @@ export function collectContext() {
   const problems = [];
   for (const f of S.fields) {
     const { name, input, t, def } = f;
+    if (input.disabled) continue;  // not for this protocol: the server's default stands
     if (t.kind === "bool") {
       if (input.checked !== (def === true)) ctx[name] = input.checked;
       continue;

@@ -1,8 +1,7 @@
 // Earlier runs on this server: the list, and a stored run opened and drawn as it happened.
 import { getJson, setImage } from "./api.js";
 import { $, el } from "./dom.js";
-import { finalFromValues, finishRun, onUpdate, pendingInterrupt, resetRun, showAnswerFrame } from "./live.js";
-import { showReview } from "./review.js";
+import { finalFromValues, finishRun, onUpdate, pendingInterrupt, resetRun, showAnswerFrame, showPause } from "./live.js";
 import { S } from "./state.js";
 import { failed, setStatus } from "./status.js";
 import { stopText } from "./text.js";
@@ -18,7 +17,7 @@ export async function loadHistory() {
     const v = t.values || {};
     if (!v.query) continue;
     shown += 1;
-    const state = t.status === "interrupted" ? "waiting for review" : t.status === "busy" ? "running" : v.stop_reason ? stopText(v.stop_reason) : t.status;
+    const state = t.status === "interrupted" ? (asks(t) ? "waiting for an answer" : "waiting for review") : t.status === "busy" ? "running" : v.stop_reason ? stopText(v.stop_reason) : t.status;
     const when = new Date(t.updated_at || t.created_at).toLocaleString();
     const fid = (v.answer_px && v.answer_px.keyframe) ?? (v.frame_ids && v.frame_ids[0]);
     const thumb = el("img", { alt: "" });
@@ -29,6 +28,12 @@ export async function loadHistory() {
     if (fid !== undefined && fid !== null) setImage(thumb, `/segresearch/threads/${t.thread_id}/frames/${fid}.jpg?overlay=1&max_side=128`);
   }
   $("history-empty").hidden = shown > 0;
+}
+
+// Whether a paused thread waits for an answer to the model's question (not for a review).
+function asks(t) {
+  const pending = Object.values(t.interrupts || {}).flat();
+  return pending.some((i) => i && i.value && i.value.type === "ask_user");
 }
 
 async function openThread(tid) {
@@ -42,9 +47,10 @@ async function openThread(tid) {
   for (const b of document.querySelectorAll("#history button")) b.setAttribute("aria-current", String(b.dataset.thread === tid));
   replayValues(v);
   const pause = pendingInterrupt(st);
-  if (pause) showReview(pause);
+  if (pause) showPause(pause);
   else if (v.stop_reason) finishRun(finalFromValues(v));
-  setStatus(`A stored run (not re-run), as it happened: ${v.stop_reason === "answer" ? `answered in ${v.turns} turns` : pause ? "waiting for review" : `stopped (${v.stop_reason || st.next || "unknown"})`}.`);
+  const waiting = pause && pause.type === "ask_user" ? "waiting for your answer to the model's question" : "waiting for review";
+  setStatus(`A stored run (not re-run), as it happened: ${v.stop_reason === "answer" ? `answered in ${v.turns} turns` : pause ? waiting : `stopped (${v.stop_reason || st.next || "unknown"})`}.`);
   $("run-view").focus();
 }
 
@@ -68,7 +74,10 @@ function replayValues(v) {
     else if (ev.type === "model") {
       k += 1;
       const upd = { events: [ev], messages: turns[k] ? [turns[k][0]] : [] };
-      if (ev.action && ev.action.type === "answer" && v.answer_px) upd.answer_px = (v.reviewed && v.reviewed.original) || v.answer_px;
+      if (ev.action && ev.action.type === "answer" && v.answer_px) {
+        upd.answer_px = (v.reviewed && v.reviewed.original) || v.answer_px;
+        upd.objects_px = v.objects_px;
+      }
       onUpdate("reason", upd);
     } else if (ev.type === "tool" || ev.type === "feedback") onUpdate(ev.name || ev.type, { events: [ev], messages: turns[k] ? turns[k][1] : [] });
     else onUpdate("event", { events: [ev] });

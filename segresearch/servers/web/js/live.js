@@ -1,7 +1,8 @@
 // The run on screen: the stream of a live run (or a stored run replayed) drawn as frames,
 // reasoning turns, searches, the keyframe with the answer, segmentation and the result.
 import { AuthError, blobUrl, getJson, setImage, streamEvents } from "./api.js";
-import { $, drawBox, el } from "./dom.js";
+import { $, drawBox, drawObject, el, objectColour } from "./dom.js";
+import { hideQuestion, showQuestion } from "./question.js";
 import { showReview } from "./review.js";
 import { S } from "./state.js";
 import { badge, ended, failed, setStatus, showBanner } from "./status.js";
@@ -42,9 +43,15 @@ async function afterStream() {
   try {
     const st = await getJson(`/threads/${S.thread}/state`);
     const pause = pendingInterrupt(st);
-    if (pause) { showReview(pause); return; }
+    if (pause) { showPause(pause); return; }
     finishRun(finalFromValues(st.values || {}), true);
   } catch (e) { failed(e); }
+}
+
+// A paused thread's interrupt: the model's question (ask_user) or the review of its answer.
+export function showPause(pause) {
+  if (pause && pause.type === "ask_user") showQuestion(pause);
+  else showReview(pause);
 }
 
 export function pendingInterrupt(st) {
@@ -55,12 +62,15 @@ export function pendingInterrupt(st) {
 
 export function resetRun(query) {
   S.thread = null; S.runId = null; S.mediaInfo = null; S.frames = new Map(); S.keyframe = null;
-  S.answerPx = null; S.searchMeta = new Map(); S.review = null; S.editor = null; S.stepCount = 0;
+  S.answerPx = null; S.objectsPx = null; S.searchMeta = new Map(); S.review = null; S.editor = null; S.stepCount = 0;
   $("run-query").textContent = query || "";
   $("intro").hidden = true;
   $("run-error").hidden = true;
   $("run-error").textContent = "";
-  for (const id of ["frames-panel", "steps-panel", "keyframe-panel", "review-panel", "segment-panel", "result-panel"]) $(id).hidden = true;
+  for (const id of ["frames-panel", "steps-panel", "keyframe-panel", "review-panel", "question-panel", "segment-panel", "result-panel"]) $(id).hidden = true;
+  $("question-reply").value = "";
+  $("question-problem").textContent = "";
+  for (const id of ["keyframe-objects", "segment-objects"]) { $(id).replaceChildren(); $(id).hidden = true; }
   $("frames").replaceChildren();
   $("steps").replaceChildren();
   $("segment-progress").value = 0;
@@ -77,12 +87,13 @@ export function resetRun(query) {
 export function onUpdate(node, upd) {
   if (node === "__interrupt__") {
     const first = Array.isArray(upd) ? upd[0] : upd;
-    if (first && first.value) showReview(first.value);
+    if (first && first.value) showPause(first.value);
     return;
   }
   if (!upd || typeof upd !== "object") return;
   const events = (upd.events || []).filter((e) => e && e.type !== "start");
   const msgs = (upd.messages || []).filter((m) => m && m.type !== "remove");
+  if ("objects_px" in upd) setObjects(upd.objects_px);
   if (upd.answer_px) { S.answerPx = upd.answer_px; showAnswerFrame(); }
   // A tool's images come in a user message (tags; tool calls to OpenAI-style models) or
   // inside the tool result (tool calls to models that take them there).
@@ -91,8 +102,11 @@ export function onUpdate(node, upd) {
     if (ev.type === "media") showFrames(ev, msgs.find((m) => m.type === "human"));
     else if (ev.type === "model") addTurn(ev, msgs.find((m) => m.type === "ai"));
     else if (ev.type === "tool" && ev.name === "keyframe") addKeyframe(ev, withImages);
+    else if (ev.type === "tool" && ev.name === "ask_user") addStep("question", "Question to the user: not asked", ev.observation || ev.error || "");
     else if (ev.type === "tool") addSearch(ev, withImages);
     else if (ev.type === "feedback") addStep("turn", "Format reminder", ev.reason || "");
+    else if (ev.type === "verify") addVerify(ev, withImages);
+    else if (ev.type === "ask_user") addQuestion(ev);
     else if (ev.type === "review") addReviewed(ev);
     else if (ev.type === "segment") showSegment(ev);
     else if (ev.type === "error") addStep("error", `Error: ${stopText("error:" + ev.kind)}`, pageText(ev.message || ""));
@@ -154,7 +168,11 @@ function actionText(a) {
   if (!a) return "";
   if (a.type === "search") return `${a.name} “${a.query}”` + (a.error ? ` (${a.error})` : "");
   if (a.type === "keyframe") return `keyframe ${a.frame}`;
+  if (a.type === "answer" && Array.isArray(a.objects) && a.objects.length > 1) {
+    return `answer: ${a.objects.length} objects: ` + a.objects.map((o, i) => `${i + 1}${o.label ? ` ${o.label}` : ""} box [${o.bbox_2d.join(", ")}], point [${o.point_2d.join(", ")}]`).join("; ");
+  }
   if (a.type === "answer") return `answer: box [${a.bbox_2d.join(", ")}], point [${a.point_2d.join(", ")}]`;
+  if (a.type === "ask_user") return `ask the user “${a.question}”` + (a.error ? ` (${a.error})` : "");
   return `no action (${a.reason || "nothing recognised"})`;
 }
 
@@ -266,7 +284,16 @@ function drawKeyframe() {
   g.drawImage(kf.img, 0, 0, cw, ch);  // the model's square, back at the media's proportions
   const px = S.answerPx;
   let caption = `Frame ${kf.fid} as the model saw it` + (kf.highRes ? ` in high resolution (${kf.img.naturalWidth}×${kf.img.naturalHeight})` : "");
-  if (px && px.keyframe === kf.fid && px.bbox_2d) {
+  const objs = S.objectsPx;
+  if (objs && objs.length > 1) {  // an answer naming several objects: each in its colour
+    const s = cw / W;
+    const here = objs.map((o, i) => [o, i]).filter(([o]) => o.keyframe === kf.fid && o.bbox_2d);
+    for (const [o, i] of here) drawObject(g, i, o.bbox_2d.map((v) => v * s), o.point_2d && o.point_2d.map((v) => v * s), o.label, cw);
+    const elsewhere = objs.length - here.length;
+    caption += `; the answer names ${objs.length} objects, each in its own colour (listed below)` +
+      (elsewhere ? `, ${elsewhere} of them on other frames` : "") + ".";
+    canvas.setAttribute("aria-label", `Keyframe ${kf.fid} with ${here.length} of the answer's ${objs.length} objects`);
+  } else if (px && px.keyframe === kf.fid && px.bbox_2d) {
     const s = cw / W;
     drawBox(g, px.bbox_2d.map((v) => v * s), px.point_2d && px.point_2d.map((v) => v * s), cw);
     caption += `; the answer: box [${px.bbox_2d.map(Math.round).join(", ")}] (green), point [${(px.point_2d || []).map(Math.round).join(", ")}] (red), in frame pixels.`;
@@ -275,6 +302,77 @@ function drawKeyframe() {
     canvas.setAttribute("aria-label", `Keyframe ${kf.fid}`);
   }
   $("keyframe-caption").textContent = caption;
+}
+
+// The objects of an answer naming several (``objects_px``), listed by number, colour and
+// label under the keyframe; a one-object answer keeps the single box and point.
+function setObjects(list) {
+  S.objectsPx = Array.isArray(list) && list.length > 1 ? list : null;
+  const ol = $("keyframe-objects");
+  ol.replaceChildren();
+  ol.hidden = !S.objectsPx;
+  if (!S.objectsPx) return;
+  S.objectsPx.forEach((o, i) => {
+    const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = objectColour(i);
+    const r = (v) => (v || []).map(Math.round).join(", ");
+    const li = el("li", { "data-object": String(i + 1) }, swatch,
+      el("span", { class: "label", text: o.label || `object ${i + 1}` }),
+      el("span", { class: "muted", text: ` frame ${o.keyframe ?? "?"}: box [${r(o.bbox_2d)}], point [${r(o.point_2d)}]` }));
+    ol.append(li);
+  });
+  $("keyframe-panel").hidden = false;
+}
+
+function objectName(i) {
+  const o = S.objectsPx && S.objectsPx[i];
+  return `object ${i + 1}` + (o && o.label ? ` (${o.label})` : "");
+}
+
+// A verify round: the frames the model was shown with its masks drawn, what it decided and why.
+function addVerify(ev, msg) {
+  const c = ev.correction;
+  const what = ev.decision === "correct" && c ? `corrected ${objectName(c.object)} on frame ${c.frame}` : "masks accepted";
+  const extra = [`${ev.turns} turn${ev.turns === 1 ? "" : "s"}`, `${ev.tokens} tokens`, fmtS(ev.seconds)].join(" · ");
+  const li = addStep("verify", `Verify round ${ev.round}: ${what}`, thinking(ev.response), extra);
+  li.dataset.kind = "verify";
+  li.dataset.decision = ev.decision;
+  const frames = ev.frames || [];
+  li.append(el("p", { class: "action", text: `Shown with the masks drawn: frame${frames.length === 1 ? "" : "s"} ${frames.join(", ")}` }));
+  const refs = imageBlocks(msg);
+  const pics = el("div", { class: "verify-frames" });
+  if (refs.length) {
+    frames.forEach((fid, i) => {
+      if (!refs[i]) return;
+      const img = el("img", { alt: `frame ${fid} with the masks, as the model checked it` });
+      setImage(img, refs[i]);
+      pics.append(el("figure", {}, img, el("figcaption", { text: `frame ${fid}` })));
+    });
+  } else if (ev.picture && S.thread) {  // a stored run: the round's pictures from its folder
+    const img = el("img", { alt: `frames ${frames.join(", ")} with the masks, as the model checked them` });
+    setImage(img, `/segresearch/threads/${S.thread}/files/${ev.picture}`);
+    pics.append(el("figure", { class: "sheet" }, img, el("figcaption", { text: `frames ${frames.join(", ")}` })));
+  }
+  if (pics.childElementCount) li.append(pics);
+  if (ev.decision === "correct" && c) {
+    const r = (v) => Math.round(v);
+    const pts = (c.points || []).map((p, i) => `[${p.map(r).join(", ")}] (${c.labels[i] ? "on" : "off"})`);
+    const parts = [pts.length ? `point${pts.length === 1 ? "" : "s"} ${pts.join(", ")}` : "", c.box ? `box [${c.box.map(r).join(", ")}]` : ""].filter(Boolean);
+    li.append(el("p", { class: "action", text: `→ correction for ${objectName(c.object)} on frame ${c.frame} (frame pixels): ${parts.join("; ")}; the masks are made again` }));
+  } else {
+    li.append(el("p", { class: "action", text: "→ accepted: the masks stand" }));
+  }
+  if (ev.note) li.append(el("p", { class: "note", text: ev.note }));
+}
+
+// A question the model asked and the reply it got (a person's, or the run's fixed one).
+function addQuestion(ev) {
+  const li = addStep("question", "Question to the user", "", fmtS(ev.seconds));
+  li.dataset.kind = "question";
+  li.dataset.auto = String(!!ev.auto);
+  li.append(el("p", { class: "think", text: `The model asks: ${ev.question}` }),
+            el("p", { class: "reply", text: `${ev.auto ? "Answered automatically (the run's fixed reply)" : "The user answered"}: ${ev.reply}` }));
+  hideQuestion();
 }
 
 function showSegment(ev) {
@@ -286,10 +384,25 @@ function showSegment(ev) {
   p.value = p.max;
   const key = ev.keyframe_area !== undefined && ev.keyframe_area !== null ? ` · ${ev.keyframe_area} px on the keyframe` : "";
   $("segment-summary").textContent = `${ev.summary || ""}${ev.empty ? ` — ${ev.empty}` : ""} · ${fmtS(ev.seconds)}${key}`;
+  const ul = $("segment-objects");
+  ul.replaceChildren();
+  const objs = Array.isArray(ev.objects) ? ev.objects : [];
+  ul.hidden = objs.length < 2;
+  objs.forEach((o, i) => {
+    const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = objectColour(i);
+    const area = o.keyframe_area === null || o.keyframe_area === undefined ? "no mask on its keyframe" : `${o.keyframe_area} px on its keyframe`;
+    const reached = o.reached === null || o.reached === undefined ? "" : `, masks on ${o.reached} frame${o.reached === 1 ? "" : "s"}`;
+    ul.append(el("li", { "data-object": String(i + 1) }, swatch, el("span", { class: "label", text: o.label || `object ${i + 1}` }),
+      el("span", { class: "muted", text: `${area}${reached}` })));
+  });
 }
 
 function addReviewed(ev) {
-  const text = ev.decision === "edit" ? `edited: box [${ev.answer_px.bbox_2d.map(Math.round).join(", ")}], point [${ev.answer_px.point_2d.map(Math.round).join(", ")}]` : ev.decision;
+  // ``object``: the 0-based index the reply named (shown from 1, as the object lists are)
+  const who = typeof ev.object === "number" && ev.object > 0 ? `object ${ev.object + 1} ` : "";
+  const text = ev.decision === "edit" ? `${who}edited: box [${ev.answer_px.bbox_2d.map(Math.round).join(", ")}], point [${ev.answer_px.point_2d.map(Math.round).join(", ")}]`
+    : ev.decision === "drop" ? `dropped object ${ev.object + 1}` : ev.decision;
   addStep("keyframe", "Review", text);
   $("review-panel").hidden = true;
   S.review = null;
@@ -297,13 +410,15 @@ function addReviewed(ev) {
 
 export function finalFromValues(v) {
   return { type: "final", stop_reason: v.stop_reason, answer: v.answer, answer_px: v.answer_px,
-           masks_dir: v.masks_dir, turns: v.turns, error: v.error };
+           masks_dir: v.masks_dir, turns: v.turns, error: v.error, objects_px: v.objects_px };
 }
 
 // ``live``: the run just ended in this page (announced); otherwise a stored run is shown.
 export function finishRun(final, live) {
   $("review-panel").hidden = true;
+  hideQuestion();
   const reason = final.stop_reason || "unknown";
+  if (final.objects_px) setObjects(final.objects_px);
   if (final.answer_px) { S.answerPx = final.answer_px; showAnswerFrame(); }
   if (reason === "answer") {
     badge("answer", "ok");
@@ -335,7 +450,9 @@ async function loadResult(tid) {
   dl.hidden = !r.masks;
   if (!r.masks && !r.files.length) return;
   $("result-panel").hidden = false;
-  $("result-title").textContent = r.masks ? `Result: masks for ${r.masks} frame${r.masks === 1 ? "" : "s"}` : "Result";
+  const n = S.objectsPx ? S.objectsPx.length : 0;
+  $("result-title").textContent = (r.masks ? `Result: masks for ${r.masks} frame${r.masks === 1 ? "" : "s"}` : "Result") +
+    (n > 1 ? ` (${n} objects: each in its own colour, the masks their union)` : "");
   if (r.masks && r.frame_ids.length) {
     const slider = $("mask-slider");
     slider.max = String(r.frame_ids.length - 1);

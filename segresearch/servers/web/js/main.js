@@ -6,9 +6,10 @@
 //   form.js     the settings form                            media.js   upload or pick media
 //   run.js      start, stop, continue a run                  live.js    the run on screen
 //   review.js   the review editor                            history.js earlier runs
+//   question.js the model's question to the person (ask_user)
 //   status.js   status line, badge, banner                   text.js    the page's words
 //   dom.js      element helpers                              state.js   the shared state
-// Imports run one way: state, dom, token, api, text, status, then review, live, history,
+// Imports run one way: state, dom, token, api, text, status, then review and question, live, history,
 // media, form, run, and main at the top.
 import { AuthError, getJson } from "./api.js";
 import { $ } from "./dom.js";

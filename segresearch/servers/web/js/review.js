@@ -1,8 +1,11 @@
 // The review editor: a paused run's answer on its keyframe, with the box and point to drag,
-// nudge with keys or type, and the reply it makes. Sending the reply is the run's business
-// (run.js); this module only shows the pause and checks what the person made of it.
+// nudge with keys or type, and the reply it makes. An answer naming several objects lists
+// them: the person picks the one to drag (the others are drawn in their colours) and may
+// drop any but the last; the reply then names each changed object by its index (0-based,
+// as the pause's objects_px lists them). Sending the reply is the run's business (run.js);
+// this module only shows the pause and checks what the person made of it.
 import { setImage } from "./api.js";
-import { $, announce, drawBox } from "./dom.js";
+import { $, announce, drawBox, drawObject, el, objectColour } from "./dom.js";
 import { S } from "./state.js";
 import { badge, setStatus } from "./status.js";
 
@@ -12,19 +15,90 @@ export function showReview(pause) {
   setStatus("Paused before segmentation: check the answer, change it if needed, then continue.");
   const px = pause.answer_px || {};
   const [W, H] = pause.frame_size || [S.mediaInfo && S.mediaInfo.width, S.mediaInfo && S.mediaInfo.height];
-  S.editor = { W, H, fid: px.keyframe, box: (px.bbox_2d || [0, 0, W / 2, H / 2]).slice(), point: (px.point_2d || [W / 4, H / 4]).slice(), sel: "box", drag: null, img: null };
+  const listed = Array.isArray(pause.objects_px) && pause.objects_px.length > 1 ? pause.objects_px : [{ ...px, label: null }];
+  const objs = listed.map((o) => ({ fid: o.keyframe, box: (o.bbox_2d || [0, 0, W / 2, H / 2]).slice(), point: (o.point_2d || [W / 4, H / 4]).slice(), label: o.label || null, dropped: false, orig: o }));
+  S.editor = { W, H, objs, cur: 0, fid: objs[0].fid, box: objs[0].box.slice(), point: objs[0].point.slice(), sel: "box", drag: null, img: null, imgFid: null };
   $("review-problem").textContent = pause.problem || "";
-  $("review-help").textContent = `Frame ${px.keyframe} (${W}×${H} pixels). Selected: the box.`;
   $("review-panel").hidden = false;
+  $("review-edit").textContent = objs.length > 1 ? "Segment these objects" : "Segment with this box";
   syncInputs();
-  const img = new Image();
-  const ed = S.editor;
-  setImage(img, `/segresearch/threads/${S.thread}/frames/${px.keyframe}.jpg`).then(() => {
-    if (S.editor === ed) { ed.img = img; drawEditor(); }
-  });
+  renderObjects();
+  helpSelected();
+  loadFrame();
   drawEditor();
   $("review-panel").scrollIntoView({ block: "nearest" });
   if (S.running) announce("The run is waiting for your review of the answer.");
+}
+
+// The picture of the object being edited (its keyframe), fetched once per frame.
+function loadFrame() {
+  const ed = S.editor;
+  if (ed.imgFid === ed.fid) return;
+  ed.img = null;
+  ed.imgFid = ed.fid;
+  const img = new Image();
+  const fid = ed.fid;
+  setImage(img, `/segresearch/threads/${S.thread}/frames/${fid}.jpg`).then(() => {
+    if (S.editor === ed && ed.fid === fid) { ed.img = img; drawEditor(); }
+  });
+}
+
+// The object being edited keeps its box and point in ``ed.box``/``ed.point``; this writes
+// them back to its entry (before another is picked, and before a reply is made).
+function stash() {
+  const ed = S.editor;
+  Object.assign(ed.objs[ed.cur], { box: ed.box.slice(), point: ed.point.slice() });
+}
+
+function objectTitle(k) {
+  const o = S.editor.objs[k];
+  return `Object ${k + 1}` + (o.label ? ` (${o.label})` : "");
+}
+
+export function selectObject(k) {
+  const ed = S.editor;
+  if (!ed || !ed.objs[k] || ed.objs[k].dropped) return;
+  stash();
+  ed.cur = k;
+  Object.assign(ed, { fid: ed.objs[k].fid, box: ed.objs[k].box.slice(), point: ed.objs[k].point.slice(), sel: "box", drag: null });
+  syncInputs();
+  loadFrame();
+  renderObjects();
+  drawEditor();
+  helpSelected();
+}
+
+function toggleDrop(k) {
+  const ed = S.editor;
+  const o = ed.objs[k];
+  if (!o.dropped && ed.objs.filter((x) => !x.dropped).length === 1) {
+    $("review-problem").textContent = "That is the last object left: press Reject to make no masks.";
+    return;
+  }
+  $("review-problem").textContent = "";
+  o.dropped = !o.dropped;
+  if (o.dropped && ed.cur === k) selectObject(ed.objs.findIndex((x) => !x.dropped));
+  else { renderObjects(); drawEditor(); }
+}
+
+// The list of objects (several only): pick one to edit, drop or keep each.
+function renderObjects() {
+  const ed = S.editor;
+  const box = $("review-objects");
+  box.replaceChildren();
+  box.hidden = ed.objs.length < 2;
+  if (box.hidden) return;
+  ed.objs.forEach((o, k) => {
+    const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = objectColour(k);
+    const pick = el("button", { type: "button", class: "pick", "data-object": String(k), "aria-pressed": String(k === ed.cur), text: objectTitle(k) });
+    pick.disabled = o.dropped;
+    pick.addEventListener("click", () => selectObject(k));
+    const drop = el("button", { type: "button", class: "drop", "data-object": String(k), "aria-pressed": String(o.dropped),
+                                "aria-label": `${o.dropped ? "Keep" : "Drop"} ${objectTitle(k).toLowerCase()}`, text: o.dropped ? "Keep" : "Drop" });
+    drop.addEventListener("click", () => toggleDrop(k));
+    box.append(el("li", { "data-object": String(k), "data-dropped": String(o.dropped) }, swatch, pick, drop));
+  });
 }
 
 const INPUTS = ["r-x1", "r-y1", "r-x2", "r-y2", "r-px", "r-py"];
@@ -65,6 +139,9 @@ function drawEditor() {
   g.fillRect(0, 0, cw, ch);
   if (ed.img) g.drawImage(ed.img, 0, 0, cw, ch);
   const s = cw / ed.W;
+  ed.objs.forEach((o, k) => {  // the other objects on this frame, in their colours
+    if (k !== ed.cur && !o.dropped && o.fid === ed.fid) drawObject(g, k, o.box.map((v) => v * s), o.point.map((v) => v * s), o.label, cw);
+  });
   const box = ed.box.map((v) => v * s);
   drawBox(g, box, ed.point.map((v) => v * s), cw);
   const r = Math.max(5, Math.round(cw / 120));
@@ -168,7 +245,8 @@ function normaliseBox() {
 function helpSelected() {
   const ed = S.editor;
   const names = { box: "the box", point: "the point", c0: "the top-left corner", c1: "the top-right corner", c2: "the bottom-right corner", c3: "the bottom-left corner" };
-  $("review-help").textContent = `Frame ${ed.fid} (${ed.W}×${ed.H} pixels). Selected: ${names[ed.sel] || ed.sel}.`;
+  const which = ed.objs.length > 1 ? `${objectTitle(ed.cur)} of ${ed.objs.length}, frame` : "Frame";
+  $("review-help").textContent = `${which} ${ed.fid} (${ed.W}×${ed.H} pixels). Selected: ${names[ed.sel] || ed.sel}.`;
 }
 
 canvasEl.addEventListener("keydown", (ev) => {
@@ -191,24 +269,56 @@ canvasEl.addEventListener("keydown", (ev) => {
 });
 
 // What the person made of the answer, as the review node takes it, or null (with the
-// reason shown) when the box is empty or the point is outside it: nothing is sent then.
+// reason shown) when a box is empty or a point is outside its box: nothing is sent then.
+// One object: the flat edit, as always. Several: each dropped object and each changed one
+// as a decision naming its index ("accept" when nothing changed; a list for several changes).
 export function editedReply() {
   const ed = S.editor;
   if (!ed) return null;
   normaliseBox();
   clampEditor();
-  if (ed.box[2] - ed.box[0] < 1 || ed.box[3] - ed.box[1] < 1) { $("review-problem").textContent = "The box is empty: drag it larger."; return null; }
-  const [px, py] = ed.point;
-  if (px < ed.box[0] || px > ed.box[2] || py < ed.box[1] || py > ed.box[3]) { $("review-problem").textContent = "The point must be inside the box: move it in (select it with P)."; return null; }
+  stash();
   const r1 = (v) => Math.round(v * 10) / 10;
-  return { keyframe: ed.fid, bbox_2d: ed.box.map(r1), point_2d: ed.point.map(r1) };
+  const answerOf = (o) => ({ keyframe: o.fid, bbox_2d: o.box.map(r1), point_2d: o.point.map(r1) });
+  if (ed.objs.length < 2) {
+    const why = invalid(ed.objs[0]);
+    if (why) { $("review-problem").textContent = why; return null; }
+    return answerOf(ed.objs[0]);
+  }
+  if (ed.objs.every((o) => o.dropped)) { $("review-problem").textContent = "Every object is dropped: press Reject to make no masks."; return null; }
+  const changes = [];
+  for (const [k, o] of ed.objs.entries()) {
+    if (o.dropped) { changes.push({ decision: "drop", object: k }); continue; }
+    const a = answerOf(o), was = o.orig || {};
+    const same = a.keyframe === was.keyframe && JSON.stringify(a.bbox_2d) === JSON.stringify((was.bbox_2d || []).map(r1))
+      && JSON.stringify(a.point_2d) === JSON.stringify((was.point_2d || []).map(r1));
+    if (same) continue;
+    const why = invalid(o);
+    if (why) { selectObject(k); $("review-problem").textContent = `${objectTitle(k)}: ${why}`; return null; }
+    changes.push({ decision: "edit", object: k, answer_px: a });
+  }
+  if (!changes.length) return "accept";
+  return changes.length === 1 ? changes[0] : changes;
+}
+
+function invalid(o) {
+  if (o.box[2] - o.box[0] < 1 || o.box[3] - o.box[1] < 1) return "The box is empty: drag it larger.";
+  const [px, py] = o.point;
+  if (px < o.box[0] || px > o.box[2] || py < o.box[1] || py > o.box[3]) return "The point must be inside the box: move it in (select it with P).";
+  return null;
 }
 
 export function replyRefused(pause, editor, message) {
   showReview(pause);
-  if (editor) {  // the reviewer's box and point, not the answer's again
-    Object.assign(S.editor, { box: editor.box.slice(), point: editor.point.slice(), sel: editor.sel, img: editor.img || S.editor.img });
+  if (editor) {  // the reviewer's boxes, points and drops, not the answer's again
+    const ed = S.editor;
+    ed.objs = editor.objs.map((o) => ({ ...o, box: o.box.slice(), point: o.point.slice() }));
+    ed.cur = editor.cur;
+    Object.assign(ed, { fid: editor.fid, box: editor.box.slice(), point: editor.point.slice(), sel: editor.sel });
+    if (editor.img && editor.imgFid === editor.fid) Object.assign(ed, { img: editor.img, imgFid: editor.fid });
+    else loadFrame();
     syncInputs();
+    renderObjects();
     drawEditor();
   }
   $("review-problem").textContent = `The server refused this reply: ${message}`;

@@ -1,9 +1,11 @@
-// Starting, stopping and continuing runs: the Run and Stop buttons and the reply to a review.
+// Starting, stopping and continuing runs: the Run and Stop buttons and the reply to a review
+// or to the model's question.
 import { api, getJson } from "./api.js";
 import { $, announce, bringIntoView } from "./dom.js";
 import { collectContext, saveSettings } from "./form.js";
 import { loadHistory } from "./history.js";
 import { resetRun, streamRun } from "./live.js";
+import { hideQuestion, questionRefused, questionReply } from "./question.js";
 import { editedReply, replyRefused } from "./review.js";
 import { GRAPH, S } from "./state.js";
 import { failed, setRunning, setStatus } from "./status.js";
@@ -64,12 +66,14 @@ export async function resume(value) {
       S.ctx = (runs[0] && runs[0].kwargs && runs[0].kwargs.context) || {};
     }
     $("review-panel").hidden = true;
+    hideQuestion();
     await streamRun({ assistant_id: S.assistantId || GRAPH, command: { resume: value }, context: S.ctx,
                       stream_mode: STREAM_MODES });
   } catch (e) {
     // 422: the server refused the reply before running anything; the thread still waits
     // for one, so the editor comes back as it was, with the server's reason.
-    if (e.status === 422 && pause) replyRefused(pause, editor, e.message);
+    if (e.status === 422 && pause && pause.type === "ask_user") questionRefused(pause, e.message);
+    else if (e.status === 422 && pause) replyRefused(pause, editor, e.message);
     else failed(e);
   } finally {
     setRunning(false);
@@ -81,6 +85,12 @@ $("review-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const reply = editedReply();
   if (reply) resume(reply);
+});
+// The answer to the model's question goes as it was typed: the server (and the node) say
+// when it cannot be taken, and the box stays for another try.
+$("question-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  if (S.review && S.review.type === "ask_user") resume(questionReply());
 });
 $("review-accept").addEventListener("click", () => resume("accept"));
 $("review-reject").addEventListener("click", () => resume("reject"));

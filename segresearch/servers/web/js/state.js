@@ -6,6 +6,6 @@ export const GRAPH = "seg_research";
 export const S = {
   info: null, assistantId: null, schema: null, fields: [], media: null, running: false,
   thread: null, runId: null, ctx: null, abort: null, mediaInfo: null, frames: new Map(),
-  keyframe: null, answerPx: null, searchMeta: new Map(), review: null, editor: null,
+  keyframe: null, answerPx: null, objectsPx: null, searchMeta: new Map(), review: null, editor: null,
   blobs: new Map(), finalSeen: false, stepCount: 0, setup: null, demoPreset: false,
 };

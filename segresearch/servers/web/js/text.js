@@ -37,6 +37,9 @@ export const FIELD_TEXT = {
   output_dir: ["Output folder", "Where on the server this run's files go, inside the server's output folder; empty: a new folder for each run."],
   run_segmentation: ["Make masks", "Turn the answer into a mask on every frame."],
   review: ["Review the answer first", "Pause after the answer, so you can check or move the box and point before the masks are made."],
+  verify_rounds: ["Rounds of checking the masks", "After the masks are made, show them to the model (the keyframe and the frames where they change most) up to this many times, to accept them or correct them with points or a box; 0: never, as published."],
+  ask_user: ["Let the model ask you", "The model may ask you a question when the request is unclear; the run waits for your answer. Tool calls only."],
+  ask_user_reply: ["Fixed answer to its questions", "Answer every question of the model with this text at once, without waiting (as evaluations do); empty: you answer on the page."],
 };
 // Plain names for the values of the fields the schema enumerates (the value itself is in
 // the option's tooltip); a value missing here is shown as it is.
