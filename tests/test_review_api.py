@@ -147,7 +147,7 @@ def test_a_resume_with_nothing_to_resume_is_a_conflict(deployment):
     assert done["reviewed"]["decision"] == "accept"
     for res in (never, again):
         assert res.status_code == 409, res.text
-        assert "is not waiting for a review reply" in res.json()["detail"]
+        assert "is not waiting for a reply (to a review or a question)" in res.json()["detail"]
         assert res.json()["thread_status"] == "idle"
 
 

@@ -176,6 +176,21 @@ class RunPrinter:
         elif kind == ev_types.REVIEW:
             extra = f" → {ev['answer_px']}" if ev.get("answer_px") else ""
             self.line("bold yellow", "review:", f"{ev.get('decision')}{extra}")
+        elif kind == ev_types.VERIFY:
+            said = "accepted the masks" if ev.get("decision") == "accept" else "corrected"
+            c = ev.get("correction") or {}
+            if c:
+                marks = ", ".join(f"{'+' if lab else '-'}({x:.0f}, {y:.0f})"
+                                  for (x, y), lab in zip(c.get("points") or [], c.get("labels") or [], strict=False))
+                box = f" box {[round(v) for v in c['box']]}" if c.get("box") else ""
+                said += f" object {c.get('object', 0) + 1} on frame {c.get('frame')}: {marks}{box}".rstrip(": ")
+            self.line("bold magenta", f"verify round {ev.get('round')}:",
+                      f"frames {ev.get('frames')}; the model {said}")
+            if ev.get("note"):
+                self.line("yellow", "  note:", str(ev["note"]))
+        elif kind == ev_types.ASK_USER:
+            who = "answered automatically" if ev.get("auto") else "you answered"
+            self.line("bold cyan", "  ← ask_user:", f"{ev.get('question')!r}; {who} {ev.get('reply')!r}")
         elif kind == ev_types.ERROR and ev.get("kind") == "output":  # the run goes on to its end
             self.line("bold red", "error (output):", ev.get("message", ""))
         # Any other error ends the run at once: the summary and the caller's ``error:``
@@ -192,6 +207,11 @@ class RunPrinter:
             self.line("bold cyan", f"  → {a.get('name')}:", repr(a.get("query", "")) + (f"  ({a['error']})" if a.get("error") else ""))
         elif a.get("type") == ev_types.KEYFRAME:
             self.line("bold cyan", "  → keyframe", str(a.get("frame") if a.get("frame") is not None else a.get("raw")))
+        elif a.get("type") == ev_types.ANSWER and a.get("objects"):
+            self.line("bold cyan", "  → answer", f"{len(a['objects'])} objects")
+            for k, o in enumerate(a["objects"], 1):
+                self.line("cyan", f"      {k}.", f"{o.get('label') or ''} bbox_2d={o.get('bbox_2d')} "
+                                                 f"point_2d={o.get('point_2d')}".strip())
         elif a.get("type") == ev_types.ANSWER:
             self.line("bold cyan", "  → answer", f"bbox_2d={a.get('bbox_2d')} point_2d={a.get('point_2d')}")
         else:
@@ -210,9 +230,21 @@ class RunPrinter:
         self.line("bold", "stop reason:", str(state.get("stop_reason")))
         if show_error and state.get("error"):
             self.line("red", "error:", str(state["error"]))
-        if state.get("answer"):
+        objects = state.get("objects_px") or []
+        if len(objects) > 1:  # an answer naming several objects: each, in frame pixels
+            dirs = state.get("object_masks_dirs") or []
+            self.line("bold", "objects (pixels):", f"{len(objects)}, masks: the union of theirs")
+            for k, o in enumerate(objects):
+                where = f" → {dirs[k]}" if k < len(dirs) else ""
+                self.line("bold", f"  {k + 1}. {o.get('label') or 'object'}:",
+                          f"frame {o.get('keyframe')} box {o.get('bbox_2d')} point {o.get('point_2d')}{where}")
+        elif state.get("answer"):
             self.line("bold", "answer (model coords):", str(state["answer"]))
             self.line("bold", "answer (pixels):", str(state.get("answer_px")))
+        if state.get("corrections"):
+            self.line("bold", "verify corrections:", str(len(state["corrections"])))
+        if state.get("questions"):
+            self.line("bold", "questions asked:", str(len(state["questions"])))
         if state.get("masks_dir"):
             by = f" (segmenter: {state['segmenter']})" if state.get("segmenter") else ""
             self.line("bold", "masks:", str(state["masks_dir"]) + by)

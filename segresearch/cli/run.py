@@ -356,7 +356,8 @@ def _run(args: argparse.Namespace, farewell: Farewell) -> int:
     # else the error: line below says it
     printer.summary(final, show_error=problem is None, peak_mb=peak_memory_mb())
     if args.json:
-        keys = ("answer", "answer_px", "masks_dir", "stop_reason", "turns", "searches", "error", "run_dir")
+        keys = ("answer", "answer_px", "objects", "objects_px", "object_masks_dirs", "masks_dir", "stop_reason",
+                "turns", "searches", "corrections", "questions", "error", "run_dir")
         print(json.dumps({k: final.get(k) for k in keys}))
     if problem:
         die(problem)

@@ -1008,11 +1008,14 @@ def _segment_objects(state: State, ctx: Context, w: int, h: int,
         return None
     grid = _answer_grid(state, ctx)
     px_list = state.get("objects_px") or []
+    # a reviewer's edits are in frame pixels: taken as given, not back through the model's
+    # grid (which moves a box by up to half a cell; pixels of a Qwen2.5-style answer)
+    edited = (state.get("reviewed") or {}).get("decision") == "edit"
     out: list[dict[str, Any]] = []
     for k in range(max(1, len(objects))):
         obj = objects[k] if k < len(objects) else {}
-        prompt = first if k == 0 else prompt_from_answer(obj, w, h, grid)
-        if prompt is None:  # no usable box or point on the grid: the pixels the answer gave
+        prompt = first if k == 0 else None if edited else prompt_from_answer(obj, w, h, grid)
+        if prompt is None:  # no usable box or point on the grid, or edited: the pixels
             px = px_list[k]
             prompt = Prompt(px["keyframe"], tuple(float(v) for v in px["bbox_2d"]),  # type: ignore[arg-type]
                             tuple(float(v) for v in px["point_2d"]))  # type: ignore[arg-type]

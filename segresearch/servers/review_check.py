@@ -118,15 +118,16 @@ def refused(problems: list[str]) -> Verdict:
         "accepted": ACCEPTED_FORMS,
         "thread_status": "interrupted",
         "message": "the reply was refused and nothing was run: the thread is still interrupted, "
-                   "waiting for a reply to its review in one of the accepted forms",
+                   "waiting for a reply in one of the accepted forms",
     }
 
 
 def nothing_pending(thread_id: str, status: str | None) -> Verdict:
-    why = {"busy": "a run is in progress; resume once it pauses for review",
+    why = {"busy": "a run is in progress; resume once it pauses for a review or a question",
            "idle": "it is not paused (it has not run yet, or its run has finished)",
            "error": "its last run failed"}.get(status or "", "it has no pending interrupt")
-    return 409, {"detail": f"thread {thread_id} is not waiting for a review reply, so there is "
+    return 409, {"detail": f"thread {thread_id} is not waiting for a reply (to a review or a "
+                           f"question), so there is "
                            f"nothing to resume: {why}",
                  "thread_status": status}
 

@@ -8,7 +8,6 @@ previous masks and the few best scores, so memory does not grow with the video's
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,29 +36,31 @@ def mask_change(prev: np.ndarray | None, cur: np.ndarray | None) -> float:
 
 def verify_frames(media: Media, masks_dirs: Sequence[Path], keyframe: int | None,
                   limit: int = VERIFY_FRAMES) -> list[int]:
-    """The frame ids to show, in order: ``keyframe`` and the frames whose masks differ most
-    from the previous frame's (at most ``limit`` in all; a single image: just it). Frames
-    whose masks did not change at all are never picked."""
+    """The frame ids to show, in order: ``keyframe`` and, from each of ``limit - 1`` equal
+    stretches of the video, the frame whose masks differ most from the previous frame's (a
+    single image: just it). Taking the largest changes of the whole video would pick
+    neighbours of one cut (frames 48, 49 and 50): one stretch each spreads the looks over
+    the video while still following where the masks change. Frames whose masks did not
+    change at all are never picked. One pass over the masks, holding one frame's."""
     fids = list(media.frame_ids)
     if len(fids) <= 1:
         return fids
     key = keyframe if keyframe in set(fids) else None
-    best: list[tuple[float, int]] = []  # a min-heap of (change, -fid): the largest changes
     wanted = max(0, limit - (1 if key is not None else 0))
+    best: dict[int, tuple[float, int]] = {}  # stretch → (change, -fid): ties go to the earlier frame
     prev: list[np.ndarray | None] = [None] * len(masks_dirs)
-    for fid in fids:
+    for i, fid in enumerate(fids):
         name = media.frame_name(fid) + ".png"
         cur = [read_mask(Path(d) / name) for d in masks_dirs]
         change = max((mask_change(p, c) for p, c in zip(prev, cur, strict=True)), default=0.0)
         prev = cur
         if change <= 0 or fid == key or wanted == 0:
             continue
-        item = (change, -fid)  # ties: the earlier frame
-        if len(best) < wanted:
-            heapq.heappush(best, item)
-        elif item > best[0]:
-            heapq.heapreplace(best, item)
-    chosen = {-f for _, f in best} | ({key} if key is not None else set())
+        stretch = i * wanted // len(fids)
+        item = (change, -fid)
+        if stretch not in best or item > best[stretch]:
+            best[stretch] = item
+    chosen = {-f for _, f in best.values()} | ({key} if key is not None else set())
     if not chosen:
         chosen = {fids[0]}
     return sorted(chosen)
