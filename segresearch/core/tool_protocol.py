@@ -381,13 +381,8 @@ def _answer_objects(items: list[Any], frame: int | None, named: bool) -> AnswerA
     keyframes: list[int | None] = []
     readable: list[Any] = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            return NoAction(reason=f"invalid answer: objects[{i}] must be a JSON object with bbox_2d "
-                                   "and point_2d")
-        parsed = _one_object(item)
-        if isinstance(parsed, NoAction):
-            reason = parsed.reason.removeprefix("invalid answer: ")
-            return NoAction(reason=f"invalid answer: objects[{i}]: {reason}")
+        if not isinstance(item, dict):  # answer_objects reads the rest, naming the index
+            return answer_objects(items)
         own = frame
         if item.get("keyframe") is not None:
             own = _frame_id(item["keyframe"])
