@@ -125,14 +125,16 @@ def make_segment_tool(
     frame there (all empty when there is no usable prompt) and ``overlay.mp4`` beside it
     (``overlay.jpg`` for a single image); with two or more ``objects``, each object's masks
     in ``objects_dir/<k>`` (default: ``objects`` beside ``masks_dir``) and their union in
-    ``masks_dir``. ``on_frame(done, total)`` hears of every mask, for progress reports."""
+    ``masks_dir``. ``on_frame(done, total)`` hears of the progress in frames, for progress
+    reports (with several objects a frame is done once every object has its mask there,
+    on average: the masks counted over the number of objects)."""
     done = [0]
-    total = [len(media)]
+    per_frame = [1]  # masks that make one frame's worth of work
 
     def tick(_fid: int) -> None:
         done[0] += 1
-        if on_frame is not None:
-            on_frame(done[0], total[0])
+        if on_frame is not None and done[0] % per_frame[0] == 0:
+            on_frame(done[0] // per_frame[0], len(media))
 
     def overlay(prompt: Prompt | None, objects: list[OverlayObject] | None = None) -> None:
         assert masks_dir is not None
@@ -146,7 +148,7 @@ def make_segment_tool(
     def several(objects: list[ObjectArgs]) -> tuple[str, dict[str, Any]]:
         prompts = [object_prompts(o) for o in objects]
         tracked = [k for k, p in enumerate(prompts) if p]
-        total[0] = len(media) * max(1, len(tracked))
+        per_frame[0] = max(1, len(tracked))
         n = len(objects)
         first = next((p[0] for p in prompts if p), None)
 
