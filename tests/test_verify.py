@@ -17,6 +17,7 @@ from PIL import Image
 
 from segresearch.agents.backends.replay import ReplayChatModel
 from segresearch.agents.context import Context
+from segresearch.agents.path_policy import PathRefused
 from segresearch.cli import main
 from segresearch.core.coords import describe_convention
 from segresearch.core.media import open_media
@@ -29,6 +30,7 @@ from segresearch.core.verify_protocol import (
     parse_verify_tags,
     read_verify_json,
 )
+from segresearch.graphs.nodes import _readable_mask_dirs
 from segresearch.graphs.seg_research import graph
 from segresearch.tools.verify_view import verify_frames, verify_picture
 from segresearch.tools.visualize import OBJECT_COLOURS
@@ -436,3 +438,21 @@ def test_a_correction_reaches_sam2_as_a_prompt_on_its_frame(tmp_path, tiny_sam2_
     extra = [c for c in second if c["frame"] == 2 and c["points"] and c["labels"] == [0, 1]]
     assert extra and np.allclose(extra[0]["points"], want["points"]), second
     assert all(c["obj"] == 1 for c in calls)
+
+
+def test_served_verify_reads_only_the_runs_own_mask_folders(tmp_path, monkeypatch):
+    """A thread's state can be written by clients: when served, a verify round reads only
+    this run's own mask folders (as the pictures of ``outputs`` do), else it is refused."""
+    run = tmp_path / "out" / "run"
+    mine = [run / "objects" / "1", run / "objects" / "2"]
+    other = tmp_path / "out" / "another-run" / "masks"
+    assert _readable_mask_dirs([other], run) == [other]  # no policy (a local run): as named
+    monkeypatch.setenv("SEGRESEARCH_MEDIA_ROOTS", str(tmp_path / "media"))
+    monkeypatch.setenv("SEGRESEARCH_OUTPUT_ROOT", str(tmp_path / "out"))
+    assert _readable_mask_dirs(mine, run) == mine
+    assert _readable_mask_dirs([run / "masks"], run) == [run / "masks"]
+    for bad in ([mine[0], other], [run / "objects" / ".." / ".." / "another-run" / "masks"], [tmp_path / "x"]):
+        with pytest.raises(PathRefused, match="not this run's own"):
+            _readable_mask_dirs(bad, run)
+    with pytest.raises(PathRefused):
+        _readable_mask_dirs([run / "masks"], None)

@@ -1047,6 +1047,21 @@ def _synced_objects(state: State) -> dict[str, Any]:
 # ---------------------------------------------------------------------- verify
 
 
+def _readable_mask_dirs(dirs: list[Path], run_dir: Path | None) -> list[Path]:
+    """The mask folders a verify round reads. A thread's state can be written by clients,
+    so when served only this run's own folders are read (``run_dir/masks`` and
+    ``run_dir/objects/<k>``, as ``outputs`` draws only from them), never ones the state names
+    elsewhere, which would copy another run's or any folder's PNGs into the pictures the
+    run keeps (``PathRefused``: the round ends with an error event, the masks stand)."""
+    if not policy_active():
+        return dirs
+    own = {str(run_dir / "masks")} | {str(run_dir / "objects" / str(k)) for k in range(1, len(dirs) + 1)} \
+        if run_dir is not None else set()
+    if any(str(d) not in own for d in dirs):
+        raise PathRefused("masks: a mask folder in the thread's state is not this run's own")
+    return dirs
+
+
 def _verify_dirs(state: State) -> list[Path]:
     """One mask folder per object when the answer named several, else the masks folder."""
     dirs = state.get("object_masks_dirs") or []
@@ -1116,11 +1131,12 @@ def _verify_begin(state: State) -> _VerifyRound:
 def _verify_look(state: State, ctx: Context, r: _VerifyRound) -> None:
     """The round's frames and pictures, the sheet saved in the run folder (reads the frames
     and the mask PNGs; raises ``MediaError``, ``OSError`` or ``ValueError``)."""
+    run_dir = _run_dir(state, ctx)
+    r.dirs = _readable_mask_dirs(r.dirs, run_dir)
     media = open_media(state["media"])
     r.width, r.height = media.width, media.height
     r.shown = verify_frames(media, r.dirs, (state.get("answer_px") or {}).get("keyframe"))
     r.pictures = [verify_picture(media, fid, r.dirs, ctx.keyframe_size) for fid in r.shown]
-    run_dir = _run_dir(state, ctx)
     r.picture = write_verify_picture(run_dir, r.round_, verify_sheet(r.pictures)) if run_dir else None
     r.pictures = [media_block(p) for p in r.pictures]  # stored here, off the event loop (averify)
 
