@@ -74,6 +74,7 @@ def test_both_loops_do_the_same_trajectory(harness):
     assert verl["prompt_tokens"] >= ours["prompt_tokens"]
 
 
+@pytest.mark.slow  # runs the benchmark (about 7 s)
 def test_cpu_table_prints_a_ratio(harness):
     table, ratios, batches = cpu_section(harness, 1, 2, 0.0)
     assert len(batches) == 2 * 5  # two batches; each loop with the post-processing cache off and on

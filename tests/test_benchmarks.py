@@ -18,7 +18,7 @@ from segresearch.eval.datasets import DatasetError, image_ground_truth, load_ima
 from segresearch.eval.paper_table import layout, metrics_for, read_paper_table
 from segresearch.eval.results import paper_layout_markdown
 from segresearch.eval.rvos import foreground_mask, load_revos, revos_overall, robustness
-from segresearch.eval.scoring import aggregate, score_image_query, score_video_query
+from segresearch.eval.scoring import aggregate, object_groups, score_image_query, score_video_query
 
 # ---------------------------------------------------------------------- ReVOS: R and J&F
 
@@ -112,6 +112,28 @@ def test_union_j_and_f_and_r_by_hand(tiny_revos: Path, tmp_path: Path) -> None:
                     "reasoning J&F | overall J | overall F | overall J&F | R |")
     ours = md.splitlines()[4].split(" | ")
     assert ours[1:4] == ["50.0", "66.7", "58.3"] and ours[-1].rstrip(" |") == "91.7"
+
+
+def test_revos_object_overall_is_the_mean_of_its_two_rows() -> None:
+    """ReVOS' per-object overall as its J&F overall: the mean of the referring and reasoning
+    rows (counts summed), expressions of other types in neither; MeViS pools every query."""
+    def q(ability: str, j: float, pred: int, gt: int) -> dict[str, Any]:
+        return {"ability": ability, "object_J": j, "objects_pred": pred, "objects_gt": gt}
+
+    entries = [q("referring", 1.0, 1, 1), q("referring", 0.5, 1, 2), q("referring", 0.0, 0, 2),
+               q("reasoning", 0.75, 2, 2), q("no-target", 0.0, 1, 0)]
+    groups = ("referring", "reasoning")
+    revos = object_groups(entries, groups, overall_of=groups)
+    assert revos is not None and revos["overall_of"] == ["referring", "reasoning"]
+    assert revos["overall"] == {"object_J": pytest.approx((0.5 + 0.75) / 2), "right_count": 2,
+                                "several_gt": 3, "n": 4}
+    assert list(revos["by_ability"]) == ["referring", "reasoning", "no-target"]
+    pooled = object_groups(entries, groups)
+    assert pooled is not None and "overall_of" not in pooled
+    assert pooled["overall"]["object_J"] == pytest.approx(2.25 / 5) and pooled["overall"]["n"] == 5
+    # one of the two groups only (a --limit run): that group's row
+    one = object_groups(entries[:3], groups, overall_of=groups)
+    assert one is not None and one["overall"] == one["by_ability"]["referring"]
 
 
 def test_revos_paper_table_takes_r(tmp_path: Path) -> None:

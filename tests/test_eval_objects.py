@@ -5,6 +5,7 @@ video-level J) against the objects a MeViS / ReVOS expression lists."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -93,11 +94,18 @@ def test_union_and_object_j_both_and_one_object(revos: Path, tmp_path: Path) -> 
     # per group: the mean object J and how many named the right number of objects
     assert both["objects"]["overall"] == {"object_J": pytest.approx(1.0), "right_count": 5,
                                           "several_gt": 3, "n": 5}
-    assert one["objects"]["overall"]["object_J"] == pytest.approx((2 + 3 * 0.5) / 5)
-    assert one["objects"]["overall"]["right_count"] == 2
-    assert list(one["objects"]["by_ability"]) == ["referring", "reasoning"]
+    # ReVOS' overall is the mean of its referring and reasoning rows, as its J&F overall:
+    # referring vid000_0 (one object, 1), vid000_1 and vid000_2 (one of two, 1/2) → 2/3;
+    # reasoning vid000_3 (one of two) and vid000_4 (one object) → 3/4; not the pooled 0.7
+    by = one["objects"]["by_ability"]
+    assert list(by) == ["referring", "reasoning"] and one["objects"]["overall_of"] == list(by)
+    assert by["referring"]["object_J"] == pytest.approx(2 / 3)
+    assert by["reasoning"]["object_J"] == pytest.approx(3 / 4)
+    assert one["objects"]["overall"]["object_J"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert one["objects"]["overall"]["right_count"] == 2 and one["objects"]["overall"]["n"] == 5
     md = (tmp_path / "one" / "results.md").read_text()
-    assert "## Per object" in md and "| **overall** | 5 | 70.0 | 2 of 5 | 3 |" in md
+    assert "## Per object" in md and "| **overall** | 5 | 70.8 | 2 of 5 | 3 |" in md
+    assert "Overall: the mean of the referring and reasoning rows" in md
     # the union folder is what the scorers read; the objects' root is no query's folder
     assert OBJECTS_DIR not in complete_ids(tmp_path / "both" / "seg")
     seg = {r["id"]: r for r in map(json.loads, (tmp_path / "both" / "seg" / SEGMENT_LOG).read_text().splitlines())}
@@ -168,9 +176,69 @@ def test_okvos_results_have_no_object_numbers(tmp_path: Path) -> None:
     make_synthetic_okvos(tmp_path / "ok", split="test", n_videos=1, n_frames=4, size=(64, 48))
     preds = write_oracle_predictions(tmp_path / "ok", "test")
     r = evaluate(EvalSpec(dataset="okvos", root=str(tmp_path / "ok"), split="test", predictions=str(preds),
-                          out=str(tmp_path / "out"), segmenter="grabcut", limit=2, progress=False, html=False))
+                          out=str(tmp_path / "out"), segmenter="grabcut", limit=2, progress=False))
     assert "objects" not in r and all("object_J" not in q for q in r["queries"])
-    assert "## Per object" not in (tmp_path / "out" / "results.md").read_text()
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "## Per object" not in md and "| group | n | J&F | J | F |\n" in md
+    # neither R (ReVOS only) nor a per-object table on the page
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert _table(html, "metrics")[0] == ["ability", "J&F", "J", "F", "n"]
+    assert 'id="per-object"' not in html
+
+
+def _table(html: str, cls: str) -> list[list[str]]:
+    """The cells of the report's first ``<table class="cls">``, row by row, as text."""
+    m = re.search(rf'<table class="{cls}">(.*?)</table>', html, re.S)
+    assert m, f"no table {cls!r}"
+    return [[re.sub(r"<[^>]+>", "", c).replace("&amp;", "&").strip()
+             for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", m.group(1), re.S)]
+
+
+def test_revos_r_column_and_object_tables_match_results_json(revos: Path, tmp_path: Path) -> None:
+    """ReVOS' robustness R in the main table of results.md and of the page, each group's and
+    the overall value as results.json has it; the page's per-object table per group."""
+    preds = write_rvos_oracle_predictions(revos, tmp_path / "u.jsonl")
+    # grabcut from one box around two objects takes in background: R below 100 somewhere
+    r = evaluate(EvalSpec(dataset="revos", root=str(revos), predictions=str(preds), out=str(tmp_path / "out"),
+                          segmenter="grabcut", progress=False))
+    groups = {**r["by_ability"], "overall": r["overall"]}
+    assert r["overall"]["R"] < 1 and r["overall"]["R"] == pytest.approx(
+        (r["by_ability"]["referring"]["R"] + r["by_ability"]["reasoning"]["R"]) / 2)
+    md = (tmp_path / "out" / "results.md").read_text().splitlines()
+    head = md.index("| group | n | J&F | J | F | R |")
+    for line, g in zip(md[head + 2:head + 5], ("referring", "reasoning", "overall"), strict=True):
+        cells = [c.strip("* ") for c in line.strip("|").split("|")]
+        assert cells[0] == g and cells[-1] == f"{100 * groups[g]['R']:.1f}", line
+    assert md[head + 5] == "" and "R: ReVOS' robustness" in md[head + 6]
+    html = (tmp_path / "out" / "report.html").read_text()
+    table = _table(html, "metrics")
+    assert table[0] == ["ability", "J&F", "J", "F", "R", "n"]
+    assert {row[0]: row[4] for row in table[1:]} == {g: f"{100 * v['R']:.1f}" for g, v in groups.items()}
+    objs = _table(html, "metrics objects")
+    by = {**r["objects"]["by_ability"], "overall": r["objects"]["overall"]}
+    assert [row[0] for row in objs[1:]] == ["referring", "reasoning", "overall"]
+    for row in objs[1:]:
+        g = by[row[0]]
+        assert row[1:] == [f"{100 * g['object_J']:.1f}", f"{g['right_count']} of {g['n']}", str(g["several_gt"])]
+    assert "Overall: the mean of the referring and reasoning rows" in html
+
+
+def test_mevis_has_no_r_and_a_pooled_object_overall(tmp_path: Path) -> None:
+    """MeViS defines no R, and its per-object overall is the mean over every expression."""
+    root = make_synthetic_mevis(tmp_path / "m", n_videos=1, n_frames=4)
+    preds = write_rvos_oracle_predictions(root / "valid_u", tmp_path / "o.jsonl", first_object_only=True)
+    r = evaluate(EvalSpec(dataset="mevis", root=str(root), predictions=str(preds), out=str(tmp_path / "out"),
+                          segmenter=UnionGroundTruthSegmenter(), progress=False))
+    assert "R" not in r["overall"] and "overall_of" not in r["objects"]
+    # one object of two for vid000_1..3, both single-object expressions exact
+    assert r["objects"]["overall"]["object_J"] == pytest.approx((2 + 3 * 0.5) / 5)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| group | n | J&F | J | F |\n" in md and "| R |" not in md and "robustness" not in md
+    assert "| **overall** | 5 | 70.0 | 2 of 5 | 3 |" in md and "Overall: the mean over every expression." in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert _table(html, "metrics")[0] == ["ability", "J&F", "J", "F", "n"] and "robustness" not in html
+    assert _table(html, "metrics objects")[-1] == ["overall", "70.0", "2 of 5", "3"]
 
 
 def test_cli_eval_revos_objects(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -180,6 +180,7 @@ def test_nan_coordinates_are_counted_as_a_difference_from_the_published_rule(okv
     assert saved[okvos["nan_id"]]["nonfinite"] == ["bbox_2d"]
 
 
+@pytest.mark.slow  # two CLI segment runs in subprocesses (about 7 s)
 def test_segment_keeps_only_search_rvos_rows_unless_all(okvos, tmp_path):
     rows = okvos["rows"][:3]
     extra = [{**okvos["rows"][3], "data_source": "ImageSeg_reason"},

@@ -18,8 +18,11 @@ from PIL import Image
 
 from segresearch.eval.datasets import Query
 from segresearch.eval.report_html import ASSETS_DIR, write_html_report
+from segresearch.eval.runner import evaluate
 from segresearch.eval.scoring import score_video_query
+from segresearch.eval.spec import EvalSpec
 from segresearch.testing.browser import headless_chromium, missing_browser
+from segresearch.testing.rvos import make_synthetic_revos, write_rvos_oracle_predictions
 from segresearch.testing.scenes import (
     inner_point,
     mask_box,
@@ -865,3 +868,35 @@ def test_browser_runs_no_hostile_script(tmp_path, browser):
     assert browser.execute_script("return !document.getElementById('filter-box').hidden")
     assert browser.execute_script("return window.pwned === undefined")
     assert browser.title == f"SegResearch report: {HOSTILE} · {HOSTILE}"
+
+
+def test_browser_revos_r_column_and_per_object_table(tmp_path, browser):
+    """A ReVOS page: R beside J&F, J and F in the table by ability, and the per-object table
+    per group, both rendered and fitting a phone-width card."""
+    root = make_synthetic_revos(tmp_path / "revos", n_videos=1)
+    preds = write_rvos_oracle_predictions(root, tmp_path / "u.jsonl")
+    out = tmp_path / "out"
+    r = evaluate(EvalSpec(dataset="revos", root=str(root), predictions=str(preds), out=str(out),
+                          segmenter="grabcut", progress=False))
+    browser.set_window_size(420, 900)
+    browser.get((out / "report.html").as_uri())
+    got = browser.execute_script(
+        "const text = t => Array.from(t.rows).map(r => Array.from(r.cells).map(c => c.innerText.trim()));"
+        "const m = document.querySelector('table.metrics:not(.objects)');"
+        "const o = document.querySelector('#per-object table');"
+        "return {m: text(m), o: text(o), visible: o.getBoundingClientRect().height > 0,"
+        " fits: [m, o].map(t => t.parentElement.scrollWidth <= t.parentElement.clientWidth + 1),"
+        " page: document.documentElement.scrollWidth <= window.innerWidth};"
+    )
+    assert got["m"][0] == ["ability", "J&F", "J", "F", "R", "n"]
+    groups = {**r["by_ability"], "overall": r["overall"]}
+    assert {row[0]: row[4] for row in got["m"][1:]} == {g: f"{100 * v['R']:.1f}" for g, v in groups.items()}
+    objs = {**r["objects"]["by_ability"], "overall": r["objects"]["overall"]}
+    assert {row[0]: row[1] for row in got["o"][1:]} == {g: f"{100 * v['object_J']:.1f}" for g, v in objs.items()}
+    assert got["visible"] and got["fits"] == [True, True] and got["page"]
+    shot = tmp_path / "report_revos_420.png"
+    browser.execute_script("document.getElementById('per-object').scrollIntoView()")
+    assert browser.save_screenshot(str(shot))
+    _artefact(shot)
+    with Image.open(shot) as im:
+        assert _not_blank(im)

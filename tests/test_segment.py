@@ -333,6 +333,7 @@ def test_sam2_bad_checkpoint_is_found_before_the_model_runs(tmp_path, scene_dir)
     assert "cannot load SAM 2 checkpoint" in out["error"] and out["masks_dir"] is None
 
 
+@pytest.mark.slow  # several SAM 2 propagations (about 7 s on 2 cores)
 @needs_sam2
 def test_saved_outputs_of_one_video_share_one_sam2_session(tiny_sam2_checkpoint, sam2_clip,
                                                            tmp_path, monkeypatch):
@@ -380,6 +381,7 @@ def test_saved_outputs_of_one_video_share_one_sam2_session(tiny_sam2_checkpoint,
 # ------------------------------------------------- SAM 2 frames: once per video
 
 
+@pytest.mark.slow  # several SAM 2 propagations (about 10 s on 2 cores)
 @needs_sam2
 def test_frames_are_prepared_once_per_video_for_all_its_queries(tiny_sam2_checkpoint, sam2_clip,
                                                                 tmp_path, monkeypatch):

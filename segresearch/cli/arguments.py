@@ -80,13 +80,33 @@ def add_data_arguments(da: argparse.ArgumentParser) -> None:
                         "and print how many videos, expressions and several-object expressions it "
                         "has. With --synthetic, first write a small synthetic set of moving shapes "
                         "in that layout at ROOT, with ROOT/oracle_predictions.jsonl (answers from "
-                        f"the ground truth, for eval {name} --predictions).")
+                        f"the ground truth, for eval {name} --predictions). With --rl-out, also "
+                        "write the verl parquet for RL training (--num-frames, --coord-style, "
+                        "--frame-size, --seed as for `data okvos`).")
         rv.add_argument("--root", required=True, help="data set folder")
         if name == "mevis":
             rv.add_argument("--split", default="valid_u", help="split folder under ROOT (default valid_u)")
+        else:
+            rv.add_argument("--split", default="valid",
+                            help="expressions file ROOT/meta_expressions_SPLIT_.json (default valid; "
+                                 "the release also has train)")
         rv.add_argument("--synthetic", action="store_true", help="write a synthetic set there first")
         rv.add_argument("--videos", type=int, default=2, metavar="N",
                         help="with --synthetic: videos (default 2, 5 expressions each)")
+        rv.add_argument("--per-object", dest="per_object", action="store_true",
+                        help="with --synthetic: the oracle predictions name each object of a "
+                             "several-object expression (an <answer> holding a list)")
+        rv.add_argument("--rl-out", dest="rl_out", metavar="FILE.parquet",
+                        help="also write the verl parquet for RL, one row per expression (as "
+                             "`data okvos` writes it; the ground truth lists each object per frame)")
+        add_context_arguments(rv, ("num_frames", "coord_style", "frame_size"),
+                              defaults={"num_frames": 6, "coord_style": "qwen3", "frame_size": 448},
+                              choices={"coord_style": GRID_STYLES})
+        rv.add_argument("--seed", type=int, default=0)
+        rv.add_argument("--limit", type=int, help="with --rl-out: only the first N expressions (smoke runs)")
+        rv.add_argument("--presize-frames", dest="presize_frames", action="store_true",
+                        help="with --rl-out: also store each row's shown frames as the rollout shows "
+                             "them (as for `data okvos`)")
     sy = dsub.add_parser(
         "synthetic", help="a small synthetic set in the OK-VOS layout",
         description="Write a small OK-VOS-format set of moving shapes with exact masks: "

@@ -46,6 +46,9 @@ from segresearch.eval.report_pictures import (
     pictures,
 )
 from segresearch.eval.results import (
+    R_CAPTION,
+    REVOS_OVERALL,
+    objects_overall_rule,
     our_group,
     paper_groups,
     paper_metrics,
@@ -53,6 +56,7 @@ from segresearch.eval.results import (
     pct_diff,
     pct_value,
     predictions_source,
+    table_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -334,6 +338,24 @@ class MetricTable:
     rows: list[TableRow]
     compared: bool
     paper_file: str
+    notes: list[str]  # what a column or the overall row means, where the benchmark defines it
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    name: str
+    object_j: str  # percent text
+    right: str  # "k of n": answers that named as many objects as the expression has
+    several: str  # expressions naming two or more objects
+    total: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectTable:
+    """Per-object matching per group and overall (MeViS / ReVOS), as results.md's."""
+
+    rows: list[ObjectRow]
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -355,6 +377,7 @@ class PageView:
     settings: list[tuple[str, str]]
     counts: list[tuple[str, str]]
     table: MetricTable | None
+    objects: ObjectTable | None
     plots: list[Plot]
     head_metric: str
     total: int
@@ -599,6 +622,8 @@ def _settings_items(results: dict) -> list[tuple[str, Any]]:
 
 
 def _metric_keys(results: dict) -> list[str]:
+    if results.get("metric"):  # results.md's columns (ReVOS: with R)
+        return list(table_keys(results))
     overall = results.get("overall") or {}
     primary = results.get("metric") or ("J&F" if "J&F" in overall else next(iter(overall), ""))
     keys = [primary] if primary else []
@@ -633,7 +658,30 @@ def _metric_table(results: dict, keys: Sequence[str]) -> MetricTable | None:
     rows.append(TableRow("overall", cells("overall", overall), _text(overall.get("n", "–")),
                          total=True))
     paper_file = _text((results.get("paper") or {}).get("file")) if compared else ""
-    return MetricTable(list(keys), rows, bool(compared), paper_file)
+    notes = [R_CAPTION, REVOS_OVERALL[:1].upper() + REVOS_OVERALL[1:]] if "R" in keys else []
+    return MetricTable(list(keys), rows, bool(compared), paper_file, notes)
+
+
+def _object_table(results: dict) -> ObjectTable | None:
+    """The per-object numbers per group and overall; None where the ground truth lists no
+    objects (OK-VOS, images)."""
+    objs = results.get("objects")
+    if not isinstance(objs, dict):
+        return None
+    named = [(str(a), g, False) for a, g in (objs.get("by_ability") or {}).items()]
+    rows = [
+        ObjectRow(name, pct(g.get("object_J")), f"{g.get('right_count')} of {g.get('n')}",
+                  _text(g.get("several_gt")), total)
+        for name, g, total in [*named, ("overall", objs.get("overall"), True)]
+        if isinstance(g, dict)
+    ]
+    if not rows:
+        return None
+    caption = ("Object J: each object the answer named paired one to one with one of the "
+               "expression's (Hungarian on video-level J), the paired J summed and divided by "
+               "the larger count; the union scores above are unchanged. "
+               + objects_overall_rule(objs))
+    return ObjectTable(rows, caption)
 
 
 def _headline(results: dict, keys: Sequence[str]) -> list[Tile]:
@@ -697,6 +745,7 @@ def page_view(results: dict, out_dir: Path, total: int) -> PageView:
         settings=_items(_settings_items(results)),
         counts=_items(count_items),
         table=_metric_table(results, keys),
+        objects=_object_table(results),
         plots=_plots(out_dir),
         head_metric="J&F" if results.get("metric", "J&F") == "J&F" else "IoU",
         total=total,

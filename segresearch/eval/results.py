@@ -90,6 +90,21 @@ def metric_keys(results: dict[str, Any]) -> tuple[str, ...]:
     return ("J&F", "J", "F") if results.get("metric") == "J&F" else ("gIoU", "cIoU")
 
 
+def table_keys(results: dict[str, Any]) -> tuple[str, ...]:
+    """The columns of the main table: the metric's, then ReVOS' robustness R (ReVOS only;
+    no other benchmark defines it)."""
+    keys = metric_keys(results)
+    if (results.get("dataset") or {}).get("name") == "revos" and results.get("metric") == "J&F":
+        keys += ("R",)
+    return keys
+
+
+R_CAPTION = ("R: ReVOS' robustness, per frame max(1 − |mask outside the expression's objects| / "
+             "|the video's annotated foreground|, 0), averaged like J.")
+REVOS_OVERALL = ("overall = the mean of the referring and reasoning rows, as ReVOS' official "
+                 "script computes it; expressions without a target (type 2) count in neither.")
+
+
 def predictions_source(results: dict[str, Any]) -> str:
     """Where the predictions came from, in a sentence: a model (and how it searched), or a
     saved file (then nothing was searched by this run, and no backend is named)."""
@@ -151,7 +166,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     ds = results["dataset"]
     st = results["settings"]
     video = results["metric"] == "J&F"
-    keys = metric_keys(results)
+    keys = table_keys(results)
     seg = (st.get("segmenter") or {}).get("name")
     if st.get("predictions"):
         run = (f"- coordinates: {st.get('coord_style')} (keyframe size {st.get('keyframe_size')}), "
@@ -168,8 +183,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     for name, g in rows:
         if g is None:
             continue
-        out.append(f"| {name} | {g['n']} | " + " | ".join(pct(g[k]) for k in keys) + " |")
+        out.append(f"| {name} | {g['n']} | " + " | ".join(pct(g.get(k)) for k in keys) + " |")
     out += ["", f"Scores in percent. {_explain(video)}"]
+    if "R" in keys:
+        out[-1] += f" {R_CAPTION} {REVOS_OVERALL[:1].upper()}{REVOS_OVERALL[1:]}"
     layout_md = paper_layout_markdown(results)
     if layout_md:
         out += ["", *layout_md.rstrip("\n").split("\n")]
@@ -219,10 +236,19 @@ def objects_markdown(results: dict[str, Any]) -> list[str]:
     out += ["", "Object J: every object the answer named is paired one to one with an object of the "
             "expression (Hungarian on video-level J: per-frame mask IoU averaged over the video), "
             "the paired J summed and divided by the larger of the two counts, so a missing or an "
-            f"extra object costs a full zero; the union scores above are unchanged. {several} "
-            "answers named several objects (segmented per object; answer rule "
+            f"extra object costs a full zero; the union scores above are unchanged. {objects_overall_rule(objs)} "
+            f"{several} answers named several objects (segmented per object; answer rule "
             f"{(results.get('settings') or {}).get('answer_rule', 'objects')!r})."]
     return out
+
+
+def objects_overall_rule(objs: dict[str, Any]) -> str:
+    """How the per-object overall row was averaged, as a sentence for a table's caption."""
+    groups = objs.get("overall_of")
+    if groups:
+        return (f"Overall: the mean of the {' and '.join(map(str, groups))} rows (counts: their "
+                "sums), as the J&F overall.")
+    return "Overall: the mean over every expression."
 
 
 LAYOUT_HEADING = "## As the paper prints it"
@@ -245,10 +271,7 @@ def paper_layout_markdown(results: dict[str, Any]) -> str:
                                          for _, g, k in cols) + " |")
     name = (results.get("dataset") or {}).get("name")
     if name == "revos":
-        out += ["", "overall = the mean of the referring and reasoning rows, as ReVOS' official "
-                "script computes it; expressions without a target (type 2) count in neither. R: "
-                "robustness, 1 − (mask outside the expression's objects) / (the video's annotated "
-                "foreground) per frame, floored at 0."]
+        out += ["", f"{REVOS_OVERALL} {R_CAPTION}"]
     elif name == "images":
         out += ["", "gIoU: mean of per-query IoU; cIoU: total intersection / total union "
                 "(ignore polygons left out); one query per image, its first text, as LISA's "

@@ -191,7 +191,8 @@ def evaluate(spec: EvalSpec, *, ready: Callable[[], None] | None = None) -> dict
         "counts": res.counts(entries),
         "queries": entries,
     }
-    per_object = object_groups(entries, dataset_groups(spec.dataset))
+    per_object = object_groups(entries, dataset_groups(spec.dataset),
+                               overall_of=REVOS_GROUPS if spec.dataset == "revos" else ())
     if per_object is not None:
         results["objects"] = per_object
     if paper is not None:

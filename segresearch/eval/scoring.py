@@ -228,10 +228,16 @@ def score_objects(
         return dict(pool.map(one, todo))
 
 
-def object_groups(per_query: Sequence[dict[str, Any]], abilities: Sequence[str] = ()) -> dict[str, Any] | None:
+def object_groups(per_query: Sequence[dict[str, Any]], abilities: Sequence[str] = (),
+                  overall_of: Sequence[str] = ()) -> dict[str, Any] | None:
     """Per-object numbers overall and per group: the mean ``object_J`` and how many
     queries named as many objects as the expression has (``right_count``); None when no
-    query has them (OK-VOS, images)."""
+    query has them (OK-VOS, images).
+
+    ``overall_of`` (ReVOS: referring and reasoning) makes the overall row the mean of those
+    groups' ``object_J``, the counts their sums, as ReVOS' J&F overall is computed
+    (``rvos.revos_overall``; other groups count in neither), and is recorded under that
+    key; without it the overall is the mean over every scored query (MeViS)."""
     scored = [q for q in per_query if q.get("object_J") is not None]
     if not scored:
         return None
@@ -244,7 +250,14 @@ def object_groups(per_query: Sequence[dict[str, Any]], abilities: Sequence[str] 
     order = list(abilities) + sorted({q["ability"] for q in scored} - set(abilities))
     by = {a: group([q for q in scored if q["ability"] == a]) for a in order
           if any(q["ability"] == a for q in scored)}
-    return {"overall": group(scored), "by_ability": by}
+    if not overall_of:
+        return {"overall": group(scored), "by_ability": by}
+    rows = [by[g] for g in overall_of if g in by]
+    overall = None
+    if rows:  # with one of the groups only (a --limit run), that group's row
+        overall = {"object_J": float(np.mean([r["object_J"] for r in rows])),
+                   **{k: sum(int(r[k]) for r in rows) for k in ("right_count", "several_gt", "n")}}
+    return {"overall": overall, "by_ability": by, "overall_of": list(overall_of)}
 
 
 def _video_group(items: Iterable[dict[str, Any]]) -> dict[str, Any] | None:

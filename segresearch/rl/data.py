@@ -1,4 +1,5 @@
-"""OK-VOS (and any dataset in its layout) → the parquet that verl's ``RLHFDataset`` reads.
+"""OK-VOS (and any dataset in its layout), MeViS and ReVOS → the parquet that verl's
+``RLHFDataset`` reads.
 
 The frames a sample is trained on are fixed here, once, rather than by the rollout: the
 reward's ground truth exists only for the frames the policy is shown, so both have to come
@@ -53,9 +54,12 @@ from segresearch.core.media import (
 )
 from segresearch.core.media_recipes import _atomic_write
 from segresearch.core.prompts import frame_label, system_prompt, tools_system_prompt
+from segresearch.core.rle import RLEError, decode, runs_from_string
 from segresearch.core.shared_cache import LoadOnce
 from segresearch.core.tool_protocol import tool_definitions
-from segresearch.eval.datasets import read_okvos_parquet
+from segresearch.eval.datasets import DatasetError, read_okvos_parquet
+from segresearch.eval.rvos import REVOS_TYPES, RVOS_DATASETS, load_rvos, mask_dict
+from segresearch.eval.rvos import _load as _load_rvos_meta
 from segresearch.rl.ground_truth import build_ground_truth
 from segresearch.rl.placeholders import GeometryProcessor
 from segresearch.rl.tools_template import tools_template_kwargs
@@ -72,6 +76,8 @@ MASK_EXT = ".png"
 PRESIZED_EXT = ".bmp"
 PRESIZED_FORMAT = "BMP"
 METADATA_KEY = b"segresearch"
+# the split a MeViS / ReVOS conversion reads when none is named (the sets the evaluation reads)
+RVOS_SPLITS = {"mevis": "valid_u", "revos": "valid"}
 
 
 def data_source_for(ability: str) -> str:
@@ -118,6 +124,7 @@ class _Stats:
     skipped_no_target: list[int] = field(default_factory=list)
     kept_no_target: int = 0
     swapped: int = 0
+    skipped_expressions: list[str] = field(default_factory=list)  # MeViS / ReVOS: no target at all
 
 
 def _missing(v: Any) -> bool:
@@ -448,6 +455,226 @@ def conversion_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if raw is None:
         raise ValueError(f"{path} was not written by convert_okvos (no {METADATA_KEY.decode()} metadata)")
     return json.loads(raw)
+
+
+# ----------------------------------------------------------------------------- MeViS / ReVOS
+#
+# One row per expression of a MeViS or ReVOS split, in the OK-VOS rows' schema and conventions
+# (the agent loop and the reward read them unchanged). An expression may name several objects:
+# its ground truth is built from the union of their masks (what the benchmarks score) and
+# lists, on every frame where the union shows, each object present there ("objects"), so the
+# reward also reads answers that name the objects one by one (rl/reward.py). Every entry
+# carries "objects", one-object expressions too, so a batch never mixes reward key sets.
+
+
+def _rle_present(rle: Any) -> bool:
+    """Whether one frame's RLE shows any pixel, read from its runs (nothing decoded)."""
+    if rle is None:
+        return False
+    counts = rle.get("counts") if isinstance(rle, dict) else None
+    if counts is None:
+        raise RLEError("an RLE must be a dict with 'counts'")
+    runs = counts if isinstance(counts, list) else runs_from_string(counts)
+    return any(int(r) > 0 for r in runs[1::2])
+
+
+def rvos_queries(kind: str, root: str | os.PathLike[str], split: str | None = None,
+                 limit: int | None = None) -> list[Any]:
+    """The expressions of a MeViS split (``ROOT/<split>/``, default ``valid_u``) or a ReVOS
+    expressions file (``ROOT/meta_expressions_<split>_.json``, default ``valid``; the
+    release also has ``train``), as the evaluation reads them (``eval.rvos``)."""
+    if kind not in RVOS_DATASETS:
+        raise DatasetError(f"unknown data set {kind!r} ({', '.join(RVOS_DATASETS)})")
+    if kind == "revos" and split not in (None, RVOS_SPLITS["revos"]):
+        base = Path(root).expanduser()
+        return _load_rvos_meta(base / f"meta_expressions_{split}_.json", base, "revos", limit)
+    return load_rvos(kind, root, split, limit)
+
+
+def _rvos_rows(
+    queries: Sequence[Any],
+    kind: str,
+    split: str,
+    *,
+    train: bool,
+    num_frames: int,
+    coord_style: str,
+    frame_size: int,
+    seed: int,
+    stats: _Stats,
+    progress: bool,
+    presized: Path | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Rows of :func:`convert_rvos`. Per-video state only (frame listing, which frames each
+    annotation shows): memory does not grow with the number of expressions, and masks are
+    decoded for the sampled frames of one expression at a time."""
+    made: set[Path] = set()
+    video: str | None = None
+    on_disk: set[str] = set()
+    shown_by_anno: dict[int, set[int]] = {}
+    for i, q in enumerate(tqdm(queries, desc=f"{kind} {split}", unit="expression", disable=not progress)):
+        stats.source_rows += 1
+        anno_ids = [int(a) for a in q.extra["anno_ids"]]
+        if q.ability == REVOS_TYPES[2] or not anno_ids:  # an expression without a target
+            stats.skipped_expressions.append(q.id)
+            continue
+        names = [str(n) for n in q.extra["frames"]]
+        folder = Path(q.segment_media)
+        if q.extra["video_name"] != video:
+            video, shown_by_anno = q.extra["video_name"], {}
+            on_disk = {p.name for p in folder.iterdir()}
+        masks_by_anno = mask_dict(q.gt)
+        for a in anno_ids:
+            if a not in shown_by_anno:
+                try:
+                    shown_by_anno[a] = {k for k, r in enumerate(masks_by_anno[str(a)]) if _rle_present(r)}
+                except RLEError as e:
+                    raise DatasetError(f"{q.gt}: annotation {a}: {e}") from None
+        rng = np.random.default_rng((seed, i))
+        annotated = ({_frame_stem(names[k]) for a in anno_ids for k in shown_by_anno[a]}
+                     if train else None)
+        positions, swapped = _sample_positions(names, num_frames, annotated, rng)
+        stats.swapped += swapped
+        paths = [Path(q.media[p]) for p in positions]
+        for p in paths:
+            if p.name not in on_disk:
+                raise ValueError(f"expression {q.id}: frame {p.stem!r} of video {video!r} is listed "
+                                 f"in its expressions file but not on disk ({p})")
+        paths = [p.resolve() for p in paths]
+        fids = frame_ids_for(paths)
+        sizes = []
+        for p in paths:
+            with Image.open(p) as im:
+                sizes.append(im.size)
+        union: dict[str, np.ndarray] = {}
+        objects: dict[str, list[np.ndarray]] = {}
+        for pos, path, fid, (w, h) in zip(positions, paths, fids, sizes, strict=True):
+            per_object = []
+            for a in anno_ids:
+                if pos not in shown_by_anno[a]:
+                    continue
+                try:
+                    m = decode(masks_by_anno[str(a)][pos])
+                except RLEError as e:
+                    raise DatasetError(f"{q.gt}: annotation {a} frame {pos}: {e}") from None
+                if m.shape != (h, w):
+                    raise ValueError(f"{q.gt}: annotation {a} frame {pos} is {m.shape[1]}x{m.shape[0]} "
+                                     f"but its frame {path} is {w}x{h} (video {video!r})")
+                per_object.append(m)
+            if per_object:
+                union[str(fid)] = np.logical_or.reduce(per_object)
+                objects[str(fid)] = per_object
+        gt = build_ground_truth(union, coord_style=coord_style, frame_size=frame_size, object_masks=objects)
+        if not gt:
+            if train:
+                stats.skipped_no_target.append(i)
+                continue
+            stats.kept_no_target += 1
+        shown = None if presized is None else [str(p) for p in presize_frames(paths, frame_size, presized, made)]
+        stats.rows += 1
+        yield {
+            "data_source": data_source_for(f"{kind}_{q.ability}"),
+            "prompt": [{"role": "user", "content": q.question}],
+            "ability": q.ability,
+            "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
+            "agent_name": AGENT_NAME,
+            "extra_info": {
+                "index": i,
+                "split": split,
+                "id": q.id,
+                "video": video,
+                "oid": ",".join(str(o) for o in q.extra["obj_ids"]),
+                "question": q.question,
+                "steps": None,
+                "frames": [str(p) for p in paths],
+                "frame_ids": [int(f) for f in fids],
+                "width": int(sizes[0][0]),
+                "height": int(sizes[0][1]),
+                "coord_style": coord_style,
+                "frame_size": int(frame_size),
+                "shown_frames": shown,
+                "frame_resize": None if shown is None else FRAME_RESIZE.method,
+            },
+        }
+
+
+def convert_rvos(
+    kind: str,
+    root: str | os.PathLike[str],
+    split: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    num_frames: int = 6,
+    coord_style: str = "qwen3",
+    frame_size: int = 448,
+    seed: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    presize: bool = False,
+) -> Path:
+    """Write the verl parquet of a MeViS (``kind`` ``"mevis"``, default split ``valid_u``)
+    or ReVOS (``"revos"``, default split ``valid``) split, one row per expression, and
+    return its path (default ``ROOT/verl/<kind>_<split>.parquet``).
+
+    Rows follow :func:`convert_okvos`'s (same schema, sampler, training swap towards a frame
+    where one of the expression's objects shows, ``presize``); ``data_source`` is
+    ``Search_RVOS_<kind>_<group>``, ``extra_info.oid`` the expression's object ids joined
+    by commas, and the ground truth lists the objects on every frame (see the section
+    comment). ReVOS expressions without a target (type 2) are skipped and counted; training
+    rows (split ``train``) whose sampled frames show none of the objects are dropped, other
+    splits keep them, as for OK-VOS."""
+    import pyarrow as pa  # heavy, optional: the [rl] extra
+
+    if kind not in RVOS_DATASETS:
+        raise ValueError(f"kind must be one of {', '.join(RVOS_DATASETS)}; got {kind!r}")
+    if coord_style not in COORD_STYLES:
+        raise ValueError(f"coord_style must be one of {', '.join(COORD_STYLES)}; got {coord_style!r}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1; got {num_frames}")
+    if frame_size < 1:
+        raise ValueError(f"frame_size must be at least 1; got {frame_size}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must not be negative; got {limit}")
+    split = split or RVOS_SPLITS[kind]
+    root = Path(root).expanduser()
+    queries = rvos_queries(kind, root, split, limit)
+    dest = Path(out).expanduser() if out is not None else root / "verl" / f"{kind}_{split}.parquet"
+    presized = presized_folder(dest.resolve(), frame_size) if presize else None
+    stats = _Stats()
+    rows = list(_rvos_rows(queries, kind, split, train=split == "train", num_frames=num_frames,
+                           coord_style=coord_style, frame_size=frame_size, seed=seed, stats=stats,
+                           progress=progress, presized=presized))
+    source = queries[0].gt if queries else str(root)
+    info = {
+        "dataset": kind,
+        "source": str(Path(source).resolve()),
+        "split": split,
+        "num_frames": num_frames,
+        "coord_style": coord_style,
+        "frame_size": frame_size,
+        "seed": seed,
+        "limit": limit,
+        "source_rows": stats.source_rows,
+        "rows": stats.rows,
+        "skipped_no_target": len(stats.skipped_no_target),
+        "kept_no_target": stats.kept_no_target,
+        "skipped_no_target_expressions": len(stats.skipped_expressions),
+        "swapped": stats.swapped,
+        "presized_frames": None if presized is None else str(presized),
+        "frame_resize": FRAME_RESIZE.method,
+    }
+    schema = _schema().with_metadata({METADATA_KEY: json.dumps(info).encode()})
+    _write_atomic(pa.Table.from_pylist(rows, schema=schema), dest)
+    if stats.skipped_expressions:
+        log.info("%s %s: skipped %d expression(s) without a target", kind, split, len(stats.skipped_expressions))
+    if stats.skipped_no_target:
+        log.warning("%s %s: skipped %d expression(s) whose sampled frames show none of their objects",
+                    kind, split, len(stats.skipped_no_target))
+    log.info("wrote %s: %d rows from %d expressions (%d swapped, %d without a target skipped, "
+             "%d kept without target in the sampled frames)", dest, stats.rows, stats.source_rows,
+             stats.swapped, len(stats.skipped_expressions) + len(stats.skipped_no_target),
+             stats.kept_no_target)
+    return dest
 
 
 # ----------------------------------------------------------------------------- prompt lengths
