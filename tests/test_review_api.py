@@ -207,3 +207,36 @@ def test_a_two_object_pause_refuses_a_bad_object_index_then_drops_one(deployment
     got = np.asarray(Image.open(Path(final["masks_dir"]) / "00002.png")) > 127
     assert (got & masks["red circle"][2]).sum() > 0.75 * masks["red circle"][2].sum()
     assert not (got & masks["blue square"][2]).any()
+
+
+def test_a_resume_without_context_runs_under_the_paused_runs_context(deployment):
+    """A resume is a new run; one that names no context gets the paused run's (the model that
+    asked, its protocol and folders), not the server's defaults: a question answered over
+    the API with only ``command.resume`` finishes the run the way it started."""
+    from langgraph_sdk import get_client
+
+    d = deployment
+    ask = {"tool_calls": [{"name": "ask_user", "args": {"question": "Which square?"}}]}
+    key = {"tool_calls": [{"name": "keyframe", "args": {"index": 2}}]}
+    answer = {"tool_calls": [{"name": "answer", "args": {"keyframe": 2, "bbox_2d": [100, 200, 300, 400],
+                                                        "point_2d": [200, 300]}}]}
+    (d["root"] / "asks.json").write_text(json.dumps([ask, key, answer]))
+    context = {"model": f"replay:{d['root'] / 'asks.json'}", "protocol": "tools", "ask_user": True,
+               "output_dir": "api-asks"}
+
+    async def go():
+        client = get_client(url=d["url"])
+        tid = (await client.threads.create())["thread_id"]
+        await client.runs.wait(tid, GRAPH, input={"query": "the blue square", "media": str(d["root"] / "frames")},
+                               context=context)
+        paused = _pending(await client.threads.get_state(tid))
+        final = await client.runs.wait(tid, GRAPH, command={"resume": "the blue one"})
+        runs = await client.runs.list(tid)
+        return paused, final, runs
+
+    paused, final, runs = asyncio.run(go())
+    assert paused[0]["value"]["question"] == "Which square?"
+    assert final["stop_reason"] == "answer", final.get("error")
+    assert final["questions"] == [{"question": "Which square?", "reply": "the blue one", "auto": False}]
+    assert len(os.listdir(final["masks_dir"])) == 8 and "api-asks" in final["masks_dir"]
+    assert runs[0]["kwargs"]["context"] == context  # the resume ran under the paused run's context

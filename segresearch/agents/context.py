@@ -308,7 +308,7 @@ class Context:
     def __post_init__(self) -> None:
         # pydantic reports a ValueError here as a refusal like any other (``ContextError``)
         if self.ask_user and self.protocol != "tools":
-            raise ValueError("the ask_user tool exists only with protocol 'tools' "
+            raise ValueError("ask_user: the tool exists only with protocol 'tools' "
                              "(the published tags have no question to the user); set "
                              "protocol 'tools' or turn ask_user off")
 
@@ -393,7 +393,9 @@ def _problem(err: Mapping[str, Any]) -> str:
     """One line for one pydantic error, starting with the field's name (the web page puts
     the form's label in its place)."""
     loc = [str(p) for p in err.get("loc", ()) if not isinstance(p, int)]
-    name = loc[0] if loc else "context"
+    if not loc:  # a rule across fields (``__post_init__``): its message names the field itself
+        return str(err.get("msg", "invalid context")).removeprefix("Value error, ")
+    name = loc[0]
     kind = str(err.get("type", ""))
     if kind == "unexpected_keyword_argument":
         return f"unknown context key {name!r} (see the graph's context schema)"

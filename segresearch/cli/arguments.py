@@ -102,7 +102,9 @@ def add_data_arguments(da: argparse.ArgumentParser) -> None:
         add_context_arguments(rv, ("num_frames", "coord_style", "frame_size"),
                               defaults={"num_frames": 6, "coord_style": "qwen3", "frame_size": 448},
                               choices={"coord_style": GRID_STYLES})
-        rv.add_argument("--seed", type=int, default=0)
+        rv.add_argument("--seed", type=int, default=0,
+                        help="with --rl-out: seed of the training split's swap of one shown frame "
+                             "for a frame where the target shows (default 0)")
         rv.add_argument("--limit", type=int, help="with --rl-out: only the first N expressions (smoke runs)")
         rv.add_argument("--presize-frames", dest="presize_frames", action="store_true",
                         help="with --rl-out: also store each row's shown frames as the rollout shows "

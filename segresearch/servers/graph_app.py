@@ -8,9 +8,9 @@ into a thread (``POST /threads/{id}/state``, ``POST /threads`` with ``supersteps
 ``update`` and ``goto`` inputs), when they arrive and answers at once: 422 with one line per
 problem for a malformed context or input, 403 for a path outside ``SEGRESEARCH_MEDIA_ROOTS``.
 The graph still checks for itself; this is the early, explicit answer an API client deserves.
-A run that resumes the review pause (``command.resume``) is checked against the thread's
-pending interrupt too (``review_check``): 422 for a reply the node would refuse, 409 when
-nothing is pending.
+A run that resumes a pause (``command.resume``: a review or a question) is checked against the
+thread's pending interrupt too (``review_check``): 422 for a reply the node would refuse, 409
+when nothing is pending; one that names no ``context`` runs under the paused run's.
 
 langgraph-api runs the middleware registered on this app on every route (its own and ours);
 the gateway in front of the whole server (``gateway.py``) has checked the token before, so a
@@ -196,6 +196,30 @@ async def _review_reply_refusal(kind: str, scope: Scope, payload: Any) -> tuple[
     return await review_check.resume_verdict(_route_path(scope), payload, web._client())
 
 
+async def _with_paused_context(kind: str, scope: Scope, payload: Any) -> Any:
+    """``payload`` with the context of the run it resumes, when a resume (``command.resume``,
+    a reply to a review or a question) names none; else None (the body goes on unchanged).
+
+    A resume is a new run, and langgraph-api gives a run without ``context`` the defaults:
+    the reply would reach a different model (the server's own, not the one that asked), with
+    other settings, and the run would fail or answer differently. The paused run's context
+    was checked when it was sent; the graph checks it again as it does any run's. A client
+    that sends its own context keeps it."""
+    if kind != "run" or scope.get("method") != "POST" or not isinstance(payload, dict) or "context" in payload:
+        return None
+    if not review_check.resume_of(payload)[0]:
+        return None
+    thread_id = review_check.thread_of(_route_path(scope))
+    if thread_id is None:
+        return None
+    try:
+        runs = await web._client().runs.list(thread_id, limit=1)  # newest first
+    except Exception:  # noqa: BLE001 - not ours to answer: the run goes on as sent
+        return None
+    context = ((runs[0] if runs else {}).get("kwargs") or {}).get("context")
+    return {**payload, "context": context} if isinstance(context, dict) and context else None
+
+
 DURABILITY_ENV = "SEGRESEARCH_DEFAULT_DURABILITY"
 
 
@@ -272,8 +296,11 @@ class RunPayloadGuard:
             if refusal is not None:
                 await JSONResponse(refusal[1], status_code=refusal[0])(scope, receive, send)
                 return
-            if payload is not None and (changed := _with_durability(kind, scope, payload)) is not None:
-                body = orjson.dumps(changed)
+            inherited = await _with_paused_context(kind, scope, payload)
+            payload = inherited if inherited is not None else payload
+            changed = _with_durability(kind, scope, payload) if payload is not None else None
+            if changed is not None or inherited is not None:
+                body = orjson.dumps(changed if changed is not None else inherited)
                 scope = _with_length(scope, len(body))
 
         replayed = False
