@@ -249,6 +249,62 @@ def _sample_positions(
     return sorted(positions), True
 
 
+def _row(*, index: int, split: str, source: str, ability: str, question: str, gt: dict[str, Any],
+         query_id: str | None, video: str, oid: str, steps: list[str] | None, paths: Sequence[Path],
+         fids: Sequence[int], size: tuple[int, int], coord_style: str, frame_size: int,
+         shown: list[str] | None) -> dict[str, Any]:
+    """One verl row (``_schema``), whichever benchmark it comes from: the agent loop and the
+    reward read every row the same way."""
+    return {
+        "data_source": source,
+        "prompt": [{"role": "user", "content": question}],
+        "ability": ability,
+        "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
+        "agent_name": AGENT_NAME,
+        "extra_info": {
+            "index": index,
+            "split": split,
+            "id": query_id,
+            "video": video,
+            "oid": oid,
+            "question": question,
+            "steps": steps,
+            "frames": [str(p) for p in paths],
+            "frame_ids": [int(f) for f in fids],
+            "width": int(size[0]),
+            "height": int(size[1]),
+            "coord_style": coord_style,
+            "frame_size": int(frame_size),
+            "shown_frames": shown,
+            "frame_resize": None if shown is None else FRAME_RESIZE.method,
+        },
+    }
+
+
+def _counts(stats: _Stats, presized: Path | None) -> dict[str, Any]:
+    """What a conversion did, for its file's metadata (``conversion_info``)."""
+    return {
+        "source_rows": stats.source_rows,
+        "rows": stats.rows,
+        "skipped_no_target": len(stats.skipped_no_target),
+        "kept_no_target": stats.kept_no_target,
+        "swapped": stats.swapped,
+        "presized_frames": None if presized is None else str(presized),
+        "frame_resize": FRAME_RESIZE.method,
+    }
+
+
+def _check_settings(coord_style: str, num_frames: int, frame_size: int, limit: int | None) -> None:
+    if coord_style not in COORD_STYLES:
+        raise ValueError(f"coord_style must be one of {', '.join(COORD_STYLES)}; got {coord_style!r}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1; got {num_frames}")
+    if frame_size < 1:
+        raise ValueError(f"frame_size must be at least 1; got {frame_size}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must not be negative; got {limit}")
+
+
 def _rows(
     df: Any,
     root: Path,
@@ -322,30 +378,10 @@ def _rows(
         question = str(rec["question"])
         shown = None if presized is None else [str(p) for p in presize_frames(paths, frame_size, presized, made)]
         stats.rows += 1
-        yield {
-            "data_source": data_source_for(ability),
-            "prompt": [{"role": "user", "content": question}],
-            "ability": ability,
-            "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
-            "agent_name": AGENT_NAME,
-            "extra_info": {
-                "index": i,
-                "split": split,
-                "id": None if not has_id or _missing(rec["id"]) else str(rec["id"]),
-                "video": video,
-                "oid": oid,
-                "question": question,
-                "steps": steps or None,
-                "frames": [str(p) for p in paths],
-                "frame_ids": [int(f) for f in fids],
-                "width": int(sizes[0][0]),
-                "height": int(sizes[0][1]),
-                "coord_style": coord_style,
-                "frame_size": int(frame_size),
-                "shown_frames": shown,
-                "frame_resize": None if shown is None else FRAME_RESIZE.method,
-            },
-        }
+        yield _row(index=i, split=split, source=data_source_for(ability), ability=ability, question=question,
+                   gt=gt, query_id=None if not has_id or _missing(rec["id"]) else str(rec["id"]), video=video,
+                   oid=oid, steps=steps or None, paths=paths, fids=fids, size=sizes[0],
+                   coord_style=coord_style, frame_size=frame_size, shown=shown)
 
 
 def _missing_list(v: Any) -> bool:
@@ -397,14 +433,7 @@ def convert_okvos(
     import pyarrow as pa  # heavy, optional: the [rl] extra
 
     root = Path(root).expanduser()
-    if coord_style not in COORD_STYLES:
-        raise ValueError(f"coord_style must be one of {', '.join(COORD_STYLES)}; got {coord_style!r}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1; got {num_frames}")
-    if frame_size < 1:
-        raise ValueError(f"frame_size must be at least 1; got {frame_size}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must not be negative; got {limit}")
+    _check_settings(coord_style, num_frames, frame_size, limit)
     src, df = read_okvos_parquet(root, split)
     if limit is not None:
         df = df.iloc[:limit]
@@ -423,13 +452,7 @@ def convert_okvos(
         "frame_size": frame_size,
         "seed": seed,
         "limit": limit,
-        "source_rows": stats.source_rows,
-        "rows": stats.rows,
-        "skipped_no_target": len(stats.skipped_no_target),
-        "kept_no_target": stats.kept_no_target,
-        "swapped": stats.swapped,
-        "presized_frames": None if presized is None else str(presized),
-        "frame_resize": FRAME_RESIZE.method,
+        **_counts(stats, presized),
     }
     schema = _schema().with_metadata({METADATA_KEY: json.dumps(info).encode()})
     table = pa.Table.from_pylist(rows, schema=schema)
@@ -572,30 +595,10 @@ def _rvos_rows(
             stats.kept_no_target += 1
         shown = None if presized is None else [str(p) for p in presize_frames(paths, frame_size, presized, made)]
         stats.rows += 1
-        yield {
-            "data_source": data_source_for(f"{kind}_{q.ability}"),
-            "prompt": [{"role": "user", "content": q.question}],
-            "ability": q.ability,
-            "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
-            "agent_name": AGENT_NAME,
-            "extra_info": {
-                "index": i,
-                "split": split,
-                "id": q.id,
-                "video": video,
-                "oid": ",".join(str(o) for o in q.extra["obj_ids"]),
-                "question": q.question,
-                "steps": None,
-                "frames": [str(p) for p in paths],
-                "frame_ids": [int(f) for f in fids],
-                "width": int(sizes[0][0]),
-                "height": int(sizes[0][1]),
-                "coord_style": coord_style,
-                "frame_size": int(frame_size),
-                "shown_frames": shown,
-                "frame_resize": None if shown is None else FRAME_RESIZE.method,
-            },
-        }
+        yield _row(index=i, split=split, source=data_source_for(f"{kind}_{q.ability}"), ability=q.ability,
+                   question=q.question, gt=gt, query_id=q.id, video=video,
+                   oid=",".join(str(o) for o in q.extra["obj_ids"]), steps=None, paths=paths, fids=fids,
+                   size=sizes[0], coord_style=coord_style, frame_size=frame_size, shown=shown)
 
 
 def convert_rvos(
@@ -627,14 +630,7 @@ def convert_rvos(
 
     if kind not in RVOS_DATASETS:
         raise ValueError(f"kind must be one of {', '.join(RVOS_DATASETS)}; got {kind!r}")
-    if coord_style not in COORD_STYLES:
-        raise ValueError(f"coord_style must be one of {', '.join(COORD_STYLES)}; got {coord_style!r}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be at least 1; got {num_frames}")
-    if frame_size < 1:
-        raise ValueError(f"frame_size must be at least 1; got {frame_size}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must not be negative; got {limit}")
+    _check_settings(coord_style, num_frames, frame_size, limit)
     split = split or RVOS_SPLITS[kind]
     root = Path(root).expanduser()
     queries = rvos_queries(kind, root, split, limit)
@@ -654,14 +650,8 @@ def convert_rvos(
         "frame_size": frame_size,
         "seed": seed,
         "limit": limit,
-        "source_rows": stats.source_rows,
-        "rows": stats.rows,
-        "skipped_no_target": len(stats.skipped_no_target),
-        "kept_no_target": stats.kept_no_target,
+        **_counts(stats, presized),
         "skipped_no_target_expressions": len(stats.skipped_expressions),
-        "swapped": stats.swapped,
-        "presized_frames": None if presized is None else str(presized),
-        "frame_resize": FRAME_RESIZE.method,
     }
     schema = _schema().with_metadata({METADATA_KEY: json.dumps(info).encode()})
     _write_atomic(pa.Table.from_pylist(rows, schema=schema), dest)
