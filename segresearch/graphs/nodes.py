@@ -160,7 +160,7 @@ from segresearch.core.verify_protocol import (
     verify_tool_definitions,
     verify_tool_too_early,
 )
-from segresearch.graphs.outputs import write_outputs, write_verify_picture
+from segresearch.graphs.outputs import one_line, write_outputs, write_verify_picture
 from segresearch.graphs.preflight import preflight
 from segresearch.graphs.state import State
 from segresearch.tools.keyframe import KEYFRAME_RESIZE, make_keyframe_tool
@@ -175,7 +175,13 @@ from segresearch.tools.search.cache import SearchCacheError
 from segresearch.tools.segment import get_segmenter, make_segment_tool
 from segresearch.tools.segmenters import Prompt, prompt_from_answer
 from segresearch.tools.verify_view import verify_frames, verify_picture, verify_sheet
-from segresearch.tools.visualize import OBJECT_COLOURS, DrawnObject, annotate_objects, draw_answer
+from segresearch.tools.visualize import (
+    OBJECT_COLOURS,
+    DrawnObject,
+    annotate_objects,
+    draw_answer,
+    side_by_side,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -588,7 +594,8 @@ def _without_label(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def _as_written(vs: list[float]) -> list[float | int]:
-    """Numbers as the model wrote them: ints as ints; a huge float stays a float."""
+    """Numbers as the model wrote them: ints as ints; a huge float stays a float (no
+    300-digit int in the state)."""
     return [int(v) if float(v).is_integer() and abs(v) < 2**53 else v for v in vs]
 
 
@@ -693,11 +700,7 @@ def _action_dict(action: Any) -> Action:
             ask["error"] = action.error
         return ask
     if isinstance(action, AnswerAction):
-        def tidy(vs: list[float]) -> list[float | int]:
-            # ints as written; a huge float stays a float (no 300-digit int in the state)
-            return [int(v) if float(v).is_integer() and abs(v) < 2**53 else v for v in vs]
-
-        return ActionAnswer(type=ANSWER, bbox_2d=tidy(action.bbox_2d), point_2d=tidy(action.point_2d))
+        return ActionAnswer(type=ANSWER, bbox_2d=_as_written(action.bbox_2d), point_2d=_as_written(action.point_2d))
     assert isinstance(action, NoAction)
     return ActionNone(type=NONE, reason=action.reason)
 
@@ -993,7 +996,7 @@ def segment(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
                                           reached=o.get("reached")) for o in per_object]
     dirs = [str(o["dir"]) for o in per_object] if len(per_object) > 1 else None
     return {"masks_dir": str(masks_dir), "run_dir": str(run_dir), "segmenter": segmenter.name,
-            "object_masks_dirs": dirs, **_synced_objects(state), "events": [event]}
+            "object_masks_dirs": dirs, "events": [event]}
 
 
 def _segment_objects(state: State, ctx: Context, w: int, h: int,
@@ -1028,20 +1031,6 @@ def _segment_objects(state: State, ctx: Context, w: int, h: int,
                              "box": c.get("box")} for c in corrections if c.get("object") == k],
         })
     return out
-
-
-def _synced_objects(state: State) -> dict[str, Any]:
-    """After a reviewer's edit, the object lists agree with the answer (the first object).
-    ``review`` already writes both lists (edits and drops of any object), so this only
-    guards a state whose answer was changed without them; nothing otherwise."""
-    if (state.get("reviewed") or {}).get("decision") != "edit" or not state.get("objects"):
-        return {}
-    objects, objects_px = list(state["objects"] or []), list(state.get("objects_px") or [])
-    if state.get("answer"):
-        objects[0] = {**state["answer"], "label": objects[0].get("label")}
-    if objects_px and state.get("answer_px"):
-        objects_px[0] = {**state["answer_px"], "label": objects_px[0].get("label")}
-    return {"objects": objects, "objects_px": objects_px}
 
 
 # ---------------------------------------------------------------------- verify
@@ -1143,7 +1132,7 @@ def _verify_look(state: State, ctx: Context, r: _VerifyRound) -> None:
 
 def _verify_unseen(r: _VerifyRound, e: BaseException) -> dict[str, Any]:
     """No pictures: the masks stand and verifying ends."""
-    return {**r.done(), "events": [ErrorEvent(type=ERROR, kind="output", message=_one_line(e),
+    return {**r.done(), "events": [ErrorEvent(type=ERROR, kind="output", message=one_line(e),
                                               note="the masks are kept as they were")]}
 
 
@@ -1177,7 +1166,7 @@ def _verify_call(state: State, ctx: Context, r: _VerifyRound) -> tuple[Any, list
 def _verify_failed(r: _VerifyRound, e: BaseException) -> dict[str, Any]:
     """The model call failed: the answer and its masks stand."""
     return {**r.done(), "messages": r.new, "turns": r.turns, "tokens_used": r.used,
-            "events": [ErrorEvent(type=ERROR, kind="model", message=_one_line(e),
+            "events": [ErrorEvent(type=ERROR, kind="model", message=one_line(e),
                                   note="verifying ended; the masks are kept as they were")]}
 
 
@@ -1280,10 +1269,6 @@ def _calls_text(ai: AIMessage) -> str:
                      for c in tool_calls_in_order(ai))
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
 REVIEW_HELP = review_rules.HELP
 
 
@@ -1329,14 +1314,7 @@ def _review_picture(media: Any, objects_px: list[dict[str, Any]]) -> Image.Image
                  for k, o in enumerate(objects_px) if o["keyframe"] == fid]
         rgb = np.asarray(shown.convert("RGB"), dtype=np.uint8)
         panels.append(Image.fromarray(annotate_objects(rgb, drawn, f"frame {fid}")))
-    if len(panels) == 1:
-        return panels[0]
-    sheet = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)))
-    x = 0
-    for p in panels:
-        sheet.paste(p, (x, 0))
-        x += p.width
-    return sheet
+    return panels[0] if len(panels) == 1 else side_by_side(panels, gap=0, background=(0, 0, 0))
 
 
 def _reviewed_objects(state: State, ctx: Context, got: review_rules.Reply, objects_px: list[dict[str, Any]],
@@ -1446,7 +1424,7 @@ def ask_user(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
 def finish(state: State, runtime: Runtime[Context]) -> dict[str, Any]:
     """Write trajectory.json and the annotated keyframe (when there is somewhere to write)."""
     ctx = runtime.context
-    update: dict[str, Any] = {"pending": None, **_synced_objects(state)}
+    update: dict[str, Any] = {"pending": None}
     if not state.get("stop_reason"):
         update["stop_reason"] = "no_action"
     if state.get("turns") is None:

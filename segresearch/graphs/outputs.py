@@ -276,11 +276,11 @@ def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> list[st
             _save_jpeg(sheet, run_dir / FRAMES_SHOWN)
             files.append(FRAMES_SHOWN)
     except (OSError, KeyError, ValueError) as e:  # KeyError: ImageUnavailable
-        problems.append(f"{FRAMES_SHOWN}: {_one_line(e)}")
+        problems.append(f"{FRAMES_SHOWN}: {one_line(e)}")
     try:
         files += _write_annotated(run_dir, state)
     except (OSError, KeyError, ValueError) as e:
-        problems.append(f"{ANNOTATED}: {_one_line(e)}")
+        problems.append(f"{ANNOTATED}: {one_line(e)}")
     for overlay in ("overlay.mp4", "overlay.jpg"):  # a video's, or a single image's
         if (run_dir / overlay).is_file():
             files.append(overlay)
@@ -288,7 +288,8 @@ def write_outputs(run_dir: Path, state: dict[str, Any], ctx: Context) -> list[st
     return problems
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception as one line of text (messages with line breaks, an empty message)."""
     return " ".join(str(e).split()) or type(e).__name__
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from segresearch.core.media import Media, resize_square
 from segresearch.tools.keyframe import KEYFRAME_RESIZE
 from segresearch.tools.segmenters.writers import read_mask
-from segresearch.tools.visualize import OBJECT_COLOURS, draw_label, overlay_mask
+from segresearch.tools.visualize import OBJECT_COLOURS, draw_label, overlay_mask, side_by_side
 
 VERIFY_FRAMES = 4  # pictures per round: the keyframe and the three largest changes
 SHEET_GAP = 4
@@ -101,11 +101,4 @@ def _number(rgb: np.ndarray, text: str, x: int, y: int, colour: Sequence[int]) -
 
 def verify_sheet(pictures: Sequence[Image.Image]) -> Image.Image:
     """The pictures of one round side by side (what ``verify_round_<r>.jpg`` holds)."""
-    w = sum(p.width for p in pictures) + SHEET_GAP * (len(pictures) - 1)
-    h = max(p.height for p in pictures)
-    sheet = Image.new("RGB", (w, h), (255, 255, 255))
-    x = 0
-    for p in pictures:
-        sheet.paste(p, (x, 0))
-        x += p.width + SHEET_GAP
-    return sheet
+    return side_by_side(pictures, gap=SHEET_GAP)

@@ -19,6 +19,19 @@ BOX_COLOUR = (0, 220, 0)
 POINT_COLOUR = (255, 40, 40)
 
 
+def side_by_side(pictures: Sequence[Image.Image], gap: int = 0,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Pictures in one row, top-aligned, ``gap`` pixels of ``background`` between them (and
+    under the shorter ones)."""
+    sheet = Image.new("RGB", (sum(p.width for p in pictures) + gap * (len(pictures) - 1),
+                              max(p.height for p in pictures)), background)
+    x = 0
+    for p in pictures:
+        sheet.paste(p, (x, 0))
+        x += p.width + gap
+    return sheet
+
+
 def overlay_mask(rgb: np.ndarray, mask: np.ndarray, colour: Sequence[int] = MASK_COLOUR, alpha: float = 0.5) -> np.ndarray:
     """Tint the masked pixels and outline the mask."""
     out = rgb.copy()
