@@ -99,8 +99,7 @@ def object_prompts(obj: ObjectArgs | dict[str, Any]) -> list[Prompt]:
         prompts.append(Prompt(o.keyframe, tuple(o.bbox_2d) if o.bbox_2d else None,  # type: ignore[arg-type]
                               tuple(o.point_2d) if o.point_2d else None,  # type: ignore[arg-type]
                               label=o.label))
-    for c in o.corrections:
-        c = c if isinstance(c, CorrectionArgs) else CorrectionArgs.model_validate(c)
+    for c in o.corrections:  # validated with the object
         prompts.append(Prompt(c.frame, tuple(c.box) if c.box else None,  # type: ignore[arg-type]
                               points=tuple((float(x), float(y), int(lab))
                                            for (x, y), lab in zip(c.points, c.labels, strict=True)),
@@ -130,6 +129,7 @@ def make_segment_tool(
     on average: the masks counted over the number of objects)."""
     done = [0]
     per_frame = [1]  # masks that make one frame's worth of work
+    objects_root = objects_dir if objects_dir is not None or masks_dir is None else masks_dir.parent / "objects"
 
     def tick(_fid: int) -> None:
         done[0] += 1
@@ -173,7 +173,7 @@ def make_segment_tool(
             reached, files, dirs = len(union), [], [None] * n
             reached_per = [len(p) for p in per]
         else:
-            objects_root = objects_dir if objects_dir is not None else masks_dir.parent / "objects"
+            assert objects_root is not None
             if tracked:
                 with segmenter.open(media) as session:
                     union_set, sets = write_object_mask_sets(masks_dir, objects_root, media,
@@ -223,9 +223,10 @@ def make_segment_tool(
                 mask_set = write_empty_mask_set(masks_dir, media)
             elif objects:  # the same masks and files; an earlier answer's object folders go
                 with segmenter.open(media) as session:
+                    assert objects_root is not None
                     mask_set, _ = write_object_mask_sets(
-                        masks_dir, objects_dir if objects_dir is not None else masks_dir.parent / "objects",
-                        media, ((0, f, m) for f, m in session.masks(prompt)), 1, on_frame=tick)
+                        masks_dir, objects_root, media, ((0, f, m) for f, m in session.masks(prompt)), 1,
+                        on_frame=tick)
             else:
                 with segmenter.open(media) as session:
                     mask_set = write_mask_set(masks_dir, media, session.masks(prompt), on_frame=tick)
